@@ -1,0 +1,535 @@
+"""The command line: thin. Parses arguments, calls services, prints tables or JSON.
+
+Exit codes: 0 ok, 1 a problem the user can fix (the message says what), 2 usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.config import ConfigError, Settings, load_settings, masked
+from gateway.domain.carriers import CarrierStatus, describe_status, resolve_gateway
+from gateway.domain.phone import PhoneError, parse_phone
+from gateway.domain.sms import measure
+from gateway.domain.templates import TemplateError
+from gateway.services.runtime import Runtime
+from gateway.store.db import DatabaseError, utcnow
+
+app = typer.Typer(
+    help="Text drivers and customers from the company's own mailbox.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+carriers_app = typer.Typer(help="The carrier gateway table.", no_args_is_help=True)
+templates_app = typer.Typer(help="Notification templates.", no_args_is_help=True)
+outbox_app = typer.Typer(help="Outbound texts.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+app.add_typer(carriers_app, name="carriers")
+app.add_typer(templates_app, name="templates")
+app.add_typer(outbox_app, name="outbox")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Format(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+FormatOption = Annotated[
+    Format, typer.Option("--format", help="table for people, json for scripts")
+]
+
+
+class _State:
+    config_path: str | None = None
+    _runtime: Runtime | None = None
+
+    def runtime(self, **overrides: Any) -> Runtime:
+        if self._runtime is None or overrides:
+            self._runtime = Runtime(load_settings(self.config_path, **overrides))
+        return self._runtime
+
+
+state = _State()
+
+
+@app.callback()
+def _main(
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help="TOML config file (default: $GATEWAY_CONFIG, else ./gateway.toml, else built-in)",
+            metavar="PATH",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log details")] = False,
+) -> None:
+    state.config_path = config
+    state._runtime = None
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        logging.getLogger("aiosmtplib").setLevel(logging.WARNING)
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one clear line and exit code 1."""
+    try:
+        yield
+    except (ConfigError, DatabaseError) as exc:
+        fail(str(exc))
+
+
+def emit(rows: Sequence[dict[str, Any]], fmt: Format, columns: Sequence[str], title: str) -> None:
+    if fmt is Format.json:
+        out.print_json(json.dumps(list(rows), default=_json_default), indent=None)
+        return
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[_cell(row.get(column)) for column in columns])
+    out.print(table)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+# --- config and database ----------------------------------------------------------------------
+
+
+@config_app.command("check")
+def config_check(fmt: FormatOption = Format.table) -> None:
+    """Print the effective configuration, secrets masked; exit 1 if it has a problem."""
+    with user_errors():
+        runtime = state.runtime()
+        settings = runtime.settings
+        problems = _check_files(runtime, settings)
+        data = masked(settings)
+        if fmt is Format.json:
+            out.print_json(
+                json.dumps(
+                    {
+                        "ok": not problems,
+                        "file": _str(settings.source_file),
+                        "settings": data,
+                        "problems": problems,
+                    }
+                )
+            )
+        else:
+            source = settings.source_file or "built-in defaults (no gateway.toml found)"
+            out.print(f"# from {source}, with GATEWAY_* variables applied")
+            for section, values in data.items():
+                out.print(f"\n[{section}]", markup=False)
+                for key, value in values.items():
+                    out.print(f"{key} = {json.dumps(value)}", markup=False)
+            for problem in problems:
+                err.print(f"problem: {problem}", markup=False)
+        if problems:
+            raise typer.Exit(1)
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _check_files(runtime: Runtime, settings: Settings) -> list[str]:
+    problems = []
+    for load in (lambda: runtime.carriers, lambda: runtime.templates):
+        try:
+            load()
+        except ConfigError as exc:
+            problems.append(str(exc))
+    try:
+        for problem in runtime.templates.check():
+            problems.append(str(problem))
+    except ConfigError:
+        pass
+    if settings.smtp.enabled and settings.smtp.username:
+        try:
+            settings.smtp.resolve_password()
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to this version's."""
+    from gateway.store.db import upgrade
+
+    with user_errors():
+        runtime = state.runtime()
+        try:
+            before, after = upgrade(runtime.engine)
+        except DatabaseError:
+            raise
+        except Exception as exc:  # the driver's own words say what is wrong with the database
+            fail(f"migration failed: {exc}")
+        url = runtime.engine.url.render_as_string(hide_password=True)
+        if before == after:
+            out.print(f"{url} is up to date (revision {after})", markup=False)
+        else:
+            out.print(f"{url} migrated from {before or 'empty'} to {after}", markup=False)
+
+
+# --- carriers and addresses -------------------------------------------------------------------
+
+
+@carriers_app.command("list")
+def carriers_list(fmt: FormatOption = Format.table) -> None:
+    """Every carrier with its gateway domains, status and dates."""
+    with user_errors():
+        runtime = state.runtime()
+        today = utcnow().date()
+        rows = [
+            {
+                "id": c.id,
+                "name": c.name,
+                "kind": c.kind,
+                "countries": list(c.countries),
+                "sms": c.sms,
+                "mms": c.mms,
+                "status": c.status_on(today).value,
+                "ends_on": c.ends_on.isoformat() if c.ends_on else None,
+                "retired_on": c.retired_on.isoformat() if c.retired_on else None,
+                "reported": c.reported,
+                "max_length": c.max_length,
+                "aliases": list(c.aliases),
+                "source": c.source,
+            }
+            for c in runtime.carriers
+        ]
+        columns = ["id", "name", "countries", "sms", "mms", "status", "ends_on", "retired_on"]
+        emit(rows, fmt, columns, f"Carriers ({runtime.carriers_path})")
+
+
+@app.command("address")
+def address(
+    phone: Annotated[str, typer.Argument(help="the phone number, e.g. +12025550143")],
+    carrier: Annotated[str | None, typer.Option("--carrier", help="carrier id or name")] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Print the gateway address a text to PHONE would go to, and why."""
+    with user_errors():
+        runtime = state.runtime()
+        try:
+            number = parse_phone(phone, runtime.settings.carriers.default_region)
+        except PhoneError as exc:
+            fail(exc.reason)
+        found = None
+        if carrier is not None:
+            found = runtime.carriers.find(carrier)
+            if found is None:
+                fail(f"unknown carrier {carrier!r}; `gateway carriers list` shows the ids")
+        target = resolve_gateway(number, found, utcnow().date())
+        if hasattr(target, "address"):
+            if fmt is Format.json:
+                out.print_json(
+                    json.dumps(
+                        {
+                            "phone": number.e164,
+                            "address": target.address,
+                            "carrier": target.carrier.id,
+                            "gateway": target.gateway,
+                            "warning": target.warning,
+                        }
+                    )
+                )
+            else:
+                out.print(target.address, markup=False)
+                err.print(f"why: {describe_status(target.carrier, utcnow().date())}", markup=False)
+                if target.warning:
+                    err.print(f"warning: {target.warning}", markup=False)
+            return
+        fail(f"{target.message} ({target.reason})")
+
+
+# --- templates --------------------------------------------------------------------------------
+
+
+def _parse_vars(pairs: list[str] | None) -> dict[str, str]:
+    variables: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise typer.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--var")
+        variables[name.strip()] = value
+    return variables
+
+
+VarOption = Annotated[
+    list[str] | None, typer.Option("--var", help="a template variable, NAME=VALUE (repeat)")
+]
+
+
+@templates_app.command("check")
+def templates_check(fmt: FormatOption = Format.table) -> None:
+    """Check that every template compiles; exit 1 naming each one that does not."""
+    with user_errors():
+        runtime = state.runtime()
+        book = runtime.templates
+        problems = {p.template: p for p in book.check()}
+        rows = []
+        for name in book.names():
+            problem = problems.get(name)
+            info = None if problem else book.info(name)
+            rows.append(
+                {
+                    "name": name,
+                    "ok": problem is None,
+                    "variables": sorted(info.variables) if info else [],
+                    "problem": str(problem) if problem else None,
+                }
+            )
+        emit(
+            rows,
+            fmt,
+            ["name", "ok", "variables", "problem"],
+            f"Templates ({runtime.templates_path})",
+        )
+        if problems:
+            raise typer.Exit(1)
+
+
+@templates_app.command("preview")
+def templates_preview(
+    name: Annotated[str, typer.Argument(help="template name, e.g. out_for_delivery")],
+    var: VarOption = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Render a template with the given variables and show its encoding and SMS segments."""
+    from gateway.domain.sms import normalise
+
+    with user_errors():
+        runtime = state.runtime()
+        variables = _parse_vars(var)
+        try:
+            text = normalise(runtime.templates.render(name.removesuffix(".txt.j2"), variables))
+        except TemplateError as exc:
+            fail(str(exc))
+        shape = measure(text)
+        if fmt is Format.json:
+            out.print_json(
+                json.dumps(
+                    {
+                        "name": name,
+                        "text": text,
+                        "encoding": shape.encoding.value,
+                        "units": shape.units,
+                        "segments": shape.segments,
+                    }
+                )
+            )
+            return
+        out.print(text, markup=False)
+        err.print(
+            f"-- {shape.encoding.value}, {shape.units} units, {shape.segments} segment(s)",
+            markup=False,
+        )
+
+
+# --- sending ----------------------------------------------------------------------------------
+
+
+@app.command("send")
+def send(
+    to: Annotated[str, typer.Option("--to", help="phone number")],
+    carrier: Annotated[str | None, typer.Option("--carrier", help="carrier id or name")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="the text to send")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="template name")] = None,
+    var: VarOption = None,
+    order: Annotated[str | None, typer.Option("--order", help="order reference")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="idempotency key")] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Put a text in the outbox and print its id; `gateway run` sends it."""
+    from gateway.domain.delivery import State
+    from gateway.services.outbound import EnqueueError, SendRequest, enqueue
+
+    if (text is None) == (template is None):
+        raise typer.BadParameter("give exactly one of --text and --template")
+    with user_errors():
+        runtime = state.runtime()
+        request = SendRequest(
+            to=to,
+            carrier=carrier,
+            text=text,
+            template=template,
+            variables=_parse_vars(var),
+            order_ref=order,
+            idempotency_key=key,
+        )
+        try:
+            result = enqueue(runtime, request, utcnow())
+        except EnqueueError as exc:
+            fail(str(exc))
+        if fmt is Format.json:
+            out.print_json(
+                json.dumps(
+                    {
+                        "id": result.ids[0],
+                        "state": result.state.value,
+                        "to_address": result.to_address,
+                        "message_id": result.message_ids[0],
+                        "parts": result.ids,
+                        "existing": result.existing,
+                        "reason": result.reason,
+                        "warning": result.warning,
+                    }
+                )
+            )
+        else:
+            for message in result.ids:
+                out.print(str(message))
+            if result.existing:
+                err.print("note: this key was used before; these are the first request's texts")
+            if result.warning:
+                err.print(f"warning: {result.warning}", markup=False)
+        if result.state is State.SUPPRESSED:
+            err.print(f"[red]not sent:[/red] {result.reason}", markup=True)
+            raise typer.Exit(1)
+
+
+@app.command("run")
+def run(
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="exit once nothing is due (0 even if some failed)")
+    ] = False,
+) -> None:
+    """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit)."""
+    from gateway.services.sender import Sender
+    from gateway.transport.smtp import SmtpPool
+
+    with user_errors():
+        runtime = state.runtime()
+        engine = runtime.migrated_engine()
+        settings = runtime.settings
+        if not settings.smtp.enabled:
+            fail("smtp.enabled is false and no other route exists yet; nothing can be sent")
+        server = runtime.own_server()
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            sender = Sender(
+                engine,
+                SmtpPool(server),
+                settings.smtp.sender,
+                runtime.retry_policy,
+                batch_size=settings.sender.batch_size,
+                lease=dt.timedelta(seconds=settings.sender.lease_seconds),
+                idle_poll=settings.sender.idle_poll_seconds,
+            )
+            stats = await sender.run(stop, until_idle=until_idle)
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_outcome.items())) or "none"
+            err.print(
+                f"sent attempts: {stats.attempted} ({outcomes}); released {stats.released}",
+                markup=False,
+            )
+
+        run_async(main)
+
+
+def run_async(main: Callable[[], Any]) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+@outbox_app.command("list")
+def outbox_list(
+    state_: Annotated[str | None, typer.Option("--state", help="only rows in this state")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="newest rows shown")] = 100,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """The newest outbox rows with their state, route and the server's last reply."""
+    from gateway.domain.delivery import State
+    from gateway.store.outbox import list_messages
+
+    if state_ is not None and state_ not in {s.value for s in State}:
+        raise typer.BadParameter(
+            f"{state_!r} is not a state ({', '.join(s.value for s in State)})", param_hint="--state"
+        )
+    with user_errors():
+        engine = state.runtime().migrated_engine()
+        rows = list_messages(engine, state_, limit)
+        if fmt is Format.table:
+            for row in rows:
+                row["to"] = row["to"] + (
+                    f" ({row['part']}/{row['parts']})" if row["parts"] > 1 else ""
+                )
+        columns = ["id", "to", "carrier", "state", "route", "attempts", "last_reply", "reason"]
+        emit(rows, fmt, columns, "Outbox (newest first)")
+
+
+@app.command("demo")
+def demo(
+    folder: Annotated[str, typer.Option("--dir", help="where the demo keeps its files")] = "demo",
+    exit_after: Annotated[
+        float | None, typer.Option("--exit-after", help="run unattended; give up after SECONDS")
+    ] = None,
+) -> None:
+    """Run the product on embedded defaults: a local carrier simulator, SQLite, sample texts."""
+    from gateway.services.demo import run_demo
+
+    with user_errors():
+        code = run_demo(folder, exit_after, out)
+    raise typer.Exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="gateway")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["CarrierStatus", "app", "main"]

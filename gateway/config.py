@@ -1,0 +1,262 @@
+"""Configuration: built-in defaults, then a TOML file, then GATEWAY_<SECTION>__<KEY> variables.
+
+The file is `--config PATH`, else $GATEWAY_CONFIG, else ./gateway.toml when present. Secrets are
+SecretStr or indirections (password_env, password_file) and are only resolved when a connection
+needs them, so that printing a config can never print a password.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.domain.email_out import AddressError, Mailbox
+
+DEFAULT_FILE = "gateway.toml"
+SECRET_MASK = "********"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key, what it was, and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///gateway.db"
+
+
+class SmtpSettings(_Section):
+    """The company's own mail server (route `own`)."""
+
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "starttls"
+    username: str | None = None  # no username: no AUTH
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    from_address: str = "Dispatch <dispatch@example.com>"
+    connections: int = Field(4, ge=1, le=64)
+    allow_insecure: bool = False
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(30.0, gt=0, le=600)  # one SMTP command
+    message_deadline_seconds: float = Field(60.0, gt=0, le=3600)  # one message, all commands
+
+    @model_validator(mode="after")
+    def _check(self) -> SmtpSettings:
+        sources = [
+            k for k in ("password", "password_env", "password_file") if getattr(self, k) is not None
+        ]
+        if len(sources) > 1:
+            raise ValueError(f"give one of {', '.join(sources)}, not several")
+        if self.security == "none" and not self.allow_insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"security = 'none' would send passwords and texts in the clear to {self.host}; "
+                "use 'starttls' or 'tls', or set allow_insecure = true if the network is trusted"
+            )
+        try:
+            Mailbox.parse(self.from_address, "from_address")
+        except (AddressError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def sender(self) -> Mailbox:
+        return Mailbox.parse(self.from_address, "from_address")
+
+    def resolve_password(self) -> str | None:
+        """The password, read from where the config points; raises ConfigError if it is absent."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"smtp.password_env names {self.password_env}, but that variable is not set"
+                )
+            return value
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"smtp.password_file {str(self.password_file)!r} cannot be read: {exc.strerror}"
+                ) from None
+        return None
+
+
+class CarrierSettings(_Section):
+    file: str = "carriers.yaml"
+    default_region: str = "US"
+
+    @model_validator(mode="after")
+    def _check(self) -> CarrierSettings:
+        region = self.default_region.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"default_region {self.default_region!r} is not a region code like US")
+        if region != self.default_region:
+            self.default_region = region
+        return self
+
+
+class TemplateSettings(_Section):
+    folder: str = "templates"
+
+
+class PolicySettings(_Section):
+    long_text: Literal["split", "truncate"] = "split"
+    lifetime_hours: float = Field(6.0, gt=0, le=24 * 7)
+
+
+class SenderSettings(_Section):
+    """How the sender worker takes rows from the outbox."""
+
+    batch_size: int = Field(200, ge=1, le=5000)
+    lease_seconds: float = Field(120.0, ge=1, le=3600)
+    retry_base_seconds: float = Field(30.0, gt=0)
+    retry_cap_seconds: float = Field(1800.0, gt=0)
+    idle_poll_seconds: float = Field(1.0, gt=0, le=60)
+
+
+class WebSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8025, ge=1, le=65535)
+    base_url: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    carriers: CarrierSettings = CarrierSettings()
+    templates: TemplateSettings = TemplateSettings()
+    policy: PolicySettings = PolicySettings()
+    sender: SenderSettings = SenderSettings()
+    web: WebSettings = WebSettings()
+
+    # Where the settings came from, for `config check`; not a key.
+    source_file: Path | None = Field(None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init arguments; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @property
+    def company_domain(self) -> str:
+        return self.smtp.sender.domain
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def find_config_file(explicit: str | Path | None) -> Path | None:
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        return path
+    from_env = os.environ.get("GATEWAY_CONFIG")
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(f"GATEWAY_CONFIG names {from_env!r}, which does not exist")
+        return path
+    default = Path(DEFAULT_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(explicit: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the file (if any) and the environment; raises ConfigError with every fault."""
+    path = find_config_file(explicit)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        where = f"{path}" if path else "configuration"
+        lines = [f"{where} has {exc.error_count()} problem(s):"]
+        lines += [f"  {_describe(error)}" for error in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    settings.source_file = path
+    return settings
+
+
+def _describe(error: Any) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key (check its spelling; `gateway config check` lists the keys)"
+    value = error.get("input")
+    if kind == "missing" or isinstance(value, dict):
+        return f"{key}: {message}"
+    if "password" in key:
+        value = SECRET_MASK
+    return f"{key} = {value!r}: {message}"
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret replaced by a mask."""
+    data = settings.model_dump(mode="json")
+    smtp = data["smtp"]
+    if smtp.get("password") is not None:
+        smtp["password"] = SECRET_MASK
+    return data
+
+
+def package_copy(name: str) -> Path:
+    """A file or folder shipped with the package: in a wheel under gateway/_shipped, in a source
+    checkout at the top of the repository."""
+    shipped = resources.files("gateway") / "_shipped" / name
+    if shipped.is_file() or shipped.is_dir():
+        return Path(str(shipped))
+    return Path(__file__).resolve().parent.parent / name
+
+
+def locate(configured: str, default: str) -> Path:
+    """A relative path resolves against the working directory; when the operator kept the
+    default and has no copy here, the shipped copy is used."""
+    path = Path(configured)
+    if path.exists() or configured != default:
+        return path
+    return package_copy(default)

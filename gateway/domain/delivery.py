@@ -1,0 +1,119 @@
+"""What happens to a message after a delivery attempt: its next state and when to try again."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    REPLIED = "replied"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+
+
+# States a sender may claim a row in (besides an expired lease on `sending`).
+DUE_STATES = (State.QUEUED, State.DEFERRED)
+
+
+class OutcomeKind(StrEnum):
+    ACCEPTED = "accepted"  # 2xx to the end of DATA
+    TEMPORARY = "temporary"  # 4xx: the server asks us to come back
+    PERMANENT = "permanent"  # 5xx to this message: it will not be accepted
+    NETWORK = "network"  # no connection, or lost before the message was handed over
+    AMBIGUOUS = "ambiguous"  # lost after the message was handed over, before the reply
+    AUTH = "auth"  # the server refused our sign-in: the route's problem, not the message's
+    TLS = "tls"  # TLS could not be set up or the certificate was refused
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    kind: OutcomeKind
+    reply: str  # the server's reply line, or what went wrong in words
+    code: int | None = None
+    phase: str = ""  # connect, mail, rcpt, data
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_seconds: float = 30.0
+    cap_seconds: float = 1800.0
+    # A delivery notice is stale within hours: past this, counted from when the message first
+    # became due, it fails instead of going out late.
+    lifetime: dt.timedelta = dt.timedelta(hours=6)
+    # An ambiguous outcome may already have been delivered; wait long enough that a resend is
+    # unlikely to race the first copy.
+    ambiguous_hold_seconds: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    state: State
+    due_at: dt.datetime | None
+    reason: str | None
+
+
+def backoff_seconds(attempts: int, policy: RetryPolicy, jitter: float) -> float:
+    """Exponential delay after `attempts` failed tries, capped, with half of it jittered.
+
+    `jitter` in [0, 1) comes from the caller, so this stays a function of its arguments.
+    """
+    if attempts < 1:
+        raise ValueError("attempts counts failed tries, from 1")
+    exponent = min(attempts - 1, 32)
+    delay = min(policy.cap_seconds, policy.base_seconds * 2.0**exponent)
+    return delay * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
+
+
+AUTH_HINT = (
+    "the server refused the sign-in; accounts with two-step sign-in need an app password, "
+    "and Microsoft 365 or Google Workspace may require OAuth2 or have SMTP AUTH disabled "
+    "for the mailbox"
+)
+
+
+def decide(
+    outcome: AttemptOutcome,
+    attempts: int,
+    first_due_at: dt.datetime,
+    now: dt.datetime,
+    policy: RetryPolicy,
+    jitter: float,
+) -> Decision:
+    """The message's next state after its `attempts`-th attempt ended with `outcome`."""
+    if outcome.kind is OutcomeKind.ACCEPTED:
+        return Decision(State.SENT, None, None)
+    if outcome.kind is OutcomeKind.PERMANENT:
+        return Decision(State.FAILED, None, f"refused by the server: {outcome.reply}")
+
+    delay = backoff_seconds(attempts, policy, jitter)
+    if outcome.kind is OutcomeKind.AMBIGUOUS:
+        delay = max(delay, policy.ambiguous_hold_seconds)
+        reason = (
+            "ambiguous: the connection was lost after the message was handed over and before "
+            f"the server answered ({outcome.reply}); it will be tried again later on the same route"
+        )
+    elif outcome.kind is OutcomeKind.AUTH:
+        reason = f"sign-in refused: {outcome.reply} ({AUTH_HINT})"
+    elif outcome.kind is OutcomeKind.TLS:
+        reason = f"TLS failed: {outcome.reply}"
+    elif outcome.kind is OutcomeKind.TEMPORARY:
+        reason = f"temporarily refused: {outcome.reply}"
+    else:
+        reason = f"connection problem: {outcome.reply}"
+
+    due_at = now + dt.timedelta(seconds=delay)
+    if due_at > first_due_at + policy.lifetime:
+        hours = policy.lifetime.total_seconds() / 3600
+        return Decision(
+            State.FAILED, None, f"expired: not delivered within {hours:g} h; last: {reason}"
+        )
+    return Decision(State.DEFERRED, due_at, reason)

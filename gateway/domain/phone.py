@@ -1,0 +1,81 @@
+"""Phone numbers as the gateways need them: validated, mobile-capable, in national form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import PhoneNumberType
+
+# Longer input is never a phone number; refusing it early keeps hostile input cheap.
+MAX_INPUT_LENGTH = 40
+
+# Types the numbering plan says cannot receive a text. Everything else that is valid is
+# accepted: phonenumbers types every North American number FIXED_LINE_OR_MOBILE.
+_CANNOT_TEXT = {
+    PhoneNumberType.FIXED_LINE: "a landline",
+    PhoneNumberType.PREMIUM_RATE: "a premium-rate number",
+    PhoneNumberType.SHARED_COST: "a shared-cost number",
+    PhoneNumberType.VOICEMAIL: "a voicemail access number",
+    PhoneNumberType.UAN: "a universal access number",
+    PhoneNumberType.PAGER: "a pager number",
+}
+
+
+class PhoneError(ValueError):
+    """A number that cannot be texted; `str()` says why in words a dispatcher understands."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(reason)
+        self.text = text
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    e164: str  # +12025550143: how the number is stored and shown
+    national: str  # 2025550143: the local part a carrier gateway expects
+    region: str | None  # ISO 3166 region of the number, when the plan says
+
+    def __str__(self) -> str:
+        return self.e164
+
+
+def parse_phone(text: str, default_region: str) -> Phone:
+    """Parse what a person typed into a textable number, or raise PhoneError saying why."""
+    shown = text.strip()
+    if not shown:
+        raise PhoneError(text, "no phone number given")
+    if len(shown) > MAX_INPUT_LENGTH or any(ch in shown for ch in "\r\n\x00"):
+        raise PhoneError(text, f"{_short(shown)!r} is not a phone number")
+    try:
+        number = phonenumbers.parse(shown, default_region.upper())
+    except phonenumbers.NumberParseException as exc:
+        raise PhoneError(text, f"{shown!r} is not a phone number ({_parse_reason(exc)})") from None
+    if not phonenumbers.is_valid_number(number):
+        raise PhoneError(
+            text, f"{shown!r} is not a valid number in the numbering plan of its country"
+        )
+    kind = phonenumbers.number_type(number)
+    if kind in _CANNOT_TEXT:
+        raise PhoneError(text, f"{shown!r} is {_CANNOT_TEXT[kind]} and cannot receive texts")
+    return Phone(
+        e164=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
+        national=phonenumbers.national_significant_number(number),
+        region=phonenumbers.region_code_for_number(number),
+    )
+
+
+def _parse_reason(exc: phonenumbers.NumberParseException) -> str:
+    reasons = {
+        phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "unknown country code",
+        phonenumbers.NumberParseException.NOT_A_NUMBER: "no digits to dial",
+        phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short",
+        phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
+        phonenumbers.NumberParseException.TOO_LONG: "too long",
+    }
+    return reasons.get(exc.error_type, "unreadable")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else text[:21] + "..."

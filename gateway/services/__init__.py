@@ -1,0 +1,1 @@
+"""The shell: where I/O and time meet the core."""

@@ -1,0 +1,97 @@
+"""What every command needs, loaded once: settings, the carrier table, templates, the database."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from gateway.config import ConfigError, Settings, locate
+from gateway.domain.carriers import CarrierBook, CarrierFileError, load_carriers
+from gateway.domain.delivery import RetryPolicy
+from gateway.domain.templates import SUFFIX, TemplateBook
+from gateway.store.db import make_engine, require_current
+from gateway.transport.smtp import SmtpServer
+
+
+@dataclasses.dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def carriers_path(self) -> Path:
+        return locate(self.settings.carriers.file, "carriers.yaml")
+
+    @cached_property
+    def carriers(self) -> CarrierBook:
+        path = self.carriers_path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"carriers file {str(path)!r} cannot be read: {exc.strerror}"
+            ) from None
+        try:
+            return load_carriers(text, str(path))
+        except CarrierFileError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @cached_property
+    def templates_path(self) -> Path:
+        return locate(self.settings.templates.folder, "templates")
+
+    @cached_property
+    def templates(self) -> TemplateBook:
+        folder = self.templates_path
+        if not folder.is_dir():
+            raise ConfigError(f"templates folder {str(folder)!r} does not exist")
+        sources = {}
+        for path in sorted(folder.glob(f"*{SUFFIX}")):
+            try:
+                sources[path.name[: -len(SUFFIX)]] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"template {str(path)!r} cannot be read: {exc}") from None
+        return TemplateBook(sources)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database.url)
+
+    def migrated_engine(self) -> Engine:
+        """The engine, after checking the schema is current (raises DatabaseError if not)."""
+        require_current(self.engine)
+        return self.engine
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        sender = self.settings.sender
+        return RetryPolicy(
+            base_seconds=sender.retry_base_seconds,
+            cap_seconds=sender.retry_cap_seconds,
+            lifetime=dt.timedelta(hours=self.settings.policy.lifetime_hours),
+        )
+
+    def own_server(self) -> SmtpServer:
+        smtp = self.settings.smtp
+        return SmtpServer(
+            host=smtp.host,
+            port=smtp.port,
+            security=smtp.security,
+            username=smtp.username,
+            password=smtp.resolve_password() if smtp.username else None,
+            ca_file=smtp.ca_file,
+            connections=smtp.connections,
+            timeout=smtp.timeout_seconds,
+            deadline=smtp.message_deadline_seconds,
+        )
+
+    @cached_property
+    def company_domain(self) -> str:
+        return self.settings.smtp.sender.domain
+
+    def new_message_token(self) -> str:
+        return secrets.token_hex(12)

@@ -1,0 +1,421 @@
+"""The outbox queries. SQLAlchemy Core on the hot paths: claiming and recording in batches is
+about thirty times faster than the ORM row by row."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway.domain.delivery import DUE_STATES, AttemptOutcome, Decision, State
+from gateway.store.models import Contact, Conversation, DeliveryAttempt, Message, Order
+
+messages = Message.__table__  # type: ignore[attr-defined]
+attempts = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+contacts = Contact.__table__  # type: ignore[attr-defined]
+orders = Order.__table__  # type: ignore[attr-defined]
+conversations = Conversation.__table__  # type: ignore[attr-defined]
+_TIME = messages.c.due_at.type
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    to_phone: str
+    carrier: str | None
+    to_address: str | None
+    gateway: str | None
+    gateway_reason: str | None
+    body: str
+    template: str | None
+    encoding: str
+    segments: int
+    part: int
+    parts: int
+    message_id: str
+    idempotency_key: str | None
+    state: State
+    reason: str | None
+    due_at: dt.datetime
+    contact_id: int | None = None
+    order_id: int | None = None
+    conversation_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    to_address: str
+    body: str
+    message_id: str
+    attempts: int
+    first_due_at: dt.datetime
+    lease_until: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    message: int
+    number: int  # 1 for the first attempt
+    worker: str
+    route: str
+    outcome: AttemptOutcome
+    decision: Decision
+    started_at: dt.datetime
+    finished_at: dt.datetime
+
+
+# --- enqueue ----------------------------------------------------------------------------------
+
+
+def upsert_contact(
+    conn: Connection, phone: str, carrier: str | None, carrier_source: str, now: dt.datetime
+) -> tuple[int, str | None, bool]:
+    """The contact for `phone` (created if new; its carrier updated when one is given).
+    Returns its id, its carrier and whether it opted out."""
+    row = conn.execute(
+        select(contacts.c.id, contacts.c.carrier, contacts.c.opted_out).where(
+            contacts.c.phone == phone
+        )
+    ).first()
+    if row is None:
+        try:
+            with conn.begin_nested():
+                new_id = conn.execute(
+                    insert(contacts)
+                    .values(
+                        phone=phone,
+                        carrier=carrier,
+                        carrier_source=carrier_source if carrier else None,
+                        opted_out=False,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(contacts.c.id)
+                ).scalar_one()
+            return new_id, carrier, False
+        except IntegrityError:  # created by someone else meanwhile
+            return upsert_contact(conn, phone, carrier, carrier_source, now)
+    if carrier is not None and carrier != row.carrier:
+        conn.execute(
+            update(contacts)
+            .where(contacts.c.id == row.id)
+            .values(carrier=carrier, carrier_source=carrier_source, updated_at=now)
+        )
+        return row.id, carrier, row.opted_out
+    return row.id, row.carrier, row.opted_out
+
+
+def ensure_order(conn: Connection, ref: str, customer_id: int, now: dt.datetime) -> int:
+    """The order with reference `ref`, created bare (customer only) when it does not exist."""
+    found = conn.execute(select(orders.c.id).where(orders.c.ref == ref)).scalar()
+    if found is not None:
+        return int(found)
+    try:
+        with conn.begin_nested():
+            return int(
+                conn.execute(
+                    insert(orders)
+                    .values(ref=ref, customer_id=customer_id, created_at=now, updated_at=now)
+                    .returning(orders.c.id)
+                ).scalar_one()
+            )
+    except IntegrityError:
+        return ensure_order(conn, ref, customer_id, now)
+
+
+def ensure_conversation(
+    conn: Connection, contact_id: int, order_id: int | None, now: dt.datetime
+) -> int:
+    found = conn.execute(
+        select(conversations.c.id)
+        .where(
+            conversations.c.contact_id == contact_id,
+            conversations.c.order_id.is_(None)
+            if order_id is None
+            else conversations.c.order_id == order_id,
+        )
+        .order_by(conversations.c.id)
+        .limit(1)
+    ).scalar()
+    if found is not None:
+        conn.execute(
+            update(conversations).where(conversations.c.id == found).values(last_message_at=now)
+        )
+        return int(found)
+    return int(
+        conn.execute(
+            insert(conversations)
+            .values(contact_id=contact_id, order_id=order_id, created_at=now, last_message_at=now)
+            .returning(conversations.c.id)
+        ).scalar_one()
+    )
+
+
+def find_by_key(conn: Connection, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows an earlier request with these idempotency keys created, first part first."""
+    if not keys:
+        return []
+    result = conn.execute(
+        select(
+            messages.c.id,
+            messages.c.state,
+            messages.c.to_address,
+            messages.c.message_id,
+            messages.c.reason,
+            messages.c.gateway_reason,
+        )
+        .where(messages.c.idempotency_key.in_(list(keys)))
+        .order_by(messages.c.part, messages.c.id)
+    )
+    return [dict(row._mapping) for row in result]
+
+
+def insert_messages(conn: Connection, rows: Iterable[NewMessage], now: dt.datetime) -> list[int]:
+    values = [_row_values(row, now) for row in rows]
+    if not values:
+        return []
+    result = conn.execute(
+        insert(messages).returning(messages.c.id, sort_by_parameter_order=True), values
+    )
+    return [int(r) for r in result.scalars()]
+
+
+def _row_values(row: NewMessage, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "conversation_id": row.conversation_id,
+        "contact_id": row.contact_id,
+        "order_id": row.order_id,
+        "to_phone": row.to_phone,
+        "carrier": row.carrier,
+        "to_address": row.to_address,
+        "gateway": row.gateway,
+        "gateway_reason": row.gateway_reason,
+        "body": row.body,
+        "template": row.template,
+        "encoding": row.encoding,
+        "segments": row.segments,
+        "part": row.part,
+        "parts": row.parts,
+        "message_id": row.message_id,
+        "idempotency_key": row.idempotency_key,
+        "state": row.state.value,
+        "reason": row.reason,
+        "attempts": 0,
+        "due_at": row.due_at,
+        "first_due_at": row.due_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+# --- the sender's side ------------------------------------------------------------------------
+
+
+def _due(now: dt.datetime) -> Any:
+    return or_(
+        and_(messages.c.state.in_([s.value for s in DUE_STATES]), messages.c.due_at <= now),
+        # A lease that ran out belongs to a worker that died or stalled: the row is due again.
+        and_(messages.c.state == State.SENDING.value, messages.c.lease_until < now),
+    )
+
+
+def claim_due(
+    engine: Engine, worker: str, now: dt.datetime, lease: dt.timedelta, limit: int
+) -> list[Claimed]:
+    """Take up to `limit` due rows for `worker` until `now + lease`, oldest due first.
+
+    One statement: on PostgreSQL the inner SELECT skips rows other workers hold locked, so
+    concurrent claims never block on or take each other's rows; SQLite has one writer at a
+    time, which gives the same guarantee.
+    """
+    lease_until = now + lease
+    chosen = (
+        select(messages.c.id)
+        .where(_due(now), messages.c.to_address.is_not(None))
+        .order_by(messages.c.due_at, messages.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(messages)
+        .where(messages.c.id.in_(chosen))
+        .values(
+            state=State.SENDING.value,
+            lease_owner=worker,
+            lease_until=lease_until,
+            updated_at=now,
+        )
+        .returning(
+            messages.c.id,
+            messages.c.to_address,
+            messages.c.body,
+            messages.c.message_id,
+            messages.c.attempts,
+            messages.c.first_due_at,
+            messages.c.due_at,
+        )
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(statement).all()
+    rows.sort(key=lambda r: (r.due_at, r.id))
+    return [
+        Claimed(r.id, r.to_address, r.body, r.message_id, r.attempts, r.first_due_at, lease_until)
+        for r in rows
+    ]
+
+
+def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
+    """Store the outcome of each attempt and move its message on, in one transaction.
+
+    A message whose lease another worker has since taken keeps the state that worker gives it;
+    the attempt itself is recorded all the same, since it happened.
+    """
+    if not records:
+        return
+    updates = [
+        {
+            "b_id": r.message,
+            "b_owner": r.worker,
+            "b_number": r.number,
+            "b_state": r.decision.state.value,
+            "b_reason": r.decision.reason,
+            "b_due": r.decision.due_at,
+            "b_route": r.route,
+            "b_reply": r.outcome.reply[:2000],
+            "b_now": r.finished_at,
+            "b_sent": r.finished_at if r.decision.state is State.SENT else None,
+        }
+        for r in records
+    ]
+    statement = (
+        update(messages)
+        .where(messages.c.id == bindparam("b_id"), messages.c.lease_owner == bindparam("b_owner"))
+        .values(
+            state=bindparam("b_state"),
+            reason=bindparam("b_reason"),
+            due_at=func.coalesce(
+                bindparam("b_due", type_=messages.c.due_at.type), messages.c.due_at
+            ),
+            route=bindparam("b_route"),
+            last_reply=bindparam("b_reply"),
+            attempts=bindparam("b_number"),
+            lease_owner=None,
+            lease_until=None,
+            updated_at=bindparam("b_now", type_=messages.c.updated_at.type),
+            sent_at=func.coalesce(
+                bindparam("b_sent", type_=messages.c.sent_at.type), messages.c.sent_at
+            ),
+        )
+    )
+    history = [
+        {
+            "message_id": r.message,
+            "number": r.number,
+            "route": r.route,
+            "worker": r.worker,
+            "outcome": r.outcome.kind.value,
+            "phase": r.outcome.phase or None,
+            "smtp_code": r.outcome.code,
+            "reply": r.outcome.reply[:2000],
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+        }
+        for r in records
+    ]
+    with engine.begin() as conn:
+        conn.execute(statement, updates)
+        conn.execute(insert(attempts), history)
+
+
+def release(engine: Engine, worker: str, ids: Sequence[int], now: dt.datetime) -> int:
+    """Give back claimed rows that were never tried: they are due again at once."""
+    if not ids:
+        return 0
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(messages)
+            .where(
+                messages.c.id.in_(list(ids)),
+                messages.c.lease_owner == worker,
+                messages.c.state == State.SENDING.value,
+            )
+            .values(
+                state=case(
+                    (messages.c.attempts > 0, State.DEFERRED.value), else_=State.QUEUED.value
+                ),
+                lease_owner=None,
+                lease_until=None,
+                updated_at=now,
+            )
+        )
+        return int(result.rowcount)
+
+
+def count_due(engine: Engine, now: dt.datetime) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(messages)
+                .where(_due(now), messages.c.to_address.is_not(None))
+            ).scalar_one()
+        )
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def list_messages(
+    engine: Engine, state: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Outbox rows, newest first, with the fields `gateway outbox list` shows."""
+    query = (
+        select(
+            messages.c.id,
+            messages.c.to_phone.label("to"),
+            messages.c.to_address,
+            messages.c.carrier,
+            messages.c.gateway,
+            messages.c.gateway_reason,
+            messages.c.state,
+            messages.c.route,
+            messages.c.attempts,
+            messages.c.last_reply,
+            messages.c.message_id,
+            messages.c.reason,
+            orders.c.ref.label("order_ref"),
+            messages.c.due_at,
+            messages.c.part,
+            messages.c.parts,
+            messages.c.segments,
+            messages.c.body,
+        )
+        .select_from(messages.outerjoin(orders, orders.c.id == messages.c.order_id))
+        .order_by(messages.c.id.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        query = query.where(messages.c.state == state)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def get_message(engine: Engine, message: int) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(messages).where(messages.c.id == message)).first()
+        return None if row is None else dict(row._mapping)
+
+
+def attempts_of(engine: Engine, message: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [
+            dict(row._mapping)
+            for row in conn.execute(
+                select(attempts).where(attempts.c.message_id == message).order_by(attempts.c.id)
+            )
+        ]

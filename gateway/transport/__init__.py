@@ -1,0 +1,1 @@
+"""Talking to mail servers. Returns typed outcomes; never touches the database."""

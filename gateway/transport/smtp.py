@@ -1,0 +1,263 @@
+"""A pool of persistent SMTP connections (aiosmtplib) to one server.
+
+Opening a connection (TCP, TLS, EHLO, AUTH) costs several round trips; a text costs three
+(MAIL, RCPT, DATA). Keeping connections open and reusing them is the largest single gain in
+throughput, so the pool keeps up to `connections` of them and hands each message to an idle one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import aiosmtplib
+
+from gateway.domain.delivery import AttemptOutcome, OutcomeKind
+
+Security = Literal["tls", "starttls", "none"]
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    host: str
+    port: int
+    security: Security
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    connections: int = 4
+    timeout: float = 30.0  # one command
+    deadline: float = 60.0  # one message, from taking a connection to the server's answer
+    local_hostname: str | None = None
+
+    def __repr__(self) -> str:  # never show the password, whatever logs this
+        return (
+            f"SmtpServer({self.host}:{self.port}, security={self.security}, "
+            f"user={self.username!r}, connections={self.connections})"
+        )
+
+
+class _Unusable(Exception):
+    """The connection cannot carry another message; the outcome says why."""
+
+    def __init__(self, outcome: AttemptOutcome) -> None:
+        super().__init__(outcome.reply)
+        self.outcome = outcome
+
+
+class SmtpPool:
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(server.connections)
+        self._tls = self._tls_context() if server.security != "none" else None
+        self.connects = 0  # connections opened, for diagnostics and the benchmark
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(
+            cafile=str(self.server.ca_file) if self.server.ca_file else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> AttemptOutcome:
+        """Hand one message to the server; never raises for anything the server or network does."""
+        async with self._slots:
+            # The connection in use, wherever the transaction has got to: whatever ends it
+            # (a deadline, a failure) must close exactly this one.
+            held: list[aiosmtplib.SMTP | None] = [self._idle.pop() if self._idle else None]
+            try:
+                async with asyncio.timeout(self.server.deadline):
+                    outcome, keep = await self._transaction(held, sender, recipient, data)
+            except TimeoutError:
+                await _discard(held[0])
+                return _deadline_outcome(self.server.deadline)
+            except _Unusable as exc:
+                await _discard(held[0])
+                return exc.outcome
+            if keep and held[0] is not None:
+                self._idle.append(held[0])
+            else:
+                await _discard(held[0])
+            return outcome
+
+    async def _transaction(
+        self, held: list[aiosmtplib.SMTP | None], sender: str, recipient: str, data: bytes
+    ) -> tuple[AttemptOutcome, bool]:
+        client = held[0]
+        reused = client is not None and client.is_connected
+        if not reused:
+            await _discard(client)
+            held[0] = None
+            client = held[0] = await self._connect()
+        try:
+            await client.mail(sender)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            if not reused:
+                raise _Unusable(_network("mail", exc)) from None
+            # The server closed an idle connection; nothing was handed over, so a fresh one
+            # carries the message at once.
+            await _discard(client)
+            held[0] = None
+            client = held[0] = await self._connect()
+            await self._step(client, "mail", client.mail(sender))
+        except aiosmtplib.SMTPResponseException as exc:
+            return await _refused(client, "mail", exc)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _Unusable(_network("mail", exc)) from None
+
+        try:
+            await client.rcpt(recipient)
+        except aiosmtplib.SMTPResponseException as exc:
+            return await _refused(client, "rcpt", exc)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _Unusable(_network("rcpt", exc)) from None
+
+        try:
+            response = await client.data(data)
+        except aiosmtplib.SMTPResponseException as exc:
+            return await _refused(client, "data", exc)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # aiosmtplib sends DATA, the message and the final "." in one call, so a loss here
+            # may be after the server took the message: ambiguous, never resent at once.
+            raise _Unusable(
+                AttemptOutcome(OutcomeKind.AMBIGUOUS, _words(exc), None, "data")
+            ) from None
+        reply = f"{response.code} {response.message}".strip()
+        return AttemptOutcome(OutcomeKind.ACCEPTED, reply, response.code, "data"), True
+
+    async def _step(self, client: aiosmtplib.SMTP, phase: str, call: object) -> None:
+        try:
+            await call  # type: ignore[misc]
+        except aiosmtplib.SMTPResponseException as exc:
+            outcome, _ = await _refused(client, phase, exc)
+            raise _Unusable(outcome) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _Unusable(_network(phase, exc)) from None
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        server = self.server
+        client = aiosmtplib.SMTP(
+            hostname=server.host,
+            port=server.port,
+            use_tls=server.security == "tls",
+            # True: required, never opportunistic; False: never tried.
+            start_tls=server.security == "starttls",
+            tls_context=self._tls,
+            timeout=server.timeout,
+            local_hostname=server.local_hostname,
+        )
+        try:
+            await client.connect()
+            if server.username:
+                if server.password is None:
+                    raise _Unusable(
+                        AttemptOutcome(
+                            OutcomeKind.AUTH,
+                            f"username {server.username!r} is set but no password is configured",
+                            None,
+                            "auth",
+                        )
+                    )
+                await client.login(server.username, server.password)
+        except _Unusable:
+            await _discard(client)
+            raise
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            await _discard(client)
+            raise _Unusable(
+                AttemptOutcome(OutcomeKind.AUTH, _reply(exc), exc.code, "auth")
+            ) from None
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            await _discard(client)
+            kind = OutcomeKind.TEMPORARY if 400 <= exc.code < 500 else OutcomeKind.NETWORK
+            raise _Unusable(AttemptOutcome(kind, _reply(exc), exc.code, "connect")) from None
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            await _discard(client)
+            raise _Unusable(_connect_failure(server, exc)) from None
+        self.connects += 1
+        return client
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await client.quit()
+            await _discard(client)
+
+
+async def _refused(
+    client: aiosmtplib.SMTP, phase: str, exc: aiosmtplib.SMTPResponseException
+) -> tuple[AttemptOutcome, bool]:
+    """A definite answer from the server to this message. Returns it, and whether the
+    connection can carry the next message."""
+    kind = OutcomeKind.TEMPORARY if exc.code < 500 else OutcomeKind.PERMANENT
+    outcome = AttemptOutcome(kind, _reply(exc), exc.code, phase)
+    if exc.code == 421 or not client.is_connected:  # 421: the server is closing the channel
+        return outcome, False
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        return outcome, False
+    return outcome, True
+
+
+async def _discard(client: aiosmtplib.SMTP | None) -> None:
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
+    return f"{exc.code} {exc.message}".strip()
+
+
+def _words(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _network(phase: str, exc: BaseException) -> AttemptOutcome:
+    return AttemptOutcome(OutcomeKind.NETWORK, _words(exc), None, phase)
+
+
+def _deadline_outcome(deadline: float) -> AttemptOutcome:
+    # The deadline can fall in any phase; only the transaction knows which, and it is gone.
+    # Treat it as ambiguous: the message may have been handed over.
+    return AttemptOutcome(
+        OutcomeKind.AMBIGUOUS, f"no answer within the {deadline:g} s deadline", None, "deadline"
+    )
+
+
+def _connect_failure(server: SmtpServer, exc: BaseException) -> AttemptOutcome:
+    text = _words(exc)
+    lowered = text.lower()
+    if "starttls" in lowered and "not supported" in lowered:
+        return AttemptOutcome(
+            OutcomeKind.TLS,
+            f"{server.host}:{server.port} does not offer STARTTLS, which security = 'starttls' "
+            "requires; nothing was sent in the clear (use security = 'tls' on port 465 if the "
+            "server speaks TLS from the start)",
+            None,
+            "connect",
+        )
+    if isinstance(exc, ssl.SSLError) or "ssl" in lowered or "certificate" in lowered:
+        return AttemptOutcome(
+            OutcomeKind.TLS,
+            f"TLS with {server.host}:{server.port} failed: {text}",
+            None,
+            "connect",
+        )
+    if "auth" in lowered and "not supported" in lowered:
+        return AttemptOutcome(OutcomeKind.AUTH, text, None, "auth")
+    return AttemptOutcome(
+        OutcomeKind.NETWORK,
+        f"cannot reach {server.host}:{server.port}: {text}",
+        None,
+        "connect",
+    )

@@ -1,0 +1,59 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.domain.phone import PhoneError, parse_phone
+
+
+@pytest.mark.parametrize(
+    ("typed", "e164", "national"),
+    [
+        ("+12025550143", "+12025550143", "2025550143"),
+        ("(202) 555-0143", "+12025550143", "2025550143"),
+        ("202.555.0143", "+12025550143", "2025550143"),
+        ("+1 604 555 0123", "+16045550123", "6045550123"),  # Canada, same plan
+        ("+44 7700 900123", None, None),  # reserved for drama: not a valid number
+    ],
+)
+def test_parses_what_dispatchers_type(typed, e164, national):
+    if e164 is None:
+        with pytest.raises(PhoneError):
+            parse_phone(typed, "US")
+        return
+    phone = parse_phone(typed, "US")
+    assert (phone.e164, phone.national) == (e164, national)
+
+
+def test_default_region_applies_to_national_numbers():
+    phone = parse_phone("07400 123456", "GB")
+    assert (phone.e164, phone.national, phone.region) == ("+447400123456", "7400123456", "GB")
+    with pytest.raises(PhoneError, match="landline"):
+        parse_phone("020 7946 0018", "GB")
+
+
+@pytest.mark.parametrize(
+    ("typed", "words"),
+    [
+        ("", "no phone number"),
+        ("hello", "not a phone number"),
+        ("+1 900 555 0123", "premium-rate"),
+        ("+44 20 7946 0958", "landline"),
+        ("+1 202 555 01", "not a valid number"),
+        ("+12025550143\r\nBcc: x@y.z", "not a phone number"),
+        ("1" * 200, "not a phone number"),
+    ],
+)
+def test_refuses_with_a_reason(typed, words):
+    with pytest.raises(PhoneError) as caught:
+        parse_phone(typed, "US")
+    assert words in caught.value.reason
+
+
+@given(st.text(max_size=60))
+def test_any_input_parses_or_is_refused_with_a_reason(text):
+    try:
+        phone = parse_phone(text, "US")
+    except PhoneError as exc:
+        assert exc.reason
+    else:
+        assert phone.e164.startswith("+") and phone.national.isdigit()

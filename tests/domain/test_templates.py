@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+
+from gateway.domain.templates import SUFFIX, TemplateBook, TemplateError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "templates"
+
+
+def shipped() -> TemplateBook:
+    return TemplateBook({p.name[: -len(SUFFIX)]: p.read_text() for p in SHIPPED.glob("*" + SUFFIX)})
+
+
+def test_shipped_templates_compile_and_cover_every_order_status():
+    book = shipped()
+    assert book.check() == []
+    for status in [
+        "order_confirmed",
+        "driver_assigned",
+        "out_for_delivery",
+        "delivered",
+        "delayed",
+        "attempt_failed",
+        "cancelled",
+        "free_text",
+    ]:
+        assert status in book
+
+
+def test_renders_with_optional_parts():
+    book = shipped()
+    text = book.render("delayed", {"customer_name": "Ana", "order_ref": "A-1", "eta": "15:00"})
+    assert text == "Sorry Ana, your order A-1 is running late. New ETA 15:00."
+    with_reason = book.render(
+        "delayed", {"customer_name": "Ana", "order_ref": "A-1", "eta": "15:00", "reason": "snow"}
+    )
+    assert with_reason.endswith("(snow)")
+
+
+def test_missing_variable_names_template_and_line():
+    book = TemplateBook({"t": "Hello {{ name }}\nETA {{ eta }}"})
+    with pytest.raises(TemplateError) as caught:
+        book.render("t", {"name": "Ana"})
+    assert caught.value.line == 2
+    assert (
+        str(caught.value)
+        == "template t.txt.j2, line 2: variable 'eta' is missing (pass it with --var)"
+    )
+
+
+def test_syntax_error_names_template_and_line():
+    book = TemplateBook({"bad": "ok\n{% if %}\n"})
+    problems = book.check()
+    assert len(problems) == 1 and problems[0].line == 2 and "bad.txt.j2" in str(problems[0])
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ x.__class__.__mro__ }}",
+        "{{ x.__init__.__globals__ }}",
+        "{{ ''.__class__.__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os }}",
+    ],
+)
+def test_sandbox_refuses_reaching_into_python(source):
+    with pytest.raises(TemplateError):
+        TemplateBook({"evil": source}).render("evil", {"x": 1})
+
+
+def test_hostile_variables_are_text_not_code():
+    book = TemplateBook({"t": "Hi {{ name }}"})
+    assert book.render("t", {"name": "{{ 7*7 }}"}) == "Hi {{ 7*7 }}"
+
+
+def test_unknown_template_lists_the_known_ones():
+    with pytest.raises(TemplateError, match="known: t"):
+        TemplateBook({"t": "x"}).render("nope", {})
+
+
+def test_variables_are_reported():
+    assert shipped().info("out_for_delivery").variables == {
+        "customer_name",
+        "order_ref",
+        "driver_name",
+        "eta",
+    }
