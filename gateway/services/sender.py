@@ -35,7 +35,8 @@ from gateway.transport.smtp import SmtpPool
 
 log = logging.getLogger("gateway.sender")
 
-# A row is not started this close to the end of its lease: another worker may take it then.
+# A row is not started this close to the end of its lease (another worker may take it then):
+# this long, or a quarter of a short lease.
 LEASE_MARGIN = dt.timedelta(seconds=5)
 RECORD_EVERY = 0.05  # seconds: how long an outcome may wait to be written with others
 
@@ -75,6 +76,7 @@ class Sender:
         self.route = route
         self.batch_size = batch_size
         self.lease = lease
+        self.lease_margin = min(LEASE_MARGIN, lease / 4)
         self.idle_poll = idle_poll
         self.clock = clock
         self.jitter = jitter
@@ -155,7 +157,7 @@ class Sender:
 
     async def _send_one(self, row: Claimed) -> None:
         started = self.clock()
-        if started >= row.lease_until - LEASE_MARGIN:
+        if started >= row.lease_until - self.lease_margin:
             return  # our lease is (nearly) gone; whoever claims it next sends it
         try:
             data = build_email(

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+import trustme
+
+from gateway.config import load_settings
+from gateway.services.runtime import Runtime
+from gateway.store.db import make_engine, upgrade
+from tests.servers import SmtpTestServer
+
+PG_ADMIN_URL = os.environ.get(
+    "GATEWAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _postgres_or_skip() -> None:
+    try:
+        engine = sqlalchemy.create_engine(PG_ADMIN_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        message = f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}"
+        if os.environ.get("GATEWAY_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message + " (this machine runs PostgreSQL, so these tests must run)")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test."""
+    _postgres_or_skip()
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = (
+        sqlalchemy.engine.make_url(PG_ADMIN_URL)
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpTestServer]:
+    server = SmtpTestServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_cert(ca: trustme.CA) -> trustme.LeafCert:
+    return ca.issue_cert("127.0.0.1", "localhost")
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def make_runtime(db_url: str, port: int, **smtp: object) -> Runtime:
+    settings = load_settings(
+        None,
+        database={"url": db_url},
+        smtp={
+            "host": "127.0.0.1",
+            "port": port,
+            "security": "none",
+            "from_address": "Dispatch <dispatch@example.com>",
+            **smtp,
+        },
+        sender={"retry_base_seconds": 30, "idle_poll_seconds": 0.05},
+    )
+    runtime = Runtime(settings)
+    upgrade(runtime.engine)
+    return runtime
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never read a gateway.toml or GATEWAY_* variables from the machine."""
+    for key in list(os.environ):
+        if key.startswith("GATEWAY_") and not key.startswith("GATEWAY_TEST_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def _engine(url: str) -> sqlalchemy.Engine:
+    return make_engine(url)

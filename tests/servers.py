@@ -1,0 +1,143 @@
+"""Real SMTP servers for tests (aiosmtpd in the test process), including ones that misbehave on
+command: a reply code at a chosen phase, a connection dropped at a chosen phase, a slow reply,
+a refusal at the greeting, failed sign-in, implicit TLS and STARTTLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+from gateway.services.carrier_sim import free_port
+
+
+@dataclass
+class Faults:
+    """What the server does; tests change it between messages."""
+
+    mail_reply: str | None = None  # e.g. "451 4.3.0 try later"
+    rcpt_reply: str | None = None
+    data_reply: str | None = None
+    drop_after: str | None = None  # "mail", "rcpt" or "data" (after the final ".")
+    data_delay: float = 0.0
+    by_recipient: dict[str, str] = field(default_factory=dict)  # rcpt address -> RCPT reply
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+
+
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.faults = Faults()
+        self.received: list[Received] = []
+        self.sessions = 0
+        self.lock = threading.Lock()
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        with self.lock:
+            self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.faults.drop_after == "mail":
+            server.transport.abort()
+            return "250 OK"
+        if self.faults.mail_reply:
+            return self.faults.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.faults.drop_after == "rcpt":
+            server.transport.abort()
+            return "250 OK"
+        reply = self.faults.by_recipient.get(address) or self.faults.rcpt_reply
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.faults.data_delay:
+            await asyncio.sleep(self.faults.data_delay)
+        if self.faults.data_reply:
+            return self.faults.data_reply
+        with self.lock:
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
+            )
+        if self.faults.drop_after == "data":
+            server.transport.abort()  # the message arrived; the sender never hears so
+        return "250 2.0.0 queued"
+
+
+class GreetingRefusal(SMTP):
+    """Answers 421 at the greeting and hangs up, as a busy server does."""
+
+    async def _handle_client(self) -> None:  # aiosmtpd's session entry point
+        await self.push("421 4.3.2 too busy, come back later")
+        self.transport.close()
+
+
+class SmtpTestServer(Controller):
+    def __init__(
+        self, *, refuse_greeting: bool = False, port: int | None = None, **kwargs: Any
+    ) -> None:
+        self.handler_ = RecordingHandler()
+        self.refuse_greeting = refuse_greeting
+        super().__init__(self.handler_, hostname="127.0.0.1", port=port or free_port(), **kwargs)
+
+    def factory(self) -> SMTP:
+        if self.refuse_greeting:
+            return GreetingRefusal(self.handler, **self.SMTP_kwargs)
+        return super().factory()
+
+    def stop(self, no_assert: bool = True) -> None:
+        # Tests may stop a server early (to kill it under a client); stopping twice is fine.
+        if self._thread is not None:
+            super().stop(no_assert=no_assert)
+
+    @property
+    def faults(self) -> Faults:
+        return self.handler_.faults
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler_.received
+
+
+def password_checker(username: str, password: str):  # type: ignore[no-untyped-def]
+    def authenticate(
+        server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(data, LoginPassword)
+            and data.login == username.encode()
+            and data.password == password.encode()
+        )
+        return AuthResult(success=ok, handled=False)
+
+    return authenticate
+
+
+def server_tls_context(cert: Any) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context

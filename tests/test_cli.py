@@ -1,0 +1,384 @@
+"""The command line as a user runs it: a separate process, exit codes, stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def gw(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, check_code: int | None = None
+) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    full_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    if check_code is not None:
+        assert result.returncode == check_code, (result.stdout, result.stderr)
+    return result
+
+
+@pytest.fixture
+def workdir(tmp_path, smtp_server) -> Path:
+    (tmp_path / "gateway.toml").write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
+        'from_address = "Dispatch <dispatch@example.com>"\n'
+    )
+    return tmp_path
+
+
+# --- addresses and carriers ---------------------------------------------------------------------
+
+
+def test_address_prints_the_gateway_address(tmp_path):
+    result = gw("address", "+12025550143", "--carrier", "verizon", cwd=tmp_path, check_code=0)
+    assert result.stdout.strip() == "2025550143@vtext.com"
+    assert "2027-03-31" in result.stderr  # the reported closing date is said
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (
+            ["+12025550143", "--carrier", "att"],
+            1,
+            "AT&T closed its email-to-SMS gateway on 2025-06-17",
+        ),
+        (["+12025550143"], 1, "carrier_unknown"),
+        (["+1 900 555 0123", "--carrier", "verizon"], 1, "premium-rate"),
+        (["+12025550143", "--carrier", "acme"], 1, "unknown carrier"),
+        (["+12025550143", "--no-such-option"], 2, "No such option"),
+    ],
+)
+def test_address_errors(tmp_path, args, code, words):
+    result = gw("address", *args, cwd=tmp_path, check_code=code)
+    assert words in result.stderr
+
+
+def test_carriers_list_json(tmp_path):
+    rows = json.loads(gw("carriers", "list", "--format", "json", cwd=tmp_path, check_code=0).stdout)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["att"]["status"] == "retired" and by_id["att"]["retired_on"] == "2025-06-17"
+    assert by_id["verizon"]["sms"] == "vtext.com" and by_id["verizon"]["ends_on"] == "2027-03-31"
+    assert set(rows[0]) >= {
+        "id",
+        "name",
+        "kind",
+        "countries",
+        "sms",
+        "mms",
+        "status",
+        "ends_on",
+        "retired_on",
+        "source",
+    }
+
+
+def test_broken_carriers_file_is_reported_with_its_line(tmp_path):
+    (tmp_path / "carriers.yaml").write_text(
+        "carriers:\n  - id: x\n    name: X\n    status: active\n"
+    )
+    result = gw("carriers", "list", cwd=tmp_path, check_code=1)
+    assert "carriers.yaml:2:" in result.stderr and "missing required key" in result.stderr
+
+
+# --- templates ------------------------------------------------------------------------------------
+
+
+def test_templates_check_and_preview(tmp_path):
+    gw("templates", "check", cwd=tmp_path, check_code=0)
+    result = gw(
+        "templates",
+        "preview",
+        "out_for_delivery",
+        "--var",
+        "customer_name=Ana",
+        "--var",
+        "order_ref=A-1",
+        "--var",
+        "driver_name=Sam",
+        "--var",
+        "eta=14:30",
+        cwd=tmp_path,
+        check_code=0,
+    )
+    assert (
+        result.stdout.strip() == "Hi Ana, your order A-1 is out for delivery with Sam. ETA 14:30."
+    )
+    assert "GSM-7" in result.stderr and "1 segment" in result.stderr
+    preview = json.loads(
+        gw(
+            "templates",
+            "preview",
+            "free_text",
+            "--var",
+            "text=Привет",
+            "--format",
+            "json",
+            cwd=tmp_path,
+            check_code=0,
+        ).stdout
+    )
+    assert preview["encoding"] == "UCS-2" and preview["segments"] == 1
+
+
+def test_templates_errors_name_the_template_and_line(tmp_path):
+    result = gw(
+        "templates", "preview", "delivered", "--var", "order_ref=A", cwd=tmp_path, check_code=1
+    )
+    assert "delivered.txt.j2, line 2" in result.stderr and "customer_name" in result.stderr
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "broken.txt.j2").write_text("fine\n{% if %}\n")
+    result = gw("templates", "check", cwd=tmp_path, check_code=1)
+    assert "broken.txt.j2, line 2" in result.stdout
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+def test_config_check_masks_secrets(tmp_path):
+    (tmp_path / "gateway.toml").write_text(
+        '[smtp]\nhost = "smtp.example.com"\nusername = "u"\npassword = "hunter2-secret"\n'
+    )
+    result = gw("config", "check", cwd=tmp_path, check_code=0)
+    assert "hunter2-secret" not in result.stdout + result.stderr
+    assert 'password = "********"' in result.stdout
+
+
+def test_env_overrides_the_file(tmp_path):
+    (tmp_path / "gateway.toml").write_text('[smtp]\nhost = "smtp.example.com"\n')
+    data = json.loads(
+        gw(
+            "config",
+            "check",
+            "--format",
+            "json",
+            cwd=tmp_path,
+            env={"GATEWAY_SMTP__PORT": "465", "GATEWAY_SMTP__SECURITY": "tls"},
+            check_code=0,
+        ).stdout
+    )
+    smtp = data["settings"]["smtp"]
+    assert (smtp["host"], smtp["port"], smtp["security"]) == ("smtp.example.com", 465, "tls")
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ('[smtp]\nsecurity = "ssl"\n', "smtp.security = 'ssl'"),
+        ("[smtp]\nport = 70000\n", "smtp.port = 70000"),
+        ('[smtp]\nhots = "x"\n', "smtp.hots: unknown key"),
+        ('[smtp]\nsecurity = "none"\nhost = "smtp.example.com"\n', "allow_insecure"),
+        ('[smtp]\nusername = "u"\npassword_env = "NOT_SET_ANYWHERE"\n', "NOT_SET_ANYWHERE"),
+        ("[smtp\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_key_value_and_fix(tmp_path, toml, words):
+    (tmp_path / "gateway.toml").write_text(toml)
+    result = gw("config", "check", cwd=tmp_path, check_code=1)
+    assert words in result.stderr
+
+
+def test_insecure_loopback_is_allowed_and_explicit_insecure_too(tmp_path):
+    (tmp_path / "gateway.toml").write_text(
+        '[smtp]\nsecurity = "none"\nhost = "smtp.example.com"\nallow_insecure = true\n'
+    )
+    gw("config", "check", cwd=tmp_path, check_code=0)
+
+
+def test_missing_explicit_config_is_an_error(tmp_path):
+    result = gw("--config", "nope.toml", "config", "check", cwd=tmp_path, check_code=1)
+    assert "nope.toml" in result.stderr
+
+
+# --- send, run, outbox ---------------------------------------------------------------------------------
+
+
+def test_send_before_upgrade_says_which_command_to_run(workdir):
+    result = gw(
+        "send",
+        "--to",
+        "+12025550143",
+        "--carrier",
+        "verizon",
+        "--text",
+        "hi",
+        cwd=workdir,
+        check_code=1,
+    )
+    assert "gateway db upgrade" in result.stderr
+
+
+def test_send_run_and_list(workdir, smtp_server):
+    gw("db", "upgrade", cwd=workdir, check_code=0)
+    sent = json.loads(
+        gw(
+            "send",
+            "--to",
+            "(202) 555-0143",
+            "--carrier",
+            "verizon",
+            "--template",
+            "delivered",
+            "--var",
+            "customer_name=Ana",
+            "--order",
+            "A-1",
+            "--format",
+            "json",
+            cwd=workdir,
+            check_code=0,
+        ).stdout
+    )
+    assert sent["state"] == "queued" and sent["to_address"] == "2025550143@vtext.com"
+    assert sent["message_id"].startswith("<") and sent["message_id"].endswith("@example.com>")
+    plain = gw(
+        "send",
+        "--to",
+        "+13125550199",
+        "--carrier",
+        "uscellular",
+        "--text",
+        "Running late",
+        cwd=workdir,
+        check_code=0,
+    )
+    assert plain.stdout.strip().isdigit()
+
+    gw("run", "--until-idle", cwd=workdir, check_code=0)
+    rows = json.loads(gw("outbox", "list", "--format", "json", cwd=workdir, check_code=0).stdout)
+    assert {r["state"] for r in rows} == {"sent"} and len(rows) == 2
+    first = next(r for r in rows if r["id"] == sent["id"])
+    assert first["order_ref"] == "A-1" and first["route"] == "own" and first["attempts"] == 1
+    assert first["last_reply"].startswith("250") and first["to"] == "+12025550143"
+    assert set(first) >= {
+        "id",
+        "to",
+        "to_address",
+        "carrier",
+        "gateway",
+        "gateway_reason",
+        "state",
+        "route",
+        "attempts",
+        "last_reply",
+        "message_id",
+        "reason",
+        "order_ref",
+        "due_at",
+    }
+    assert len(smtp_server.received) == 2
+    assert (
+        "Your order A-1 was delivered. Thank you, Ana!"
+        in smtp_server.received[0].content.decode() + smtp_server.received[1].content.decode()
+    )
+    table = gw("outbox", "list", "--state", "sent", cwd=workdir, check_code=0)
+    assert "2025550143" not in table.stderr and "sent" in table.stdout
+
+
+def test_send_errors(workdir):
+    gw("db", "upgrade", cwd=workdir, check_code=0)
+    bad = gw(
+        "send", "--to", "12", "--carrier", "verizon", "--text", "hi", cwd=workdir, check_code=1
+    )
+    assert "not" in bad.stderr
+    missing = gw(
+        "send",
+        "--to",
+        "+12025550143",
+        "--carrier",
+        "verizon",
+        "--template",
+        "delayed",
+        cwd=workdir,
+        check_code=1,
+    )
+    assert "delayed.txt.j2" in missing.stderr
+    assert (
+        json.loads(gw("outbox", "list", "--format", "json", cwd=workdir, check_code=0).stdout) == []
+    )
+
+    retired = gw(
+        "send",
+        "--to",
+        "+12025550143",
+        "--carrier",
+        "att",
+        "--text",
+        "hi",
+        cwd=workdir,
+        check_code=1,
+    )
+    assert "AT&T closed" in retired.stderr
+    [row] = json.loads(gw("outbox", "list", "--format", "json", cwd=workdir, check_code=0).stdout)
+    assert row["state"] == "suppressed" and row["reason"] == "carrier_retired"
+
+    gw(
+        "send", "--to", "+12025550143", "--carrier", "verizon", cwd=workdir, check_code=2
+    )  # neither --text nor --template
+    gw("outbox", "list", "--state", "nonsense", cwd=workdir, check_code=2)
+
+
+def test_idempotency_key_on_the_command_line(workdir):
+    gw("db", "upgrade", cwd=workdir, check_code=0)
+    one = gw(
+        "send",
+        "--to",
+        "+12025550143",
+        "--carrier",
+        "verizon",
+        "--text",
+        "hi",
+        "--key",
+        "evt-9",
+        cwd=workdir,
+        check_code=0,
+    )
+    two = gw(
+        "send",
+        "--to",
+        "+12025550143",
+        "--carrier",
+        "verizon",
+        "--text",
+        "hi",
+        "--key",
+        "evt-9",
+        cwd=workdir,
+        check_code=0,
+    )
+    assert one.stdout == two.stdout and "used before" in two.stderr
+
+
+def test_db_upgrade_is_repeatable(workdir):
+    assert "migrated" in gw("db", "upgrade", cwd=workdir, check_code=0).stdout
+    assert "up to date" in gw("db", "upgrade", cwd=workdir, check_code=0).stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_unattended(tmp_path):
+    result = gw("demo", "--exit-after", "30", cwd=tmp_path, check_code=0)
+    assert "every text ended as expected" in result.stdout
+    assert (tmp_path / "demo" / "gateway.db").exists()
+
+
+def test_commands_work_from_any_directory(tmp_path):
+    # No carriers.yaml or templates/ here: the shipped copies are used.
+    assert not (tmp_path / "carriers.yaml").exists() and Path.cwd() != REPO
+    gw("templates", "check", cwd=tmp_path, check_code=0)

@@ -1,0 +1,240 @@
+"""The store and the enqueue service on a real SQLite file and, where present, PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select, update
+from sqlmodel import SQLModel
+
+from gateway.config import load_settings
+from gateway.domain.delivery import State
+from gateway.services.outbound import EnqueueError, SendRequest, enqueue
+from gateway.services.runtime import Runtime
+from gateway.store.db import DatabaseError, make_engine, require_current, upgrade, utcnow
+from gateway.store.outbox import claim_due, contacts, list_messages, messages, release
+
+NOW = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.UTC)
+LEASE = dt.timedelta(seconds=60)
+
+
+@pytest.fixture
+def runtime(db_url) -> Runtime:
+    settings = load_settings(None, database={"url": db_url})
+    rt = Runtime(settings)
+    upgrade(rt.engine)
+    return rt
+
+
+def rows(runtime):
+    with runtime.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(messages).order_by(messages.c.id))]
+
+
+def test_unmigrated_database_is_refused_with_the_command_to_run(db_url):
+    engine = make_engine(db_url)
+    with pytest.raises(DatabaseError, match="gateway db upgrade"):
+        require_current(engine)
+    upgrade(engine)
+    require_current(engine)
+
+
+def test_migrations_build_exactly_the_models(db_url):
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+        )
+    assert diff == []
+
+
+def test_sqlite_runs_in_wal_mode(sqlite_url):
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_enqueue_stores_a_queued_row_with_its_message_id(runtime):
+    result = enqueue(runtime, SendRequest("+1 202 555 0143", "verizon", text="Hi Ana"), NOW)
+    [row] = rows(runtime)
+    assert result.ids == [row["id"]] and result.state is State.QUEUED
+    assert row["to_phone"] == "+12025550143" and row["to_address"] == "2025550143@vtext.com"
+    assert row["message_id"].startswith("<") and row["message_id"].endswith("@example.com>")
+    assert row["state"] == "queued" and row["encoding"] == "GSM-7" and row["segments"] == 1
+    assert "reportedly" in result.warning
+
+
+def test_same_idempotency_key_returns_the_first_message(runtime):
+    first = enqueue(
+        runtime, SendRequest("+12025550143", "verizon", text="one", idempotency_key="evt-1"), NOW
+    )
+    again = enqueue(
+        runtime, SendRequest("+12025550143", "verizon", text="two", idempotency_key="evt-1"), NOW
+    )
+    assert again.ids == first.ids and again.existing and again.message_ids == first.message_ids
+    assert len(rows(runtime)) == 1
+
+
+def test_contact_keeps_its_carrier(runtime):
+    enqueue(runtime, SendRequest("+12025550143", "verizon", text="one"), NOW)
+    second = enqueue(runtime, SendRequest("+12025550143", text="two"), NOW)
+    assert second.to_address == "2025550143@vtext.com"
+
+
+@pytest.mark.parametrize(
+    ("request_", "words"),
+    [
+        (SendRequest("+1 900 555 0123", "verizon", text="x"), "premium-rate"),
+        (SendRequest("not a number", "verizon", text="x"), "not a phone number"),
+        (SendRequest("+12025550143", "nosuchcarrier", text="x"), "unknown carrier"),
+        (SendRequest("+12025550143", "verizon", template="nope"), "no such template"),
+        (
+            SendRequest(
+                "+12025550143", "verizon", template="delivered", variables={"order_ref": "A"}
+            ),
+            "customer_name",
+        ),
+        (SendRequest("+12025550143", "verizon", text="   "), "empty"),
+        (SendRequest("+12025550143\r\nBcc: x@y.z", "verizon", text="x"), "not a phone number"),
+        (SendRequest("+12025550143", "verizon\r\nBcc: x@y.z", text="x"), "unknown carrier"),
+        (
+            SendRequest("+12025550143", "verizon", text="x", order_ref="A-1\r\nBcc: x@y.z"),
+            "line break",
+        ),
+        (
+            SendRequest("+12025550143", "verizon", text="x", idempotency_key="k\nBcc: x@y.z"),
+            "line break",
+        ),
+    ],
+)
+def test_bad_requests_store_nothing(runtime, request_, words):
+    with pytest.raises(EnqueueError, match=words):
+        enqueue(runtime, request_, NOW)
+    assert rows(runtime) == []
+
+
+def test_line_breaks_in_text_and_variables_stay_in_the_body(runtime):
+    enqueue(
+        runtime,
+        SendRequest(
+            "+12025550143",
+            "verizon",
+            template="delivered",
+            variables={"customer_name": "Ana\r\nBcc: x@y.z", "order_ref": "A-1"},
+        ),
+        NOW,
+    )
+    [row] = rows(runtime)
+    assert "Bcc: x@y.z" in row["body"]  # text for the phone, never a header
+
+
+@pytest.mark.parametrize(
+    ("carrier", "reason"),
+    [("att", "carrier_retired"), (None, "carrier_unknown"), ("tmobile", "carrier_retired")],
+)
+def test_unreachable_contacts_are_stored_suppressed_with_their_reason(runtime, carrier, reason):
+    result = enqueue(runtime, SendRequest("+12025550143", carrier, text="hi"), NOW)
+    [row] = rows(runtime)
+    assert result.state is State.SUPPRESSED and row["state"] == "suppressed"
+    assert row["reason"] == reason and row["to_address"] is None
+    if carrier == "att":
+        assert row["gateway_reason"] == "AT&T closed its email-to-SMS gateway on 2025-06-17"
+
+
+def test_opted_out_contact_is_suppressed(runtime):
+    enqueue(runtime, SendRequest("+12025550143", "verizon", text="one"), NOW)
+    with runtime.engine.begin() as conn:
+        conn.execute(update(contacts).values(opted_out=True))
+    result = enqueue(runtime, SendRequest("+12025550143", "verizon", text="two"), NOW)
+    assert result.state is State.SUPPRESSED and rows(runtime)[-1]["reason"] == "opted_out"
+
+
+def test_long_text_is_split_into_keyed_parts(runtime):
+    result = enqueue(
+        runtime,
+        SendRequest("+13125550199", "uscellular", text="word " * 80, idempotency_key="k"),
+        NOW,
+    )
+    stored = rows(runtime)
+    assert len(result.ids) == len(stored) == 3
+    assert [r["body"][:6] for r in stored] == ["(1/3) ", "(2/3) ", "(3/3) "]
+    assert all(len(r["body"]) <= 150 for r in stored)  # US Cellular's max_length
+    assert (
+        enqueue(
+            runtime,
+            SendRequest("+13125550199", "uscellular", text="other", idempotency_key="k"),
+            NOW,
+        ).ids
+        == result.ids
+    )
+
+
+def test_order_is_created_bare_and_linked(runtime):
+    enqueue(runtime, SendRequest("+12025550143", "verizon", text="hi", order_ref="A-7"), NOW)
+    [listed] = list_messages(runtime.engine)
+    assert listed["order_ref"] == "A-7"
+
+
+# --- claiming --------------------------------------------------------------------------------------
+
+
+def queue(runtime, n):
+    for i in range(n):
+        enqueue(runtime, SendRequest("+12025550143", "verizon", text=f"text {i}"), NOW)
+
+
+def test_claims_do_not_overlap_and_leases_expire(runtime):
+    queue(runtime, 5)
+    first = claim_due(runtime.engine, "w1", NOW, LEASE, 3)
+    second = claim_due(runtime.engine, "w2", NOW, LEASE, 10)
+    assert len(first) == 3 and len(second) == 2
+    assert not {c.id for c in first} & {c.id for c in second}
+    assert claim_due(runtime.engine, "w3", NOW, LEASE, 10) == []
+    # w1 dies: when its lease runs out, its rows are due again.
+    later = NOW + LEASE + dt.timedelta(seconds=1)
+    third = claim_due(runtime.engine, "w3", later, LEASE, 10)
+    assert {c.id for c in third} == {c.id for c in first} | {c.id for c in second}
+
+
+def test_release_makes_rows_due_again(runtime):
+    queue(runtime, 2)
+    claimed = claim_due(runtime.engine, "w1", NOW, LEASE, 10)
+    assert release(runtime.engine, "w1", [c.id for c in claimed], NOW) == 2
+    assert all(r["state"] == "queued" and r["lease_owner"] is None for r in rows(runtime))
+    assert len(claim_due(runtime.engine, "w2", NOW, LEASE, 10)) == 2
+
+
+def test_rows_not_yet_due_are_not_claimed(runtime):
+    queue(runtime, 1)
+    assert claim_due(runtime.engine, "w1", NOW - dt.timedelta(seconds=1), LEASE, 10) == []
+
+
+def test_concurrent_claimers_never_share_a_row(runtime):
+    queue(runtime, 200)
+    taken: list[list[int]] = []
+    lock = threading.Lock()
+
+    def claimer(name):
+        while True:
+            got = claim_due(runtime.engine, name, NOW, LEASE, 7)
+            if not got:
+                return
+            with lock:
+                taken.append([c.id for c in got])
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for batch in taken for i in batch]
+    assert len(ids) == len(set(ids)) == 200
+
+
+def test_utcnow_is_aware():
+    assert utcnow().tzinfo is not None
