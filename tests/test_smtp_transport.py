@@ -253,3 +253,11 @@ async def test_starttls_required_but_not_offered_is_refused(smtp_server, ca_file
     await pool.close()
     assert outcome.kind is OutcomeKind.TLS and "does not offer STARTTLS" in outcome.reply
     assert not smtp_server.received
+
+
+async def test_messages_per_connection_cap_opens_a_new_connection(smtp_server):
+    pool = pool_for(smtp_server, connections=1, max_messages_per_connection=2)
+    for n in range(5):
+        assert (await send(pool, n)).kind is OutcomeKind.ACCEPTED
+    await pool.close()
+    assert pool.connects == 3 and smtp_server.handler_.sessions == 3

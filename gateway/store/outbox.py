@@ -4,11 +4,11 @@ about thirty times faster than the ORM row by row."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.delivery import DUE_STATES, AttemptOutcome, Decision, State
@@ -274,62 +274,90 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
 
     A message whose lease another worker has since taken keeps the state that worker gives it;
     the attempt itself is recorded all the same, since it happened.
+
+    This runs once for every message sent, so it goes to the driver's executemany directly:
+    SQLAlchemy's per-row parameter processing cost about a quarter of the sender's throughput
+    (bench/send_throughput.py). Times are written as SQLAlchemy writes them (see _time_param).
     """
     if not records:
         return
-    updates = [
-        {
-            "b_id": r.message,
-            "b_owner": r.worker,
-            "b_number": r.number,
-            "b_state": r.decision.state.value,
-            "b_reason": r.decision.reason,
-            "b_due": r.decision.due_at,
-            "b_route": r.route,
-            "b_reply": r.outcome.reply[:2000],
-            "b_now": r.finished_at,
-            "b_sent": r.finished_at if r.decision.state is State.SENT else None,
-        }
-        for r in records
-    ]
-    statement = (
-        update(messages)
-        .where(messages.c.id == bindparam("b_id"), messages.c.lease_owner == bindparam("b_owner"))
-        .values(
-            state=bindparam("b_state"),
-            reason=bindparam("b_reason"),
-            due_at=func.coalesce(
-                bindparam("b_due", type_=messages.c.due_at.type), messages.c.due_at
-            ),
-            route=bindparam("b_route"),
-            last_reply=bindparam("b_reply"),
-            attempts=bindparam("b_number"),
-            lease_owner=None,
-            lease_until=None,
-            updated_at=bindparam("b_now", type_=messages.c.updated_at.type),
-            sent_at=func.coalesce(
-                bindparam("b_sent", type_=messages.c.sent_at.type), messages.c.sent_at
-            ),
-        )
-    )
-    history = [
-        {
-            "message_id": r.message,
-            "number": r.number,
-            "route": r.route,
-            "worker": r.worker,
-            "outcome": r.outcome.kind.value,
-            "phase": r.outcome.phase or None,
-            "smtp_code": r.outcome.code,
-            "reply": r.outcome.reply[:2000],
-            "started_at": r.started_at,
-            "finished_at": r.finished_at,
-        }
-        for r in records
-    ]
     with engine.begin() as conn:
-        conn.execute(statement, updates)
-        conn.execute(insert(attempts), history)
+        mark, time_param = _driver_style(conn)
+        update_sql = _placeholders(_RECORD_UPDATE, mark)
+        insert_sql = _placeholders(_RECORD_INSERT, mark)
+        updates = []
+        history = []
+        for r in records:
+            reply = r.outcome.reply[:2000]
+            finished = time_param(r.finished_at)
+            due = r.decision.due_at
+            updates.append(
+                (
+                    r.decision.state.value,
+                    r.decision.reason,
+                    None if due is None else time_param(due),
+                    r.route,
+                    reply,
+                    r.number,
+                    finished,
+                    finished if r.decision.state is State.SENT else None,
+                    r.message,
+                    r.worker,
+                )
+            )
+            history.append(
+                (
+                    r.message,
+                    r.number,
+                    r.route,
+                    r.worker,
+                    r.outcome.kind.value,
+                    r.outcome.phase or None,
+                    r.outcome.code,
+                    reply,
+                    time_param(r.started_at),
+                    finished,
+                )
+            )
+        conn.exec_driver_sql(update_sql, updates)
+        conn.exec_driver_sql(insert_sql, history)
+
+
+_RECORD_UPDATE = (
+    "UPDATE messages SET state = ?, reason = ?, due_at = COALESCE(?, due_at), route = ?, "
+    "last_reply = ?, attempts = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?, "
+    "sent_at = COALESCE(?, sent_at) WHERE id = ? AND lease_owner = ?"
+)
+_RECORD_INSERT = (
+    "INSERT INTO delivery_attempts (message_id, number, route, worker, outcome, phase, "
+    "smtp_code, reply, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _placeholders(sql: str, mark: str) -> str:
+    return sql if mark == "?" else sql.replace("?", mark)
+
+
+def _driver_style(conn: Connection) -> tuple[str, Callable[[dt.datetime], object]]:
+    """The driver's placeholder, and how a time must be passed to it to be stored exactly as
+    SQLAlchemy's column type stores it."""
+    if conn.dialect.name == "sqlite":
+        # SQLAlchemy keeps times on SQLite as UTC text, "2026-01-02 03:04:05.000678"; string
+        # comparisons in queries rely on every row having that exact shape.
+        return "?", _sqlite_time
+    if conn.dialect.paramstyle in ("format", "pyformat"):
+        return "%s", _utc
+    raise NotImplementedError(f"no fast path for the {conn.dialect.name} driver")
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise ValueError("times must be timezone-aware")
+    return value.astimezone(dt.UTC)
+
+
+def _sqlite_time(value: dt.datetime) -> str:
+    return _utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def release(engine: Engine, worker: str, ids: Sequence[int], now: dt.datetime) -> int:

@@ -33,6 +33,8 @@ class SmtpServer:
     timeout: float = 30.0  # one command
     deadline: float = 60.0  # one message, from taking a connection to the server's answer
     local_hostname: str | None = None
+    # Some servers cap messages per connection; None keeps a connection as long as it works.
+    max_messages_per_connection: int | None = None
 
     def __repr__(self) -> str:  # never show the password, whatever logs this
         return (
@@ -53,6 +55,7 @@ class SmtpPool:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
         self._idle: list[aiosmtplib.SMTP] = []
+        self._carried: dict[int, int] = {}  # id(connection) -> messages it carried
         self._slots = asyncio.Semaphore(server.connections)
         self._tls = self._tls_context() if server.security != "none" else None
         self.connects = 0  # connections opened, for diagnostics and the benchmark
@@ -74,16 +77,38 @@ class SmtpPool:
                 async with asyncio.timeout(self.server.deadline):
                     outcome, keep = await self._transaction(held, sender, recipient, data)
             except TimeoutError:
-                await _discard(held[0])
+                self._drop(held[0])
                 return _deadline_outcome(self.server.deadline)
             except _Unusable as exc:
-                await _discard(held[0])
+                self._drop(held[0])
                 return exc.outcome
-            if keep and held[0] is not None:
-                self._idle.append(held[0])
+            client = held[0]
+            if keep and client is not None and self._room_left(client):
+                self._idle.append(client)
             else:
-                await _discard(held[0])
+                await self._retire(client)
             return outcome
+
+    def _room_left(self, client: aiosmtplib.SMTP) -> bool:
+        limit = self.server.max_messages_per_connection
+        carried = self._carried.get(id(client), 0) + 1
+        self._carried[id(client)] = carried
+        return limit is None or carried < limit
+
+    async def _retire(self, client: aiosmtplib.SMTP | None) -> None:
+        """Close a healthy connection politely (QUIT)."""
+        if client is not None and client.is_connected:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await client.quit()
+        self._drop(client)
+
+    def _drop(self, client: aiosmtplib.SMTP | None) -> None:
+        """Close a connection at once and forget it."""
+        if client is not None:
+            self._carried.pop(id(client), None)
+            with contextlib.suppress(Exception):
+                client.close()
 
     async def _transaction(
         self, held: list[aiosmtplib.SMTP | None], sender: str, recipient: str, data: bytes
@@ -91,34 +116,36 @@ class SmtpPool:
         client = held[0]
         reused = client is not None and client.is_connected
         if not reused:
-            await _discard(client)
+            self._drop(client)
             held[0] = None
             client = held[0] = await self._connect()
         try:
-            await client.mail(sender)
+            await _command(client, b"MAIL", b"FROM:<" + sender.encode() + b">")
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
             if not reused:
                 raise _Unusable(_network("mail", exc)) from None
             # The server closed an idle connection; nothing was handed over, so a fresh one
             # carries the message at once.
-            await _discard(client)
+            self._drop(client)
             held[0] = None
             client = held[0] = await self._connect()
-            await self._step(client, "mail", client.mail(sender))
+            await self._step(
+                client, "mail", _command(client, b"MAIL", b"FROM:<" + sender.encode() + b">")
+            )
         except aiosmtplib.SMTPResponseException as exc:
             return await _refused(client, "mail", exc)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _Unusable(_network("mail", exc)) from None
 
         try:
-            await client.rcpt(recipient)
+            await _command(client, b"RCPT", b"TO:<" + recipient.encode() + b">")
         except aiosmtplib.SMTPResponseException as exc:
             return await _refused(client, "rcpt", exc)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _Unusable(_network("rcpt", exc)) from None
 
         try:
-            response = await client.data(data)
+            response = await client.data(data, timeout=None)
         except aiosmtplib.SMTPResponseException as exc:
             return await _refused(client, "data", exc)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -153,6 +180,11 @@ class SmtpPool:
         )
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:  # connect() greets only when it needed to (TLS, AUTH)
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
             if server.username:
                 if server.password is None:
                     raise _Unusable(
@@ -165,19 +197,19 @@ class SmtpPool:
                     )
                 await client.login(server.username, server.password)
         except _Unusable:
-            await _discard(client)
+            self._drop(client)
             raise
         except aiosmtplib.SMTPAuthenticationError as exc:
-            await _discard(client)
+            self._drop(client)
             raise _Unusable(
                 AttemptOutcome(OutcomeKind.AUTH, _reply(exc), exc.code, "auth")
             ) from None
         except aiosmtplib.SMTPConnectResponseError as exc:
-            await _discard(client)
+            self._drop(client)
             kind = OutcomeKind.TEMPORARY if 400 <= exc.code < 500 else OutcomeKind.NETWORK
             raise _Unusable(AttemptOutcome(kind, _reply(exc), exc.code, "connect")) from None
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            await _discard(client)
+            self._drop(client)
             raise _Unusable(_connect_failure(server, exc)) from None
         self.connects += 1
         return client
@@ -185,10 +217,7 @@ class SmtpPool:
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for client in idle:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await client.quit()
-            await _discard(client)
+            await self._retire(client)
 
 
 async def _refused(
@@ -207,10 +236,16 @@ async def _refused(
     return outcome, True
 
 
-async def _discard(client: aiosmtplib.SMTP | None) -> None:
-    if client is not None:
-        with contextlib.suppress(Exception):
-            client.close()
+async def _command(client: aiosmtplib.SMTP, verb: bytes, argument: bytes) -> None:
+    """MAIL or RCPT with an address the domain layer already validated.
+
+    aiosmtplib's mail() and rcpt() re-parse each address with email.utils (tens of µs a message)
+    and start a timer per command; the message deadline around the whole transaction already
+    bounds every command, so none is started here.
+    """
+    response = await client.execute_command(verb, argument, timeout=None)
+    if response.code != 250 and response.code != 251:
+        raise aiosmtplib.SMTPResponseException(response.code, response.message)
 
 
 def _reply(exc: aiosmtplib.SMTPResponseException) -> str:

@@ -1,0 +1,245 @@
+"""Send throughput: the gateway's outbox drained through its pooled SMTP transport, against
+Postfix's smtp-source into the same smtp-sink in the same run (the ceiling on this machine).
+
+Prints human lines, then one JSON object on the last line:
+  baseline_per_s        smtp-source -d -s CONNECTIONS into smtp-sink
+  gateway_per_s         enqueued outbox rows drained by `Sender` (claim, build, send, record)
+  ratio                 gateway_per_s / baseline_per_s           (target >= 0.15)
+  pooled_vs_per_message pooled drain / one connection per message (target >= 3)
+  enqueue_per_s, enqueue_vs_send  the enqueue service's rate, and it over the drain rate
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from gateway.config import load_settings
+from gateway.domain.delivery import State
+from gateway.domain.email_out import message_id_for
+from gateway.domain.sms import measure
+from gateway.services.carrier_sim import free_port
+from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.runtime import Runtime
+from gateway.services.sender import Sender
+from gateway.store.db import upgrade, utcnow
+from gateway.store.outbox import NewMessage, insert_messages
+from gateway.transport.smtp import SmtpPool
+
+TEXT = "Hi Ana, your order A-1001 is out for delivery with Sam. ETA 14:30. Reply to this text with questions."
+
+
+def need(binary: str) -> str:
+    for folder in ("/usr/sbin", "/usr/bin", "/usr/lib/postfix/sbin"):
+        path = Path(folder) / binary
+        if path.exists():
+            return str(path)
+    found = shutil.which(binary)
+    if not found:
+        sys.exit(f"{binary} not found: run `make bench`, which installs Debian's postfix package")
+    return found
+
+
+class Sink:
+    """smtp-sink on a loopback port: accepts and discards, as fast as Postfix can."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        self.process = subprocess.Popen(
+            [need("smtp-sink"), *user, f"127.0.0.1:{self.port}", "1024"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        sys.exit("smtp-sink did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(5)
+
+
+def baseline(port: int, messages: int, sessions: int) -> float:
+    command = [
+        need("smtp-source"),
+        "-d",
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(len(TEXT)),
+        "-f",
+        "dispatch@example.com",
+        "-t",
+        "2025550143@vtext.com",
+        f"127.0.0.1:{port}",
+    ]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return messages / (time.perf_counter() - started)
+
+
+def runtime_for(
+    folder: Path, port: int, connections: int, per_connection: int | None = None
+) -> Runtime:
+    db = folder / f"bench-{connections}-{per_connection}.db"
+    settings = load_settings(
+        None,
+        database={"url": f"sqlite:///{db}"},
+        smtp={
+            "host": "127.0.0.1",
+            "port": port,
+            "security": "none",
+            "connections": connections,
+            "from_address": "Dispatch <dispatch@example.com>",
+        },
+        sender={"batch_size": 500, "idle_poll_seconds": 0.01},
+    )
+    runtime = Runtime(settings)
+    upgrade(runtime.engine)
+    return runtime
+
+
+def measure_enqueue(runtime: Runtime, count: int) -> float:
+    """The enqueue service as `gateway send` and the API use it: one transaction a text."""
+    started = time.perf_counter()
+    for i in range(count):
+        enqueue(runtime, SendRequest(f"+1202555{i % 10000:04d}", "uscellular", text=TEXT), utcnow())
+    return count / (time.perf_counter() - started)
+
+
+def fill(runtime: Runtime, count: int) -> None:
+    """Many rows fast, as a bulk import would write them."""
+    now = utcnow()
+    shape = measure(TEXT)
+    rows = [
+        NewMessage(
+            to_phone=f"+1202555{i % 10000:04d}",
+            carrier="uscellular",
+            to_address=f"202555{i % 10000:04d}@email.uscc.net",
+            gateway="email.uscc.net",
+            gateway_reason="bench",
+            body=TEXT,
+            template=None,
+            encoding=shape.encoding.value,
+            segments=shape.segments,
+            part=1,
+            parts=1,
+            message_id=message_id_for(f"b{i}x{time.monotonic_ns()}", "example.com"),
+            idempotency_key=None,
+            state=State.QUEUED,
+            reason=None,
+            due_at=now,
+        )
+        for i in range(count)
+    ]
+    with runtime.engine.begin() as conn:
+        for start in range(0, count, 5000):
+            insert_messages(conn, rows[start : start + 5000], now)
+
+
+def drain(runtime: Runtime, per_connection: int | None) -> tuple[float, int]:
+    server = runtime.own_server()
+    if per_connection is not None:
+        server = replace(server, max_messages_per_connection=per_connection)
+    pool = SmtpPool(server)
+    sender = Sender(
+        runtime.engine,
+        pool,
+        runtime.settings.smtp.sender,
+        runtime.retry_policy,
+        batch_size=500,
+        idle_poll=0.01,
+    )
+
+    async def go() -> tuple[float, int]:
+        started = time.perf_counter()
+        stats = await sender.run(asyncio.Event(), until_idle=True)
+        elapsed = time.perf_counter() - started
+        assert stats.by_outcome.get("accepted", 0) == stats.attempted, stats.by_outcome
+        return stats.attempted / elapsed, pool.connects
+
+    try:
+        import uvloop
+
+        return uvloop.run(go())
+    except ImportError:
+        return asyncio.run(go())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--per-message-count",
+        type=int,
+        default=2000,
+        help="messages for the connection-per-message run",
+    )
+    parser.add_argument("--enqueue-count", type=int, default=2000)
+    args = parser.parse_args()
+
+    sink = Sink()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            base = baseline(sink.port, args.messages, args.connections)
+            print(f"smtp-source -d -s{args.connections} into smtp-sink: {base:,.0f}/s")
+
+            pooled_rt = runtime_for(folder, sink.port, args.connections)
+            enqueue_rate = measure_enqueue(pooled_rt, args.enqueue_count)
+            print(f"enqueue service (one transaction a text): {enqueue_rate:,.0f}/s")
+            fill(pooled_rt, args.messages - args.enqueue_count)
+            pooled, connects = drain(pooled_rt, None)
+            print(
+                f"gateway, {args.connections} pooled connections: {pooled:,.0f}/s ({connects} connections opened)"
+            )
+
+            single_rt = runtime_for(folder, sink.port, args.connections, 1)
+            fill(single_rt, args.per_message_count)
+            per_message, connects = drain(single_rt, 1)
+            print(
+                f"gateway, one connection per message: {per_message:,.0f}/s ({connects} connections opened)"
+            )
+            base_again = baseline(sink.port, args.messages, args.connections)
+            print(f"smtp-source again (noise check): {base_again:,.0f}/s")
+    finally:
+        sink.stop()
+    baseline_rate = (base + base_again) / 2
+    figures = {
+        "bench": "send_throughput",
+        "messages": args.messages,
+        "connections": args.connections,
+        "baseline_per_s": round(baseline_rate),
+        "gateway_per_s": round(pooled),
+        "ratio": round(pooled / baseline_rate, 3),
+        "per_message_per_s": round(per_message),
+        "pooled_vs_per_message": round(pooled / per_message, 2),
+        "enqueue_per_s": round(enqueue_rate),
+        "enqueue_vs_send": round(enqueue_rate / pooled, 3),
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
