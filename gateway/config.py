@@ -49,6 +49,8 @@ class SmtpSettings(_Section):
     password_file: Path | None = None
     from_address: str = "Dispatch <dispatch@example.com>"
     connections: int = Field(4, ge=1, le=64)
+    # Servers that cap messages per connection; unset keeps a connection while it works.
+    max_messages_per_connection: int | None = Field(None, ge=1)
     allow_insecure: bool = False
     ca_file: Path | None = None
     timeout_seconds: float = Field(30.0, gt=0, le=600)  # one SMTP command

@@ -87,6 +87,7 @@ class Runtime:
             connections=smtp.connections,
             timeout=smtp.timeout_seconds,
             deadline=smtp.message_deadline_seconds,
+            max_messages_per_connection=smtp.max_messages_per_connection,
         )
 
     @cached_property

@@ -1,0 +1,77 @@
+"""`make bench`: run every benchmark in bench/ and rewrite bench/REPORT.md with their figures.
+
+Each benchmark prints one JSON object on its last line; the report keeps those figures beside
+the machine and the date, so a change in a ratio can be traced to a commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["send_throughput.py"]
+
+TARGETS = {
+    ("send_throughput", "ratio"): (">=", 0.15),
+    ("send_throughput", "pooled_vs_per_message"): (">=", 3.0),
+    ("send_throughput", "enqueue_vs_send"): (">=", 2.0),
+}
+
+
+def run(script: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, str(HERE / script)], capture_output=True, text=True, check=False
+    )
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"{script} failed with exit code {result.returncode}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def verdict(bench: str, key: str, value: object) -> str:
+    target = TARGETS.get((bench, key))
+    if target is None or not isinstance(value, int | float):
+        return ""
+    op, bound = target
+    met = value >= bound if op == ">=" else value <= bound
+    return f"{op} {bound:g}: {'met' if met else 'MISSED'}"
+
+
+def main() -> None:
+    results = [run(script) for script in BENCHMARKS]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Written by `make bench` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit {commit or 'unknown'}.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}.",
+        "",
+        "Every rate is compared with a baseline measured in the same run: the machines are shared",
+        "and noisy, so the ratios are the figures to watch, not the absolute rates.",
+        "",
+    ]
+    for figures in results:
+        name = str(figures.get("bench"))
+        lines += [f"## {name}", "", "| figure | value | target |", "|---|---|---|"]
+        for key, value in figures.items():
+            if key != "bench":
+                lines.append(f"| {key} | {value} | {verdict(name, key, value)} |")
+        lines.append("")
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    (HERE / "REPORT.md").write_text("\n".join(lines))
+    print(f"wrote {HERE / 'REPORT.md'}")
+
+
+if __name__ == "__main__":
+    main()
