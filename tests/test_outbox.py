@@ -238,3 +238,71 @@ def test_concurrent_claimers_never_share_a_row(runtime):
 
 def test_utcnow_is_aware():
     assert utcnow().tzinfo is not None
+
+
+def test_claims_walk_the_partial_indexes_without_sorting_the_backlog(sqlite_url):
+    """A backlog must not make each claim sort every due row (it once did: a temp B-tree)."""
+    from sqlalchemy.dialects import sqlite
+
+    from gateway.store import outbox
+
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    plans = []
+    for condition, order in (
+        (outbox._expired_leases(NOW), messages.c.lease_until),
+        (outbox._due_rows(NOW), messages.c.due_at),
+    ):
+        chosen = (
+            select(messages.c.id)
+            .where(condition)
+            .order_by(order, messages.c.id)
+            .limit(500)
+            .scalar_subquery()
+        )
+        statement = update(messages).where(messages.c.id.in_(chosen)).values(state="sending")
+        sql = str(
+            statement.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
+        )
+        with engine.connect() as conn:
+            plans.append(
+                " | ".join(r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            )
+    assert "ix_messages_leased" in plans[0] and "ix_messages_due" in plans[1]
+    assert not any("TEMP B-TREE" in plan for plan in plans), plans
+
+
+def test_upgrade_from_the_first_schema_keeps_rows(db_url):
+    from alembic import command
+
+    from gateway.store.db import alembic_config
+
+    engine = make_engine(db_url)
+    command.upgrade(alembic_config(engine), "0001")
+    runtime = Runtime(load_settings(None, database={"url": db_url}))
+    with engine.begin() as conn:
+        conn.execute(
+            messages.insert().values(
+                to_phone="+12025550143",
+                to_address="2025550143@vtext.com",
+                body="hi",
+                encoding="GSM-7",
+                segments=1,
+                part=1,
+                parts=1,
+                message_id="<old@example.com>",
+                state="queued",
+                attempts=0,
+                due_at=NOW,
+                first_due_at=NOW,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+    upgrade(engine)
+    require_current(engine)
+    assert [c.message_id for c in claim_due(runtime.engine, "w", NOW, LEASE, 10)] == [
+        "<old@example.com>"
+    ]
+    command.downgrade(alembic_config(engine), "0001")
+    command.upgrade(alembic_config(engine), "head")

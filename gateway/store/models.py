@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Index, Text, UniqueConstraint
+from sqlalchemy import Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
+
+from gateway.domain.delivery import DUE_STATES, State
 
 
 class Contact(SQLModel, table=True):
@@ -51,6 +53,12 @@ class Conversation(SQLModel, table=True):
     last_message_at: dt.datetime
 
 
+# The claim query repeats these conditions word for word: a planner uses a partial index only
+# when it can see that the query's WHERE implies the index's, and bound parameters hide that.
+DUE_CONDITION = "state IN ({})".format(", ".join(f"'{state.value}'" for state in DUE_STATES))
+LEASED_CONDITION = f"state = '{State.SENDING.value}'"
+
+
 class Message(SQLModel, table=True):
     """An outbound text: the outbox row, the single source of truth for its delivery."""
 
@@ -58,8 +66,21 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("message_id", name="uq_messages_message_id"),
         UniqueConstraint("idempotency_key", name="uq_messages_idempotency_key"),
-        Index("ix_messages_state_due", "state", "due_at"),
         Index("ix_messages_to_phone", "to_phone", "created_at"),
+        # Claiming takes the oldest due rows in index order, without sorting the backlog.
+        Index(
+            "ix_messages_due",
+            "due_at",
+            "id",
+            sqlite_where=text(DUE_CONDITION),
+            postgresql_where=text(DUE_CONDITION),
+        ),
+        Index(
+            "ix_messages_leased",
+            "lease_until",
+            sqlite_where=text(LEASED_CONDITION),
+            postgresql_where=text(LEASED_CONDITION),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -8,18 +8,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.domain.delivery import DUE_STATES, AttemptOutcome, Decision, State
-from gateway.store.models import Contact, Conversation, DeliveryAttempt, Message, Order
+from gateway.domain.delivery import AttemptOutcome, Decision, State
+from gateway.store.models import (
+    DUE_CONDITION,
+    LEASED_CONDITION,
+    Contact,
+    Conversation,
+    DeliveryAttempt,
+    Message,
+    Order,
+)
 
 messages = Message.__table__  # type: ignore[attr-defined]
 attempts = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 contacts = Contact.__table__  # type: ignore[attr-defined]
 orders = Order.__table__  # type: ignore[attr-defined]
 conversations = Conversation.__table__  # type: ignore[attr-defined]
-_TIME = messages.c.due_at.type
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,57 +222,69 @@ def _row_values(row: NewMessage, now: dt.datetime) -> dict[str, Any]:
 # --- the sender's side ------------------------------------------------------------------------
 
 
-def _due(now: dt.datetime) -> Any:
-    return or_(
-        and_(messages.c.state.in_([s.value for s in DUE_STATES]), messages.c.due_at <= now),
-        # A lease that ran out belongs to a worker that died or stalled: the row is due again.
-        and_(messages.c.state == State.SENDING.value, messages.c.lease_until < now),
-    )
+_DUE = text(DUE_CONDITION)
+_LEASED = text(LEASED_CONDITION)
+
+
+def _due_rows(now: dt.datetime) -> Any:
+    return and_(_DUE, messages.c.due_at <= now)
+
+
+def _expired_leases(now: dt.datetime) -> Any:
+    # A lease that ran out belongs to a worker that died or stalled: the row is due again.
+    return and_(_LEASED, messages.c.lease_until < now)
 
 
 def claim_due(
     engine: Engine, worker: str, now: dt.datetime, lease: dt.timedelta, limit: int
 ) -> list[Claimed]:
-    """Take up to `limit` due rows for `worker` until `now + lease`, oldest due first.
+    """Take up to `limit` due rows for `worker` until `now + lease`: rows whose lease ran out
+    first, then the oldest due.
 
-    One statement: on PostgreSQL the inner SELECT skips rows other workers hold locked, so
-    concurrent claims never block on or take each other's rows; SQLite has one writer at a
-    time, which gives the same guarantee.
+    Each UPDATE picks its rows in index order (ix_messages_leased, ix_messages_due), so a claim
+    costs the same with a backlog of a million rows as with ten. On PostgreSQL the inner SELECT
+    skips rows other workers hold locked, so concurrent claims never block on or take each
+    other's rows; SQLite has one writer at a time, which gives the same guarantee.
     """
     lease_until = now + lease
-    chosen = (
-        select(messages.c.id)
-        .where(_due(now), messages.c.to_address.is_not(None))
-        .order_by(messages.c.due_at, messages.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    statement = (
-        update(messages)
-        .where(messages.c.id.in_(chosen))
-        .values(
-            state=State.SENDING.value,
-            lease_owner=worker,
-            lease_until=lease_until,
-            updated_at=now,
-        )
-        .returning(
-            messages.c.id,
-            messages.c.to_address,
-            messages.c.body,
-            messages.c.message_id,
-            messages.c.attempts,
-            messages.c.first_due_at,
-            messages.c.due_at,
-        )
-    )
+    claimed = []
     with engine.begin() as conn:
-        rows = conn.execute(statement).all()
-    rows.sort(key=lambda r: (r.due_at, r.id))
+        for condition, order in (
+            (_expired_leases(now), messages.c.lease_until),
+            (_due_rows(now), messages.c.due_at),
+        ):
+            room = limit - len(claimed)
+            if room <= 0:
+                break
+            chosen = (
+                select(messages.c.id)
+                .where(condition, messages.c.to_address.is_not(None))
+                .order_by(order, messages.c.id)
+                .limit(room)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            claimed += conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(chosen))
+                .values(
+                    state=State.SENDING.value,
+                    lease_owner=worker,
+                    lease_until=lease_until,
+                    updated_at=now,
+                )
+                .returning(
+                    messages.c.id,
+                    messages.c.to_address,
+                    messages.c.body,
+                    messages.c.message_id,
+                    messages.c.attempts,
+                    messages.c.first_due_at,
+                )
+            ).all()
     return [
         Claimed(r.id, r.to_address, r.body, r.message_id, r.attempts, r.first_due_at, lease_until)
-        for r in rows
+        for r in claimed
     ]
 
 
@@ -390,7 +409,9 @@ def count_due(engine: Engine, now: dt.datetime) -> int:
             conn.execute(
                 select(func.count())
                 .select_from(messages)
-                .where(_due(now), messages.c.to_address.is_not(None))
+                .where(
+                    or_(_due_rows(now), _expired_leases(now)), messages.c.to_address.is_not(None)
+                )
             ).scalar_one()
         )
 
