@@ -28,6 +28,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict gateway/domain
+	$(BIN)/mypy gateway
 
 test: $(VENV)/.installed-test lint
 	scripts/debian-packages $(TEST_DEBS)

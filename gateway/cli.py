@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.config import ConfigError, Settings, load_settings, masked
-from gateway.domain.carriers import CarrierStatus, describe_status, resolve_gateway
+from gateway.domain.carriers import GatewayAddress, describe_status, resolve_gateway
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.sms import measure
 from gateway.domain.templates import TemplateError
@@ -63,9 +63,9 @@ class _State:
     config_path: str | None = None
     _runtime: Runtime | None = None
 
-    def runtime(self, **overrides: Any) -> Runtime:
-        if self._runtime is None or overrides:
-            self._runtime = Runtime(load_settings(self.config_path, **overrides))
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            self._runtime = Runtime(load_settings(self.config_path))
         return self._runtime
 
 
@@ -265,7 +265,7 @@ def address(
             if found is None:
                 fail(f"unknown carrier {carrier!r}; `gateway carriers list` shows the ids")
         target = resolve_gateway(number, found, utcnow().date())
-        if hasattr(target, "address"):
+        if isinstance(target, GatewayAddress):
             if fmt is Format.json:
                 out.print_json(
                     json.dumps(
@@ -530,6 +530,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         app(args=list(argv) if argv is not None else None, prog_name="gateway")
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-__all__ = ["CarrierStatus", "app", "main"]

@@ -306,3 +306,15 @@ def test_upgrade_from_the_first_schema_keeps_rows(db_url):
     ]
     command.downgrade(alembic_config(engine), "0001")
     command.upgrade(alembic_config(engine), "head")
+
+
+def test_a_foreign_key_error_is_raised_not_retried_forever(runtime):
+    from sqlalchemy.exc import IntegrityError
+
+    from gateway.store.outbox import ensure_order
+
+    if runtime.engine.dialect.name == "sqlite":
+        with runtime.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    with pytest.raises(IntegrityError), runtime.engine.begin() as conn:
+        ensure_order(conn, "A-404", customer_id=999_999, now=NOW)

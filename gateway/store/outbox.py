@@ -89,23 +89,21 @@ def upsert_contact(
         )
     ).first()
     if row is None:
-        try:
-            with conn.begin_nested():
-                new_id = conn.execute(
-                    insert(contacts)
-                    .values(
-                        phone=phone,
-                        carrier=carrier,
-                        carrier_source=carrier_source if carrier else None,
-                        opted_out=False,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .returning(contacts.c.id)
-                ).scalar_one()
-            return new_id, carrier, False
-        except IntegrityError:  # created by someone else meanwhile
-            return upsert_contact(conn, phone, carrier, carrier_source, now)
+        new_id = _insert_once(
+            conn,
+            insert(contacts)
+            .values(
+                phone=phone,
+                carrier=carrier,
+                carrier_source=carrier_source if carrier else None,
+                opted_out=False,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(contacts.c.id),
+            select(contacts.c.id).where(contacts.c.phone == phone),
+        )
+        return new_id, carrier, False
     if carrier is not None and carrier != row.carrier:
         conn.execute(
             update(contacts)
@@ -118,20 +116,30 @@ def upsert_contact(
 
 def ensure_order(conn: Connection, ref: str, customer_id: int, now: dt.datetime) -> int:
     """The order with reference `ref`, created bare (customer only) when it does not exist."""
-    found = conn.execute(select(orders.c.id).where(orders.c.ref == ref)).scalar()
+    find = select(orders.c.id).where(orders.c.ref == ref)
+    found = conn.execute(find).scalar()
     if found is not None:
         return int(found)
+    return _insert_once(
+        conn,
+        insert(orders)
+        .values(ref=ref, customer_id=customer_id, created_at=now, updated_at=now)
+        .returning(orders.c.id),
+        find,
+    )
+
+
+def _insert_once(conn: Connection, statement: Any, find: Any) -> int:
+    """Insert a row that a unique key identifies; when a concurrent writer inserted it first,
+    use theirs. Any other integrity error (a foreign key, say) is raised, not retried."""
     try:
         with conn.begin_nested():
-            return int(
-                conn.execute(
-                    insert(orders)
-                    .values(ref=ref, customer_id=customer_id, created_at=now, updated_at=now)
-                    .returning(orders.c.id)
-                ).scalar_one()
-            )
+            return int(conn.execute(statement).scalar_one())
     except IntegrityError:
-        return ensure_order(conn, ref, customer_id, now)
+        found = conn.execute(find).scalar()
+        if found is None:
+            raise
+        return int(found)
 
 
 def ensure_conversation(
@@ -247,7 +255,7 @@ def claim_due(
     other's rows; SQLite has one writer at a time, which gives the same guarantee.
     """
     lease_until = now + lease
-    claimed = []
+    claimed: list[Any] = []
     with engine.begin() as conn:
         for condition, order in (
             (_expired_leases(now), messages.c.lease_until),

@@ -113,12 +113,15 @@ class SmtpPool:
     async def _transaction(
         self, held: list[aiosmtplib.SMTP | None], sender: str, recipient: str, data: bytes
     ) -> tuple[AttemptOutcome, bool]:
-        client = held[0]
-        reused = client is not None and client.is_connected
-        if not reused:
-            self._drop(client)
+        pooled = held[0]
+        reused = pooled is not None and pooled.is_connected
+        if pooled is not None and pooled.is_connected:
+            client = pooled
+        else:
+            self._drop(pooled)
             held[0] = None
-            client = held[0] = await self._connect()
+            client = await self._connect()
+            held[0] = client
         try:
             await _command(client, b"MAIL", b"FROM:<" + sender.encode() + b">")
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
@@ -128,7 +131,8 @@ class SmtpPool:
             # carries the message at once.
             self._drop(client)
             held[0] = None
-            client = held[0] = await self._connect()
+            client = await self._connect()
+            held[0] = client
             await self._step(
                 client, "mail", _command(client, b"MAIL", b"FROM:<" + sender.encode() + b">")
             )
