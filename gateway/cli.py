@@ -26,6 +26,7 @@ from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.sms import measure
 from gateway.domain.templates import TemplateError
 from gateway.services.runtime import Runtime
+from gateway.services.sender import Sender, SenderStats
 from gateway.store.db import DatabaseError, utcnow
 
 app = typer.Typer(
@@ -440,7 +441,6 @@ def run(
     ] = False,
 ) -> None:
     """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit)."""
-    from gateway.services.sender import Sender
     from gateway.transport.smtp import SmtpPool
 
     with user_errors():
@@ -465,14 +465,33 @@ def run(
                 lease=dt.timedelta(seconds=settings.sender.lease_seconds),
                 idle_poll=settings.sender.idle_poll_seconds,
             )
-            stats = await sender.run(stop, until_idle=until_idle)
-            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_outcome.items())) or "none"
-            err.print(
-                f"sent attempts: {stats.attempted} ({outcomes}); released {stats.released}",
-                markup=False,
-            )
+            progress = asyncio.create_task(_report_progress(sender.stats))
+            try:
+                stats = await sender.run(stop, until_idle=until_idle)
+            finally:
+                progress.cancel()
+            err.print(f"done: {_describe_stats(stats)}; released {stats.released}", markup=False)
 
         run_async(main)
+
+
+PROGRESS_EVERY = 10.0  # seconds between status lines while `gateway run` is sending
+
+
+async def _report_progress(stats: SenderStats) -> None:
+    """A line every PROGRESS_EVERY seconds while there is work, none while idle."""
+    seen = 0
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY)
+        if stats.attempted != seen:
+            rate = (stats.attempted - seen) / PROGRESS_EVERY
+            seen = stats.attempted
+            err.print(f"{_describe_stats(stats)} ({rate:,.0f}/s)", markup=False)
+
+
+def _describe_stats(stats: SenderStats) -> str:
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_outcome.items())) or "none"
+    return f"attempts {stats.attempted}: {outcomes}"
 
 
 def run_async(main: Callable[[], Any]) -> None:

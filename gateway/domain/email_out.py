@@ -115,7 +115,7 @@ def build_email(mail: OutboundEmail) -> bytes:
 
     body = mail.body.replace("\r\n", "\n").replace("\r", "\n")
     if body.isascii() and all(len(line) <= MAX_LINE for line in body.split("\n")):
-        headers += ["Content-Type: text/plain; charset=us-ascii", "Content-Transfer-Encoding: 7bit"]
+        headers += ["Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 7bit"]
         payload = body.replace("\n", "\r\n").encode("ascii")
     else:
         # Quoted-printable keeps a mostly-Latin text readable and needs no 8BITMIME from any

@@ -126,3 +126,9 @@ def test_any_body_and_subject_build_or_are_refused(body, subject):
     expected = body.replace("\r\n", "\n").replace("\r", "\n")
     content = message.get_content().replace("\r\n", "\n")
     assert content.rstrip("\n") == expected.rstrip("\n")
+
+
+@pytest.mark.parametrize("body", ["plain ascii", "Déjà vu"])
+def test_always_declared_utf8_plain_text(body):
+    message = parse(build_email(mail(body=body)))
+    assert message.get_content_type() == "text/plain" and message.get_content_charset() == "utf-8"

@@ -1,0 +1,68 @@
+"""The wheel carries carriers.yaml and the templates, so an installed gateway works anywhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_installed_wheel_uses_its_shipped_carriers_and_templates(tmp_path):
+    out = tmp_path / "dist"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    [wheel] = out.glob("gateway-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "gateway/_shipped/carriers.yaml" in names
+    assert "gateway/_shipped/templates/order_confirmed.txt.j2" in names
+    assert any(n.startswith("gateway/store/migrations/versions/0001") for n in names)
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["PYTHONPATH"] = str(site)  # the wheel's package, not the checkout's
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    located = subprocess.run(
+        [sys.executable, "-c", "import gateway; print(gateway.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert located.stdout.startswith(str(site))
+    address = run("address", "+12025550143", "--carrier", "verizon")
+    assert address.returncode == 0 and address.stdout.strip() == "2025550143@vtext.com"
+    assert run("templates", "check").returncode == 0
