@@ -22,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from gateway.config import load_settings
 from gateway.domain.delivery import State
 from gateway.domain.email_out import message_id_for
+from gateway.domain.routing import Route
 from gateway.domain.sms import measure
 from gateway.services.carrier_sim import free_port
 from gateway.services.outbound import SendRequest, enqueue
@@ -35,7 +35,6 @@ from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
 from gateway.store.db import upgrade, utcnow
 from gateway.store.outbox import NewMessage, insert_messages
-from gateway.transport.smtp import SmtpPool
 
 TEXT = "Hi Ana, your order A-1001 is out for delivery with Sam. ETA 14:30. Reply to this text with questions."
 
@@ -98,9 +97,9 @@ def baseline(port: int, messages: int, sessions: int) -> float:
 
 
 def runtime_for(
-    folder: Path, port: int, connections: int, per_connection: int | None = None
+    folder: Path, name: str, port: int, connections: int, per_connection: int | None = None
 ) -> Runtime:
-    db = folder / f"bench-{connections}-{per_connection}.db"
+    db = folder / f"{name}.db"
     settings = load_settings(
         None,
         database={"url": f"sqlite:///{db}"},
@@ -110,6 +109,7 @@ def runtime_for(
             "security": "none",
             "connections": connections,
             "from_address": "Dispatch <dispatch@example.com>",
+            "max_messages_per_connection": per_connection,
         },
         sender={"batch_size": 500, "idle_poll_seconds": 0.01},
     )
@@ -156,19 +156,11 @@ def fill(runtime: Runtime, count: int) -> None:
             insert_messages(conn, rows[start : start + 5000], now)
 
 
-def drain(runtime: Runtime, per_connection: int | None) -> tuple[float, int]:
-    server = runtime.own_server()
-    if per_connection is not None:
-        server = replace(server, max_messages_per_connection=per_connection)
-    pool = SmtpPool(server)
-    sender = Sender(
-        runtime.engine,
-        pool,
-        runtime.settings.smtp.sender,
-        runtime.retry_policy,
-        batch_size=500,
-        idle_poll=0.01,
-    )
+def drain(runtime: Runtime) -> tuple[float, int]:
+    routes = runtime.route_book()
+    pool = routes.lanes[Route.OWN].pool
+    assert pool is not None
+    sender = Sender(runtime.engine, routes, runtime.retry_policy, batch_size=500, idle_poll=0.01)
 
     async def go() -> tuple[float, int]:
         started = time.perf_counter()
@@ -219,19 +211,21 @@ def main() -> None:
             baselines.append(baseline(sink.port, args.messages, args.connections))
             print(f"smtp-source -d -s{args.connections} into smtp-sink: {baselines[-1]:,.0f}/s")
 
-            enqueue_rt = runtime_for(folder, sink.port, args.connections, 0)
+            enqueue_rt = runtime_for(folder, "enqueue", sink.port, args.connections)
             enqueue_rate = measure_enqueue(enqueue_rt, args.enqueue_count)
             print(f"enqueue service (one transaction a text): {enqueue_rate:,.0f}/s")
 
             # The machine is shared: each pooled run is paired with a per-message run right
             # after it, and the ratio is taken per pair, so load that comes and goes hits both.
             for number in range(1, args.rounds + 1):
-                pooled_rt = runtime_for(folder, sink.port, args.connections, -number)
+                pooled_rt = runtime_for(folder, f"pooled-{number}", sink.port, args.connections)
                 fill(pooled_rt, args.messages)
-                pooled, connects = drain(pooled_rt, None)
-                single_rt = runtime_for(folder, sink.port, args.connections, number)
+                pooled, connects = drain(pooled_rt)
+                single_rt = runtime_for(
+                    folder, f"single-{number}", sink.port, args.connections, per_connection=1
+                )
                 fill(single_rt, args.per_message_count)
-                per_message, single_connects = drain(single_rt, 1)
+                per_message, single_connects = drain(single_rt)
                 pooled_rates.append(pooled)
                 single_rates.append(per_message)
                 pairs.append(pooled / per_message)

@@ -441,15 +441,13 @@ def run(
     ] = False,
 ) -> None:
     """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit)."""
-    from gateway.transport.smtp import SmtpPool
-
     with user_errors():
         runtime = state.runtime()
         engine = runtime.migrated_engine()
         settings = runtime.settings
-        if not settings.smtp.enabled:
-            fail("smtp.enabled is false and no other route exists yet; nothing can be sent")
-        server = runtime.own_server()
+        if not settings.smtp.enabled and not settings.relay.enabled:
+            fail("both smtp.enabled and relay.enabled are false: nothing can be sent")
+        routes = runtime.route_book()
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -458,8 +456,7 @@ def run(
                 loop.add_signal_handler(signum, stop.set)
             sender = Sender(
                 engine,
-                SmtpPool(server),
-                settings.smtp.sender,
+                routes,
                 runtime.retry_policy,
                 batch_size=settings.sender.batch_size,
                 lease=dt.timedelta(seconds=settings.sender.lease_seconds),
@@ -501,6 +498,49 @@ def run_async(main: Callable[[], Any]) -> None:
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())
+
+
+@app.command("routes")
+def routes(fmt: FormatOption = Format.table) -> None:
+    """Each route (own server, relay): enabled, circuit breaker, sends in the last 24 h, limits,
+    last error."""
+    from gateway.domain.routing import Route, explain_route_error
+
+    with user_errors():
+        runtime = state.runtime()
+        engine = runtime.migrated_engine()
+        now = utcnow()
+        book = runtime.route_book()
+        book.load(engine, now)
+        servers = {Route.OWN: runtime.settings.smtp, Route.RELAY: runtime.settings.relay}
+        rows = []
+        for route in Route:
+            status = book.status(route, now)
+            lane = book.lanes[route]
+            breaker = book.breakers.get(route)
+            rows.append(
+                {
+                    "name": route.value,
+                    "enabled": status.enabled,
+                    "server": f"{servers[route].host}:{servers[route].port}",
+                    "breaker": status.breaker.value,
+                    "failures": breaker.failures if breaker else 0,
+                    "sent_today": status.sent_24h,
+                    "daily_limit": lane.daily_limit,
+                    "per_minute": lane.per_minute,
+                    "last_error": explain_route_error(breaker.last_error if breaker else None),
+                }
+            )
+        columns = [
+            "name",
+            "enabled",
+            "server",
+            "breaker",
+            "sent_today",
+            "daily_limit",
+            "last_error",
+        ]
+        emit(rows, fmt, columns, "Routes (sent_today: rolling 24 hours)")
 
 
 @outbox_app.command("list")

@@ -12,7 +12,7 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -36,8 +36,19 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///gateway.db"
 
 
-class SmtpSettings(_Section):
-    """The company's own mail server (route `own`)."""
+# Sending limits of common providers (documented figures; an operator's own daily_limit or
+# per_minute wins). Gmail: about 500 a day; Google Workspace: about 2,000 a rolling day;
+# Microsoft 365: 30 a minute and 10,000 recipients a day.
+PRESETS: dict[str, dict[str, int | None]] = {
+    "gmail": {"daily_limit": 500, "per_minute": None},
+    "workspace": {"daily_limit": 2000, "per_minute": None},
+    "microsoft365": {"daily_limit": 10000, "per_minute": 30},
+    "custom": {"daily_limit": None, "per_minute": None},
+}
+
+
+class ServerSettings(_Section):
+    """An SMTP server the gateway sends through: the own server or the relay."""
 
     enabled: bool = True
     host: str = "localhost"
@@ -51,13 +62,16 @@ class SmtpSettings(_Section):
     connections: int = Field(4, ge=1, le=64)
     # Servers that cap messages per connection; unset keeps a connection while it works.
     max_messages_per_connection: int | None = Field(None, ge=1)
+    preset: Literal["gmail", "workspace", "microsoft365", "custom"] = "custom"
+    daily_limit: int | None = Field(None, ge=1)  # most texts in any rolling 24 h; never exceeded
+    per_minute: int | None = Field(None, ge=1)
     allow_insecure: bool = False
     ca_file: Path | None = None
     timeout_seconds: float = Field(30.0, gt=0, le=600)  # one SMTP command
     message_deadline_seconds: float = Field(60.0, gt=0, le=3600)  # one message, all commands
 
     @model_validator(mode="after")
-    def _check(self) -> SmtpSettings:
+    def _check(self) -> ServerSettings:
         sources = [
             k for k in ("password", "password_env", "password_file") if getattr(self, k) is not None
         ]
@@ -68,17 +82,29 @@ class SmtpSettings(_Section):
                 f"security = 'none' would send passwords and texts in the clear to {self.host}; "
                 "use 'starttls' or 'tls', or set allow_insecure = true if the network is trusted"
             )
-        try:
-            Mailbox.parse(self.from_address, "from_address")
-        except (AddressError, ValueError) as exc:
-            raise ValueError(str(exc)) from None
+        for key in self._address_keys:
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    Mailbox.parse(value, key)
+                except (AddressError, ValueError) as exc:
+                    raise ValueError(str(exc)) from None
         return self
+
+    _address_keys: ClassVar[tuple[str, ...]] = ("from_address",)
 
     @property
     def sender(self) -> Mailbox:
         return Mailbox.parse(self.from_address, "from_address")
 
-    def resolve_password(self) -> str | None:
+    def limits(self) -> tuple[int | None, int | None]:
+        """(daily_limit, per_minute): the operator's values, else the preset's."""
+        preset = PRESETS[self.preset]
+        daily = self.daily_limit if self.daily_limit is not None else preset["daily_limit"]
+        rate = self.per_minute if self.per_minute is not None else preset["per_minute"]
+        return daily, rate
+
+    def resolve_password(self, section: str = "smtp") -> str | None:
         """The password, read from where the config points; raises ConfigError if it is absent."""
         if self.password is not None:
             return self.password.get_secret_value()
@@ -86,7 +112,8 @@ class SmtpSettings(_Section):
             value = os.environ.get(self.password_env)
             if value is None:
                 raise ConfigError(
-                    f"smtp.password_env names {self.password_env}, but that variable is not set"
+                    f"{section}.password_env names {self.password_env}, "
+                    "but that variable is not set"
                 )
             return value
         if self.password_file is not None:
@@ -94,9 +121,26 @@ class SmtpSettings(_Section):
                 return self.password_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(
-                    f"smtp.password_file {str(self.password_file)!r} cannot be read: {exc.strerror}"
+                    f"{section}.password_file {str(self.password_file)!r} cannot be read: "
+                    f"{exc.strerror}"
                 ) from None
         return None
+
+
+class SmtpSettings(ServerSettings):
+    """The company's own mail server (route `own`)."""
+
+
+class RelaySettings(ServerSettings):
+    """The hosted relay (route `relay`): used when the own server cannot send."""
+
+    enabled: bool = False
+    from_address: str = "Dispatch via relay <relay@example.com>"
+    reply_to: str | None = None  # default: the own server's from_address, so replies come home
+    bcc: str | None = None  # an archive copy to the company mailbox (envelope only)
+    return_path: str | None = None  # envelope sender; default: the relay's from_address
+
+    _address_keys: ClassVar[tuple[str, ...]] = ("from_address", "reply_to", "bcc", "return_path")
 
 
 class CarrierSettings(_Section):
@@ -148,6 +192,7 @@ class Settings(BaseSettings):
 
     database: DatabaseSettings = DatabaseSettings()
     smtp: SmtpSettings = SmtpSettings()
+    relay: RelaySettings = RelaySettings()
     carriers: CarrierSettings = CarrierSettings()
     templates: TemplateSettings = TemplateSettings()
     policy: PolicySettings = PolicySettings()
@@ -240,9 +285,9 @@ def _describe(error: Any) -> str:
 def masked(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, with every secret replaced by a mask."""
     data = settings.model_dump(mode="json")
-    smtp = data["smtp"]
-    if smtp.get("password") is not None:
-        smtp["password"] = SECRET_MASK
+    for section in ("smtp", "relay"):
+        if data[section].get("password") is not None:
+            data[section]["password"] = SECRET_MASK
     return data
 
 

@@ -19,7 +19,6 @@ from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.sender import Sender
 from gateway.store.db import utcnow
 from gateway.store.outbox import attempts, attempts_of, messages
-from gateway.transport.smtp import SmtpPool
 from tests.conftest import make_runtime
 
 
@@ -42,8 +41,7 @@ def states(runtime):
 async def drain(runtime, **kwargs):
     sender = Sender(
         runtime.engine,
-        SmtpPool(runtime.own_server()),
-        runtime.settings.smtp.sender,
+        runtime.route_book(),
         runtime.retry_policy,
         batch_size=kwargs.pop("batch_size", 20),
         idle_poll=0.05,

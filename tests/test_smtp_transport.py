@@ -43,7 +43,7 @@ def pool_for(server: SmtpTestServer, **kwargs) -> SmtpPool:
 
 
 async def send(pool: SmtpPool, n: int = 0):
-    return await pool.send(SENDER, RCPT, message(n))
+    return await pool.send(SENDER, [RCPT], message(n))
 
 
 async def test_250_is_accepted_with_the_reply_line(smtp_server):

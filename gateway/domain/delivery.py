@@ -117,3 +117,18 @@ def decide(
             State.FAILED, None, f"expired: not delivered within {hours:g} h; last: {reason}"
         )
     return Decision(State.DEFERRED, due_at, reason)
+
+
+def postpone(
+    reason: str,
+    first_due_at: dt.datetime,
+    now: dt.datetime,
+    until: dt.datetime,
+    policy: RetryPolicy,
+) -> Decision:
+    """No route can take the message now: it waits (no attempt is counted) until `until`, or
+    fails if that is past its lifetime."""
+    if until > first_due_at + policy.lifetime:
+        hours = policy.lifetime.total_seconds() / 3600
+        return Decision(State.FAILED, None, f"expired: not delivered within {hours:g} h; {reason}")
+    return Decision(State.DEFERRED, until, reason)

@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from gateway.domain.delivery import OutcomeKind
+from gateway.domain.delivery import AUTH_HINT, OutcomeKind
 
 
 class Route(StrEnum):
@@ -44,6 +44,10 @@ class Breaker:
 # Outcomes that say the route is broken (not the message): they count towards the breaker and
 # move the message to the other route.
 ROUTE_FAILURES = frozenset({OutcomeKind.NETWORK, OutcomeKind.TLS, OutcomeKind.AUTH})
+
+
+# Sends a route's limits count: the server took the message, or may have.
+COUNTS_AGAINST_LIMIT = frozenset({OutcomeKind.ACCEPTED, OutcomeKind.AMBIGUOUS})
 
 
 def is_route_failure(kind: OutcomeKind, phase: str) -> bool:
@@ -150,10 +154,24 @@ class Choice:
     reason: str
 
 
+OWN_SERVER = Choice(Route.OWN, "own server")
+
+
+def plain_choice(own: RouteStatus, history: History) -> Choice | None:
+    """The choice for nearly every text, decided from the own route alone: a first attempt while
+    the own server can take it. None when the relay's state must be weighed too."""
+    if history.last_kind is None and own.unavailable_because() is None:
+        return OWN_SERVER
+    return None
+
+
 def choose_route(
     own: RouteStatus, relay: RouteStatus, history: History, policy: RoutingPolicy
 ) -> Choice:
     """The route for a message's next attempt, and why (stored with the attempt)."""
+    plain = plain_choice(own, history)
+    if plain is not None:
+        return plain
     statuses = {Route.OWN: own, Route.RELAY: relay}
     if history.last_kind is OutcomeKind.AMBIGUOUS and history.last_route is not None:
         status = statuses[history.last_route]
@@ -179,7 +197,7 @@ def choose_route(
     if own_blocked is None and history.own_temporary >= policy.own_temporary_limit:
         own_blocked = f"answered 4xx {history.own_temporary} times to this message"
     if own_blocked is None:
-        return Choice(Route.OWN, "own server")
+        return OWN_SERVER
 
     relay_out = relay.unavailable_because()
     if relay_out is None:
@@ -188,3 +206,27 @@ def choose_route(
         # The relay is out too: the own server, despite this message's history, is all there is.
         return Choice(Route.OWN, f"own server again, because the relay {relay_out}")
     return Choice(None, f"no route: the own server {own_out}, and the relay {relay_out}")
+
+
+def history_of(attempts: list[tuple[str, str, str | None]]) -> History:
+    """A message's History from its attempts, oldest first: (route, outcome kind, phase)."""
+    history = History()
+    for route, kind, phase in attempts:
+        history = history_after(history, Route(route), OutcomeKind(kind), phase or "")
+    return history
+
+
+def history_after(history: History, route: Route, kind: OutcomeKind, phase: str) -> History:
+    own_temporary = history.own_temporary + (
+        1 if route is Route.OWN and kind is OutcomeKind.TEMPORARY else 0
+    )
+    return History(route, kind, phase, own_temporary)
+
+
+def explain_route_error(reply: str | None) -> str | None:
+    """A route's last error as an operator should read it: a refused sign-in names the fix."""
+    if reply is None:
+        return None
+    if reply[:3] in ("535", "534", "530") or "sign-in" in reply or "AUTH" in reply:
+        return f"{reply} ({AUTH_HINT})"
+    return reply

@@ -23,7 +23,6 @@ from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
 from gateway.store.db import upgrade, utcnow
 from gateway.store.outbox import list_messages
-from gateway.transport.smtp import SmtpPool
 
 
 @dataclass(frozen=True)
@@ -115,9 +114,8 @@ def run_demo(folder: str, exit_after: float | None, out: Console) -> int:
 
         async def send_all() -> None:
             sender = Sender(
-                runtime.engine, SmtpPool(runtime.own_server()), settings.smtp.sender,
-                runtime.retry_policy, batch_size=50,
-            )  # fmt: skip
+                runtime.engine, runtime.route_book(), runtime.retry_policy, batch_size=50
+            )
             stop = asyncio.Event()
             task = asyncio.create_task(sender.run(stop, until_idle=True))
             timeout = (

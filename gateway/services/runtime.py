@@ -10,12 +10,15 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from gateway.config import ConfigError, Settings, locate
+from gateway.config import ConfigError, ServerSettings, Settings, locate
 from gateway.domain.carriers import CarrierBook, CarrierFileError, load_carriers
 from gateway.domain.delivery import RetryPolicy
+from gateway.domain.email_out import Mailbox
+from gateway.domain.routing import Route
 from gateway.domain.templates import SUFFIX, TemplateBook
+from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import make_engine, require_current
-from gateway.transport.smtp import SmtpServer
+from gateway.transport.smtp import SmtpPool, SmtpServer
 
 
 @dataclasses.dataclass
@@ -76,13 +79,48 @@ class Runtime:
         )
 
     def own_server(self) -> SmtpServer:
-        smtp = self.settings.smtp
+        return self._server(self.settings.smtp, "smtp")
+
+    def route_book(self) -> RouteBook:
+        """Both routes as configured, each with its own connection pool."""
+        smtp, relay = self.settings.smtp, self.settings.relay
+        own_daily, own_rate = smtp.limits()
+        relay_daily, relay_rate = relay.limits()
+        lanes = {
+            Route.OWN: Lane(
+                route=Route.OWN,
+                pool=SmtpPool(self._server(smtp, "smtp")) if smtp.enabled else None,
+                sender=smtp.sender,
+                envelope_sender=smtp.sender.address,
+                daily_limit=own_daily,
+                per_minute=own_rate,
+            ),
+            Route.RELAY: Lane(
+                route=Route.RELAY,
+                pool=SmtpPool(self._server(relay, "relay")) if relay.enabled else None,
+                sender=relay.sender,
+                # Replies must come home to the company mailbox, not to the relay.
+                envelope_sender=(
+                    Mailbox.parse(relay.return_path, "return_path").address
+                    if relay.return_path
+                    else relay.sender.address
+                ),
+                reply_to=Mailbox.parse(relay.reply_to or smtp.from_address, "reply_to"),
+                copies=(Mailbox.parse(relay.bcc, "bcc").address,) if relay.bcc else (),
+                daily_limit=relay_daily,
+                per_minute=relay_rate,
+            ),
+        }
+        return RouteBook(lanes)
+
+    def _server(self, server: ServerSettings, section: str) -> SmtpServer:
+        smtp = server
         return SmtpServer(
             host=smtp.host,
             port=smtp.port,
             security=smtp.security,
             username=smtp.username,
-            password=smtp.resolve_password() if smtp.username else None,
+            password=smtp.resolve_password(section) if smtp.username else None,
             ca_file=smtp.ca_file,
             connections=smtp.connections,
             timeout=smtp.timeout_seconds,

@@ -20,18 +20,30 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from gateway.domain.delivery import AttemptOutcome, OutcomeKind, RetryPolicy, decide
-from gateway.domain.email_out import Mailbox, OutboundEmail, build_email
+from gateway.domain.delivery import (
+    AttemptOutcome,
+    OutcomeKind,
+    RetryPolicy,
+    State,
+    decide,
+    postpone,
+)
+from gateway.domain.email_out import build_email
+from gateway.domain.routing import COUNTS_AGAINST_LIMIT, Route, history_after, is_route_failure
+from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import utcnow
 from gateway.store.outbox import (
     AttemptRecord,
     Claimed,
+    Postponement,
     claim_due,
     count_due,
     record_attempts,
     release,
 )
-from gateway.transport.smtp import SmtpPool
+from gateway.store.outbox import (
+    postpone as postpone_rows,
+)
 
 log = logging.getLogger("gateway.sender")
 
@@ -39,6 +51,7 @@ log = logging.getLogger("gateway.sender")
 # this long, or a quarter of a short lease.
 LEASE_MARGIN = dt.timedelta(seconds=5)
 RECORD_EVERY = 0.05  # seconds: how long an outcome may wait to be written with others
+COUNT_EVERY = dt.timedelta(seconds=1)  # how often the routes' counts are read again
 
 
 @dataclasses.dataclass
@@ -57,11 +70,9 @@ class Sender:
     def __init__(
         self,
         engine: Engine,
-        pool: SmtpPool,
-        sender: Mailbox,
+        routes: RouteBook,
         policy: RetryPolicy,
         *,
-        route: str = "own",
         batch_size: int = 200,
         lease: dt.timedelta = dt.timedelta(seconds=120),
         idle_poll: float = 1.0,
@@ -70,10 +81,8 @@ class Sender:
         worker: str | None = None,
     ) -> None:
         self.engine = engine
-        self.pool = pool
-        self.sender = sender
+        self.routes = routes
         self.policy = policy
-        self.route = route
         self.batch_size = batch_size
         self.lease = lease
         self.lease_margin = min(LEASE_MARGIN, lease / 4)
@@ -84,14 +93,21 @@ class Sender:
         self.stats = SenderStats()
         self._queue: asyncio.Queue[Claimed] = asyncio.Queue()
         self._results: list[AttemptRecord] = []
+        self._postponed: list[Postponement] = []
         self._in_flight = 0
+        self._flush_lock = asyncio.Lock()
+        self._counted_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+        pools = [lane.pool for lane in routes.lanes.values() if lane.pool is not None]
+        self._pools = pools
+        self._connections = sum(pool.server.connections for pool in pools) or 1
 
     async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> SenderStats:
         """Send until `stop` is set (then finish what is in flight and give back the rest), or
         with `until_idle` until nothing is due."""
+        await asyncio.to_thread(self.routes.load, self.engine, self.clock())
         workers = [
             asyncio.create_task(self._send_loop(), name=f"send-{n}")
-            for n in range(self.pool.server.connections)
+            for n in range(self._connections)
         ]
         recorder = asyncio.create_task(self._record_loop(), name="record")
         try:
@@ -114,11 +130,12 @@ class Sender:
                 self.stats.released += await asyncio.to_thread(
                     release, self.engine, self.worker, unsent, self.clock()
                 )
-            await self.pool.close()
+            for pool in self._pools:
+                await pool.close()
         return self.stats
 
     async def _claim_loop(self, stop: asyncio.Event, until_idle: bool) -> None:
-        low_water = max(self.pool.server.connections * 2, self.batch_size // 2)
+        low_water = max(self._connections * 2, self.batch_size // 2)
         while not stop.is_set():
             if self._queue.qsize() >= low_water:
                 await _wait(stop, 0.005)
@@ -156,44 +173,65 @@ class Sender:
                 self._queue.task_done()
 
     async def _send_one(self, row: Claimed) -> None:
-        started = self.clock()
-        if started >= row.lease_until - self.lease_margin:
+        if self.clock() >= row.lease_until - self.lease_margin:
             return  # our lease is (nearly) gone; whoever claims it next sends it
-        try:
-            data = build_email(
-                OutboundEmail(
-                    sender=self.sender,
-                    to=row.to_address,
-                    message_id=row.message_id,
-                    date=started,
-                    body=row.body,
+        history = row.history
+        number = row.attempts
+        # At most two attempts per claim: when the route fails (connection, TLS, sign-in), the
+        # other route tries at once, as the user would want, rather than after a backoff.
+        for _ in range(2):
+            now = self.clock()
+            choice = self.routes.choose(history, now)
+            if choice.route is None:
+                decision = postpone(
+                    choice.reason, row.first_due_at, now, self.routes.wait_until(now), self.policy
+                )
+                self._postponed.append(Postponement(row.id, self.worker, decision, now))
+                self._count("no_route")
+                return
+            number += 1
+            outcome = await self._attempt(self.routes.lanes[choice.route], row, now)
+            finished = self.clock()
+            self.routes.observe(choice.route, outcome, finished)
+            jitter = self.jitter()
+            decision = decide(outcome, number, row.first_due_at, finished, self.policy, jitter)
+            moving = False
+            if decision.state is State.DEFERRED and is_route_failure(outcome.kind, outcome.phase):
+                history = history_after(history, choice.route, outcome.kind, outcome.phase)
+                moving = self.routes.choose(history, finished).route not in (None, choice.route)
+            self._results.append(
+                AttemptRecord(
+                    message=row.id,
+                    number=number,
+                    worker=self.worker,
+                    route=choice.route.value,
+                    route_reason=choice.reason,
+                    outcome=outcome,
+                    decision=decision,
+                    started_at=now,
+                    finished_at=finished,
+                    final=not moving,
                 )
             )
+            self.stats.attempted += 1
+            self._count(outcome.kind.value)
+            log.debug("message %s via %s: %s %s", row.id, choice.route, outcome.kind, outcome.reply)
+            if not moving:
+                return
+
+    async def _attempt(self, lane: Lane, row: Claimed, now: dt.datetime) -> AttemptOutcome:
+        try:
+            data = build_email(lane.email(row.to_address, row.message_id, row.body, now))
         except ValueError as exc:
-            outcome = AttemptOutcome(
-                kind=OutcomeKind.PERMANENT, reply=f"cannot build the email: {exc}", phase="build"
+            return AttemptOutcome(
+                OutcomeKind.PERMANENT, f"cannot build the email: {exc}", None, "build"
             )
-        else:
-            outcome = await self.pool.send(self.sender.address, row.to_address, data)
-        finished = self.clock()
-        number = row.attempts + 1
-        decision = decide(outcome, number, row.first_due_at, finished, self.policy, self.jitter())
-        self._results.append(
-            AttemptRecord(
-                message=row.id,
-                number=number,
-                worker=self.worker,
-                route=self.route,
-                outcome=outcome,
-                decision=decision,
-                started_at=started,
-                finished_at=finished,
-            )
-        )
-        self.stats.attempted += 1
-        kind = outcome.kind.value
+        assert lane.pool is not None  # routing only chooses enabled routes
+        self.routes.reserve(lane.route, now)
+        return await lane.pool.send(lane.envelope_sender, [row.to_address, *lane.copies], data)
+
+    def _count(self, kind: str) -> None:
         self.stats.by_outcome[kind] = self.stats.by_outcome.get(kind, 0) + 1
-        log.debug("message %s: %s %s", row.id, kind, outcome.reply)
 
     async def _record_loop(self) -> None:
         while True:
@@ -201,16 +239,32 @@ class Sender:
             await self._flush()
 
     async def _flush(self) -> None:
-        if not self._results:
-            return
+        async with self._flush_lock:
+            await self._write_outcomes()
+
+    async def _write_outcomes(self) -> None:
+        now = self.clock()
         batch, self._results = self._results, []
+        postponed, self._postponed = self._postponed, []
         try:
-            await asyncio.to_thread(record_attempts, self.engine, batch)
+            if batch:
+                await asyncio.to_thread(record_attempts, self.engine, batch)
+                self.routes.wrote(
+                    [Route(r.route) for r in batch if r.outcome.kind in COUNTS_AGAINST_LIMIT]
+                )
+            if postponed:
+                await asyncio.to_thread(postpone_rows, self.engine, postponed)
+            await asyncio.to_thread(self.routes.save, self.engine, now)
+            if now - self._counted_at >= COUNT_EVERY:
+                # Other workers send too: take the routes' 24-hour counts from the database.
+                self._counted_at = now
+                await asyncio.to_thread(self.routes.refresh_counts, self.engine, now)
         except Exception:
             # Keep them for the next flush; if the database stays away, the leases run out and
             # the rows are sent again: a duplicate, never a loss.
             log.exception("recording %d outcomes failed; will retry", len(batch))
             self._results[:0] = batch
+            self._postponed[:0] = postponed
             await asyncio.sleep(1)
 
 

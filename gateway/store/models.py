@@ -116,12 +116,17 @@ class Message(SQLModel, table=True):
 
 class DeliveryAttempt(SQLModel, table=True):
     __tablename__ = "delivery_attempts"
-    __table_args__ = (Index("ix_delivery_attempts_message", "message_id", "number"),)
+    __table_args__ = (
+        Index("ix_delivery_attempts_message", "message_id", "number"),
+        # Each route's rolling 24-hour count, read by every worker.
+        Index("ix_delivery_attempts_route_time", "route", "finished_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: int = Field(foreign_key="messages.id")
     number: int
     route: str = Field(max_length=20)
+    route_reason: str | None = Field(default=None, max_length=500)  # why this route
     worker: str | None = Field(default=None, max_length=100)
     outcome: str = Field(max_length=20)  # accepted, temporary, permanent, network, ambiguous, ...
     phase: str | None = Field(default=None, max_length=20)
@@ -129,3 +134,16 @@ class DeliveryAttempt(SQLModel, table=True):
     reply: str | None = Field(default=None, sa_type=Text)
     started_at: dt.datetime
     finished_at: dt.datetime
+
+
+class RouteState(SQLModel, table=True):
+    """Each route's circuit breaker, shared by every worker and shown by `gateway routes`."""
+
+    __tablename__ = "routes"
+
+    name: str = Field(primary_key=True, max_length=20)
+    breaker: str = Field(max_length=20)
+    failures: int = 0
+    opened_at: dt.datetime | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    updated_at: dt.datetime

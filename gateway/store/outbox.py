@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.delivery import AttemptOutcome, Decision, State
+from gateway.domain.routing import History, history_of
 from gateway.store.models import (
     DUE_CONDITION,
     LEASED_CONDITION,
@@ -61,6 +62,7 @@ class Claimed:
     attempts: int
     first_due_at: dt.datetime
     lease_until: dt.datetime
+    history: History = field(default_factory=History)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +71,14 @@ class AttemptRecord:
     number: int  # 1 for the first attempt
     worker: str
     route: str
+    route_reason: str
     outcome: AttemptOutcome
     decision: Decision
     started_at: dt.datetime
     finished_at: dt.datetime
+    # False for an attempt the same worker follows at once on the other route: it is recorded,
+    # but the row stays leased and its state is left to the last attempt.
+    final: bool = True
 
 
 # --- enqueue ----------------------------------------------------------------------------------
@@ -290,8 +296,29 @@ def claim_due(
                     messages.c.first_due_at,
                 )
             ).all()
+        # Retries need their history to choose a route; first attempts (nearly all) have none.
+        retried = [r.id for r in claimed if r.attempts > 0]
+        histories: dict[int, list[tuple[str, str, str | None]]] = {}
+        if retried:
+            for row in conn.execute(
+                select(
+                    attempts.c.message_id, attempts.c.route, attempts.c.outcome, attempts.c.phase
+                )
+                .where(attempts.c.message_id.in_(retried))
+                .order_by(attempts.c.message_id, attempts.c.number, attempts.c.id)
+            ):
+                histories.setdefault(row.message_id, []).append((row.route, row.outcome, row.phase))
     return [
-        Claimed(r.id, r.to_address, r.body, r.message_id, r.attempts, r.first_due_at, lease_until)
+        Claimed(
+            r.id,
+            r.to_address,
+            r.body,
+            r.message_id,
+            r.attempts,
+            r.first_due_at,
+            lease_until,
+            history_of(histories[r.id]) if r.id in histories else History(),
+        )
         for r in claimed
     ]
 
@@ -313,30 +340,35 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
         update_sql = _placeholders(_RECORD_UPDATE, mark)
         insert_sql = _placeholders(_RECORD_INSERT, mark)
         updates = []
+        progress = []
         history = []
         for r in records:
             reply = r.outcome.reply[:2000]
             finished = time_param(r.finished_at)
             due = r.decision.due_at
-            updates.append(
-                (
-                    r.decision.state.value,
-                    r.decision.reason,
-                    None if due is None else time_param(due),
-                    r.route,
-                    reply,
-                    r.number,
-                    finished,
-                    finished if r.decision.state is State.SENT else None,
-                    r.message,
-                    r.worker,
+            if not r.final:
+                progress.append((r.route, reply, r.number, finished, r.message, r.worker))
+            else:
+                updates.append(
+                    (
+                        r.decision.state.value,
+                        r.decision.reason,
+                        None if due is None else time_param(due),
+                        r.route,
+                        reply,
+                        r.number,
+                        finished,
+                        finished if r.decision.state is State.SENT else None,
+                        r.message,
+                        r.worker,
+                    )
                 )
-            )
             history.append(
                 (
                     r.message,
                     r.number,
                     r.route,
+                    r.route_reason[:500],
                     r.worker,
                     r.outcome.kind.value,
                     r.outcome.phase or None,
@@ -346,7 +378,10 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
                     finished,
                 )
             )
-        conn.exec_driver_sql(update_sql, updates)
+        if progress:
+            conn.exec_driver_sql(_placeholders(_RECORD_PROGRESS, mark), progress)
+        if updates:
+            conn.exec_driver_sql(update_sql, updates)
         conn.exec_driver_sql(insert_sql, history)
 
 
@@ -355,9 +390,13 @@ _RECORD_UPDATE = (
     "last_reply = ?, attempts = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?, "
     "sent_at = COALESCE(?, sent_at) WHERE id = ? AND lease_owner = ?"
 )
+_RECORD_PROGRESS = (
+    "UPDATE messages SET route = ?, last_reply = ?, attempts = ?, updated_at = ? "
+    "WHERE id = ? AND lease_owner = ?"
+)
 _RECORD_INSERT = (
-    "INSERT INTO delivery_attempts (message_id, number, route, worker, outcome, phase, "
-    "smtp_code, reply, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO delivery_attempts (message_id, number, route, route_reason, worker, outcome, "
+    "phase, smtp_code, reply, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -385,6 +424,42 @@ def _utc(value: dt.datetime) -> dt.datetime:
 
 def _sqlite_time(value: dt.datetime) -> str:
     return _utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@dataclass(frozen=True, slots=True)
+class Postponement:
+    """No route could take the message: it waits, with no attempt counted."""
+
+    message: int
+    worker: str
+    decision: Decision
+    at: dt.datetime
+
+
+def postpone(engine: Engine, items: Sequence[Postponement]) -> None:
+    if not items:
+        return
+    with engine.begin() as conn:
+        mark, time_param = _driver_style(conn)
+        conn.exec_driver_sql(
+            _placeholders(
+                "UPDATE messages SET state = ?, reason = ?, due_at = COALESCE(?, due_at), "
+                "lease_owner = NULL, lease_until = NULL, updated_at = ? "
+                "WHERE id = ? AND lease_owner = ?",
+                mark,
+            ),
+            [
+                (
+                    p.decision.state.value,
+                    p.decision.reason,
+                    None if p.decision.due_at is None else time_param(p.decision.due_at),
+                    time_param(p.at),
+                    p.message,
+                    p.worker,
+                )
+                for p in items
+            ],
+        )
 
 
 def release(engine: Engine, worker: str, ids: Sequence[int], now: dt.datetime) -> int:

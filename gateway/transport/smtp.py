@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +21,7 @@ import aiosmtplib
 from gateway.domain.delivery import AttemptOutcome, OutcomeKind
 
 Security = Literal["tls", "starttls", "none"]
+log = logging.getLogger("gateway.smtp")
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,19 @@ class SmtpPool:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> AttemptOutcome:
-        """Hand one message to the server; never raises for anything the server or network does."""
+    async def send(self, sender: str, recipients: Sequence[str], data: bytes) -> AttemptOutcome:
+        """Hand one message to the server; never raises for anything the server or network does.
+
+        The outcome is the first recipient's (the phone's gateway address). Further recipients
+        (an archive copy) are best effort: a refusal of one of them does not fail the text.
+        """
         async with self._slots:
             # The connection in use, wherever the transaction has got to: whatever ends it
             # (a deadline, a failure) must close exactly this one.
             held: list[aiosmtplib.SMTP | None] = [self._idle.pop() if self._idle else None]
             try:
                 async with asyncio.timeout(self.server.deadline):
-                    outcome, keep = await self._transaction(held, sender, recipient, data)
+                    outcome, keep = await self._transaction(held, sender, recipients, data)
             except TimeoutError:
                 self._drop(held[0])
                 return _deadline_outcome(self.server.deadline)
@@ -111,7 +118,11 @@ class SmtpPool:
                 client.close()
 
     async def _transaction(
-        self, held: list[aiosmtplib.SMTP | None], sender: str, recipient: str, data: bytes
+        self,
+        held: list[aiosmtplib.SMTP | None],
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
     ) -> tuple[AttemptOutcome, bool]:
         pooled = held[0]
         reused = pooled is not None and pooled.is_connected
@@ -141,12 +152,15 @@ class SmtpPool:
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _Unusable(_network("mail", exc)) from None
 
-        try:
-            await _command(client, b"RCPT", b"TO:<" + recipient.encode() + b">")
-        except aiosmtplib.SMTPResponseException as exc:
-            return await _refused(client, "rcpt", exc)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _Unusable(_network("rcpt", exc)) from None
+        for index, recipient in enumerate(recipients):
+            try:
+                await _command(client, b"RCPT", b"TO:<" + recipient.encode() + b">")
+            except aiosmtplib.SMTPResponseException as exc:
+                if index == 0:
+                    return await _refused(client, "rcpt", exc)
+                log.warning("copy to %s refused: %s %s", recipient, exc.code, exc.message)
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                raise _Unusable(_network("rcpt", exc)) from None
 
         try:
             response = await client.data(data, timeout=None)

@@ -1,0 +1,166 @@
+"""The two routes as the sender sees them: how each addresses mail (a Lane), and their live
+state (the RouteBook): breakers, rolling 24-hour counts, per-minute buckets."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from gateway.domain.delivery import AttemptOutcome, OutcomeKind
+from gateway.domain.email_out import Mailbox, OutboundEmail
+from gateway.domain.routing import (
+    COUNTS_AGAINST_LIMIT,
+    Breaker,
+    BreakerPolicy,
+    BreakerState,
+    Bucket,
+    Choice,
+    History,
+    Route,
+    RouteStatus,
+    RoutingPolicy,
+    breaker_after,
+    breaker_state,
+    bucket_take,
+    choose_route,
+    plain_choice,
+)
+from gateway.store.routes import load_breakers, save_breakers, sent_last_24h
+from gateway.transport.smtp import SmtpPool
+
+_CLOSED = Breaker()
+
+# How long a message waits when no route can take it, at least (a breaker's cool-down may be
+# longer; a daily limit frees a slot only as old sends leave the 24-hour window).
+NO_ROUTE_WAIT = dt.timedelta(seconds=60)
+
+
+@dataclass
+class Lane:
+    """One route: its connection pool and how it addresses mail."""
+
+    route: Route
+    pool: SmtpPool | None  # None: not configured or switched off
+    sender: Mailbox  # From
+    envelope_sender: str  # MAIL FROM, where bounces go
+    reply_to: Mailbox | None = None
+    copies: tuple[str, ...] = ()  # extra envelope recipients (the relay's archive Bcc)
+    daily_limit: int | None = None
+    per_minute: int | None = None
+
+    def email(self, to: str, message_id: str, body: str, now: dt.datetime) -> OutboundEmail:
+        return OutboundEmail(
+            sender=self.sender,
+            to=to,
+            message_id=message_id,
+            date=now,
+            body=body,
+            reply_to=self.reply_to,
+        )
+
+
+@dataclass
+class RouteBook:
+    lanes: dict[Route, Lane]
+    breaker_policy: BreakerPolicy = field(default_factory=BreakerPolicy)
+    routing_policy: RoutingPolicy = field(default_factory=RoutingPolicy)
+    breakers: dict[Route, Breaker] = field(default_factory=dict)
+    # A send moves through these counts: in flight (handed to a server), recorded (outcome known,
+    # not yet written), flushed (written since the last count from the database), counted (in
+    # the database at the last count). Each step adds before it subtracts, so a route's total
+    # can only overcount, never let a limit be passed.
+    in_flight: dict[Route, int] = field(default_factory=dict)
+    recorded: dict[Route, int] = field(default_factory=dict)
+    flushed: dict[Route, int] = field(default_factory=dict)
+    counted: dict[Route, int] = field(default_factory=dict)
+    buckets: dict[Route, Bucket] = field(default_factory=dict)
+    dirty: bool = False
+
+    def status(self, route: Route, now: dt.datetime) -> RouteStatus:
+        lane = self.lanes[route]
+        breaker = self.breakers.get(route, _CLOSED)
+        rate_ok = True
+        if lane.per_minute is not None:
+            _, rate_ok = bucket_take(self.buckets.get(route), lane.per_minute, now)
+        return RouteStatus(
+            route=route,
+            enabled=lane.pool is not None,
+            breaker=breaker_state(breaker, self.breaker_policy, now),
+            sent_24h=self.sent_24h(route),
+            daily_limit=lane.daily_limit,
+            rate_ok=rate_ok,
+            last_error=breaker.last_error,
+        )
+
+    def sent_24h(self, route: Route) -> int:
+        return (
+            self.in_flight.get(route, 0)
+            + self.recorded.get(route, 0)
+            + self.flushed.get(route, 0)
+            + self.counted.get(route, 0)
+        )
+
+    def choose(self, history: History, now: dt.datetime) -> Choice:
+        own = self.status(Route.OWN, now)
+        # Most texts are first attempts with the own server working: no need to weigh the relay.
+        plain = plain_choice(own, history)
+        if plain is not None:
+            return plain
+        return choose_route(own, self.status(Route.RELAY, now), history, self.routing_policy)
+
+    def reserve(self, route: Route, now: dt.datetime) -> None:
+        """Count a send against the route before it starts, so limits hold with sends in flight."""
+        self.in_flight[route] = self.in_flight.get(route, 0) + 1
+        lane = self.lanes[route]
+        if lane.per_minute is not None:
+            self.buckets[route], _ = bucket_take(self.buckets.get(route), lane.per_minute, now)
+
+    def observe(self, route: Route, outcome: AttemptOutcome, now: dt.datetime) -> None:
+        if outcome.kind in COUNTS_AGAINST_LIMIT:
+            self.recorded[route] = self.recorded.get(route, 0) + 1
+        self.in_flight[route] = self.in_flight.get(route, 0) - 1
+        before = self.breakers.get(route, _CLOSED)
+        if before is _CLOSED and outcome.kind is OutcomeKind.ACCEPTED:
+            return  # the common case: a closed breaker stays closed
+        after = breaker_after(
+            before, outcome.kind, outcome.phase, outcome.reply, self.breaker_policy, now
+        )
+        if after != before:
+            self.breakers[route] = after
+            self.dirty = True
+
+    def wait_until(self, now: dt.datetime) -> dt.datetime:
+        """When to look again for a message no route could take."""
+        until = now + NO_ROUTE_WAIT
+        for breaker in self.breakers.values():
+            if breaker.state is BreakerState.OPEN and breaker.opened_at is not None:
+                until = max(until, breaker.opened_at + self.breaker_policy.cooldown)
+        return until
+
+    # --- sharing with the database (other workers, `gateway routes`) -------------------------
+
+    def load(self, engine: Engine, now: dt.datetime) -> None:
+        stored = load_breakers(engine)
+        for route in Route:
+            if route.value in stored:
+                self.breakers[route] = stored[route.value]
+        self.refresh_counts(engine, now)
+
+    def wrote(self, routes: list[Route]) -> None:
+        """These sends' outcomes are now in the database."""
+        for route in routes:
+            self.flushed[route] = self.flushed.get(route, 0) + 1
+            self.recorded[route] = self.recorded.get(route, 0) - 1
+
+    def refresh_counts(self, engine: Engine, now: dt.datetime) -> None:
+        """Count again from the database, which holds every flushed send (and other workers')."""
+        counts = sent_last_24h(engine, now)
+        self.counted = {route: counts.get(route.value, 0) for route in Route}
+        self.flushed = {}
+
+    def save(self, engine: Engine, now: dt.datetime) -> None:
+        if self.dirty:
+            self.dirty = False
+            save_breakers(engine, {r.value: b for r, b in self.breakers.items()}, now)
