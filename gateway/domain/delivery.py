@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -61,6 +62,32 @@ class Decision:
     reason: str | None
 
 
+_HINT = re.compile(
+    r"(?:try\s+again|retry)(?:\s+later)?\s+(?:in|after)\s+(\d{1,6})\s*"
+    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b",
+    re.IGNORECASE,
+)
+_RETRY_AFTER = re.compile(r"retry-after:\s*(\d{1,6})\b", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+MAX_HINT = dt.timedelta(hours=6)
+
+
+def retry_hint(reply: str) -> dt.timedelta | None:
+    """How long a server asks us to wait, when its reply says ("try again in 10 minutes",
+    "retry after 300 seconds", "Retry-After: 120"); capped, since the text is the server's."""
+    match = _HINT.search(reply)
+    if match:
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)[0].lower()]
+    else:
+        header = _RETRY_AFTER.search(reply)
+        if not header:
+            return None
+        seconds = int(header.group(1))
+    if seconds <= 0:
+        return None
+    return min(dt.timedelta(seconds=seconds), MAX_HINT)
+
+
 def backoff_seconds(attempts: int, policy: RetryPolicy, jitter: float) -> float:
     """Exponential delay after `attempts` failed tries, capped, with half of it jittered.
 
@@ -95,6 +122,9 @@ def decide(
         return Decision(State.FAILED, None, f"refused by the server: {outcome.reply}")
 
     delay = backoff_seconds(attempts, policy, jitter)
+    hint = retry_hint(outcome.reply) if outcome.kind is OutcomeKind.TEMPORARY else None
+    if hint is not None:
+        delay = max(delay, hint.total_seconds())
     if outcome.kind is OutcomeKind.AMBIGUOUS:
         delay = max(delay, policy.ambiguous_hold_seconds)
         reason = (

@@ -1,15 +1,18 @@
 import datetime as dt
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.domain.delivery import (
+    MAX_HINT,
     AttemptOutcome,
     OutcomeKind,
     RetryPolicy,
     State,
     backoff_seconds,
     decide,
+    retry_hint,
 )
 
 T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
@@ -66,3 +69,57 @@ def test_backoff_is_bounded_and_grows(attempts, jitter):
     delay = backoff_seconds(attempts, POLICY, jitter)
     assert POLICY.base_seconds / 2 <= delay <= POLICY.cap_seconds
     assert backoff_seconds(attempts + 1, POLICY, 1.0) >= backoff_seconds(attempts, POLICY, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("reply", "seconds"),
+    [
+        ("451 4.7.1 Please try again in 5 minutes", 300),
+        ("450 4.2.0 Greylisted, retry after 300 seconds", 300),
+        ("421 4.7.0 Try again later in 2 hours", 7200),
+        ("452 4.3.1 Retry-After: 120", 120),
+        ("421 4.7.28 rate limited; retry in 30s", 30),
+        ("451 try again after 90 sec", 90),
+        ("421-4.7.0 Try again later, closing connection.", None),
+        ("450 4.2.1 mailbox busy", None),
+        ("451 retry in 0 seconds", None),
+        ("451 try again in 999999 hours", MAX_HINT.total_seconds()),
+    ],
+)
+def test_retry_hints_in_server_replies(reply, seconds):
+    hint = retry_hint(reply)
+    assert (hint.total_seconds() if hint else None) == seconds
+
+
+def test_a_hint_longer_than_the_backoff_is_respected():
+    decision = decide(
+        outcome(OutcomeKind.TEMPORARY, "451 4.7.1 try again in 20 minutes", 451),
+        1,
+        T0,
+        T0,
+        POLICY,
+        0.0,
+    )
+    assert decision.state is State.DEFERRED and decision.due_at == T0 + dt.timedelta(minutes=20)
+    shorter = decide(
+        outcome(OutcomeKind.TEMPORARY, "451 try again in 1 second", 451), 1, T0, T0, POLICY, 0.0
+    )
+    assert shorter.due_at == T0 + dt.timedelta(seconds=15)  # never sooner than the backoff
+
+
+def test_a_hint_beyond_the_lifetime_fails_the_text():
+    decision = decide(
+        outcome(OutcomeKind.TEMPORARY, "451 try again in 5 hours", 451),
+        1,
+        T0,
+        T0 + dt.timedelta(hours=2),
+        POLICY,
+        0.0,
+    )
+    assert decision.state is State.FAILED and decision.reason.startswith("expired")
+
+
+@given(st.text(max_size=200))
+def test_any_reply_gives_no_hint_or_a_bounded_one(reply):
+    hint = retry_hint(reply)
+    assert hint is None or dt.timedelta(0) < hint <= MAX_HINT
