@@ -47,6 +47,15 @@ PRESETS: dict[str, dict[str, int | None]] = {
 }
 
 
+SECRET_SOURCES = (
+    "password",
+    "password_env",
+    "password_file",
+    "oauth2_token_file",
+    "oauth2_token_command",
+)
+
+
 class ServerSettings(_Section):
     """An SMTP server the gateway sends through: the own server or the relay."""
 
@@ -58,6 +67,10 @@ class ServerSettings(_Section):
     password: SecretStr | None = None
     password_env: str | None = None
     password_file: Path | None = None
+    # OAuth2 (XOAUTH2) instead of a password: a file an outside agent keeps fresh, or a command
+    # that prints a current access token. Read or run again for every new connection.
+    oauth2_token_file: Path | None = None
+    oauth2_token_command: str | None = None
     from_address: str = "Dispatch <dispatch@example.com>"
     connections: int = Field(4, ge=1, le=64)
     # Servers that cap messages per connection; unset keeps a connection while it works.
@@ -72,11 +85,11 @@ class ServerSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
-        sources = [
-            k for k in ("password", "password_env", "password_file") if getattr(self, k) is not None
-        ]
+        sources = [k for k in SECRET_SOURCES if getattr(self, k) is not None]
         if len(sources) > 1:
             raise ValueError(f"give one of {', '.join(sources)}, not several")
+        if sources and sources[0].startswith("oauth2") and not self.username:
+            raise ValueError(f"{sources[0]} needs a username (the mailbox that signs in)")
         if self.security == "none" and not self.allow_insecure and not is_loopback(self.host):
             raise ValueError(
                 f"security = 'none' would send passwords and texts in the clear to {self.host}; "

@@ -16,6 +16,7 @@ from gateway.domain.delivery import RetryPolicy
 from gateway.domain.email_out import Mailbox
 from gateway.domain.routing import Route
 from gateway.domain.templates import SUFFIX, TemplateBook
+from gateway.services.oauth2 import token_source
 from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import make_engine, require_current
 from gateway.transport.smtp import SmtpPool, SmtpServer
@@ -121,6 +122,7 @@ class Runtime:
             security=smtp.security,
             username=smtp.username,
             password=smtp.resolve_password(section) if smtp.username else None,
+            oauth2_token=token_source(smtp.oauth2_token_file, smtp.oauth2_token_command),
             ca_file=smtp.ca_file,
             connections=smtp.connections,
             timeout=smtp.timeout_seconds,

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +38,8 @@ class SmtpServer:
     local_hostname: str | None = None
     # Some servers cap messages per connection; None keeps a connection as long as it works.
     max_messages_per_connection: int | None = None
+    # Signs in with XOAUTH2 using the token this returns (asked again for each new connection).
+    oauth2_token: Callable[[], Awaitable[str]] | None = None
 
     def __repr__(self) -> str:  # never show the password, whatever logs this
         return (
@@ -203,7 +205,15 @@ class SmtpPool:
                     await client.ehlo()
                 except aiosmtplib.SMTPHeloError:
                     await client.helo()
-            if server.username:
+            if server.username and server.oauth2_token is not None:
+                try:
+                    token = await server.oauth2_token()
+                except Exception as exc:  # the token tool's failure, in its words
+                    raise _Unusable(
+                        AttemptOutcome(OutcomeKind.AUTH, f"no OAuth2 token: {exc}", None, "auth")
+                    ) from None
+                await client.auth_xoauth2(server.username, token)
+            elif server.username:
                 if server.password is None:
                     raise _Unusable(
                         AttemptOutcome(
