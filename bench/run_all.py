@@ -21,6 +21,7 @@ TARGETS = {
     ("send_throughput", "ratio"): (">=", 0.15),
     ("send_throughput", "pooled_vs_per_message"): (">=", 3.0),
     ("send_throughput", "enqueue_vs_send"): (">=", 2.0),
+    ("send_throughput", "routing_vs_fixed"): (">=", 0.9),
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
@@ -24,13 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from gateway.config import load_settings
-from gateway.domain.delivery import State
+from gateway.domain.delivery import AttemptOutcome, State
 from gateway.domain.email_out import message_id_for
-from gateway.domain.routing import Route
+from gateway.domain.routing import OWN_SERVER, Choice, History, Route
 from gateway.domain.sms import measure
 from gateway.services.carrier_sim import free_port
 from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.routes import RouteBook
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
 from gateway.store.db import upgrade, utcnow
@@ -97,7 +101,12 @@ def baseline(port: int, messages: int, sessions: int) -> float:
 
 
 def runtime_for(
-    folder: Path, name: str, port: int, connections: int, per_connection: int | None = None
+    folder: Path,
+    name: str,
+    port: int,
+    connections: int,
+    per_connection: int | None = None,
+    routing: bool = False,
 ) -> Runtime:
     db = folder / f"{name}.db"
     settings = load_settings(
@@ -110,7 +119,11 @@ def runtime_for(
             "connections": connections,
             "from_address": "Dispatch <dispatch@example.com>",
             "max_messages_per_connection": per_connection,
+            # With routing: a relay standing by and both limits kept (too high to be reached),
+            # so every text pays for the bookkeeping.
+            **({"daily_limit": 10**9, "per_minute": 10**9} if routing else {}),
         },
+        relay={"enabled": routing, "host": "127.0.0.1", "port": port, "security": "none"},
         sender={"batch_size": 500, "idle_poll_seconds": 0.01},
     )
     runtime = Runtime(settings)
@@ -156,8 +169,36 @@ def fill(runtime: Runtime, count: int) -> None:
             insert_messages(conn, rows[start : start + 5000], now)
 
 
-def drain(runtime: Runtime) -> tuple[float, int]:
+class FixedRoute(RouteBook):
+    """Routing off, the baseline for its cost: every text to the own server, with no breaker,
+    no limits and no counts (what the sender did before routing existed)."""
+
+    def choose(self, history: History, now: dt.datetime) -> Choice:
+        return OWN_SERVER
+
+    def reserve(self, route: Route, now: dt.datetime) -> None:
+        pass
+
+    def observe(self, route: Route, outcome: AttemptOutcome, now: dt.datetime) -> None:
+        pass
+
+    def wrote(self, routes: list[Route]) -> None:
+        pass
+
+    def load(self, engine: Engine, now: dt.datetime) -> None:
+        pass
+
+    def refresh_counts(self, engine: Engine, now: dt.datetime) -> None:
+        pass
+
+    def save(self, engine: Engine, now: dt.datetime) -> None:
+        pass
+
+
+def drain(runtime: Runtime, fixed: bool = False) -> tuple[float, int]:
     routes = runtime.route_book()
+    if fixed:
+        routes = FixedRoute(routes.lanes)
     pool = routes.lanes[Route.OWN].pool
     assert pool is not None
     sender = Sender(runtime.engine, routes, runtime.retry_policy, batch_size=500, idle_poll=0.01)
@@ -205,6 +246,7 @@ def main() -> None:
     pooled_rates: list[float] = []
     single_rates: list[float] = []
     pairs: list[float] = []
+    routing_pairs: list[float] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -226,6 +268,18 @@ def main() -> None:
                 )
                 fill(single_rt, args.per_message_count)
                 per_message, single_connects = drain(single_rt)
+                routed_rt = runtime_for(
+                    folder, f"routed-{number}", sink.port, args.connections, routing=True
+                )
+                fill(routed_rt, args.messages)
+                routed, _ = drain(routed_rt)
+                fixed_rt = runtime_for(folder, f"fixed-{number}", sink.port, args.connections)
+                fill(fixed_rt, args.messages)
+                fixed, _ = drain(fixed_rt, fixed=True)
+                routing_pairs.append(routed / fixed)
+                print(
+                    f"round {number}: routing and quotas on {routed:,.0f}/s, off {fixed:,.0f}/s: {routed / fixed:.2f}"
+                )
                 pooled_rates.append(pooled)
                 single_rates.append(per_message)
                 pairs.append(pooled / per_message)
@@ -251,6 +305,7 @@ def main() -> None:
         "per_message_per_s": round(statistics.median(single_rates)),
         "pooled_vs_per_message": round(statistics.median(pairs), 2),
         "pooled_vs_per_message_min": round(min(pairs), 2),
+        "routing_vs_fixed": round(statistics.median(routing_pairs), 3),
         "enqueue_per_s": round(enqueue_rate),
         "enqueue_vs_send": round(enqueue_rate / gateway_rate, 3),
     }

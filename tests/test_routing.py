@@ -320,3 +320,21 @@ def test_routes_command_shows_the_live_state(tmp_path, relay_server):
     assert by_name["relay"]["enabled"] and by_name["relay"]["sent_today"] == 3
     assert by_name["relay"]["daily_limit"] == 2000  # the workspace preset
     assert by_name["relay"]["breaker"] == "closed"
+
+
+async def test_per_minute_rate_moves_the_excess_to_the_relay(sqlite_url, smtp_server, relay_server):
+    runtime = runtime_for(sqlite_url, smtp_server.port, relay_server.port, own={"per_minute": 2})
+    fill(runtime, 5)
+    clock = [utcnow()]  # time stands still: the bucket does not refill
+    await drain(runtime, clock=lambda: clock[0])
+    routes = [r.route for r in rows(runtime).values()]
+    assert routes.count("own") == 2 and routes.count("relay") == 3
+    assert "per-minute rate" in history(runtime, max(rows(runtime)))[0].route_reason
+
+
+def test_presets_give_limits_that_explicit_values_override():
+    settings = load_settings(
+        None, smtp={"preset": "microsoft365"}, relay={"preset": "gmail", "daily_limit": 100}
+    )
+    assert settings.smtp.limits() == (10000, 30)
+    assert settings.relay.limits() == (100, None)
