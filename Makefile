@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian packages the tests need (none yet) and the benchmarks need (Postfix's smtp-sink
+# Debian packages the tests need (Dovecot, a real IMAP server) and the benchmarks need (Postfix's smtp-sink
 # and smtp-source, run directly; no Postfix daemon is started).
-TEST_DEBS :=
+TEST_DEBS := dovecot-imapd
 BENCH_DEBS := postfix
 
 .PHONY: demo test lint bench clean

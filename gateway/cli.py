@@ -448,6 +448,7 @@ def run(
         if not settings.smtp.enabled and not settings.relay.enabled:
             fail("both smtp.enabled and relay.enabled are false: nothing can be sent")
         routes = runtime.route_book()
+        sent_folder = runtime.sent_folder()
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -461,13 +462,19 @@ def run(
                 batch_size=settings.sender.batch_size,
                 lease=dt.timedelta(seconds=settings.sender.lease_seconds),
                 idle_poll=settings.sender.idle_poll_seconds,
+                sent_folder=sent_folder,
             )
             progress = asyncio.create_task(_report_progress(sender.stats))
             try:
                 stats = await sender.run(stop, until_idle=until_idle)
             finally:
                 progress.cancel()
-            err.print(f"done: {_describe_stats(stats)}; released {stats.released}", markup=False)
+            copies = f"; Sent copies {stats.copied}" if sent_folder is not None else ""
+            if stats.copies_failed:
+                copies += f" ({stats.copies_failed} failed)"
+            err.print(
+                f"done: {_describe_stats(stats)}; released {stats.released}{copies}", markup=False
+            )
 
         run_async(main)
 

@@ -56,14 +56,13 @@ SECRET_SOURCES = (
 )
 
 
-class ServerSettings(_Section):
-    """An SMTP server the gateway sends through: the own server or the relay."""
+class Endpoint(_Section):
+    """A server the gateway signs in to: where it is, how it is secured, which secret to use."""
 
-    enabled: bool = True
     host: str = "localhost"
     port: int = Field(587, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "starttls"
-    username: str | None = None  # no username: no AUTH
+    username: str | None = None  # no username: no sign-in
     password: SecretStr | None = None
     password_env: str | None = None
     password_file: Path | None = None
@@ -71,20 +70,11 @@ class ServerSettings(_Section):
     # that prints a current access token. Read or run again for every new connection.
     oauth2_token_file: Path | None = None
     oauth2_token_command: str | None = None
-    from_address: str = "Dispatch <dispatch@example.com>"
-    connections: int = Field(4, ge=1, le=64)
-    # Servers that cap messages per connection; unset keeps a connection while it works.
-    max_messages_per_connection: int | None = Field(None, ge=1)
-    preset: Literal["gmail", "workspace", "microsoft365", "custom"] = "custom"
-    daily_limit: int | None = Field(None, ge=1)  # most texts in any rolling 24 h; never exceeded
-    per_minute: int | None = Field(None, ge=1)
     allow_insecure: bool = False
     ca_file: Path | None = None
-    timeout_seconds: float = Field(30.0, gt=0, le=600)  # one SMTP command
-    message_deadline_seconds: float = Field(60.0, gt=0, le=3600)  # one message, all commands
 
     @model_validator(mode="after")
-    def _check(self) -> ServerSettings:
+    def _check_endpoint(self) -> Endpoint:
         sources = [k for k in SECRET_SOURCES if getattr(self, k) is not None]
         if len(sources) > 1:
             raise ValueError(f"give one of {', '.join(sources)}, not several")
@@ -95,27 +85,7 @@ class ServerSettings(_Section):
                 f"security = 'none' would send passwords and texts in the clear to {self.host}; "
                 "use 'starttls' or 'tls', or set allow_insecure = true if the network is trusted"
             )
-        for key in self._address_keys:
-            value = getattr(self, key)
-            if value is not None:
-                try:
-                    Mailbox.parse(value, key)
-                except (AddressError, ValueError) as exc:
-                    raise ValueError(str(exc)) from None
         return self
-
-    _address_keys: ClassVar[tuple[str, ...]] = ("from_address",)
-
-    @property
-    def sender(self) -> Mailbox:
-        return Mailbox.parse(self.from_address, "from_address")
-
-    def limits(self) -> tuple[int | None, int | None]:
-        """(daily_limit, per_minute): the operator's values, else the preset's."""
-        preset = PRESETS[self.preset]
-        daily = self.daily_limit if self.daily_limit is not None else preset["daily_limit"]
-        rate = self.per_minute if self.per_minute is not None else preset["per_minute"]
-        return daily, rate
 
     def resolve_password(self, section: str = "smtp") -> str | None:
         """The password, read from where the config points; raises ConfigError if it is absent."""
@@ -140,6 +110,45 @@ class ServerSettings(_Section):
         return None
 
 
+class ServerSettings(Endpoint):
+    """An SMTP server the gateway sends through: the own server or the relay."""
+
+    enabled: bool = True
+    from_address: str = "Dispatch <dispatch@example.com>"
+    connections: int = Field(4, ge=1, le=64)
+    # Servers that cap messages per connection; unset keeps a connection while it works.
+    max_messages_per_connection: int | None = Field(None, ge=1)
+    preset: Literal["gmail", "workspace", "microsoft365", "custom"] = "custom"
+    daily_limit: int | None = Field(None, ge=1)  # most texts in any rolling 24 h; never exceeded
+    per_minute: int | None = Field(None, ge=1)
+    timeout_seconds: float = Field(30.0, gt=0, le=600)  # one SMTP command
+    message_deadline_seconds: float = Field(60.0, gt=0, le=3600)  # one message, all commands
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerSettings:
+        for key in self._address_keys:
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    Mailbox.parse(value, key)
+                except (AddressError, ValueError) as exc:
+                    raise ValueError(str(exc)) from None
+        return self
+
+    _address_keys: ClassVar[tuple[str, ...]] = ("from_address",)
+
+    @property
+    def sender(self) -> Mailbox:
+        return Mailbox.parse(self.from_address, "from_address")
+
+    def limits(self) -> tuple[int | None, int | None]:
+        """(daily_limit, per_minute): the operator's values, else the preset's."""
+        preset = PRESETS[self.preset]
+        daily = self.daily_limit if self.daily_limit is not None else preset["daily_limit"]
+        rate = self.per_minute if self.per_minute is not None else preset["per_minute"]
+        return daily, rate
+
+
 class SmtpSettings(ServerSettings):
     """The company's own mail server (route `own`)."""
 
@@ -154,6 +163,33 @@ class RelaySettings(ServerSettings):
     return_path: str | None = None  # envelope sender; default: the relay's from_address
 
     _address_keys: ClassVar[tuple[str, ...]] = ("from_address", "reply_to", "bcc", "return_path")
+
+
+class ImapSettings(Endpoint):
+    """The company mailbox: watched for replies (a later part) and given a copy of what is sent."""
+
+    enabled: bool = False
+    port: int = Field(993, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "tls"
+    folder: str = "INBOX"
+    idle: bool = True
+    poll_seconds: float = Field(30.0, gt=0, le=3600)
+    sent_folder: str = "Sent"
+    # For servers that do not keep a copy of what is sent through them (Gmail and Microsoft 365
+    # do; plain servers do not): each text sent is also appended to sent_folder.
+    save_to_sent: bool = False
+    timeout_seconds: float = Field(30.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _check_imap(self) -> ImapSettings:
+        if self.security == "starttls":
+            raise ValueError(
+                "security = 'starttls' is not supported for IMAP (the IMAP library cannot "
+                "upgrade a connection); use 'tls' on port 993"
+            )
+        if self.oauth2_token_file is not None or self.oauth2_token_command is not None:
+            raise ValueError("OAuth2 sign-in to the mailbox is not supported yet; use a password")
+        return self
 
 
 class CarrierSettings(_Section):
@@ -206,6 +242,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     smtp: SmtpSettings = SmtpSettings()
     relay: RelaySettings = RelaySettings()
+    imap: ImapSettings = ImapSettings()
     carriers: CarrierSettings = CarrierSettings()
     templates: TemplateSettings = TemplateSettings()
     policy: PolicySettings = PolicySettings()
@@ -298,7 +335,7 @@ def _describe(error: Any) -> str:
 def masked(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, with every secret replaced by a mask."""
     data = settings.model_dump(mode="json")
-    for section in ("smtp", "relay"):
+    for section in ("smtp", "relay", "imap"):
         if data[section].get("password") is not None:
             data[section]["password"] = SECRET_MASK
     return data

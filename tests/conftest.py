@@ -122,3 +122,17 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def _engine(url: str) -> sqlalchemy.Engine:
     return make_engine(url)
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    from tests import dovecot as server
+
+    reason = server.available()
+    if reason is not None:
+        if os.environ.get("GATEWAY_TEST_REQUIRE_DOVECOT") == "1":
+            pytest.fail(reason + " (make test installs it, so these tests must run)")
+        pytest.skip(reason)
+    running = server.start()
+    yield running
+    running.stop()

@@ -7,6 +7,7 @@ import datetime as dt
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import Engine
 
@@ -19,6 +20,7 @@ from gateway.domain.templates import SUFFIX, TemplateBook
 from gateway.services.oauth2 import token_source
 from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import make_engine, require_current
+from gateway.transport.imap import ImapServer, SentFolder
 from gateway.transport.smtp import SmtpPool, SmtpServer
 
 
@@ -113,6 +115,25 @@ class Runtime:
             ),
         }
         return RouteBook(lanes)
+
+    def sent_folder(self) -> SentFolder | None:
+        """Where copies of sent texts go, when imap.save_to_sent asks for them."""
+        imap = self.settings.imap
+        if not imap.save_to_sent:
+            return None
+        if not imap.username:
+            raise ConfigError("imap.save_to_sent needs imap.username and its password")
+        security: Literal["tls", "none"] = "tls" if imap.security == "tls" else "none"
+        server = ImapServer(
+            host=imap.host,
+            port=imap.port,
+            security=security,
+            username=imap.username,
+            password=imap.resolve_password("imap") or "",
+            ca_file=imap.ca_file,
+            timeout=imap.timeout_seconds,
+        )
+        return SentFolder(server, imap.sent_folder)
 
     def _server(self, server: ServerSettings, section: str) -> SmtpServer:
         smtp = server

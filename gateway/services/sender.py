@@ -44,6 +44,7 @@ from gateway.store.outbox import (
 from gateway.store.outbox import (
     postpone as postpone_rows,
 )
+from gateway.transport.imap import ImapError, SentFolder
 
 log = logging.getLogger("gateway.sender")
 
@@ -52,6 +53,8 @@ log = logging.getLogger("gateway.sender")
 LEASE_MARGIN = dt.timedelta(seconds=5)
 RECORD_EVERY = 0.05  # seconds: how long an outcome may wait to be written with others
 COUNT_EVERY = dt.timedelta(seconds=1)  # how often the routes' counts are read again
+COPY_BACKLOG = 10_000  # Sent-folder copies waiting at most; past that, copies are skipped
+COPY_DRAIN_SECONDS = 30.0  # at shutdown, how long waiting copies may still take
 
 
 @dataclasses.dataclass
@@ -59,6 +62,8 @@ class SenderStats:
     claimed: int = 0
     attempted: int = 0
     released: int = 0
+    copied: int = 0  # copies in the Sent folder
+    copies_failed: int = 0
     by_outcome: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -79,8 +84,11 @@ class Sender:
         clock: Callable[[], dt.datetime] = utcnow,
         jitter: Callable[[], float] = random.random,
         worker: str | None = None,
+        sent_folder: SentFolder | None = None,
     ) -> None:
         self.engine = engine
+        self.sent_folder = sent_folder
+        self._copies: asyncio.Queue[tuple[bytes, dt.datetime]] = asyncio.Queue(COPY_BACKLOG)
         self.routes = routes
         self.policy = policy
         self.batch_size = batch_size
@@ -110,6 +118,7 @@ class Sender:
             for n in range(self._connections)
         ]
         recorder = asyncio.create_task(self._record_loop(), name="record")
+        copier = asyncio.create_task(self._copy_loop(), name="copy") if self.sent_folder else None
         try:
             await self._claim_loop(stop, until_idle)
         finally:
@@ -132,6 +141,12 @@ class Sender:
                 )
             for pool in self._pools:
                 await pool.close()
+            if copier is not None and self.sent_folder is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._copies.join(), COPY_DRAIN_SECONDS)
+                copier.cancel()
+                await asyncio.gather(copier, return_exceptions=True)
+                await self.sent_folder.close()
         return self.stats
 
     async def _claim_loop(self, stop: asyncio.Event, until_idle: bool) -> None:
@@ -228,7 +243,32 @@ class Sender:
             )
         assert lane.pool is not None  # routing only chooses enabled routes
         self.routes.reserve(lane.route, now)
-        return await lane.pool.send(lane.envelope_sender, [row.to_address, *lane.copies], data)
+        outcome = await lane.pool.send(lane.envelope_sender, [row.to_address, *lane.copies], data)
+        if self.sent_folder is not None and outcome.kind is OutcomeKind.ACCEPTED:
+            try:
+                self._copies.put_nowait((data, now))
+            except asyncio.QueueFull:
+                self.stats.copies_failed += 1
+                log.warning("Sent-folder copies are behind; message %s gets none", row.id)
+        return outcome
+
+    async def _copy_loop(self) -> None:
+        """Copies to the Sent folder, one at a time. A copy is a record, not the delivery: its
+        failure is counted and logged and never changes the text's state."""
+        assert self.sent_folder is not None
+        while True:
+            data, when = await self._copies.get()
+            try:
+                await self.sent_folder.append(data, when)
+                self.stats.copied += 1
+            except ImapError as exc:
+                self.stats.copies_failed += 1
+                log.warning("copy to the Sent folder failed: %s", exc)
+            except Exception:
+                self.stats.copies_failed += 1
+                log.exception("copy to the Sent folder failed unexpectedly")
+            finally:
+                self._copies.task_done()
 
     def _count(self, kind: str) -> None:
         self.stats.by_outcome[kind] = self.stats.by_outcome.get(kind, 0) + 1

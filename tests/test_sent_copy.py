@@ -1,0 +1,100 @@
+"""Copies of sent texts in the company mailbox's Sent folder, appended to a real Dovecot."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+
+from sqlalchemy import select
+
+from gateway.config import load_settings
+from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.runtime import Runtime
+from gateway.services.sender import Sender
+from gateway.store.db import upgrade, utcnow
+from gateway.store.outbox import messages
+
+
+def runtime_for(sqlite_url, smtp_port, dovecot, **imap) -> Runtime:
+    settings = load_settings(
+        None,
+        database={"url": sqlite_url},
+        smtp={
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "security": "none",
+            "from_address": "Dispatch <dispatch@example.com>",
+        },
+        imap={
+            "host": "127.0.0.1",
+            "port": dovecot.port,
+            "security": "none",
+            "username": dovecot.user,
+            "password": dovecot.password,
+            "save_to_sent": True,
+            **imap,
+        },
+    )
+    runtime = Runtime(settings)
+    upgrade(runtime.engine)
+    return runtime
+
+
+async def run(runtime):
+    sender = Sender(
+        runtime.engine,
+        runtime.route_book(),
+        runtime.retry_policy,
+        idle_poll=0.05,
+        sent_folder=runtime.sent_folder(),
+    )
+    return await sender.run(asyncio.Event(), until_idle=True)
+
+
+async def test_each_sent_text_lands_in_sent_marked_read(sqlite_url, smtp_server, dovecot):
+    before = len(dovecot.messages("Sent"))
+    runtime = runtime_for(sqlite_url, smtp_server.port, dovecot)
+    ids = [
+        enqueue(
+            runtime, SendRequest(f"+1202555{i:04d}", "verizon", text=f"copy {i}"), utcnow()
+        ).ids[0]
+        for i in range(3)
+    ]
+    stats = await run(runtime)
+    assert stats.copied == 3 and stats.copies_failed == 0
+    copies = dovecot.messages("Sent")[before:]
+    assert len(copies) == 3
+    with runtime.engine.connect() as conn:
+        sent_ids = {
+            r.message_id for r in conn.execute(select(messages).where(messages.c.id.in_(ids)))
+        }
+    assert {
+        email.message_from_bytes(c, policy=email.policy.default)["Message-ID"] for c in copies
+    } == sent_ids
+    seen = list((dovecot.maildir("Sent") / "cur").iterdir())
+    assert len(seen) >= 3 and all(path.name.endswith("S") for path in seen)  # \\Seen
+
+
+async def test_a_failed_copy_never_fails_the_text(sqlite_url, smtp_server, dovecot, caplog):
+    before = len(dovecot.messages("Sent"))
+    runtime = runtime_for(sqlite_url, smtp_server.port, dovecot, password="wrong-password")
+    [message] = enqueue(runtime, SendRequest("+12025550143", "verizon", text="hi"), utcnow()).ids
+    stats = await run(runtime)
+    assert stats.copies_failed == 1 and stats.copied == 0
+    with runtime.engine.connect() as conn:
+        assert (
+            conn.execute(select(messages.c.state).where(messages.c.id == message)).scalar()
+            == "sent"
+        )
+    assert len(dovecot.messages("Sent")) == before
+    assert "refused the sign-in" in caplog.text and "wrong-password" not in caplog.text
+
+
+def test_starttls_for_imap_is_refused_with_the_fix():
+    import pytest
+
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match="use 'tls' on port 993"):
+        load_settings(None, imap={"security": "starttls"})
