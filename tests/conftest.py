@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ import trustme
 
 from gateway.config import load_settings
 from gateway.services.runtime import Runtime
-from gateway.store.db import make_engine, upgrade
+from gateway.store.db import upgrade
 from tests.servers import SmtpTestServer
 
 PG_ADMIN_URL = os.environ.get(
@@ -93,19 +95,27 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_runtime(db_url: str, port: int, **smtp: object) -> Runtime:
-    settings = load_settings(
-        None,
-        database={"url": db_url},
-        smtp={
+def make_runtime(
+    db_url: str, port: int, *, relay: dict | None = None, imap: dict | None = None, **smtp: object
+) -> Runtime:
+    """A migrated Runtime whose own server is the test SMTP server on `port` (plain, loopback);
+    `relay` and `imap` add those sections, keyword arguments change [smtp]."""
+    sections: dict[str, dict] = {
+        "database": {"url": db_url},
+        "smtp": {
             "host": "127.0.0.1",
             "port": port,
             "security": "none",
             "from_address": "Dispatch <dispatch@example.com>",
             **smtp,
         },
-        sender={"retry_base_seconds": 30, "idle_poll_seconds": 0.05},
-    )
+        "sender": {"retry_base_seconds": 30, "idle_poll_seconds": 0.05},
+    }
+    if relay is not None:
+        sections["relay"] = relay
+    if imap is not None:
+        sections["imap"] = imap
+    settings = load_settings(None, **sections)
     runtime = Runtime(settings)
     upgrade(runtime.engine)
     return runtime
@@ -120,8 +130,22 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def _engine(url: str) -> sqlalchemy.Engine:
-    return make_engine(url)
+def run_gateway(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """`python -m gateway ARGS` as a user runs it: its own process, no GATEWAY_* variables from
+    this machine, no standard input."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_gateway
 
 
 def gw(
     *args: str, cwd: Path, env: dict[str, str] | None = None, check_code: int | None = None
 ) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    full_env.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_gateway(*args, cwd=cwd, env=env)
     if check_code is not None:
         assert result.returncode == check_code, (result.stdout, result.stderr)
     return result

@@ -14,8 +14,9 @@ from gateway.config import ConfigError, load_settings
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
-from gateway.store.db import upgrade, utcnow
+from gateway.store.db import utcnow
 from gateway.store.outbox import attempts, messages
+from tests.conftest import make_runtime
 from tests.servers import RecordingHandler, SmtpTestServer
 
 GOOD = "ya29.good-access-token"
@@ -41,21 +42,7 @@ def oauth_server():
 
 
 def runtime_for(sqlite_url, port, **smtp) -> Runtime:
-    settings = load_settings(
-        None,
-        database={"url": sqlite_url},
-        smtp={
-            "host": "127.0.0.1",
-            "port": port,
-            "security": "none",
-            "username": "dispatch@example.com",
-            "from_address": "Dispatch <dispatch@example.com>",
-            **smtp,
-        },
-    )
-    runtime = Runtime(settings)
-    upgrade(runtime.engine)
-    return runtime
+    return make_runtime(sqlite_url, port, username="dispatch@example.com", **smtp)
 
 
 async def send_one(runtime):

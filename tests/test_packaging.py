@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_gateway
 
 
 @pytest.mark.slow
@@ -42,23 +42,15 @@ def test_installed_wheel_uses_its_shipped_carriers_and_templates(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["PYTHONPATH"] = str(site)  # the wheel's package, not the checkout's
+    wheel_env = {"PYTHONPATH": str(site)}  # the wheel's package, not the checkout's
 
     def run(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "gateway", *args],
-            cwd=elsewhere,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_gateway(*args, cwd=elsewhere, env=wheel_env)
 
     located = subprocess.run(
         [sys.executable, "-c", "import gateway; print(gateway.__file__)"],
         cwd=elsewhere,
-        env=env,
+        env={**os.environ, **wheel_env},
         capture_output=True,
         text=True,
     )

@@ -14,8 +14,9 @@ from gateway.config import load_settings
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
-from gateway.store.db import upgrade, utcnow
+from gateway.store.db import utcnow
 from gateway.store.outbox import attempts, messages
+from tests.conftest import make_runtime, run_gateway
 from tests.servers import SmtpTestServer, password_checker
 
 
@@ -27,17 +28,10 @@ def relay_server():
     server.stop()
 
 
-def runtime_for(db_url, own_port, relay_port, *, own=None, relay=None, sender=None) -> Runtime:
-    settings = load_settings(
-        None,
-        database={"url": db_url},
-        smtp={
-            "host": "127.0.0.1",
-            "port": own_port,
-            "security": "none",
-            "from_address": "Dispatch <dispatch@example.com>",
-            **(own or {}),
-        },
+def runtime_for(db_url, own_port, relay_port, *, own=None, relay=None) -> Runtime:
+    return make_runtime(
+        db_url,
+        own_port,
         relay={
             "enabled": True,
             "host": "127.0.0.1",
@@ -47,11 +41,8 @@ def runtime_for(db_url, own_port, relay_port, *, own=None, relay=None, sender=No
             "bcc": "archive@example.com",
             **(relay or {}),
         },
-        sender={"idle_poll_seconds": 0.05, **(sender or {})},
+        **(own or {}),
     )
-    runtime = Runtime(settings)
-    upgrade(runtime.engine)
-    return runtime
 
 
 def fill(runtime, n):
@@ -271,9 +262,6 @@ def test_attempt_rows_count(sqlite_url):
 
 def test_routes_command_shows_the_live_state(tmp_path, relay_server):
     import json
-    import os
-    import subprocess
-    import sys
 
     own = SmtpTestServer(
         authenticator=password_checker("dispatch", "right"), auth_require_tls=False
@@ -287,17 +275,9 @@ def test_routes_command_shows_the_live_state(tmp_path, relay_server):
             f'[relay]\nenabled = true\nhost = "127.0.0.1"\nport = {relay_server.port}\nsecurity = "none"\n'
             'from_address = "Relay <notify@relay.example>"\npreset = "workspace"\n'
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
 
         def gateway(*args):
-            return subprocess.run(
-                [sys.executable, "-m", "gateway", *args],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            return run_gateway(*args, cwd=tmp_path)
 
         assert gateway("db", "upgrade").returncode == 0
         for i in range(3):

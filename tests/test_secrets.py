@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import select
 
 from gateway.store.db import make_engine
 from gateway.store.outbox import attempts, messages
+from tests.conftest import run_gateway
 from tests.servers import SmtpTestServer, password_checker
 
 SECRET = "s3cret-Pa55word-for-tests"
@@ -40,17 +38,10 @@ def test_password_never_appears_in_output_logs_or_rows(tmp_path, right):
             f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "none"\nusername = "dispatch"\n'
             'password_env = "SMTP_SECRET_FOR_TEST"\nfrom_address = "Dispatch <dispatch@example.com>"\n'
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        env["SMTP_SECRET_FOR_TEST"] = password
 
         def gateway(*args):
-            return subprocess.run(
-                [sys.executable, "-m", "gateway", "--verbose", *args],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
+            return run_gateway(
+                "--verbose", *args, cwd=tmp_path, env={"SMTP_SECRET_FOR_TEST": password}
             )
 
         outputs = [
@@ -82,14 +73,6 @@ def test_password_in_the_config_file_is_masked_in_errors_too(tmp_path):
     (tmp_path / "gateway.toml").write_text(
         f'[smtp]\nusername = "u"\npassword = "{SECRET}"\nport = "not a port"\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "config", "check"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_gateway("config", "check", cwd=tmp_path)
     assert result.returncode == 1 and "smtp.port" in result.stderr
     assert SECRET not in result.stdout + result.stderr

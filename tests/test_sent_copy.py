@@ -12,20 +12,15 @@ from gateway.config import load_settings
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
-from gateway.store.db import upgrade, utcnow
+from gateway.store.db import utcnow
 from gateway.store.outbox import messages
+from tests.conftest import make_runtime
 
 
 def runtime_for(sqlite_url, smtp_port, dovecot, **imap) -> Runtime:
-    settings = load_settings(
-        None,
-        database={"url": sqlite_url},
-        smtp={
-            "host": "127.0.0.1",
-            "port": smtp_port,
-            "security": "none",
-            "from_address": "Dispatch <dispatch@example.com>",
-        },
+    return make_runtime(
+        sqlite_url,
+        smtp_port,
         imap={
             "host": "127.0.0.1",
             "port": dovecot.port,
@@ -36,9 +31,6 @@ def runtime_for(sqlite_url, smtp_port, dovecot, **imap) -> Runtime:
             **imap,
         },
     )
-    runtime = Runtime(settings)
-    upgrade(runtime.engine)
-    return runtime
 
 
 async def run(runtime):
