@@ -161,6 +161,6 @@ class RouteBook:
         self.flushed = {}
 
     def save(self, engine: Engine, now: dt.datetime) -> None:
-        if self.dirty:
-            self.dirty = False
-            save_breakers(engine, {r.value: b for r, b in self.breakers.items()}, now)
+        """Write the breakers for other workers and `gateway routes` (callers check `dirty`)."""
+        self.dirty = False
+        save_breakers(engine, {r.value: b for r, b in self.breakers.items()}, now)

@@ -283,29 +283,40 @@ class Sender:
             await self._write_outcomes()
 
     async def _write_outcomes(self) -> None:
+        # Each list is put back only if its own write failed: written rows must not be written
+        # twice. If the database stays away, the leases run out and the rows are sent again:
+        # a duplicate, never a loss.
         now = self.clock()
         batch, self._results = self._results, []
-        postponed, self._postponed = self._postponed, []
-        try:
-            if batch:
+        if batch:
+            try:
                 await asyncio.to_thread(record_attempts, self.engine, batch)
-                self.routes.wrote(
-                    [Route(r.route) for r in batch if r.outcome.kind in COUNTS_AGAINST_LIMIT]
-                )
-            if postponed:
+            except Exception:
+                log.exception("recording %d outcomes failed; will retry", len(batch))
+                self._results[:0] = batch
+                await asyncio.sleep(1)
+                return
+            self.routes.wrote(
+                [Route(r.route) for r in batch if r.outcome.kind in COUNTS_AGAINST_LIMIT]
+            )
+        postponed, self._postponed = self._postponed, []
+        if postponed:
+            try:
                 await asyncio.to_thread(postpone_rows, self.engine, postponed)
-            await asyncio.to_thread(self.routes.save, self.engine, now)
+            except Exception:
+                log.exception("postponing %d texts failed; will retry", len(postponed))
+                self._postponed[:0] = postponed
+                await asyncio.sleep(1)
+                return
+        try:
+            if self.routes.dirty:
+                await asyncio.to_thread(self.routes.save, self.engine, now)
             if now - self._counted_at >= COUNT_EVERY:
                 # Other workers send too: take the routes' 24-hour counts from the database.
                 self._counted_at = now
                 await asyncio.to_thread(self.routes.refresh_counts, self.engine, now)
-        except Exception:
-            # Keep them for the next flush; if the database stays away, the leases run out and
-            # the rows are sent again: a duplicate, never a loss.
-            log.exception("recording %d outcomes failed; will retry", len(batch))
-            self._results[:0] = batch
-            self._postponed[:0] = postponed
-            await asyncio.sleep(1)
+        except Exception:  # route state is shared best effort; it is written again next time
+            log.exception("sharing route state failed")
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
