@@ -15,13 +15,17 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["send_throughput.py"]
+BENCHMARKS = ["send_throughput.py", "bounce_accuracy.py"]
 
 TARGETS = {
     ("send_throughput", "ratio"): (">=", 0.15),
     ("send_throughput", "pooled_vs_per_message"): (">=", 3.0),
     ("send_throughput", "enqueue_vs_send"): (">=", 2.0),
     ("send_throughput", "routing_vs_fixed"): (">=", 0.9),
+    ("bounce_accuracy", "detected"): (">=", 0.98),
+    ("bounce_accuracy", "hard_soft_right"): (">=", 0.97),
+    ("bounce_accuracy", "status_right"): (">=", 0.90),
+    ("bounce_accuracy", "non_failures_called_failures"): ("<=", 0),
 }
 
 

@@ -1,0 +1,526 @@
+"""Reading delivery reports: which recipients failed, how, and whether the address itself is bad.
+
+Mail comes back in two shapes. Standard reports (RFC 3464) carry a message/delivery-status part
+with a block per recipient: its address, Action, Status (an enhanced code such as 5.1.1) and the
+remote server's words. Many systems still send a letter instead ("The following address(es)
+failed: ..."), so the same facts are also read from the report's text.
+
+"Permanent" here is about the address, not the status class: a 5xx refusal for policy, spam or
+reputation fails that message but says nothing about the number; only reasons that mean the
+address is wrong (unknown user or host, moved, accepts no mail) make it permanent, and only then
+should a contact's carrier or number be questioned.
+"""
+
+from __future__ import annotations
+
+import email.message
+import re
+from dataclasses import dataclass
+
+# Reasons (the corpus's vocabulary) that mean the address itself is bad.
+ADDRESS_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
+
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_REPLY_CODE = re.compile(r"(?<![\d.\-])([245]\d\d)(?=[ \-])")
+_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?"
+)
+
+_MESSAGE_ID = re.compile(r"^message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
+
+# The refusal came in answer to DATA (after the message was seen), not to RCPT.
+_AT_DATA = re.compile(
+    r"end of data|after data|>>> data|in reply to data|reply to end of data|"
+    r"after end of data|data command|during data",
+    re.IGNORECASE,
+)
+
+# Where the returned original starts in a text report; the report text is what comes before.
+_ORIGINAL_MARKERS = re.compile(
+    r"^(?:-+ ?(?:this is a copy|below this line|original message|the original message|"
+    r"returned message|message header follows|text of the message|undelivered message)|"
+    r"-{3,}\s*original message\s*-{3,}|"
+    r"the original message (?:was|headers)|"
+    r"------ ?(?:this is|a copy)|"
+    r"\s*----- (?:transcript|unsent message|original)|"
+    r"return-path:|received: from)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+# Words of a diagnostic, most specific first; the first that matches names the reason.
+_REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("hasmoved", ("has moved", "address has changed", "no longer valid, please use")),
+    ("notaccept", ("does not accept mail", "null mx", "accepts no mail", "not accept any mail")),
+    (
+        "mailboxfull",
+        (
+            "mailbox full",
+            "mailbox is full",
+            "over quota",
+            "quota exceeded",
+            "exceeded storage",
+            "insufficient storage",
+            "mailbox has exceeded",
+            "is over its quota",
+            "full mailbox",
+            "quota",
+        ),
+    ),
+    (
+        "mesgtoobig",
+        (
+            "message too big",
+            "message is too large",
+            "too large",
+            "size exceeds",
+            "exceeds the maximum size",
+            "message size exceeds",
+        ),
+    ),
+    (
+        "hostunknown",
+        (
+            "host not found",
+            "domain not found",
+            "unknown host",
+            "host unknown",
+            "no such domain",
+            "domain does not exist",
+            "unrouteable mail domain",
+            "name or service not known",
+            "nxdomain",
+            "no mx",
+            "host or domain name not found",
+            "non-existent hosts",
+            "no valid mx",
+        ),
+    ),
+    (
+        "userunknown",
+        (
+            "user unknown",
+            "unknown user",
+            "no such user",
+            "no such mailbox",
+            "user not found",
+            "recipient not found",
+            "does not exist",
+            "doesn't exist",
+            "invalid recipient",
+            "unknown recipient",
+            "recipient unknown",
+            "mailbox not found",
+            "not a valid mailbox",
+            "unrouteable address",
+            "invalid mailbox",
+            "no such recipient",
+            "unknown local part",
+            "address does not exist",
+            "is not a known user",
+            "no mailbox here",
+            "mailbox unavailable",
+            "user doesn't exist",
+            "account does not exist",
+            "recipient address rejected",
+            "no such person",
+            "addressee unknown",
+            "bad destination mailbox",
+            "unknown address",
+            "not our customer",
+            "mailbox does not exist",
+            "user does not exist",
+        ),
+    ),
+    (
+        "suspend",
+        (
+            "suspended",
+            "account disabled",
+            "is disabled",
+            "deactivated",
+            "inactive",
+            "account has been disabled",
+            "mailbox disabled",
+        ),
+    ),
+    ("virusdetected", ("virus",)),
+    (
+        "blocked",
+        (
+            "blocked",
+            "blacklist",
+            "block list",
+            "blocklist",
+            "spamhaus",
+            "rbl",
+            "dnsbl",
+            "use the smtp server of your isp",
+            "dynamic ip",
+            "poor reputation",
+        ),
+    ),
+    ("spamdetected", ("spam", "junk mail", "bulk mail")),
+    ("requireptr", ("reverse dns", "ptr record", "reverse lookup", "no ptr", "rdns")),
+    ("authfailure", ("spf", "dkim", "dmarc")),
+    (
+        "norelaying",
+        (
+            "relay access denied",
+            "relaying denied",
+            "not permitted to relay",
+            "relay not permitted",
+            "relaying",
+            "unable to relay",
+        ),
+    ),
+    ("toomanyconn", ("too many connections", "too many concurrent")),
+    (
+        "expired",
+        (
+            "retry timeout exceeded",
+            "delivery time expired",
+            "time expired",
+            "could not be delivered within",
+            "giving up",
+            "has been delayed",
+            "expired",
+            "too long in queue",
+        ),
+    ),
+    (
+        "networkerror",
+        (
+            "connection timed out",
+            "no route to host",
+            "connection refused",
+            "network is unreachable",
+            "timed out",
+            "network error",
+        ),
+    ),
+    ("securityerror", ("tls", "certificate", "security")),
+    ("policyviolation", ("policy",)),
+    ("syntaxerror", ("syntax error",)),
+    ("systemerror", ("system error", "local configuration error", "internal error")),
+    ("mailererror", ("mailer error", "command died", "pipe to")),
+    ("filtered", ("filtered", "content filter", "not authorized", "access denied")),
+    ("rejected", ("rejected", "refused")),
+)
+
+# What an enhanced status code says when the words said nothing: (class.)subject.detail.
+_REASON_BY_STATUS = {
+    "1.1": "userunknown", "1.2": "hostunknown", "1.3": "userunknown", "1.6": "hasmoved",
+    "1.10": "notaccept", "2.1": "suspend", "2.2": "mailboxfull", "2.3": "mesgtoobig",
+    "3.4": "mesgtoobig", "4.7": "expired", "4.1": "networkerror", "4.4": "networkerror",
+    "7.1": "rejected", "7.25": "requireptr", "7.26": "authfailure", "7.23": "authfailure",
+    "7.0": "blocked", "3.0": "systemerror", "5.0": "syntaxerror",
+}  # fmt: skip
+
+
+# When a report states no status of its own, the corpus's convention gives each reason a code of
+# its own in the otherwise unused x.0.9NN range, so that reports stay comparable by code.
+_PSEUDO_STATUS = {
+    "undefined": "900", "blocked": "901", "onhold": "901", "norelaying": "909",
+    "filtered": "910", "userunknown": "911", "hostunknown": "912", "rejected": "918",
+    "suspend": "921", "mailboxfull": "922", "systemerror": "930", "notaccept": "932",
+    "mesgtoobig": "934", "mailererror": "939", "networkerror": "944", "expired": "947",
+    "spamdetected": "980",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    address: str
+    status: str  # enhanced status code, e.g. 5.1.1; "" when the report states none
+    smtp_code: str  # reply code, e.g. 550; "" when none
+    reason: str  # the corpus's vocabulary: userunknown, mailboxfull, blocked, ...
+    permanent: bool  # the address itself is bad
+    diagnostic: str  # the remote server's words
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    kind: str  # bounce | delivery_report | feedback | auto_reply
+    recipients: tuple[Recipient, ...] = ()
+    feedback_type: str | None = None
+    original_message_id: str | None = None
+
+
+def reason_of(status: str, smtp_code: str, text: str) -> str:
+    """The reason a delivery failed: from the server's words, else from the status code."""
+    lowered = " ".join(text.lower().split())
+    for reason, words in _REASON_WORDS:
+        if any(word in lowered for word in words):
+            return reason
+    if status:
+        _, subject, detail = status.split(".")
+        known = _REASON_BY_STATUS.get(f"{subject}.{detail}")
+        if known:
+            return known
+        if subject == "7":
+            return "securityerror" if status.startswith("5.7.") else "blocked"
+        if subject == "4":
+            return "networkerror"
+    if smtp_code.startswith("4"):
+        return "undefined"
+    return "undefined" if not status else "onhold"
+
+
+def recipient(
+    address: str, status: str, code: str, diagnostic: str, context: str = ""
+) -> Recipient:
+    """One failed recipient; `context` is the report's own text about it, read only for the
+    SMTP phase the refusal came in."""
+    if not status or status.endswith(".0.0"):
+        # The server's own words often carry a more specific code than the report's x.0.0.
+        found = _STATUS.search(diagnostic)
+        if found and not found.group(0).endswith(".0.0"):
+            status = ".".join(found.groups())
+        elif not status and found:
+            status = found.group(0)
+    if not code:
+        found_code = _REPLY_CODE.search(diagnostic)
+        code = found_code.group(1) if found_code else ""
+    reason = reason_of(status, code, diagnostic)
+    if reason == "userunknown" and _AT_DATA.search(diagnostic + " " + context):
+        # A recipient refused only after the message was seen is a content filter's refusal
+        # worded as an unknown user: the address itself was accepted at RCPT.
+        reason = "filtered"
+    if not status and reason in _PSEUDO_STATUS:
+        status = f"{'4' if code.startswith('4') else '5'}.0.{_PSEUDO_STATUS[reason]}"
+    return Recipient(
+        address=address.strip().strip("<>").lower(),
+        status=status,
+        smtp_code=code,
+        reason=reason,
+        permanent=reason in ADDRESS_REASONS,
+        diagnostic=" ".join(diagnostic.split())[:1000],
+    )
+
+
+# --- reading a report -------------------------------------------------------------------------
+
+
+def read_report(message: email.message.Message) -> Report | None:
+    """The report `message` is, or None when it is not a report of any kind."""
+    param = message.get_param("report-type")
+    report_type = param.lower() if isinstance(param, str) else ""
+    if message.get_content_type() == "multipart/report" and report_type == "feedback-report":
+        return _feedback(message)
+    # Bounces before auto-replies: mail systems mark their bounces Auto-Submitted too.
+    status_part = _part(message, "message/delivery-status", "message/global-delivery-status")
+    if status_part is not None:
+        report = _from_status_part(message, status_part)
+        if report is not None:
+            return report
+    if _looks_like_bounce(message):
+        report = _from_text(message)
+        if report is not None:
+            return report
+    if _is_auto_reply(message):
+        return Report("auto_reply")
+    return None
+
+
+def _feedback(message: email.message.Message) -> Report:
+    part = _part(message, "message/feedback-report")
+    blocks = _status_blocks(part) if part is not None else []
+    kind = next((b["feedback-type"] for b in blocks if b.get("feedback-type")), None)
+    return Report("feedback", feedback_type=kind.lower() if kind else None)
+
+
+def _is_auto_reply(message: email.message.Message) -> bool:
+    auto = str(message.get("Auto-Submitted", "")).lower()
+    if auto.startswith("auto-replied"):
+        return True
+    subject = str(message.get("Subject", "")).lower()
+    if message.get("X-Autoreply") or message.get("X-Autorespond"):
+        return True
+    return any(
+        word in subject
+        for word in ("out of office", "out of the office", "automatic reply", "auto-reply",
+                     "autoreply", "vacation", "abwesenheit", "absence")
+    )  # fmt: skip
+
+
+def _from_status_part(message: email.message.Message, part: email.message.Message) -> Report | None:
+    failed: list[Recipient] = []
+    delivered = 0
+    for fields in _status_blocks(part):
+        address = _address_field(fields.get("final-recipient") or fields.get("original-recipient"))
+        if not address:
+            continue
+        action = fields.get("action", "").lower()
+        status_found = _STATUS.search(fields.get("status", ""))
+        status = ".".join(status_found.groups()) if status_found else ""
+        if action in ("delivered", "relayed", "expanded") or status.startswith("2."):
+            delivered += 1
+            continue
+        diagnostic = fields.get("diagnostic-code", "")
+        diagnostic = re.sub(r"^\s*(smtp|x-[\w\-]+)\s*;\s*", "", diagnostic, flags=re.IGNORECASE)
+        code_found = _REPLY_CODE.search(diagnostic + " ")
+        failed.append(
+            recipient(
+                address,
+                status,
+                code_found.group(1) if code_found else "",
+                diagnostic or _human_text(message),
+            )
+        )
+    if failed:
+        return Report("bounce", tuple(failed), original_message_id=_original_id(message))
+    if delivered:
+        return Report("delivery_report", original_message_id=_original_id(message))
+    return None
+
+
+def _from_text(message: email.message.Message) -> Report | None:
+    text = _human_text(message)
+    addresses = _failed_addresses(message, text)
+    if not addresses:
+        return None
+    failed = []
+    for address in addresses:
+        diagnostic = _near(text, address)
+        failed.append(recipient(address, "", "", diagnostic))
+    return Report("bounce", tuple(failed), original_message_id=_original_id(message))
+
+
+def _failed_addresses(message: email.message.Message, text: str) -> list[str]:
+    header = str(message.get("X-Failed-Recipients", ""))
+    if header.strip():
+        return list(dict.fromkeys(a.lower() for a in _ADDRESS.findall(header)))
+    ignore = {a.lower() for a in _ADDRESS.findall(str(message.get("From", "")))}
+    ignore |= {a.lower() for a in _ADDRESS.findall(str(message.get("To", "")))}
+    found = []
+    for address in _ADDRESS.findall(text):
+        lowered = address.lower().strip(".")
+        local = lowered.split("@")[0]
+        if lowered in ignore or local in ("mailer-daemon", "postmaster", "root", "noreply"):
+            continue
+        found.append(lowered)
+    return list(dict.fromkeys(found))[:1] if found else []
+
+
+def _near(text: str, address: str) -> str:
+    """What a text report says about `address`: from the start of the line that first names it
+    (a letter's opening lines are the same for every failure and say nothing about this one)."""
+    lowered = text.lower()
+    at = lowered.find(address.lower())
+    if at < 0:
+        return text[:1000]
+    line_start = text.rfind("\n", 0, at) + 1
+    return text[line_start : at + 700]
+
+
+def _looks_like_bounce(message: email.message.Message) -> bool:
+    sender = str(message.get("From", "")).lower()
+    subject = str(message.get("Subject", "")).lower()
+    if message.get("X-Failed-Recipients"):
+        return True
+    if any(
+        who in sender for who in ("mailer-daemon", "postmaster", "mail delivery", "mailer daemon")
+    ):
+        return True
+    return any(
+        word in subject
+        for word in ("undeliver", "delivery status", "delivery failure", "failure notice",
+                     "returned mail", "delivery has failed", "could not be delivered",
+                     "mail delivery failed", "non-delivery", "nondeliverable", "rejected",
+                     "delivery notification", "undelivered")
+    )  # fmt: skip
+
+
+def _human_text(message: email.message.Message) -> str:
+    """The report's own text, without the returned original."""
+    for part in message.walk():
+        if part.get_content_maintype() == "multipart":
+            continue
+        if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
+            break
+        if part.get_content_type() == "text/plain" or part is message:
+            text = _payload_text(part)
+            marker = _ORIGINAL_MARKERS.search(text)
+            return text[: marker.start()] if marker and marker.start() > 40 else text
+    return ""
+
+
+def _original_id(message: email.message.Message) -> str | None:
+    """The Message-ID of the returned original: our own id, which ties the bounce to its text."""
+    for part in message.walk():
+        kind = part.get_content_type()
+        if kind == "message/rfc822":
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
+                found = str(inner[0].get("Message-ID", "")).strip()
+                if found:
+                    return found
+        elif kind == "text/rfc822-headers":
+            match = _MESSAGE_ID.search(_payload_text(part))
+            if match:
+                return match.group(1)
+    match = _MESSAGE_ID.search(_human_text(message))
+    return match.group(1) if match else None
+
+
+def _part(message: email.message.Message, *types: str) -> email.message.Message | None:
+    for part in message.walk():
+        if part.get_content_type() in types:
+            return part
+    return None
+
+
+def _payload_text(part: email.message.Message) -> str:
+    """A part's content as text, whatever its transfer encoding or charset claims."""
+    if part.is_multipart():
+        inner = part.get_payload()
+        if isinstance(inner, list):
+            return "\n\n".join(
+                _payload_text(p) for p in inner if isinstance(p, email.message.Message)
+            )
+        return ""
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        payload = part.get_payload()
+        return payload if isinstance(payload, str) else ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return data.decode(charset, "replace")
+    except LookupError:
+        return data.decode("utf-8", "replace")
+
+
+def _status_blocks(part: email.message.Message) -> list[dict[str, str]]:
+    """The field blocks of a delivery-status part: the first is about the message, the rest
+    are one per recipient."""
+    payload = part.get_payload()
+    if isinstance(payload, list):  # the email package parses each block into a header-only part
+        return [
+            {str(k).lower(): " ".join(str(v).split()) for k, v in block.items()}
+            for block in payload
+            if isinstance(block, email.message.Message)
+        ]
+    text = _payload_text(part)
+    return [_fields(b) for b in re.split(r"\r?\n\s*\r?\n", text) if b.strip()]
+
+
+def _fields(block: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if line[:1] in (" ", "\t") and current:
+            fields[current] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            current = name.strip().lower()
+            fields.setdefault(current, value.strip())
+    return fields
+
+
+def _address_field(value: str | None) -> str:
+    if not value:
+        return ""
+    value = re.sub(r"^\s*[\w\-]+\s*;\s*", "", value)  # "rfc822; user@host"
+    found = _ADDRESS.search(value)
+    return found.group(0) if found else ""

@@ -1,0 +1,161 @@
+"""The bounce reader: standard reports, the shapes of common mail systems, and the real corpus."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import importlib.util
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.domain.bounces import read_report
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "bounces"
+
+
+def parse(text: str):
+    return email.message_from_bytes(text.encode(), policy=email.policy.compat32)
+
+
+DSN = """From: Mail Delivery System <MAILER-DAEMON@mx.example.org>
+To: dispatch@example.com
+Subject: Undelivered Mail Returned to Sender
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+I'm sorry to have to inform you that your message could not be delivered.
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.org
+
+Final-Recipient: rfc822; 2025550143@vtext.com
+Action: {action}
+Status: {status}
+Diagnostic-Code: smtp; {diagnostic}
+
+--B
+Content-Type: message/rfc822
+
+Message-ID: <abc123@example.com>
+From: Dispatch <dispatch@example.com>
+To: 2025550143@vtext.com
+
+Your order is on its way.
+--B--
+"""
+
+
+def test_standard_report_with_an_unknown_user_is_a_permanent_failure():
+    report = read_report(
+        parse(
+            DSN.format(
+                action="failed",
+                status="5.1.1",
+                diagnostic="550 5.1.1 <2025550143@vtext.com>: User unknown",
+            )
+        )
+    )
+    assert report.kind == "bounce" and report.original_message_id == "<abc123@example.com>"
+    [failed] = report.recipients
+    assert (failed.address, failed.status, failed.smtp_code, failed.reason, failed.permanent) == (
+        "2025550143@vtext.com",
+        "5.1.1",
+        "550",
+        "userunknown",
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "reason"),
+    [
+        ("5.7.1", "550 5.7.1 Service unavailable; client host blocked using Spamhaus", "blocked"),
+        ("4.2.2", "452 4.2.2 Mailbox full", "mailboxfull"),
+        ("5.4.7", "Delivery time expired", "expired"),
+    ],
+)
+def test_refusals_that_say_nothing_about_the_address_are_not_permanent(status, diagnostic, reason):
+    [failed] = read_report(
+        parse(DSN.format(action="failed", status=status, diagnostic=diagnostic))
+    ).recipients
+    assert failed.reason == reason and not failed.permanent
+
+
+def test_a_success_notice_is_a_delivery_report_never_a_bounce():
+    report = read_report(parse(DSN.format(action="delivered", status="2.0.0", diagnostic="250 ok")))
+    assert report.kind == "delivery_report" and report.recipients == ()
+
+
+def test_feedback_report():
+    text = """From: abuse@isp.example
+Subject: complaint
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="F"
+
+--F
+Content-Type: text/plain
+
+This is an abuse report.
+--F
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: test/1.0
+Version: 1
+--F--
+"""
+    report = read_report(parse(text))
+    assert report.kind == "feedback" and report.feedback_type == "abuse" and not report.recipients
+
+
+def test_vacation_notice_is_an_auto_reply():
+    text = "From: Ana <ana@example.org>\nSubject: Out of Office: order A-1\nAuto-Submitted: auto-replied\n\nI am away until Monday.\n"
+    assert read_report(parse(text)).kind == "auto_reply"
+
+
+def test_a_bounce_that_looks_like_a_reply_is_still_a_bounce():
+    # Verizon's gateway answers with "Re:" and no report structure at all.
+    text = (
+        "From: post_master@vtext.com\nTo: dispatch@example.com\nSubject: Re: order\n"
+        "X-Failed-Recipients: 2025550143@vtext.com\n\nError: 550 5.1.1 User unknown 2025550143@vtext.com\n"
+    )
+    [failed] = read_report(parse(text)).recipients
+    assert failed.address == "2025550143@vtext.com" and failed.permanent
+
+
+def test_an_ordinary_reply_is_not_a_report():
+    assert (
+        read_report(parse("From: 2025550143@vtext.com\nSubject: \n\nOK thanks, see you at 3\n"))
+        is None
+    )
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=2000))
+def test_any_bytes_are_read_without_an_exception(data):
+    read_report(email.message_from_bytes(data, policy=email.policy.compat32))
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"the shared corpus is not at {CORPUS}")
+def test_corpus_figures_do_not_fall():
+    """Issue 5's bar is higher (detected >= 0.98, hard/soft >= 0.97, status >= 0.90) and not met
+    yet; this keeps what is reached from slipping back. Raise the floors as the reader improves."""
+    spec = importlib.util.spec_from_file_location(
+        "bounce_accuracy", Path(__file__).resolve().parents[2] / "bench" / "bounce_accuracy.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = module.measure(CORPUS)
+    assert figures["non_failures_called_failures"] == 0  # part of the bar, and met
+    assert figures["detected"] >= 0.94
+    assert figures["hard_soft_right"] >= 0.77
+    assert figures["status_right"] >= 0.76
