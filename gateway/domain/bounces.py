@@ -121,7 +121,6 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mailbox unavailable",
             "user doesn't exist",
             "account does not exist",
-            "recipient address rejected",
             "no such person",
             "addressee unknown",
             "bad destination mailbox",
@@ -247,23 +246,40 @@ class Report:
 
 
 def reason_of(status: str, smtp_code: str, text: str) -> str:
-    """The reason a delivery failed: from the server's words, else from the status code."""
+    """The reason a delivery failed: from the server's words, else from the status code.
+
+    Words that point at a bad address give way to a specific status code that says otherwise
+    (a 5.2.3 "message too long" worded "Recipient address rejected: ..."): calling a good
+    address bad is the costlier mistake, since it sends a dispatcher to fix a number that works.
+    """
     lowered = " ".join(text.lower().split())
-    for reason, words in _REASON_WORDS:
-        if any(word in lowered for word in words):
-            return reason
-    if status:
-        _, subject, detail = status.split(".")
-        known = _REASON_BY_STATUS.get(f"{subject}.{detail}")
-        if known:
-            return known
-        if subject == "7":
-            return "securityerror" if status.startswith("5.7.") else "blocked"
-        if subject == "4":
-            return "networkerror"
-    if smtp_code.startswith("4"):
-        return "undefined"
-    return "undefined" if not status else "onhold"
+    by_words = next(
+        (reason for reason, words in _REASON_WORDS if any(word in lowered for word in words)),
+        None,
+    )
+    by_status = _status_reason(status)
+    if by_words in ADDRESS_REASONS and by_status and by_status not in ADDRESS_REASONS:
+        return by_status
+    if by_words:
+        return by_words
+    if by_status:
+        return by_status
+    return "undefined" if smtp_code.startswith("4") or not status else "onhold"
+
+
+def _status_reason(status: str) -> str | None:
+    """What a specific enhanced status code says; None for the generic x.0.0 and unknown codes."""
+    if not status or status.endswith(".0.0"):
+        return None
+    _, subject, detail = status.split(".")
+    known = _REASON_BY_STATUS.get(f"{subject}.{detail}")
+    if known:
+        return known
+    if subject == "7":
+        return "securityerror" if status.startswith("5.7.") else "blocked"
+    if subject == "4":
+        return "networkerror"
+    return None
 
 
 def recipient(
