@@ -10,11 +10,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 import trustme
+from hypothesis import HealthCheck, settings
 
 from gateway.config import load_settings
 from gateway.services.runtime import Runtime
 from gateway.store.db import upgrade
 from tests.servers import SmtpTestServer
+
+# Shared, noisy machines: a property test must fail on its property, never on a slow example.
+settings.register_profile("gateway", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("gateway")
 
 PG_ADMIN_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
