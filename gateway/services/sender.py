@@ -17,6 +17,7 @@ import os
 import random
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -273,6 +274,23 @@ class Sender:
     def _count(self, kind: str) -> None:
         self.stats.by_outcome[kind] = self.stats.by_outcome.get(kind, 0) + 1
 
+    async def _write(
+        self,
+        write: Callable[[Engine, list[Any]], None],
+        items: list[Any],
+        pending: list[Any],
+        what: str,
+    ) -> bool:
+        """Write `items`; on failure put them back at the front of `pending` for the next flush."""
+        try:
+            await asyncio.to_thread(write, self.engine, items)
+        except Exception:
+            log.exception("writing %d %s failed; will retry", len(items), what)
+            pending[:0] = items
+            await asyncio.sleep(1)
+            return False
+        return True
+
     async def _record_loop(self) -> None:
         while True:
             await asyncio.sleep(RECORD_EVERY)
@@ -289,25 +307,14 @@ class Sender:
         now = self.clock()
         batch, self._results = self._results, []
         if batch:
-            try:
-                await asyncio.to_thread(record_attempts, self.engine, batch)
-            except Exception:
-                log.exception("recording %d outcomes failed; will retry", len(batch))
-                self._results[:0] = batch
-                await asyncio.sleep(1)
+            if not await self._write(record_attempts, batch, self._results, "outcomes"):
                 return
             self.routes.wrote(
                 [Route(r.route) for r in batch if r.outcome.kind in COUNTS_AGAINST_LIMIT]
             )
         postponed, self._postponed = self._postponed, []
-        if postponed:
-            try:
-                await asyncio.to_thread(postpone_rows, self.engine, postponed)
-            except Exception:
-                log.exception("postponing %d texts failed; will retry", len(postponed))
-                self._postponed[:0] = postponed
-                await asyncio.sleep(1)
-                return
+        if postponed and not await self._write(postpone_rows, postponed, self._postponed, "waits"):
+            return
         try:
             if self.routes.dirty:
                 await asyncio.to_thread(self.routes.save, self.engine, now)
