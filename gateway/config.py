@@ -264,10 +264,6 @@ class Settings(BaseSettings):
         # The file arrives as init arguments; the environment overrides it.
         return (env_settings, init_settings)
 
-    @property
-    def company_domain(self) -> str:
-        return self.smtp.sender.domain
-
 
 def is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):

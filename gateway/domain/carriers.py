@@ -73,13 +73,9 @@ class CarrierBook:
     def __init__(self, carriers: Iterable[Carrier]) -> None:
         self._carriers = tuple(carriers)
         self._by_key: dict[str, Carrier] = {}
-        self._by_domain: dict[str, Carrier] = {}
         for carrier in self._carriers:
             for name in (carrier.id, carrier.name, *carrier.aliases):
                 self._by_key.setdefault(lookup_key(name), carrier)
-            for domain in (carrier.sms, carrier.mms):
-                if domain:
-                    self._by_domain.setdefault(domain.casefold(), carrier)
 
     def __iter__(self) -> Iterator[Carrier]:
         return iter(self._carriers)
@@ -90,9 +86,6 @@ class CarrierBook:
     def find(self, name: str) -> Carrier | None:
         """The carrier a dispatcher meant by `name` (an id, its name or an alias)."""
         return self._by_key.get(lookup_key(name))
-
-    def by_domain(self, domain: str) -> Carrier | None:
-        return self._by_domain.get(domain.casefold())
 
 
 # --- resolving a phone to its gateway address -------------------------------------------------

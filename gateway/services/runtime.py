@@ -81,9 +81,6 @@ class Runtime:
             lifetime=dt.timedelta(hours=self.settings.policy.lifetime_hours),
         )
 
-    def own_server(self) -> SmtpServer:
-        return self._server(self.settings.smtp, "smtp")
-
     def route_book(self) -> RouteBook:
         """Both routes as configured, each with its own connection pool."""
         smtp, relay = self.settings.smtp, self.settings.relay
@@ -136,19 +133,18 @@ class Runtime:
         return SentFolder(server, imap.sent_folder)
 
     def _server(self, server: ServerSettings, section: str) -> SmtpServer:
-        smtp = server
         return SmtpServer(
-            host=smtp.host,
-            port=smtp.port,
-            security=smtp.security,
-            username=smtp.username,
-            password=smtp.resolve_password(section) if smtp.username else None,
-            oauth2_token=token_source(smtp.oauth2_token_file, smtp.oauth2_token_command),
-            ca_file=smtp.ca_file,
-            connections=smtp.connections,
-            timeout=smtp.timeout_seconds,
-            deadline=smtp.message_deadline_seconds,
-            max_messages_per_connection=smtp.max_messages_per_connection,
+            host=server.host,
+            port=server.port,
+            security=server.security,
+            username=server.username,
+            password=server.resolve_password(section) if server.username else None,
+            oauth2_token=token_source(server.oauth2_token_file, server.oauth2_token_command),
+            ca_file=server.ca_file,
+            connections=server.connections,
+            timeout=server.timeout_seconds,
+            deadline=server.message_deadline_seconds,
+            max_messages_per_connection=server.max_messages_per_connection,
         )
 
     @cached_property

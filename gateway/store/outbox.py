@@ -537,12 +537,6 @@ def list_messages(
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def get_message(engine: Engine, message: int) -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = conn.execute(select(messages).where(messages.c.id == message)).first()
-        return None if row is None else dict(row._mapping)
-
-
 def attempts_of(engine: Engine, message: int) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         return [
