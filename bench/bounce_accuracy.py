@@ -12,7 +12,7 @@ from pathlib import Path
 from gateway.domain.bounces import read_report
 
 NOT_FAILURES = {"feedback", "vacation", "delivered"}
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "bounces"
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus" / "bounces"
 
 
 def measure(corpus: Path, show: bool = False) -> dict[str, object]:

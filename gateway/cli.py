@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -574,6 +575,55 @@ def outbox_list(
                 )
         columns = ["id", "to", "carrier", "state", "route", "attempts", "last_reply", "reason"]
         emit(rows, fmt, columns, "Outbox (newest first)")
+
+
+@app.command("parse")
+def parse(
+    files: Annotated[list[Path], typer.Argument(help="message files (.eml), one message each")],
+) -> None:
+    """Classify mail files as the inbound worker would, without a database: one JSON a line."""
+    from gateway.domain.inbound import MailError, parse_mail
+
+    with user_errors():
+        runtime = state.runtime()
+        carriers, identity = runtime.carriers, runtime.identity
+    failed = False
+    for path in files:
+        try:
+            raw = path.read_bytes()
+            mail = parse_mail(raw, carriers, identity)
+        except (OSError, MailError) as exc:
+            failed = True
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            print(json.dumps({"file": str(path), "error": reason}), flush=True)
+            continue
+        print(json.dumps(_mail_row(str(path), mail), ensure_ascii=False), flush=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _mail_row(file: str, mail: Any) -> dict[str, Any]:
+    return {
+        "file": file,
+        "kind": mail.kind.value,
+        "from": mail.sender or None,
+        "phone": mail.phone.e164 if mail.phone else None,
+        "carrier": mail.carrier,
+        "text": mail.text,
+        "in_reply_to": mail.in_reply_to,
+        "original_message_id": mail.original_message_id,
+        "recipients": [
+            {
+                "address": r.address,
+                "status": r.status,
+                "smtp_code": r.smtp_code,
+                "permanent": r.permanent,
+                "reason": r.reason,
+                "diagnostic": r.diagnostic,
+            }
+            for r in mail.recipients
+        ],
+    }
 
 
 @app.command("demo")

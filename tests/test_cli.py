@@ -357,3 +357,35 @@ def test_commands_work_from_any_directory(tmp_path):
     # No carriers.yaml or templates/ here: the shipped copies are used.
     assert not (tmp_path / "carriers.yaml").exists() and Path.cwd() != REPO
     gw("templates", "check", cwd=tmp_path, check_code=0)
+
+
+# --- parse ----------------------------------------------------------------------------------------
+
+CORPUS = REPO / "tests" / "data" / "corpus"
+
+
+def test_parse_prints_one_json_object_per_file_from_any_directory(tmp_path):
+    bounce = CORPUS / "bounces" / "mail" / "lhost-opensmtpd-02.eml"
+    reply = CORPUS / "replies" / "verizon-1.eml"
+    result = gw("parse", str(reply), str(bounce), cwd=tmp_path, check_code=0)
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["kind"] == "reply" and first["phone"] == "+12068675309"
+    assert (first["carrier"], first["text"]) == ("verizon", "hello world")
+    assert set(first) == {
+        "file", "kind", "from", "phone", "carrier", "text", "in_reply_to",
+        "original_message_id", "recipients",
+    }  # fmt: skip
+    assert second["kind"] == "bounce"
+    statuses = {r["status"]: r for r in second["recipients"]}
+    assert statuses["5.1.1"]["smtp_code"] == "550" and statuses["5.1.1"]["permanent"]
+    assert set(statuses["5.1.1"]) == {
+        "address", "status", "smtp_code", "permanent", "reason", "diagnostic",
+    }  # fmt: skip
+
+
+def test_parse_reports_unreadable_files_and_exits_1(tmp_path):
+    (tmp_path / "junk.eml").write_bytes(b"\x00\x01 not mail")
+    result = gw("parse", "junk.eml", "missing.eml", cwd=tmp_path, check_code=1)
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["file"] for row in rows] == ["junk.eml", "missing.eml"]
+    assert "header" in rows[0]["error"] and "No such file" in rows[1]["error"]

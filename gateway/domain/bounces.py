@@ -26,6 +26,9 @@ _ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?"
 )
 
+_RCPT_TO = re.compile(
+    r"rcpt to:\s*<?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])", re.IGNORECASE
+)
 _MESSAGE_ID = re.compile(r"^message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 
 # The refusal came in answer to DATA (after the message was seen), not to RCPT.
@@ -397,8 +400,12 @@ def _from_text(message: email.message.Message) -> Report | None:
         return None
     failed = []
     for address in addresses:
-        diagnostic = _near(text, address)
-        failed.append(recipient(address, "", "", diagnostic))
+        found = recipient(address, "", "", _near(text, address, addresses))
+        if found.reason in ("undefined", "onhold"):
+            # Some letters give the server's words before naming the address (Verizon's
+            # "Error message below: 550 ... / RCPT TO: ..."): read the whole letter.
+            found = recipient(address, "", "", text[:2000])
+        failed.append(found)
     return Report("bounce", tuple(failed), original_message_id=_original_id(message))
 
 
@@ -408,25 +415,49 @@ def _failed_addresses(message: email.message.Message, text: str) -> list[str]:
         return list(dict.fromkeys(a.lower() for a in _ADDRESS.findall(header)))
     ignore = {a.lower() for a in _ADDRESS.findall(str(message.get("From", "")))}
     ignore |= {a.lower() for a in _ADDRESS.findall(str(message.get("To", "")))}
-    found = []
-    for address in _ADDRESS.findall(text):
-        lowered = address.lower().strip(".")
-        local = lowered.split("@")[0]
-        if lowered in ignore or local in ("mailer-daemon", "postmaster", "root", "noreply"):
-            continue
-        found.append(lowered)
-    return list(dict.fromkeys(found))[:1] if found else []
+    # A report that quotes the envelope names the failed recipient after RCPT TO.
+    envelope = [a.lower() for a in _RCPT_TO.findall(text) if a.lower() not in ignore]
+    if envelope:
+        return list(dict.fromkeys(envelope))
+
+    def wanted(address: str) -> bool:
+        local = address.split("@")[0]
+        return address not in ignore and local not in _ROBOTS
+
+    # A list of failures, one a line, each line starting with its address.
+    leading = [a.lower().strip(".") for a in _LEADING_ADDRESS.findall(text)]
+    leading = [a for a in dict.fromkeys(leading) if wanted(a)]
+    if leading:
+        return leading
+    found = [a.lower().strip(".") for a in _ADDRESS.findall(text)]
+    found = [a for a in found if wanted(a)]
+    return found[:1]
 
 
-def _near(text: str, address: str) -> str:
+_ROBOTS = frozenset({"mailer-daemon", "postmaster", "root", "noreply"})
+_LEADING_ADDRESS = re.compile(
+    r"^[ \t]*[<\"']?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])[>\"']?:?[ \t]",
+    re.MULTILINE,
+)
+
+
+def _near(text: str, address: str, others: list[str]) -> str:
     """What a text report says about `address`: from the start of the line that first names it
-    (a letter's opening lines are the same for every failure and say nothing about this one)."""
+    (a letter's opening lines are the same for every failure and say nothing about this one)
+    to the line that names the next failed address."""
     lowered = text.lower()
     at = lowered.find(address.lower())
     if at < 0:
         return text[:1000]
     line_start = text.rfind("\n", 0, at) + 1
-    return text[line_start : at + 700]
+    end = at + 700
+    for other in others:
+        if other == address:
+            continue
+        next_at = lowered.find(other, at + len(address))
+        if next_at >= 0:
+            end = min(end, text.rfind("\n", 0, next_at) + 1 or next_at)
+    return text[line_start : max(end, at + len(address))]
 
 
 def _looks_like_bounce(message: email.message.Message) -> bool:
@@ -434,9 +465,9 @@ def _looks_like_bounce(message: email.message.Message) -> bool:
     subject = str(message.get("Subject", "")).lower()
     if message.get("X-Failed-Recipients"):
         return True
-    if any(
-        who in sender for who in ("mailer-daemon", "postmaster", "mail delivery", "mailer daemon")
-    ):
+    # "post_master@", "Mailer-Daemon@", "MAILER_DAEMON": systems spell their robots many ways.
+    squeezed = re.sub(r"[^a-z]", "", sender)
+    if any(who in squeezed for who in ("mailerdaemon", "postmaster", "maildelivery")):
         return True
     return any(
         word in subject
@@ -450,12 +481,18 @@ def _looks_like_bounce(message: email.message.Message) -> bool:
 def _human_text(message: email.message.Message) -> str:
     """The report's own text, without the returned original."""
     for part in message.walk():
-        if part.get_content_maintype() == "multipart":
+        if part.is_multipart():
             continue
         if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
             break
-        if part.get_content_type() == "text/plain" or part is message:
-            text = _payload_text(part)
+        # A multipart whose boundary parameter was lost (folded without indentation) arrives
+        # as one text: read it as the report's text rather than finding nothing.
+        if (
+            part.get_content_type() == "text/plain"
+            or part is message
+            or (part.get_content_maintype() == "multipart")
+        ):
+            text = payload_text(part)
             marker = _ORIGINAL_MARKERS.search(text)
             return text[: marker.start()] if marker and marker.start() > 40 else text
     return ""
@@ -472,7 +509,7 @@ def _original_id(message: email.message.Message) -> str | None:
                 if found:
                     return found
         elif kind == "text/rfc822-headers":
-            match = _MESSAGE_ID.search(_payload_text(part))
+            match = _MESSAGE_ID.search(payload_text(part))
             if match:
                 return match.group(1)
     match = _MESSAGE_ID.search(_human_text(message))
@@ -486,13 +523,13 @@ def _part(message: email.message.Message, *types: str) -> email.message.Message 
     return None
 
 
-def _payload_text(part: email.message.Message) -> str:
+def payload_text(part: email.message.Message) -> str:
     """A part's content as text, whatever its transfer encoding or charset claims."""
     if part.is_multipart():
         inner = part.get_payload()
         if isinstance(inner, list):
             return "\n\n".join(
-                _payload_text(p) for p in inner if isinstance(p, email.message.Message)
+                payload_text(p) for p in inner if isinstance(p, email.message.Message)
             )
         return ""
     data = part.get_payload(decode=True)
@@ -516,7 +553,7 @@ def _status_blocks(part: email.message.Message) -> list[dict[str, str]]:
             for block in payload
             if isinstance(block, email.message.Message)
         ]
-    text = _payload_text(part)
+    text = payload_text(part)
     return [_fields(b) for b in re.split(r"\r?\n\s*\r?\n", text) if b.strip()]
 
 

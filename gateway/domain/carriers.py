@@ -39,6 +39,15 @@ class Carrier:
     source: str
     reported: bool  # the dates come from reports, not from the carrier itself
     kind: str = "carrier"
+    # Domains its phones' replies come from besides sms and mms (older or MMS-only systems):
+    # recognised on inbound mail, never mailed.
+    reply_domains: tuple[str, ...] = ()
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Every domain a reply from one of its phones may come from."""
+        own = tuple(d for d in (self.sms, self.mms) if d)
+        return own + tuple(d for d in self.reply_domains if d not in own)
 
     def status_on(self, today: dt.date) -> CarrierStatus:
         """The status that holds on `today`: a carrier past its closing date is retired."""
@@ -76,6 +85,11 @@ class CarrierBook:
         for carrier in self._carriers:
             for name in (carrier.id, carrier.name, *carrier.aliases):
                 self._by_key.setdefault(lookup_key(name), carrier)
+        # Several carriers may share a gateway (an MVNO on its host's): the first listed owns it.
+        self._by_domain: dict[str, Carrier] = {}
+        for carrier in self._carriers:
+            for domain in carrier.domains:
+                self._by_domain.setdefault(domain, carrier)
 
     def __iter__(self) -> Iterator[Carrier]:
         return iter(self._carriers)
@@ -86,6 +100,10 @@ class CarrierBook:
     def find(self, name: str) -> Carrier | None:
         """The carrier a dispatcher meant by `name` (an id, its name or an alias)."""
         return self._by_key.get(lookup_key(name))
+
+    def by_domain(self, domain: str) -> Carrier | None:
+        """The carrier whose phones send mail from `domain`, if it is a known gateway domain."""
+        return self._by_domain.get(domain.strip().rstrip(".").lower())
 
 
 # --- resolving a phone to its gateway address -------------------------------------------------
@@ -154,7 +172,9 @@ def resolve_gateway(
 # --- loading carriers.yaml --------------------------------------------------------------------
 
 _REQUIRED = {"id", "name", "country", "status", "source"}
-_OPTIONAL = {"aliases", "sms", "mms", "ends_on", "retired_on", "max_length", "reported"}
+_OPTIONAL = {
+    "aliases", "sms", "mms", "reply_domains", "ends_on", "retired_on", "max_length", "reported",
+}  # fmt: skip
 _ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _DOMAIN_PATTERN = re.compile(
     r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.IGNORECASE
@@ -294,6 +314,15 @@ def _carrier(node: yaml.Node, source: str) -> Carrier:
             )
         return value.lower() if value else None
 
+    def domain_list(key: str) -> tuple[str, ...]:
+        values = texts(key)
+        for value in values:
+            if not _DOMAIN_PATTERN.match(value):
+                raise CarrierFileError(
+                    source, _line(fields[key][1]), f"{key!r} lists {value!r}, not a domain name"
+                )
+        return tuple(value.lower() for value in values)
+
     carrier_id = text("id")
     assert carrier_id is not None
     if not _ID_PATTERN.match(carrier_id):
@@ -343,6 +372,7 @@ def _carrier(node: yaml.Node, source: str) -> Carrier:
         aliases=texts("aliases"),
         sms=domain("sms"),
         mms=domain("mms"),
+        reply_domains=domain_list("reply_domains"),
         status=status,
         ends_on=date("ends_on"),
         retired_on=date("retired_on"),

@@ -15,6 +15,7 @@ from gateway.config import ConfigError, ServerSettings, Settings, locate
 from gateway.domain.carriers import CarrierBook, CarrierFileError, load_carriers
 from gateway.domain.delivery import RetryPolicy
 from gateway.domain.email_out import Mailbox
+from gateway.domain.inbound import Identity
 from gateway.domain.routing import Route
 from gateway.domain.templates import SUFFIX, TemplateBook
 from gateway.services.oauth2 import token_source
@@ -150,6 +151,17 @@ class Runtime:
     @cached_property
     def company_domain(self) -> str:
         return self.settings.smtp.sender.domain
+
+    @cached_property
+    def identity(self) -> Identity:
+        """Who we are in the mailbox: our From addresses and the domain of our ids."""
+        settings = self.settings
+        addresses = {settings.smtp.sender.address, settings.relay.sender.address}
+        return Identity(
+            addresses=frozenset(a.lower() for a in addresses),
+            domain=self.company_domain,
+            default_region=settings.carriers.default_region,
+        )
 
     def new_message_token(self) -> str:
         return secrets.token_hex(12)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.domain.bounces import read_report
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "bounces"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "bounces"
 
 
 def parse(text: str):
@@ -145,7 +145,6 @@ def test_any_bytes_are_read_without_an_exception(data):
     read_report(email.message_from_bytes(data, policy=email.policy.compat32))
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"the shared corpus is not at {CORPUS}")
 def test_corpus_figures_do_not_fall():
     """Issue 5's bar is higher (detected >= 0.98, hard/soft >= 0.97, status >= 0.90) and not met
     yet; this keeps what is reached from slipping back. Raise the floors as the reader improves."""
@@ -156,6 +155,6 @@ def test_corpus_figures_do_not_fall():
     spec.loader.exec_module(module)
     figures = module.measure(CORPUS)
     assert figures["non_failures_called_failures"] == 0  # part of the bar, and met
-    assert figures["detected"] >= 0.94
-    assert figures["hard_soft_right"] >= 0.77
-    assert figures["status_right"] >= 0.76
+    assert figures["detected"] >= 0.96
+    assert figures["hard_soft_right"] >= 0.78
+    assert figures["status_right"] >= 0.77

@@ -171,3 +171,24 @@ def test_lookup_ignores_case_and_punctuation(book):
     assert book.find("  T-MOBILE ").id == "tmobile"
     assert book.find("u.s. cellular").id == "uscellular"
     assert book.find("nope") is None
+
+
+def test_reply_domains_identify_the_carrier_and_are_never_mailed(book):
+    assert book.by_domain("vtext.com").id == "verizon"
+    assert book.by_domain("VZWPIX.COM.").id == "verizon"
+    assert book.by_domain("cingularme.com").id == "att"
+    assert book.by_domain("example.com") is None
+    carrier = load_carriers(ENTRY + "    reply_domains: [old.one.example]\n").find("one")
+    assert carrier.domains == ("one.example", "old.one.example")
+    target = resolve_gateway(US, carrier, TODAY)
+    assert target.gateway == "one.example"
+
+
+def test_a_shared_gateway_belongs_to_the_first_carrier_listed(book):
+    # T-Mobile's MVNOs mail through tmomail.net too; a reply from it is T-Mobile's.
+    assert book.by_domain("tmomail.net").id == "tmobile"
+
+
+def test_reply_domains_must_be_domains():
+    with pytest.raises(CarrierFileError, match="not a domain name"):
+        load_carriers(ENTRY + "    reply_domains: [not a domain]\n")

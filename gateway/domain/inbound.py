@@ -1,0 +1,362 @@
+"""Understanding one message from the company mailbox: what it is, who sent it, what they typed.
+
+Inbound mail is written by strangers, so everything here takes bytes and returns plain data,
+never raises on odd content (only on bytes that are not a message at all), and bounds its work.
+
+Detectors run in order and the first confident one wins. Reports come first: a carrier's bounce
+can carry `Re:` and In-Reply-To like a reply (Verizon's do), and mail systems mark bounces
+Auto-Submitted like vacation notices. Our own mail seen in the mailbox comes next, so a copy of
+a text is never read as a reply to itself. What is left is a reply when it comes from a phone
+(a known gateway domain) or names one of our messages; anything else is `other`.
+"""
+
+from __future__ import annotations
+
+import email
+import email.errors
+import email.header
+import email.message
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from html.parser import HTMLParser
+
+import phonenumbers
+
+from gateway.domain.bounces import Recipient, payload_text, read_report
+from gateway.domain.carriers import CarrierBook
+from gateway.domain.phone import Phone, PhoneError, parse_phone
+
+
+class Kind(StrEnum):
+    REPLY = "reply"
+    BOUNCE = "bounce"
+    DELIVERY_REPORT = "delivery_report"
+    FEEDBACK = "feedback"
+    AUTO_REPLY = "auto_reply"
+    OWN_COPY = "own_copy"
+    OTHER = "other"
+
+
+class MailError(ValueError):
+    """The bytes are not an email message; the message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who we are in the mailbox: the addresses we send from and the domain of our ids."""
+
+    addresses: frozenset[str]  # lower-case From addresses of both routes
+    domain: str  # the company domain: our Message-IDs and plus-addresses end with it
+    default_region: str = "US"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMail:
+    kind: Kind
+    sender: str  # the From address, lower-case; "" when there is none
+    subject: str
+    message_id: str | None  # with angle brackets
+    phone: Phone | None  # from a gateway address such as 2065550143@vtext.com
+    carrier: str | None  # the carrier whose gateway domain the sender is on
+    text: str  # what the person typed (a reply), or the report's own words
+    in_reply_to: str | None
+    referenced_ids: tuple[str, ...] = ()  # In-Reply-To, then References newest first
+    plus_tokens: tuple[str, ...] = ()  # from our own address with +TOKEN it was sent to
+    original_message_id: str | None = None  # a report's returned original
+    recipients: tuple[Recipient, ...] = ()  # a bounce's failed recipients
+    feedback_type: str | None = None
+    attachments: tuple[str, ...] = ()  # content types of the non-text parts
+
+
+_ANGLE_ID = re.compile(r"<[^<>\s]{1,250}>")
+MAX_TEXT = 2000  # characters kept of a reply's text; a text message is never longer
+
+
+def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> InboundMail:
+    """Classify and read one message. Raises MailError only when `raw` is not a message."""
+    message = read_message(raw)
+    sender = _sender(message)
+    subject = _header(message, "Subject")
+    message_id = _first_id(_header(message, "Message-ID"))
+    in_reply_to = _first_id(_header(message, "In-Reply-To"))
+    referenced = _referenced_ids(message)
+    attachments = tuple(
+        part.get_content_type()
+        for part in message.walk()
+        if part.get_content_maintype() not in ("multipart", "text", "message")
+    )
+    domain = sender.rpartition("@")[2]
+    carrier = carriers.by_domain(domain) if domain else None
+    phone = None
+    if carrier is not None:
+        region = carrier.countries[0] if carrier.countries else identity.default_region
+        phone = _phone(sender, region)
+    base = InboundMail(
+        kind=Kind.OTHER,
+        sender=sender,
+        subject=subject,
+        message_id=message_id,
+        phone=phone,
+        carrier=carrier.id if carrier else None,
+        text="",
+        in_reply_to=in_reply_to,
+        referenced_ids=referenced,
+        plus_tokens=_plus_tokens(message, identity.domain),
+        attachments=attachments,
+    )
+
+    report = read_report(message)
+    if report is not None:
+        return replace(
+            base,
+            kind=Kind(report.kind),
+            text=_clip(_first_text(message)),
+            original_message_id=report.original_message_id,
+            recipients=report.recipients,
+            feedback_type=report.feedback_type,
+        )
+    ours_suffix = f"@{identity.domain.lower()}>"
+    if sender in identity.addresses or (message_id or "").lower().endswith(ours_suffix):
+        return replace(base, kind=Kind.OWN_COPY, text=_clip(_first_text(message)))
+    names_ours = any(ref.lower().endswith(ours_suffix) for ref in referenced)
+    if carrier is not None or names_ours or base.plus_tokens:
+        return replace(base, kind=Kind.REPLY, text=reply_text(message))
+    return replace(base, text=_clip(_first_text(message)))
+
+
+def read_message(raw: bytes) -> email.message.Message:
+    """The parsed message; MailError when the bytes have no header section to speak of."""
+    if not raw.strip():
+        raise MailError("the message is empty")
+    head = raw[:4096].lstrip(b"\r\n")
+    first_line = head.split(b"\n", 1)[0]
+    if not re.match(rb"^[!-9;-~]+[ \t]*:", first_line) and not first_line.startswith(b"From "):
+        raise MailError("the message does not start with a header line")
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    if not message.keys():
+        raise MailError("the message has no headers")
+    if not (message.get("From") or message.get("Message-ID") or message.get("Received")):
+        raise MailError("the message has neither From, Message-ID nor Received")
+    return message
+
+
+# --- who sent it ------------------------------------------------------------------------------
+
+
+def _header(message: email.message.Message, name: str) -> str:
+    value = message.get(name)
+    if value is None:
+        return ""
+    try:
+        decoded = email.header.decode_header(str(value))
+        text = "".join(
+            part.decode(charset or "ascii", "replace") if isinstance(part, bytes) else part
+            for part, charset in decoded
+        )
+    except (LookupError, ValueError, email.errors.HeaderParseError):
+        text = str(value)
+    return " ".join(text.split())[:1000]
+
+
+def _sender(message: email.message.Message) -> str:
+    for name in ("From", "Sender", "Return-Path"):
+        value = str(message.get(name) or "")
+        if value:
+            address = email.utils.parseaddr(value)[1].strip().lower()
+            if "@" in address and len(address) <= 320:
+                return address
+    return ""
+
+
+def _phone(sender: str, region: str) -> Phone | None:
+    """The phone number a gateway address is for (2065550143@vtext.com)."""
+    local = sender.partition("@")[0].lstrip("+")
+    if not local.isdigit() or not 7 <= len(local) <= 15:
+        return None
+    try:
+        return parse_phone(local, region)
+    except PhoneError:
+        pass
+    # A number the plan calls invalid (a test number, a new range) is still the sender's.
+    try:
+        number = phonenumbers.parse(local, region)
+    except phonenumbers.NumberParseException:
+        return None
+    # A local-only number (7 digits in North America) names no phone by itself.
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return None
+    return Phone(
+        e164=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
+        national=phonenumbers.national_significant_number(number),
+        region=phonenumbers.region_code_for_number(number),
+    )
+
+
+def _first_id(value: str) -> str | None:
+    found = _ANGLE_ID.search(value)
+    return found.group(0) if found else None
+
+
+def _referenced_ids(message: email.message.Message) -> tuple[str, ...]:
+    ids = _ANGLE_ID.findall(_header(message, "In-Reply-To"))
+    ids += reversed(_ANGLE_ID.findall(_header(message, "References")))
+    return tuple(dict.fromkeys(ids))[:20]
+
+
+def _plus_tokens(message: email.message.Message, domain: str) -> tuple[str, ...]:
+    """Tokens of our plus-addresses (dispatch+TOKEN@domain) the message was addressed to."""
+    suffix = "@" + domain.lower()
+    found = []
+    for name in ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To"):
+        for value in message.get_all(name) or ():
+            for _, address in email.utils.getaddresses([str(value)]):
+                address = address.lower()
+                local = address.removesuffix(suffix)
+                if local != address and "+" in local:
+                    token = local.split("+", 1)[1]
+                    if re.fullmatch(r"[a-z0-9]{4,64}", token):
+                        found.append(token)
+    return tuple(dict.fromkeys(found))
+
+
+# --- what they typed --------------------------------------------------------------------------
+
+# A carrier's wrapper around a picture message, or a notice that one is waiting: not typed text.
+_NOTICES = re.compile(
+    r"^(this message was sent using|you have (new|received) |new (picture|video) mail|"
+    r"uve received a|this is an mms message|you have a new (picture|video|multimedia)|"
+    r"click go/view)",
+    re.IGNORECASE,
+)
+# Where a carrier's footer or a quoted earlier message begins: everything from there is dropped.
+_FOOTER_LINE = re.compile(
+    r"^(--\s*|={4,}.*|_{4,}.*|-{4,}.*|brought to you by.*|this mobile text message is brought.*|"
+    r"mobile email from a .*|sent from my .*|sent using .*|"
+    r"on .{1,200} wrote:\s*|-+\s*original message\s*-+\s*|>.*)$",
+    re.IGNORECASE,
+)
+# Parts a phone's MMS gives its typed text (text_0.txt, smil.txt, media2.txt, ...): all text/plain.
+_MEDIA = ("image", "video", "audio", "application")
+
+
+def reply_text(message: email.message.Message) -> str:
+    """The text a person typed on their phone, without carrier wrappers, footers or quotes."""
+    texts: list[str] = []
+    html_parts: list[email.message.Message] = []
+    notice_seen = False
+    for part in message.walk():
+        kind = part.get_content_type()
+        if kind == "text/plain":
+            raw = payload_text(part)
+            cleaned = clean_text(raw)
+            if cleaned:
+                texts.append(cleaned)
+            notice_seen = notice_seen or bool(_NOTICES.match(raw.strip()))
+        elif kind == "text/html":
+            html_parts.append(part)
+    if texts:
+        return _clip("\n".join(texts))
+    has_media = any(part.get_content_maintype() in _MEDIA for part in message.walk())
+    for part in html_parts:
+        page = payload_text(part)
+        # Picture-message pages are layout around a <pre> holding what was typed (Sprint);
+        # any other page with pictures is a carrier's wrapper with nothing typed in it.
+        reader = _HtmlText()
+        reader.feed(page[:200_000])
+        wrapper = reader.saw_pre or has_media or notice_seen
+        typed = reader.preformatted if wrapper else reader.text
+        cleaned = clean_text("\n".join(typed))
+        if cleaned:
+            return _clip(cleaned)
+    return ""
+
+
+def clean_text(text: str) -> str:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    kept: list[str] = []
+    for line in lines:
+        if _FOOTER_LINE.match(line.strip()) and (kept or line.strip().startswith(">")):
+            if line.strip().startswith(">"):
+                continue
+            break
+        kept.append(line.rstrip())
+    cleaned = "\n".join(kept).strip()
+    if _NOTICES.match(cleaned):
+        return ""
+    return cleaned
+
+
+class _HtmlText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.preformatted: list[str] = []
+        self._skip = 0
+        self._pre = 0
+        self.saw_pre = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip += 1
+        elif tag == "pre":
+            self._pre += 1
+            self.saw_pre = True
+        elif tag in ("br", "p", "div", "tr"):
+            self.text.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip = max(0, self._skip - 1)
+        elif tag == "pre":
+            self._pre = max(0, self._pre - 1)
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        self.text.append(data)
+        if self._pre and data.strip():
+            self.preformatted.append(data)
+
+
+def _first_text(message: email.message.Message) -> str:
+    for part in message.walk():
+        if part.get_content_type() == "text/plain":
+            return payload_text(part)
+    return ""
+
+
+def _clip(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+# --- keywords ---------------------------------------------------------------------------------
+
+
+class Keyword(StrEnum):
+    STOP = "stop"
+    START = "start"
+    HELP = "help"
+
+
+_KEYWORDS = {
+    **dict.fromkeys(
+        ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"),
+        Keyword.STOP,
+    ),
+    **dict.fromkeys(("START", "UNSTOP", "YES"), Keyword.START),
+    "HELP": Keyword.HELP,
+}
+
+
+def keyword_of(text: str) -> Keyword | None:
+    """The keyword a reply consists of (STOP, START, HELP and their synonyms), if it is one.
+
+    Only a reply that is the keyword alone counts ("Stop." does, "don't stop" does not), the
+    way carriers and the CTIA handle short-code keywords."""
+    word = re.sub(r"^[\W_]+|[\W_]+$", "", text.strip()).upper()
+    return _KEYWORDS.get(word.replace(" ", "").replace("-", "")) if len(word) <= 20 else None

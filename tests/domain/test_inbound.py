@@ -1,0 +1,173 @@
+"""Reading inbound mail: replies in the shapes real carriers send, own copies, keywords."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.domain.carriers import load_carriers
+from gateway.domain.inbound import (
+    Identity,
+    Keyword,
+    Kind,
+    MailError,
+    keyword_of,
+    parse_mail,
+)
+
+REPLIES = Path(__file__).resolve().parents[1] / "data" / "corpus" / "replies"
+CARRIERS = load_carriers((Path(__file__).resolve().parents[2] / "carriers.yaml").read_text())
+US = Identity(frozenset({"dispatch@example.com", "relay@relay.example.net"}), "example.com")
+EXPECTED = json.loads((REPLIES / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_replies_from_real_carriers(name):
+    """Kind, phone, carrier and the typed text of each message in the replies corpus; `null` in
+    expected.json means the corpus does not judge that field."""
+    expected = EXPECTED[name]
+    mail = parse_mail((REPLIES / name).read_bytes(), CARRIERS, US)
+    assert mail.kind.value == expected["kind"]
+    if expected["phone"] is not None:
+        assert mail.phone is not None and mail.phone.national == expected["phone"]
+    if expected["carrier"] is not None:
+        assert mail.carrier == expected["carrier"]
+    if expected["text"] is not None:
+        assert " ".join(mail.text.split()) == expected["text"]
+
+
+def test_a_local_only_number_is_no_phone():
+    mail = parse_mail((REPLIES / "att-1.eml").read_bytes(), CARRIERS, US)
+    assert mail.carrier == "att" and mail.phone is None  # 5551234@txt.att.net
+
+
+def mail(headers: str, body: str = "On my way") -> bytes:
+    return (headers.strip() + "\n\n" + body + "\n").encode()
+
+
+def test_text_0_txt_attachment_and_image_give_the_typed_text():
+    raw = mail(
+        """From: 2065550143@vzwpix.com
+To: dispatch@example.com
+Subject:
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b"
+""",
+        """--b
+Content-Type: text/plain; charset=utf-8; name=text_0.txt
+Content-Disposition: attachment; filename=text_0.txt
+
+Gate code is 4412
+--b
+Content-Type: image/jpeg; name=IMAGE_0.jpg
+Content-Transfer-Encoding: base64
+
+/9j/4AAQSkZJRg==
+--b--""",
+    )
+    found = parse_mail(raw, CARRIERS, US)
+    assert (found.kind, found.text, found.carrier) == (Kind.REPLY, "Gate code is 4412", "verizon")
+    assert found.phone is not None and found.phone.e164 == "+12065550143"
+    assert found.attachments == ("image/jpeg",)
+
+
+def test_quoted_history_is_dropped():
+    raw = mail(
+        "From: 2065550143@vtext.com\nTo: dispatch@example.com",
+        "Leave it at the back door\n\nOn Tue, Nov 24, 2026, Dispatch wrote:\n> Your order is out",
+    )
+    assert parse_mail(raw, CARRIERS, US).text == "Leave it at the back door"
+
+
+def test_a_reply_naming_our_message_is_a_reply_from_any_sender():
+    raw = mail(
+        "From: someone@mms.newprovider.example\nTo: dispatch@example.com\n"
+        "In-Reply-To: <abc123@example.com>\nReferences: <old@example.com> <abc123@example.com>"
+    )
+    found = parse_mail(raw, CARRIERS, US)
+    assert found.kind is Kind.REPLY and found.phone is None and found.carrier is None
+    assert found.in_reply_to == "<abc123@example.com>"
+    assert found.referenced_ids == ("<abc123@example.com>", "<old@example.com>")
+
+
+def test_plus_token_makes_a_reply_and_is_read():
+    raw = mail("From: friend@elsewhere.example\nTo: Dispatch <dispatch+a1b2c3d4@example.com>")
+    found = parse_mail(raw, CARRIERS, US)
+    assert found.kind is Kind.REPLY and found.plus_tokens == ("a1b2c3d4",)
+
+
+def test_our_own_mail_is_an_own_copy_not_a_reply():
+    raw = mail(
+        "From: Dispatch <dispatch@example.com>\nTo: 2065550143@vtext.com\n"
+        "Message-ID: <tok@example.com>\nIn-Reply-To: <tok0@example.com>"
+    )
+    assert parse_mail(raw, CARRIERS, US).kind is Kind.OWN_COPY
+
+
+def test_unrelated_mail_is_other():
+    raw = mail("From: newsletter@shop.example\nTo: dispatch@example.com\nSubject: Sale")
+    assert parse_mail(raw, CARRIERS, US).kind is Kind.OTHER
+
+
+def test_a_carrier_bounce_with_re_and_in_reply_to_is_a_bounce():
+    """Verizon's bounce comes from post_master@vtext.com with `Re:` and In-Reply-To."""
+    raw = (
+        Path(__file__).resolve().parents[1] / "data/corpus/bounces/mail/lhost-verizon-02.eml"
+    ).read_bytes()
+    found = parse_mail(raw, CARRIERS, US)
+    assert found.kind is Kind.BOUNCE
+    assert [r.address for r in found.recipients] == ["may-be-straycat-nyaaaaaan@vtext.com"]
+    assert found.recipients[0].permanent
+
+
+def test_auto_reply():
+    raw = mail("From: boss@partner.example\nAuto-Submitted: auto-replied\nSubject: Out of office")
+    assert parse_mail(raw, CARRIERS, US).kind is Kind.AUTO_REPLY
+
+
+@pytest.mark.parametrize("raw", [b"", b"   \n", b"\x00\x01binary garbage", b"no header here\n"])
+def test_bytes_that_are_not_a_message_are_refused(raw):
+    with pytest.raises(MailError):
+        parse_mail(raw, CARRIERS, US)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=3000))
+def test_any_bytes_give_a_result_or_mail_error(data):
+    with contextlib.suppress(MailError):
+        parse_mail(data, CARRIERS, US)
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=500))
+def test_any_header_text_gives_a_result_or_mail_error(text):
+    with contextlib.suppress(MailError):
+        parse_mail(f"From: {text}\nSubject: {text}\n\n{text}".encode(), CARRIERS, US)
+
+
+@pytest.mark.parametrize(
+    ("text", "keyword"),
+    [
+        ("STOP", Keyword.STOP),
+        ("  stop. ", Keyword.STOP),
+        ("Unsubscribe!", Keyword.STOP),
+        ("opt-out", Keyword.STOP),
+        ("Quit", Keyword.STOP),
+        ("STOPALL", Keyword.STOP),
+        ("start", Keyword.START),
+        ("Unstop", Keyword.START),
+        ("yes!", Keyword.START),
+        ("help?", Keyword.HELP),
+        ("please stop texting me", None),
+        ("don't stop", None),
+        ("", None),
+        ("Stopping by at 5", None),
+    ],
+)
+def test_keywords(text, keyword):
+    assert keyword_of(text) is keyword
