@@ -46,6 +46,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(carriers_app, name="carriers")
 app.add_typer(templates_app, name="templates")
 app.add_typer(outbox_app, name="outbox")
+inbox_app = typer.Typer(help="Inbound mail: replies, bounces, reports.", no_args_is_help=True)
+app.add_typer(inbox_app, name="inbox")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -248,6 +250,37 @@ def carriers_list(fmt: FormatOption = Format.table) -> None:
         emit(rows, fmt, columns, f"Carriers ({runtime.carriers_path})")
 
 
+@carriers_app.command("health")
+def carriers_health(fmt: FormatOption = Format.table) -> None:
+    """Per gateway domain: texts sent, bounced, and replies received over 7 and 30 days."""
+    from gateway.store.inbox import gateway_counts
+
+    with user_errors():
+        runtime = state.runtime()
+        engine = runtime.migrated_engine()
+        now = utcnow()
+        week = gateway_counts(engine, now - dt.timedelta(days=7))
+        month = gateway_counts(engine, now - dt.timedelta(days=30))
+        rows = []
+        for domain in sorted(month):
+            carrier = runtime.carriers.by_domain(domain)
+            row: dict[str, Any] = {"gateway": domain, "carrier": carrier.id if carrier else None}
+            for label, counts in (("7d", week.get(domain, {})), ("30d", month[domain])):
+                sent, bounced = counts.get("sent", 0), counts.get("bounced", 0)
+                row[f"sent_{label}"] = sent
+                row[f"bounced_{label}"] = bounced
+                row[f"replied_{label}"] = counts.get("replied", 0)
+                row[f"bounce_rate_{label}"] = round(bounced / sent, 4) if sent else None
+            rows.append(row)
+        columns = [
+            "gateway", "carrier", "sent_7d", "bounced_7d", "replied_7d", "bounce_rate_7d",
+            "sent_30d", "bounced_30d", "replied_30d",
+        ]  # fmt: skip
+        emit(
+            rows, fmt, columns, "Gateway health (a rising bounce rate: the gateway may be closing)"
+        )
+
+
 @app.command("address")
 def address(
     phone: Annotated[str, typer.Argument(help="the phone number, e.g. +12025550143")],
@@ -441,7 +474,11 @@ def run(
         bool, typer.Option("--until-idle", help="exit once nothing is due (0 even if some failed)")
     ] = False,
 ) -> None:
-    """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit)."""
+    """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit):
+    the sender, and the inbound worker when a mailbox is configured."""
+    from gateway.services.inbound import Ingest, Receiver
+    from gateway.transport.imap import ImapError
+
     with user_errors():
         runtime = state.runtime()
         engine = runtime.migrated_engine()
@@ -450,12 +487,31 @@ def run(
             fail("both smtp.enabled and relay.enabled are false: nothing can be sent")
         routes = runtime.route_book()
         sent_folder = runtime.sent_folder()
+        source = runtime.mail_source(engine)
+        receiver = Receiver(Ingest(runtime, engine), source) if source is not None else None
+        problems: list[str] = []
+
+        async def receive(stop: asyncio.Event) -> None:
+            if receiver is None:
+                return
+            try:
+                stats = await receiver.run(stop, until_idle=until_idle)
+            except ImapError as exc:
+                problems.append(f"inbound: {exc}")
+                return
+            err.print(f"done: {stats.describe()}", markup=False)
 
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
+            if until_idle:
+                # Read the mailbox first, so keyword answers it queues go out in this run.
+                await receive(stop)
+                inbound = None
+            else:
+                inbound = asyncio.create_task(receive(stop))
             sender = Sender(
                 engine,
                 routes,
@@ -470,6 +526,9 @@ def run(
                 stats = await sender.run(stop, until_idle=until_idle)
             finally:
                 progress.cancel()
+                if inbound is not None:
+                    stop.set()
+                    await inbound
             copies = f"; Sent copies {stats.copied}" if sent_folder is not None else ""
             if stats.copies_failed:
                 copies += f" ({stats.copies_failed} failed)"
@@ -478,6 +537,8 @@ def run(
             )
 
         run_async(main)
+        if problems:
+            fail("; ".join(problems))
 
 
 PROGRESS_EVERY = 10.0  # seconds between status lines while `gateway run` is sending
@@ -575,6 +636,64 @@ def outbox_list(
                 )
         columns = ["id", "to", "carrier", "state", "route", "attempts", "last_reply", "reason"]
         emit(rows, fmt, columns, "Outbox (newest first)")
+
+
+@inbox_app.command("list")
+def inbox_list(
+    kind: Annotated[str | None, typer.Option("--kind", help="only this kind")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="newest rows shown")] = 100,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Stored inbound mail, newest first: kind, sender, text and what it was threaded to."""
+    from gateway.domain.inbound import Kind
+    from gateway.store.inbox import list_inbound
+
+    kinds = [k.value for k in Kind]
+    if kind is not None and kind not in kinds:
+        raise typer.BadParameter(f"{kind!r} is not one of {', '.join(kinds)}", param_hint="--kind")
+    with user_errors():
+        rows = list_inbound(state.runtime().migrated_engine(), kind, limit)
+    for row in rows:
+        details = json.loads(row.pop("details") or "{}")
+        row["recipients"] = details.get("recipients", [])
+    columns = ["id", "kind", "phone", "text", "matched_message_id", "order_ref", "match_rule",
+               "confidence"]  # fmt: skip
+    emit(rows, fmt, columns, "Inbox (newest first)")
+
+
+@inbox_app.command("thread")
+def inbox_thread(
+    inbound_id: Annotated[int, typer.Argument(help="the inbound message (its id in inbox list)")],
+    message: Annotated[
+        int | None, typer.Option("--message", help="the outbound text it answers (outbox id)")
+    ] = None,
+    none: Annotated[bool, typer.Option("--none", help="it answers none of our texts")] = False,
+) -> None:
+    """Thread an inbound message by hand, when the automatic match is wrong or missing."""
+    from gateway.services.inbound import manual_thread
+
+    if (message is None) == (not none):
+        raise typer.BadParameter("give either --message ID or --none")
+    with user_errors():
+        engine = state.runtime().migrated_engine()
+        try:
+            manual_thread(engine, inbound_id, message, utcnow())
+        except LookupError as exc:
+            fail(str(exc))
+    err.print(f"inbound {inbound_id} threaded to " + (f"text {message}" if message else "none"))
+
+
+@inbox_app.command("quarantine")
+def inbox_quarantine(
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Messages that could not be read (or were too large), with the reason."""
+    from gateway.store.inbox import list_quarantine
+
+    with user_errors():
+        rows = list_quarantine(state.runtime().migrated_engine(), limit)
+    emit(rows, fmt, ["id", "mailbox", "uid", "size", "error"], "Quarantine (newest first)")
 
 
 @app.command("parse")

@@ -174,6 +174,9 @@ class ImapSettings(Endpoint):
     folder: str = "INBOX"
     idle: bool = True
     poll_seconds: float = Field(30.0, gt=0, le=3600)
+    # IDLE is ended and begun again this often: servers and NAT boxes drop quiet connections,
+    # and a connection with no answer to that renewal is treated as dead and opened again.
+    idle_renew_seconds: float = Field(540.0, ge=1, le=600)
     sent_folder: str = "Sent"
     # For servers that do not keep a copy of what is sent through them (Gmail and Microsoft 365
     # do; plain servers do not): each text sent is also appended to sent_folder.
@@ -190,6 +193,26 @@ class ImapSettings(Endpoint):
         if self.oauth2_token_file is not None or self.oauth2_token_command is not None:
             raise ValueError("OAuth2 sign-in to the mailbox is not supported yet; use a password")
         return self
+
+
+class InboundSettings(_Section):
+    """Reading the company mailbox: replies, bounces and keywords."""
+
+    maildir: str | None = None  # a Maildir read instead of IMAP (the demo, tests)
+    max_bytes: int = Field(10_000_000, ge=10_000, le=200_000_000)  # larger: quarantined
+    # Send from dispatch+TOKEN@domain so replies and bounces name the text they answer. Only
+    # for servers that accept plus-addresses of the account as sender.
+    plus_addressing: bool = False
+    reply_window_hours: float = Field(72.0, gt=0, le=24 * 60)  # phone-number matching window
+    fetch_chunk: int = Field(100, ge=1, le=1000)  # messages fetched per IMAP command
+    stop_text: str = (
+        "You are unsubscribed and will get no more texts from us. Reply START to resubscribe."
+    )
+    start_text: str = "You are subscribed to delivery texts again. Reply STOP to unsubscribe."
+    help_text: str = (
+        "Delivery texts from our dispatch team. Reply to this text to reach a dispatcher; "
+        "reply STOP to unsubscribe."
+    )
 
 
 class CarrierSettings(_Section):
@@ -243,6 +266,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     relay: RelaySettings = RelaySettings()
     imap: ImapSettings = ImapSettings()
+    inbound: InboundSettings = InboundSettings()
     carriers: CarrierSettings = CarrierSettings()
     templates: TemplateSettings = TemplateSettings()
     policy: PolicySettings = PolicySettings()

@@ -101,10 +101,16 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_runtime(
-    db_url: str, port: int, *, relay: dict | None = None, imap: dict | None = None, **smtp: object
+    db_url: str,
+    port: int,
+    *,
+    relay: dict | None = None,
+    imap: dict | None = None,
+    inbound: dict | None = None,
+    **smtp: object,
 ) -> Runtime:
     """A migrated Runtime whose own server is the test SMTP server on `port` (plain, loopback);
-    `relay` and `imap` add those sections, keyword arguments change [smtp]."""
+    `relay`, `imap` and `inbound` add those sections, keyword arguments change [smtp]."""
     sections: dict[str, dict] = {
         "database": {"url": db_url},
         "smtp": {
@@ -120,6 +126,8 @@ def make_runtime(
         sections["relay"] = relay
     if imap is not None:
         sections["imap"] = imap
+    if inbound is not None:
+        sections["inbound"] = inbound
     settings = load_settings(None, **sections)
     runtime = Runtime(settings)
     upgrade(runtime.engine)

@@ -7,9 +7,12 @@ is stored as `suppressed` with its reason, so it shows among failures and can be
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from sqlalchemy import Connection
 
 from gateway.domain.carriers import GatewayAddress, Unreachable, resolve_gateway
 from gateway.domain.delivery import State
@@ -43,6 +46,8 @@ class SendRequest:
     variables: Mapping[str, str] = field(default_factory=dict)
     order_ref: str | None = None
     idempotency_key: str | None = None
+    # The answer to a keyword (STOP's confirmation, HELP): sent even to a contact who opted out.
+    answers_keyword: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,10 @@ class Enqueued:
     existing: bool  # the idempotency key was seen before: these are the first request's rows
 
 
-def enqueue(runtime: Runtime, request: SendRequest, now: dt.datetime) -> Enqueued:
+def enqueue(
+    runtime: Runtime, request: SendRequest, now: dt.datetime, conn: Connection | None = None
+) -> Enqueued:
+    """Validate `request` and store its text; in `conn`'s transaction when one is given."""
     settings = runtime.settings
     try:
         phone = parse_phone(request.to, settings.carriers.default_region)
@@ -99,8 +107,10 @@ def enqueue(runtime: Runtime, request: SendRequest, now: dt.datetime) -> Enqueue
                 raise EnqueueError(f"the {label} must be 1 to 100 characters")
 
     keys = _part_keys(request.idempotency_key)
-    engine = runtime.migrated_engine()
-    with engine.begin() as conn:
+    transaction = (
+        contextlib.nullcontext(conn) if conn is not None else runtime.migrated_engine().begin()
+    )
+    with transaction as conn:
         existing = find_by_key(conn, keys)
         if existing:
             first = existing[0]
@@ -125,7 +135,7 @@ def enqueue(runtime: Runtime, request: SendRequest, now: dt.datetime) -> Enqueue
         conversation_id = ensure_conversation(conn, contact_id, order_id, now)
 
         target = resolve_gateway(phone, carrier, now.date())
-        if opted_out:
+        if opted_out and not request.answers_keyword:
             target = Unreachable("opted_out", f"{phone.e164} has opted out of texts")
         if isinstance(target, GatewayAddress):
             mode = LongText(settings.policy.long_text)

@@ -49,16 +49,33 @@ class Lane:
     copies: tuple[str, ...] = ()  # extra envelope recipients (the relay's archive Bcc)
     daily_limit: int | None = None
     per_minute: int | None = None
+    # Address replies (and, on our own server, bounces) to mailbox+TOKEN@domain, TOKEN being the
+    # text's Message-ID token, so the answer names the text it answers.
+    plus_addressing: bool = False
 
     def email(self, to: str, message_id: str, body: str, now: dt.datetime) -> OutboundEmail:
+        sender, reply_to = self.sender, self.reply_to
+        if self.plus_addressing:
+            token = message_id.strip("<>").partition("@")[0]
+            if reply_to is not None:
+                reply_to = plus_address(reply_to, token)
+            else:
+                sender = plus_address(sender, token)
         return OutboundEmail(
-            sender=self.sender,
-            to=to,
-            message_id=message_id,
-            date=now,
-            body=body,
-            reply_to=self.reply_to,
+            sender=sender, to=to, message_id=message_id, date=now, body=body, reply_to=reply_to
         )
+
+    def envelope_for(self, message_id: str) -> str:
+        """MAIL FROM for one text: where its bounce goes."""
+        if self.plus_addressing and self.reply_to is None:
+            token = message_id.strip("<>").partition("@")[0]
+            return plus_address(Mailbox(self.envelope_sender), token).address
+        return self.envelope_sender
+
+
+def plus_address(mailbox: Mailbox, token: str) -> Mailbox:
+    local, _, domain = mailbox.address.partition("@")
+    return Mailbox(f"{local.split('+', 1)[0]}+{token}@{domain}", mailbox.name)
 
 
 @dataclass

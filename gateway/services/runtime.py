@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import secrets
@@ -21,7 +22,10 @@ from gateway.domain.templates import SUFFIX, TemplateBook
 from gateway.services.oauth2 import token_source
 from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import make_engine, require_current
+from gateway.store.inbox import read_position
 from gateway.transport.imap import ImapServer, SentFolder
+from gateway.transport.imap_source import ImapSource
+from gateway.transport.mailsource import MaildirSource, MailSource
 from gateway.transport.smtp import SmtpPool, SmtpServer
 
 
@@ -95,6 +99,7 @@ class Runtime:
                 envelope_sender=smtp.sender.address,
                 daily_limit=own_daily,
                 per_minute=own_rate,
+                plus_addressing=self.settings.inbound.plus_addressing,
             ),
             Route.RELAY: Lane(
                 route=Route.RELAY,
@@ -110,6 +115,7 @@ class Runtime:
                 copies=(Mailbox.parse(relay.bcc, "bcc").address,) if relay.bcc else (),
                 daily_limit=relay_daily,
                 per_minute=relay_rate,
+                plus_addressing=self.settings.inbound.plus_addressing,
             ),
         }
         return RouteBook(lanes)
@@ -119,10 +125,42 @@ class Runtime:
         imap = self.settings.imap
         if not imap.save_to_sent:
             return None
+        return SentFolder(self._imap_server("imap.save_to_sent"), imap.sent_folder)
+
+    def mail_source(self, engine: Engine) -> MailSource | None:
+        """The mailbox the inbound worker reads: inbound.maildir, else IMAP when enabled."""
+        inbound, imap = self.settings.inbound, self.settings.imap
+        if inbound.maildir:
+            return MaildirSource(
+                Path(inbound.maildir),
+                max_bytes=inbound.max_bytes,
+                poll_seconds=min(imap.poll_seconds, 1.0),
+                chunk=inbound.fetch_chunk,
+            )
+        if not imap.enabled:
+            return None
+
+        async def where_was_i(mailbox: str) -> tuple[int | None, int]:
+            found = await asyncio.to_thread(read_position, engine, mailbox)
+            return found.uidvalidity, found.last_uid
+
+        return ImapSource(
+            self._imap_server("imap.enabled"),
+            imap.folder,
+            where_was_i,
+            idle=imap.idle,
+            poll_seconds=imap.poll_seconds,
+            renew_seconds=imap.idle_renew_seconds,
+            chunk=inbound.fetch_chunk,
+            max_bytes=inbound.max_bytes,
+        )
+
+    def _imap_server(self, needed_by: str) -> ImapServer:
+        imap = self.settings.imap
         if not imap.username:
-            raise ConfigError("imap.save_to_sent needs imap.username and its password")
+            raise ConfigError(f"{needed_by} needs imap.username and its password")
         security: Literal["tls", "none"] = "tls" if imap.security == "tls" else "none"
-        server = ImapServer(
+        return ImapServer(
             host=imap.host,
             port=imap.port,
             security=security,
@@ -131,7 +169,6 @@ class Runtime:
             ca_file=imap.ca_file,
             timeout=imap.timeout_seconds,
         )
-        return SentFolder(server, imap.sent_folder)
 
     def _server(self, server: ServerSettings, section: str) -> SmtpServer:
         return SmtpServer(

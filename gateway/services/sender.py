@@ -244,7 +244,8 @@ class Sender:
             )
         assert lane.pool is not None  # routing only chooses enabled routes
         self.routes.reserve(lane.route, now)
-        outcome = await lane.pool.send(lane.envelope_sender, [row.to_address, *lane.copies], data)
+        envelope = lane.envelope_for(row.message_id)
+        outcome = await lane.pool.send(envelope, [row.to_address, *lane.copies], data)
         if self.sent_folder is not None and outcome.kind is OutcomeKind.ACCEPTED:
             try:
                 self._copies.put_nowait((data, now))

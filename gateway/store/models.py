@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from gateway.domain.delivery import DUE_STATES, State
@@ -21,6 +21,9 @@ class Contact(SQLModel, table=True):
     # Who said which carrier this is: "dispatcher" (typed) or "reply" (learned from a reply).
     carrier_source: str | None = Field(default=None, max_length=20)
     opted_out: bool = False
+    # Set when a hard bounce from the carrier's gateway says the address is bad: the carrier
+    # (or the number) should be checked. Cleared when a reply confirms a carrier.
+    carrier_doubt: str | None = Field(default=None, sa_type=Text)
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -67,6 +70,7 @@ class Message(SQLModel, table=True):
         UniqueConstraint("message_id", name="uq_messages_message_id"),
         UniqueConstraint("idempotency_key", name="uq_messages_idempotency_key"),
         Index("ix_messages_to_phone", "to_phone", "created_at"),
+        Index("ix_messages_to_address", "to_address", "sent_at"),  # a bounce names its address
         # Claiming takes the oldest due rows in index order, without sorting the backlog.
         Index(
             "ix_messages_due",
@@ -146,4 +150,74 @@ class RouteState(SQLModel, table=True):
     failures: int = 0
     opened_at: dt.datetime | None = None
     last_error: str | None = Field(default=None, sa_type=Text)
+    updated_at: dt.datetime
+
+
+class InboundMessage(SQLModel, table=True):
+    """A message read from the company mailbox: what it is, what it says, what it belongs to."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        # Fetching a message twice stores it once: by its place in the mailbox, and by its
+        # Message-ID (or, without one, a digest of its bytes) across UIDVALIDITY changes.
+        UniqueConstraint("mailbox", "uidvalidity", "uid", name="uq_inbound_messages_uid"),
+        UniqueConstraint("dedup_key", name="uq_inbound_messages_dedup_key"),
+        Index("ix_inbound_messages_kind", "kind", "id"),
+        Index("ix_inbound_messages_from_domain", "from_domain", "stored_at"),
+        Index("ix_inbound_messages_conversation", "conversation_id", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox: str = Field(max_length=255)
+    uidvalidity: int | None = Field(default=None, sa_type=BigInteger)
+    uid: int | None = Field(default=None, sa_type=BigInteger)
+    dedup_key: str = Field(max_length=300)
+    message_id: str | None = Field(default=None, max_length=300)
+    kind: str = Field(max_length=20)
+    from_address: str | None = Field(default=None, max_length=320)
+    from_domain: str | None = Field(default=None, max_length=255)
+    phone: str | None = Field(default=None, max_length=20)
+    carrier: str | None = Field(default=None, max_length=40)
+    subject: str | None = Field(default=None, sa_type=Text)
+    text: str = Field(sa_type=Text)
+    in_reply_to: str | None = Field(default=None, max_length=300)
+    original_message_id: str | None = Field(default=None, max_length=300)
+    details: str | None = Field(default=None, sa_type=Text)  # JSON: recipients, attachments
+    keyword: str | None = Field(default=None, max_length=10)
+    matched_message_id: int | None = Field(default=None, foreign_key="messages.id")
+    contact_id: int | None = Field(default=None, foreign_key="contacts.id")
+    conversation_id: int | None = Field(default=None, foreign_key="conversations.id")
+    order_id: int | None = Field(default=None, foreign_key="orders.id")
+    match_rule: str = Field(max_length=20)
+    confidence: float = 0.0
+    size: int
+    raw: bytes = Field(sa_type=LargeBinary)
+    stored_at: dt.datetime
+
+
+class QuarantinedMessage(SQLModel, table=True):
+    """A message that could not be read or was too large: kept with the error, never retried,
+    never in the way of the messages after it."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("mailbox", "uidvalidity", "uid", name="uq_quarantine_uid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox: str = Field(max_length=255)
+    uidvalidity: int | None = Field(default=None, sa_type=BigInteger)
+    uid: int | None = Field(default=None, sa_type=BigInteger)
+    error: str = Field(sa_type=Text)
+    size: int
+    raw: bytes = Field(sa_type=LargeBinary)  # the whole message, or its head when too large
+    stored_at: dt.datetime
+
+
+class MailboxState(SQLModel, table=True):
+    """How far each mailbox has been read; written in the same transaction as what was read."""
+
+    __tablename__ = "mailboxes"
+
+    name: str = Field(primary_key=True, max_length=255)
+    uidvalidity: int | None = Field(default=None, sa_type=BigInteger)
+    last_uid: int = Field(default=0, sa_type=BigInteger)
     updated_at: dt.datetime

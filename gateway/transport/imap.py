@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,33 @@ class ImapServer:
         return (
             f"ImapServer({self.host}:{self.port}, security={self.security}, user={self.username!r})"
         )
+
+
+async def sign_in(
+    server: ImapServer, on_lost: Callable[[Exception | None], None] | None = None
+) -> aioimaplib.IMAP4:
+    """A signed-in connection to `server`; ImapError when it refuses the sign-in."""
+    if server.security == "tls":
+        context = ssl.create_default_context(cafile=str(server.ca_file) if server.ca_file else None)
+        client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
+            server.host, server.port, timeout=server.timeout, ssl_context=context,
+            conn_lost_cb=on_lost,
+        )  # fmt: skip
+    else:
+        client = aioimaplib.IMAP4(
+            server.host, server.port, timeout=server.timeout, conn_lost_cb=on_lost
+        )
+    await client.wait_hello_from_server()
+    response = await client.login(server.username, server.password)
+    if response.result != "OK":
+        with contextlib.suppress(Exception):
+            await client.logout()
+        raise ImapError(
+            f"the mailbox at {server.host}:{server.port} refused the sign-in of "
+            f"{server.username!r}; check imap.username and its password (an app password "
+            "where two-step sign-in is on)"
+        )
+    return client
 
 
 class SentFolder:
@@ -64,27 +92,8 @@ class SentFolder:
         if self._client is not None and self._client.get_state() == "AUTH":
             return self._client
         await self.close()
-        server = self.server
-        if server.security == "tls":
-            context = ssl.create_default_context(
-                cafile=str(server.ca_file) if server.ca_file else None
-            )
-            client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
-                server.host, server.port, timeout=server.timeout, ssl_context=context
-            )
-        else:
-            client = aioimaplib.IMAP4(server.host, server.port, timeout=server.timeout)
-        await client.wait_hello_from_server()
-        response = await client.login(server.username, server.password)
-        if response.result != "OK":
-            with contextlib.suppress(Exception):
-                await client.logout()
-            raise ImapError(
-                f"{self._where()} refused the sign-in of {server.username!r}; check "
-                "imap.username and its password (an app password where two-step sign-in is on)"
-            )
-        self._client = client
-        return client
+        self._client = await sign_in(self.server)
+        return self._client
 
     def _where(self) -> str:
         return f"the mailbox at {self.server.host}:{self.server.port}"

@@ -1,0 +1,305 @@
+"""The company mailbox over IMAP as a mail source: new UIDs fetched in bounded chunks with
+BODY.PEEK (nothing is marked read), then IDLE until the server announces more (or polling
+where it has no IDLE).
+
+What real servers and aioimaplib do, and what this does about it:
+- a large `UID FETCH 1:*` answer overflows aioimaplib's recursive reader: UIDs are listed by
+  UID SEARCH (one line) and fetched `chunk` at a time;
+- a server may drop an IDLE after 30 minutes and NAT boxes drop quiet connections sooner: IDLE
+  is ended and begun again every `renew_seconds` (at most 10 minutes), and a server that does not
+  answer that DONE within the timeout is taken for dead;
+- aioimaplib leaves a command waiting forever when the connection drops: every command races
+  the connection-lost signal and a timeout;
+- BYE, a refused connection, a restart: reconnect with backoff, starting again from the UID
+  committed in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aioimaplib
+
+from gateway.transport.imap import ImapError, ImapServer, sign_in
+from gateway.transport.mailsource import HEAD_BYTES, Batch, Fetched, wait
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)", re.IGNORECASE)
+_FETCH_START = re.compile(rb"^\d+ FETCH \(", re.IGNORECASE)
+_UID = re.compile(rb"UID (\d+)", re.IGNORECASE)
+_SIZE = re.compile(rb"RFC822\.SIZE (\d+)", re.IGNORECASE)
+
+
+class ConnectionLost(Exception):
+    pass
+
+
+# (uidvalidity, last uid) committed for a mailbox: asked at every (re)connection.
+WhereWasI = Callable[[str], Awaitable[tuple[int | None, int]]]
+
+
+class ImapSource:
+    def __init__(
+        self,
+        server: ImapServer,
+        folder: str,
+        where_was_i: WhereWasI,
+        *,
+        idle: bool = True,
+        poll_seconds: float = 30.0,
+        renew_seconds: float = 540.0,
+        chunk: int = 100,
+        max_bytes: int = 10_000_000,
+        max_backoff: float = 60.0,
+    ) -> None:
+        self.server = server
+        self.folder = folder
+        self.where_was_i = where_was_i
+        self.idle = idle
+        self.poll_seconds = poll_seconds
+        self.renew_seconds = min(renew_seconds, 600.0)
+        self.chunk = chunk
+        self.max_bytes = max_bytes
+        self.max_backoff = max_backoff
+        self.mailbox = f"imap://{server.username}@{server.host}:{server.port}/{folder}"
+        self.uidvalidity: int | None = None
+        self.connects = 0  # for tests and `status`: how many times a connection was opened
+        self._client: aioimaplib.IMAP4 | None = None
+        self._lost = asyncio.Event()
+
+    # --- the source ---------------------------------------------------------------------------
+
+    async def batches(self, stop: asyncio.Event, *, drain: bool) -> AsyncIterator[Batch]:
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self._open()
+                delay = 1.0
+                last = await self._start_position()
+                while not stop.is_set():
+                    uids = await self._new_uids(last)
+                    for start in range(0, len(uids), self.chunk):
+                        chunk = uids[start : start + self.chunk]
+                        items = await self._fetch(chunk)
+                        yield Batch(self.mailbox, self.uidvalidity, tuple(items), chunk[-1])
+                        last = chunk[-1]
+                        if stop.is_set():
+                            return
+                    if uids:
+                        continue
+                    if drain:
+                        return
+                    await self._wait_for_news(stop)
+            except (ConnectionLost, OSError, TimeoutError, aioimaplib.AioImapException) as exc:
+                await self.close()
+                if drain:
+                    raise ImapError(f"{self._where()}: {_describe(exc)}") from None
+                log.warning("%s: %s; reconnecting in %.0f s", self._where(), _describe(exc), delay)
+                await wait(stop, delay)
+                delay = min(delay * 2, self.max_backoff)
+            except ImapError as exc:
+                await self.close()
+                if drain:
+                    raise
+                log.error("%s; trying again in %.0f s", exc, self.max_backoff)
+                await wait(stop, self.max_backoff)
+
+    async def done(self, batch: Batch) -> None:
+        return None  # the position is committed with the batch
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                if client.has_pending_idle():
+                    client.idle_done()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.logout(), 2)
+            with contextlib.suppress(Exception):
+                client.protocol.transport.close()
+
+    # --- connection ---------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._lost = asyncio.Event()
+        lost = self._lost
+
+        def on_lost(_exc: Exception | None) -> None:
+            lost.set()
+
+        client = await asyncio.wait_for(sign_in(self.server, on_lost), self.server.timeout * 2)
+        self._client = client
+        self.connects += 1
+        response = await self._call(client.select(self.folder))
+        if response.result != "OK":
+            raise ImapError(
+                f"{self._where()}: cannot open folder {self.folder!r} "
+                f"({_words(response.lines)}); check imap.folder"
+            )
+        found = next(
+            (m for line in response.lines if (m := _UIDVALIDITY.search(bytes(line)))), None
+        )
+        self.uidvalidity = int(found.group(1)) if found else None
+
+    async def _start_position(self) -> int:
+        stored_validity, last = await self.where_was_i(self.mailbox)
+        if stored_validity is not None and stored_validity != self.uidvalidity:
+            # The server renumbered the folder: read it all again; Message-IDs and digests keep
+            # what is already stored from being stored twice.
+            log.warning(
+                "%s: UIDVALIDITY changed from %s to %s; reading the folder again",
+                self._where(),
+                stored_validity,
+                self.uidvalidity,
+            )
+            return 0
+        return last
+
+    async def _call(self, command: Awaitable[T], seconds: float | None = None) -> T:
+        """Run an IMAP command, unless the connection drops or the server goes quiet first."""
+        task = asyncio.ensure_future(command)
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, lost},
+                timeout=seconds or self.server.timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            lost.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        if lost in done:
+            raise ConnectionLost("the server closed the connection")
+        raise TimeoutError(f"no answer within {seconds or self.server.timeout:.0f} s")
+
+    def _where(self) -> str:
+        return f"mailbox {self.server.username}@{self.server.host}:{self.server.port}/{self.folder}"
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def _new_uids(self, last: int) -> list[int]:
+        assert self._client is not None
+        response = await self._call(self._client.uid_search(f"UID {last + 1}:*", charset=None))
+        if response.result != "OK":
+            raise ImapError(f"{self._where()}: UID SEARCH refused: {_words(response.lines)}")
+        uids: list[int] = []
+        for line in response.lines:
+            text = bytes(line)
+            if text.upper().startswith(b"SEARCH"):
+                uids += [int(n) for n in text.split()[1:] if n.isdigit()]
+        # "n:*" always includes the highest UID, even when it is below n.
+        return sorted(uid for uid in set(uids) if uid > last)
+
+    async def _fetch(self, uids: list[int]) -> list[Fetched]:
+        assert self._client is not None
+        sizes = {
+            uid: size
+            for uid, size, _ in await self._fetch_items(uids, "(UID RFC822.SIZE)")
+            if size is not None
+        }
+        small = [uid for uid in uids if sizes.get(uid, 0) <= self.max_bytes]
+        large = [uid for uid in uids if sizes.get(uid, 0) > self.max_bytes]
+        bodies: dict[int, bytes] = {}
+        if small:
+            for uid, _, data in await self._fetch_items(small, "(UID BODY.PEEK[])"):
+                bodies[uid] = data or b""
+        if large:  # only the head of what is too large: enough to say what it was
+            for uid, _, data in await self._fetch_items(
+                large, f"(UID BODY.PEEK[]<0.{HEAD_BYTES}>)"
+            ):
+                bodies[uid] = data or b""
+        # A message expunged between SEARCH and FETCH is simply gone.
+        return [
+            Fetched(uid=uid, raw=bodies[uid], size=sizes.get(uid, len(bodies[uid])))
+            for uid in uids
+            if uid in bodies
+        ]
+
+    async def _fetch_items(
+        self, uids: list[int], parts: str
+    ) -> list[tuple[int, int | None, bytes | None]]:
+        assert self._client is not None
+        uid_set = ",".join(str(uid) for uid in uids)
+        timeout = self.server.timeout + len(uids) * 0.5
+        response = await self._call(self._client.uid("fetch", uid_set, parts), timeout)
+        if response.result != "OK":
+            raise ImapError(f"{self._where()}: UID FETCH refused: {_words(response.lines)}")
+        return parse_fetch(response.lines)
+
+    async def _wait_for_news(self, stop: asyncio.Event) -> None:
+        """Until the server says something changed, `stop` is set, or it is time to look again."""
+        client = self._client
+        assert client is not None
+        if not (self.idle and client.has_capability("IDLE")):
+            await wait(stop, self.poll_seconds)
+            await self._call(client.noop())  # also proves the server is there
+            return
+        idle = await self._call(client.idle_start(timeout=self.renew_seconds))
+        push = asyncio.ensure_future(client.wait_server_push(timeout=self.renew_seconds + 5))
+        stopped = asyncio.ensure_future(stop.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait({push, stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (push, stopped, lost):
+                task.cancel()
+        if lost in done:
+            raise ConnectionLost("the server closed the connection during IDLE")
+        said: list[Any] = []
+        if push in done and not push.cancelled() and push.exception() is None:
+            said = push.result()
+        client.idle_done()
+        # The server must answer DONE: one that stays silent is dead, whatever TCP thinks.
+        await self._call(idle)
+        if any(isinstance(line, bytes) and line.upper().startswith(b"BYE") for line in said):
+            raise ConnectionLost("the server said BYE")
+
+
+def parse_fetch(lines: list[Any]) -> list[tuple[int, int | None, bytes | None]]:
+    """(uid, RFC822.SIZE, literal data) of each message in a FETCH answer. A UID may come before
+    or after the literal, and unsolicited FETCH lines (flag changes) may be mixed in."""
+    found: list[tuple[int, int | None, bytes | None]] = []
+    uid: int | None = None
+    size: int | None = None
+    data: bytes | None = None
+
+    def flush() -> None:
+        if uid is not None:
+            found.append((uid, size, data))
+
+    for line in lines:
+        if isinstance(line, bytearray):
+            data = bytes(line)
+            continue
+        if not isinstance(line, bytes):
+            continue
+        if _FETCH_START.match(line):
+            flush()
+            uid, size, data = None, None, None
+        uid_match = _UID.search(line)
+        if uid_match:
+            uid = int(uid_match.group(1))
+        size_match = _SIZE.search(line)
+        if size_match:
+            size = int(size_match.group(1))
+    flush()
+    return found
+
+
+def _words(lines: list[Any]) -> str:
+    return b" ".join(bytes(line) for line in lines if isinstance(line, bytes | bytearray))[
+        :300
+    ].decode("utf-8", "replace")
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
