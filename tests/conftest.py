@@ -161,8 +161,7 @@ def run_gateway(
     )
 
 
-@pytest.fixture(scope="session")
-def dovecot():
+def _dovecot_or_skip() -> None:
     from tests import dovecot as server
 
     reason = server.available()
@@ -170,6 +169,24 @@ def dovecot():
         if os.environ.get("GATEWAY_TEST_REQUIRE_DOVECOT") == "1":
             pytest.fail(reason + " (make test installs it, so these tests must run)")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    from tests import dovecot as server
+
+    _dovecot_or_skip()
+    running = server.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def own_dovecot():
+    """A Dovecot of the test's own, for tests that stop, restart or renumber it."""
+    from tests import dovecot as server
+
+    _dovecot_or_skip()
     running = server.start()
     yield running
     running.stop()

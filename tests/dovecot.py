@@ -3,8 +3,11 @@ listening on a loopback port, stopped when the test session ends."""
 
 from __future__ import annotations
 
+import contextlib
+import imaplib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -80,13 +83,65 @@ class Dovecot:
                 found += [p.read_bytes() for p in sorted(path.iterdir())]
         return found
 
-    def stop(self) -> None:
+    def stop(self, keep: bool = False) -> None:
+        # Dovecot's master leaves its login and imap processes running when it exits; a real
+        # stop (systemd's) ends them all, so this does too. Each tells its client BYE.
+        children = _children(self.process.pid)
         self.process.terminate()
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if not keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop the server (clients get BYE or a closed connection) and start it again on the
+        same port with the same mail."""
+        self.stop(keep=True)
+        self.process = _launch(self.root, self.port)
+
+    def renumber(self, folder: str = "INBOX") -> None:
+        """Make the server give `folder` a new UIDVALIDITY, as after a restore or a migration:
+        stopped, its UID list and indexes removed, started again."""
+        self.stop(keep=True)
+        for path in self.maildir(folder).glob("dovecot*"):
+            path.unlink()
+        time.sleep(1.1)  # UIDVALIDITY is taken from the clock, in seconds
+        self.process = _launch(self.root, self.port)
+
+    def client(self) -> imaplib.IMAP4:
+        client = imaplib.IMAP4("127.0.0.1", self.port)
+        client.login(self.user, self.password)
+        return client
+
+    def append(self, raw: bytes, folder: str = "INBOX") -> None:
+        """Deliver a message the way a mail client files one: IMAP APPEND."""
+        client = self.client()
+        try:
+            status, answer = client.append(folder, None, None, raw)
+            assert status == "OK", answer
+        finally:
+            client.logout()
+
+    def create(self, folder: str) -> None:
+        client = self.client()
+        try:
+            client.create(folder)
+        finally:
+            client.logout()
+
+    def flags(self, folder: str = "INBOX") -> list[bytes]:
+        client = self.client()
+        try:
+            client.select(folder, readonly=True)
+            _status, data = client.fetch("1:*", "(FLAGS)")
+            return [line for line in data if isinstance(line, bytes)]
+        finally:
+            client.logout()
 
 
 def available() -> str | None:
@@ -106,11 +161,16 @@ def start() -> Dovecot:
     shutil.chown(root / "mail", "dovecot", "dovecot")
     (root / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
     port = free_port()
-    config = root / "dovecot.conf"
-    config.write_text(CONFIG.format(root=root, port=port))
+    (root / "dovecot.conf").write_text(CONFIG.format(root=root, port=port))
+    return Dovecot(root, port, _launch(root, port))
+
+
+def _launch(root: Path, port: int) -> subprocess.Popen:
     binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
     process = subprocess.Popen(
-        [binary, "-F", "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [binary, "-F", "-c", str(root / "dovecot.conf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -119,7 +179,7 @@ def start() -> Dovecot:
             raise RuntimeError(f"Dovecot exited at start: {output}{_log(root)}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return Dovecot(root, port, process)
+            return process
         except OSError:
             time.sleep(0.05)
     process.kill()
@@ -129,3 +189,15 @@ def start() -> Dovecot:
 def _log(root: Path) -> str:
     log = root / "dovecot.log"
     return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (from /proc: no procps needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # pid (comm) state ppid ...; comm may hold spaces, so split after its ")".
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found

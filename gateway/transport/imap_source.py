@@ -193,9 +193,12 @@ class ImapSource:
             raise ImapError(f"{self._where()}: UID SEARCH refused: {_words(response.lines)}")
         uids: list[int] = []
         for line in response.lines:
-            text = bytes(line)
-            if text.upper().startswith(b"SEARCH"):
-                uids += [int(n) for n in text.split()[1:] if n.isdigit()]
+            # aioimaplib hands the untagged answer on with or without its "SEARCH" word.
+            words = bytes(line).split()
+            if words and words[0].upper() == b"SEARCH":
+                words = words[1:]
+            if words and all(word.isdigit() for word in words):
+                uids += [int(word) for word in words]
         # "n:*" always includes the highest UID, even when it is below n.
         return sorted(uid for uid in set(uids) if uid > last)
 
