@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Debian packages the tests need (Dovecot, a real IMAP server) and the benchmarks need (Postfix's smtp-sink
 # and smtp-source, run directly; no Postfix daemon is started).
 TEST_DEBS := dovecot-imapd
-BENCH_DEBS := postfix
+BENCH_DEBS := postfix dovecot-imapd
 
 .PHONY: demo test lint bench clean
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["send_throughput.py", "bounce_accuracy.py"]
+BENCHMARKS = ["send_throughput.py", "bounce_accuracy.py", "inbound.py"]
 
 TARGETS = {
     ("send_throughput", "ratio"): (">=", 0.15),
@@ -26,6 +26,8 @@ TARGETS = {
     ("bounce_accuracy", "hard_soft_right"): (">=", 0.97),
     ("bounce_accuracy", "status_right"): (">=", 0.90),
     ("bounce_accuracy", "non_failures_called_failures"): ("<=", 0),
+    ("inbound", "per_s"): (">=", 1000),
+    ("inbound", "idle_latency_p50_s"): ("<=", 1.0),
 }
 
 

@@ -142,6 +142,7 @@ async def test_plus_address_token_threads_a_reply_from_any_address(
     await receive(runtime, maildir)
     (row,) = rows(runtime)
     assert (row.kind, row.match_rule, row.matched_message_id) == ("reply", "plus_token", sent)
+    assert message(runtime, sent).state == "replied"
 
 
 async def test_unmatched_reply_starts_a_conversation_for_the_contact(
@@ -356,3 +357,33 @@ def test_run_until_idle_reads_the_mailbox_and_sends_the_stop_confirmation(tmp_pa
     health = run_gateway("carriers", "health", "--format", "json", cwd=tmp_path)
     (gateway,) = json.loads(health.stdout)
     assert (gateway["gateway"], gateway["sent_7d"], gateway["replied_7d"]) == ("vtext.com", 1, 1)
+
+
+async def test_nul_characters_from_a_stranger_are_stored(db_url, smtp_server, maildir):
+    runtime = runtime_for(db_url, smtp_server, maildir)
+    deliver(maildir, reply("2068675309@vtext.com", "on my\x00 way", Subject="a\x00b"), "1")
+    assert (await receive(runtime, maildir)).stored == 1
+    assert rows(runtime)[0].text == "on my way"
+
+
+async def test_a_message_that_breaks_storing_is_quarantined_and_the_rest_stored(
+    sqlite_url, smtp_server, maildir, monkeypatch
+):
+    """A bug meeting hostile input fails the batch; each message is then stored on its own."""
+    import gateway.services.inbound as module
+
+    real = module._details
+
+    def fragile(mail):
+        if "poison" in mail.text:
+            raise ValueError("cannot describe this one")
+        return real(mail)
+
+    monkeypatch.setattr(module, "_details", fragile)
+    runtime = runtime_for(sqlite_url, smtp_server, maildir)
+    for n, body in enumerate(["first", "poison", "third"]):
+        deliver(maildir, reply("2068675309@vtext.com", body), str(n))
+    stats = await receive(runtime, maildir)
+    assert (stats.stored, stats.quarantined) == (2, 1)
+    assert [row.text for row in rows(runtime)] == ["first", "third"]
+    assert "storing failed: ValueError" in rows(runtime, quarantine)[0].error

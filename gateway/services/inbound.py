@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from gateway.domain.bounces import Recipient
 from gateway.domain.inbound import InboundMail, Keyword, Kind, MailError, keyword_of, parse_mail
@@ -27,6 +27,7 @@ from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store import inbox
 from gateway.store.db import utcnow
+from gateway.store.inbox import SentThread
 from gateway.store.outbox import ensure_conversation, upsert_contact
 from gateway.transport.mailsource import Batch, Fetched, MailSource
 
@@ -41,6 +42,13 @@ class InboundStats:
     answers: int = 0  # keyword answers queued
     by_kind: Counter[str] = field(default_factory=Counter)
 
+    def merge(self, other: InboundStats) -> None:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+        self.answers += other.answers
+        self.by_kind.update(other.by_kind)
+
     def describe(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.by_kind.items())) or "none"
         return (
@@ -49,8 +57,21 @@ class InboundStats:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    item: Fetched
+    mail: InboundMail
+    key: str
+
+
 class Ingest:
-    """Turns fetched messages into stored, threaded rows and their effects."""
+    """Turns fetched messages into stored, threaded rows and their effects.
+
+    A batch is handled in a few statements whatever its size (already stored? candidates,
+    contacts, one insert, one update per effect): row by row costs a dozen statements a
+    message and caps a core near 400 messages a second. When the batch as a whole fails (a
+    concurrent reader, a bug on hostile input), each message is tried on its own, and the one
+    that fails is quarantined with the error."""
 
     def __init__(self, runtime: Runtime, engine: Engine) -> None:
         self.runtime = runtime
@@ -62,53 +83,63 @@ class Ingest:
         self.stats = InboundStats()
 
     def store(self, batch: Batch, now: dt.datetime) -> None:
+        stats = InboundStats()
         with self.engine.begin() as conn:
-            for item in batch.items:
-                self._one(conn, batch, item, now)
+            read = [r for item in batch.items if (r := self._read(conn, batch, item, now, stats))]
+            try:
+                with conn.begin_nested():
+                    self._store(conn, batch, read, now, stats)
+            except (OperationalError, InterfaceError):
+                raise  # the database is away: the batch is read again later
+            except Exception:
+                log.warning("batch of %s failed; storing its messages one by one", batch.mailbox)
+                stats = InboundStats(quarantined=stats.quarantined)
+                for one in read:
+                    try:
+                        with conn.begin_nested():
+                            self._store(conn, batch, [one], now, stats)
+                    except (OperationalError, InterfaceError):
+                        raise
+                    except Exception as exc:
+                        log.exception("storing message %s failed", one.item.uid or one.item.name)
+                        error = f"storing failed: {type(exc).__name__}: {exc}"
+                        self._quarantine(conn, batch, one.item, error, now, stats)
             if batch.last_uid is not None:
                 inbox.save_position(conn, batch.mailbox, batch.uidvalidity, batch.last_uid, now)
+        self.stats.merge(stats)
 
-    def _one(self, conn: Connection, batch: Batch, item: Fetched, now: dt.datetime) -> None:
-        if item.size > self.settings.max_bytes:
-            self._quarantine(
-                conn,
-                batch,
-                item,
-                f"the message is {item.size:,} bytes, more than inbound.max_bytes "
-                f"({self.settings.max_bytes:,}); its first {len(item.raw):,} bytes are kept",
-                now,
+    def _read(
+        self, conn: Connection, batch: Batch, item: Fetched, now: dt.datetime, stats: InboundStats
+    ) -> _Read | None:
+        """The message understood, or None after quarantining it."""
+        limit = self.settings.max_bytes
+        if item.size > limit:
+            error = (
+                f"the message is {item.size:,} bytes, more than inbound.max_bytes ({limit:,}); "
+                f"its first {len(item.raw):,} bytes are kept"
             )
-            return
+            self._quarantine(conn, batch, item, error, now, stats)
+            return None
         try:
             mail = parse_mail(item.raw, self.carriers, self.identity)
         except MailError as exc:
-            self._quarantine(conn, batch, item, f"not a readable message: {exc}", now)
-            return
+            self._quarantine(conn, batch, item, f"not a readable message: {exc}", now, stats)
+            return None
         except Exception as exc:  # hostile bytes must never stop the mailbox
             log.exception("reading message %s of %s failed", item.uid or item.name, batch.mailbox)
-            self._quarantine(conn, batch, item, f"reading failed: {type(exc).__name__}: {exc}", now)
-            return
-        key = dedup_key(mail.message_id, item.raw)
-        if inbox.is_stored(conn, batch.mailbox, batch.uidvalidity, item.uid, key):
-            self.stats.duplicates += 1
-            return
-        try:
-            with conn.begin_nested():
-                stored = self._record(conn, batch, item, mail, key, now)
-        except DBAPIError:
-            raise  # the database, not the message: the batch is read again later
-        except Exception as exc:
-            log.exception("storing message %s of %s failed", item.uid or item.name, batch.mailbox)
-            self._quarantine(conn, batch, item, f"storing failed: {type(exc).__name__}: {exc}", now)
-            return
-        if stored:
-            self.stats.stored += 1
-            self.stats.by_kind[mail.kind.value] += 1
-        else:
-            self.stats.duplicates += 1
+            error = f"reading failed: {type(exc).__name__}: {exc}"
+            self._quarantine(conn, batch, item, error, now, stats)
+            return None
+        return _Read(item, mail, dedup_key(mail.message_id, item.raw))
 
     def _quarantine(
-        self, conn: Connection, batch: Batch, item: Fetched, error: str, now: dt.datetime
+        self,
+        conn: Connection,
+        batch: Batch,
+        item: Fetched,
+        error: str,
+        now: dt.datetime,
+        stats: InboundStats,
     ) -> None:
         inbox.store_quarantined(
             conn,
@@ -122,112 +153,128 @@ class Ingest:
                 "stored_at": now,
             },
         )
-        self.stats.quarantined += 1
+        stats.quarantined += 1
 
-    def _record(
+    def _store(
         self,
         conn: Connection,
         batch: Batch,
-        item: Fetched,
-        mail: InboundMail,
-        key: str,
+        read: list[_Read],
         now: dt.datetime,
-    ) -> bool:
-        domain = self.identity.domain
-        latest = None
-        if mail.kind is Kind.REPLY and mail.phone is not None:
-            latest = inbox.latest_sent_to_phone(conn, mail.phone.e164)
-        elif mail.kind is Kind.BOUNCE and mail.recipients:
-            latest = inbox.latest_sent_to_address(conn, mail.recipients[0].address)
-        by_id = inbox.sent_by_message_id(conn, ids_to_look_up(mail, domain))
-        found = match(mail, domain, by_id, latest, now, self.window)
-
-        contact = conversation = order = None
-        gateway = None
-        if found.sent is not None:
-            contact, conversation, order, gateway = inbox.thread_of(conn, found.sent.id)
-        keyword = keyword_of(mail.text) if mail.kind is Kind.REPLY else None
-        if mail.kind is Kind.REPLY and mail.phone is not None:
-            if contact is None:
-                contact = upsert_contact(conn, mail.phone.e164, None, "reply", now)[0]
-            carrier = self.carriers.find(mail.carrier) if mail.carrier else None
-            if carrier is not None and carrier.kind == "carrier":
-                inbox.learn_carrier(conn, contact, carrier.id, now)
-            if conversation is None:
-                conversation = ensure_conversation(conn, contact, None, now)
-        if conversation is not None:
-            inbox.touch_conversation(conn, conversation, now)
-
-        row_id = inbox.store_inbound(
+        stats: InboundStats,
+    ) -> None:
+        keys_in, uids_in = inbox.already_in(
             conn,
-            {
-                "mailbox": batch.mailbox,
-                "uidvalidity": batch.uidvalidity,
-                "uid": item.uid,
-                "dedup_key": key,
-                "message_id": (mail.message_id or "")[:300] or None,
-                "kind": mail.kind.value,
-                "from_address": mail.sender[:320] or None,
-                "from_domain": mail.sender.rpartition("@")[2][:255] or None,
-                "phone": mail.phone.e164 if mail.phone else None,
-                "carrier": mail.carrier,
-                "subject": mail.subject or None,
-                "text": mail.text,
-                "in_reply_to": (mail.in_reply_to or "")[:300] or None,
-                "original_message_id": (mail.original_message_id or "")[:300] or None,
-                "details": _details(mail),
-                "keyword": keyword.value if keyword else None,
-                "matched_message_id": found.sent.id if found.sent else None,
-                "contact_id": contact,
-                "conversation_id": conversation,
-                "order_id": order,
-                "match_rule": found.rule.value,
-                "confidence": found.confidence,
-                "size": item.size,
-                "raw": item.raw,
-                "stored_at": now,
-            },
+            batch.mailbox,
+            batch.uidvalidity,
+            [r.item.uid for r in read if r.item.uid is not None],
+            [r.key for r in read],
         )
-        if row_id is None:
-            return False
-        self._effects(conn, mail, found, contact, gateway, keyword, row_id, now)
-        return True
+        fresh: list[_Read] = []
+        for one in read:
+            if one.key in keys_in or one.item.uid in uids_in:
+                stats.duplicates += 1
+                continue
+            keys_in.add(one.key)  # the same message twice in one batch
+            fresh.append(one)
+        if not fresh:
+            return
+
+        domain = self.identity.domain
+        since = now - self.window
+        ids = {ref for one in fresh for ref in ids_to_look_up(one.mail, domain)}
+        by_id = inbox.sent_by_message_id(conn, sorted(ids))
+        replies = [one for one in fresh if one.mail.kind is Kind.REPLY and one.mail.phone]
+        phones = sorted({one.mail.phone.e164 for one in replies if one.mail.phone})
+        to_phone = inbox.latest_sent_to(conn, "to_phone", phones, since)
+        addresses = sorted(
+            {one.mail.recipients[0].address for one in fresh if one.mail.kind is Kind.BOUNCE
+             and one.mail.recipients}
+        )  # fmt: skip
+        to_address = inbox.latest_sent_to(conn, "to_address", addresses, since)
+        contact_of = inbox.contacts_by_phone(conn, phones)
+        sents = {thread.sent.message_id: thread.sent for thread in by_id.values()}
+
+        rows: list[dict[str, Any]] = []
+        replied: list[int] = []
+        touched: set[int] = set()
+        learned: dict[str, list[int]] = {}
+        after: list[tuple[InboundMail, SentThread | None, int | None, Keyword | None, str]] = []
+        for one in fresh:
+            mail = one.mail
+            latest = None
+            if mail.kind is Kind.REPLY and mail.phone is not None:
+                latest = to_phone.get(mail.phone.e164)
+            elif mail.kind is Kind.BOUNCE and mail.recipients:
+                latest = to_address.get(mail.recipients[0].address)
+            found = match(mail, domain, sents, latest.sent if latest else None, now, self.window)
+            thread = _thread_of(found, by_id, latest)
+            contact = thread.contact if thread else None
+            conversation = thread.conversation if thread else None
+            keyword = keyword_of(mail.text) if mail.kind is Kind.REPLY else None
+            if mail.kind is Kind.REPLY and mail.phone is not None:
+                if contact is None:
+                    contact = contact_of.get(mail.phone.e164)
+                if contact is None:
+                    contact = upsert_contact(conn, mail.phone.e164, None, "reply", now)[0]
+                    contact_of[mail.phone.e164] = contact
+                carrier = self.carriers.find(mail.carrier) if mail.carrier else None
+                if carrier is not None and carrier.kind == "carrier":
+                    learned.setdefault(carrier.id, []).append(contact)
+                if conversation is None:
+                    conversation = ensure_conversation(conn, contact, None, now)
+            if mail.kind is Kind.REPLY and found.sent is not None:
+                replied.append(found.sent.id)
+            if conversation is not None:
+                touched.add(conversation)
+            rows.append(_row(batch, one, found, contact, conversation, thread, keyword, now))
+            if mail.kind is not Kind.REPLY or keyword is not None:
+                after.append((mail, thread if found.sent else None, contact, keyword, one.key))
+            stats.stored += 1
+            stats.by_kind[mail.kind.value] += 1
+
+        inbox.store_inbound_rows(conn, rows)
+        inbox.mark_replied(conn, replied, now)
+        inbox.touch_conversations(conn, sorted(touched), now)
+        for carrier_id, contacts in learned.items():
+            inbox.learn_carrier(conn, sorted(set(contacts)), carrier_id, now)
+        for mail, thread, contact, keyword, key in after:
+            self._effects(conn, mail, thread, contact, keyword, key, now, stats)
 
     def _effects(
         self,
         conn: Connection,
         mail: InboundMail,
-        found: Match,
+        thread: SentThread | None,
         contact: int | None,
-        gateway: str | None,
         keyword: Keyword | None,
-        row_id: int,
+        key: str,
         now: dt.datetime,
+        stats: InboundStats,
     ) -> None:
-        sent = found.sent
-        if mail.kind is Kind.REPLY and sent is not None:
-            inbox.mark_replied(conn, sent.id, now)
-        elif mail.kind is Kind.DELIVERY_REPORT and sent is not None:
-            inbox.mark_delivered(conn, sent.id, now)
-        elif mail.kind is Kind.BOUNCE and sent is not None and mail.recipients:
+        """What reports and keywords change beyond their own row (they are few)."""
+        if mail.kind is Kind.DELIVERY_REPORT and thread is not None:
+            inbox.mark_delivered(conn, thread.sent.id, now)
+        elif mail.kind is Kind.BOUNCE and thread is not None and mail.recipients:
             failed = mail.recipients[0]
-            inbox.mark_bounced(conn, sent.id, bounce_reason(failed), now)
+            inbox.mark_bounced(conn, thread.sent.id, bounce_reason(failed), now)
+            gateway = thread.gateway
             on_gateway = gateway is not None and failed.address.endswith("@" + gateway)
             if failed.permanent and on_gateway and contact is not None:
-                inbox.doubt_carrier(
-                    conn, contact, f"{gateway} said the address is bad: {failed.reason}", now
-                )
+                why = f"{gateway} said the address is bad: {failed.reason}"
+                inbox.doubt_carrier(conn, contact, why, now)
         if keyword is not None and contact is not None and mail.phone is not None:
-            self._answer(conn, keyword, contact, mail, row_id, now)
+            self._answer(conn, keyword, contact, mail.phone.e164, key, now, stats)
 
     def _answer(
         self,
         conn: Connection,
         keyword: Keyword,
         contact: int,
-        mail: InboundMail,
-        row_id: int,
+        phone: str,
+        key: str,
         now: dt.datetime,
+        stats: InboundStats,
     ) -> None:
         settings = self.settings
         if keyword is Keyword.STOP:
@@ -238,19 +285,71 @@ class Ingest:
             text = settings.start_text
         else:
             text = settings.help_text
-        assert mail.phone is not None
         request = SendRequest(
-            to=mail.phone.e164,
+            to=phone,
             text=text,
-            idempotency_key=f"keyword-answer-{row_id}",
+            # One answer per keyword message, however often it is read.
+            idempotency_key="keyword-" + hashlib.sha256(key.encode()).hexdigest()[:32],
             answers_keyword=True,
         )
         try:
             enqueue(self.runtime, request, now, conn=conn)
         except EnqueueError as exc:  # the contact's carrier cannot be texted: nothing to send
-            log.warning("no answer to %s from %s: %s", keyword.value, mail.phone.e164, exc)
+            log.warning("no answer to %s from %s: %s", keyword.value, phone, exc)
             return
-        self.stats.answers += 1
+        stats.answers += 1
+
+
+def _thread_of(
+    found: Match, by_id: dict[str, SentThread], latest: SentThread | None
+) -> SentThread | None:
+    if found.sent is None:
+        return None
+    if latest is not None and latest.sent.id == found.sent.id:
+        return latest
+    return by_id.get(found.sent.message_id)
+
+
+def _row(
+    batch: Batch,
+    one: _Read,
+    found: Match,
+    contact: int | None,
+    conversation: int | None,
+    thread: SentThread | None,
+    keyword: Keyword | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    mail = one.mail
+    row = {
+        "mailbox": batch.mailbox,
+        "uidvalidity": batch.uidvalidity,
+        "uid": one.item.uid,
+        "dedup_key": one.key,
+        "message_id": (mail.message_id or "")[:300] or None,
+        "kind": mail.kind.value,
+        "from_address": mail.sender[:320] or None,
+        "from_domain": mail.sender.rpartition("@")[2][:255] or None,
+        "phone": mail.phone.e164 if mail.phone else None,
+        "carrier": mail.carrier,
+        "subject": mail.subject or None,
+        "text": mail.text,
+        "in_reply_to": (mail.in_reply_to or "")[:300] or None,
+        "original_message_id": (mail.original_message_id or "")[:300] or None,
+        "details": _details(mail),
+        "keyword": keyword.value if keyword else None,
+        "matched_message_id": found.sent.id if found.sent else None,
+        "contact_id": contact,
+        "conversation_id": conversation,
+        "order_id": thread.order if thread else None,
+        "match_rule": found.rule.value,
+        "confidence": found.confidence,
+        "size": one.item.size,
+        "raw": one.item.raw,
+        "stored_at": now,
+    }
+    # PostgreSQL text cannot hold NUL, and a stranger's mail may: it goes, the raw bytes keep it.
+    return {k: v.replace("\x00", "") if isinstance(v, str) else v for k, v in row.items()}
 
 
 def dedup_key(message_id: str | None, raw: bytes) -> str:
@@ -330,7 +429,8 @@ def manual_thread(engine: Engine, inbound_id: int, message: int | None, now: dt.
             raise LookupError(f"there is no inbound message {inbound_id}")
         contact = conversation = order = None
         if message is not None:
-            contact, conversation, order, _ = inbox.thread_of(conn, message)
+            thread = inbox.thread_of(conn, message)
+            contact, conversation, order = thread.contact, thread.conversation, thread.order
         inbox.set_thread(
             conn,
             inbound_id,
@@ -342,4 +442,4 @@ def manual_thread(engine: Engine, inbound_id: int, message: int | None, now: dt.
             confidence=1.0 if message is not None else NO_MATCH.confidence,
         )
         if conversation is not None:
-            inbox.touch_conversation(conn, conversation, now)
+            inbox.touch_conversations(conn, [conversation], now)

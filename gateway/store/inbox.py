@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.delivery import State
@@ -54,42 +54,38 @@ def save_position(
         conn.execute(insert(mailboxes).values(name=mailbox, **values))
 
 
-def is_stored(
-    conn: Connection, mailbox: str, uidvalidity: int | None, uid: int | None, dedup_key: str
-) -> bool:
-    """Whether this message is already in (as stored or quarantined)."""
-    same_place = (
-        (inbound.c.mailbox == mailbox)
-        & (inbound.c.uidvalidity == uidvalidity)
-        & (inbound.c.uid == uid)
-    )
-    condition = inbound.c.dedup_key == dedup_key
-    if uid is not None:
-        condition = or_(condition, same_place)
-    if conn.execute(select(inbound.c.id).where(condition).limit(1)).first() is not None:
-        return True
-    if uid is None:
-        return False
-    quarantined = conn.execute(
-        select(quarantine.c.id)
-        .where(
-            quarantine.c.mailbox == mailbox,
-            quarantine.c.uidvalidity == uidvalidity,
-            quarantine.c.uid == uid,
-        )
-        .limit(1)
-    ).first()
-    return quarantined is not None
+def already_in(
+    conn: Connection,
+    mailbox: str,
+    uidvalidity: int | None,
+    uids: Sequence[int],
+    keys: Sequence[str],
+) -> tuple[set[str], set[int]]:
+    """Which of these messages are already in: (dedup keys stored, UIDs stored or quarantined
+    at this place in the mailbox)."""
+    keys_in = set(
+        conn.execute(select(inbound.c.dedup_key).where(inbound.c.dedup_key.in_(list(keys))))
+        .scalars()
+        .all()
+    ) if keys else set()  # fmt: skip
+    uids_in: set[int] = set()
+    if uids:
+        for table in (inbound, quarantine):
+            uids_in.update(
+                conn.execute(
+                    select(table.c.uid).where(
+                        table.c.mailbox == mailbox,
+                        table.c.uidvalidity == uidvalidity,
+                        table.c.uid.in_(list(uids)),
+                    )
+                ).scalars()
+            )
+    return keys_in, uids_in
 
 
-def store_inbound(conn: Connection, values: dict[str, Any]) -> int | None:
-    """Insert one inbound row; None when a concurrent reader stored the same message first."""
-    try:
-        with conn.begin_nested():
-            statement = insert(inbound).values(**values).returning(inbound.c.id)
-            return int(conn.execute(statement).scalar_one())
-    except IntegrityError:
-        return None
+def store_inbound_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(inbound), list(rows))
 
 
 def store_quarantined(conn: Connection, values: dict[str, Any]) -> None:
@@ -102,68 +98,87 @@ def store_quarantined(conn: Connection, values: dict[str, Any]) -> None:
 
 # --- candidates -------------------------------------------------------------------------------
 
-_SENT_COLUMNS = (messages.c.id, messages.c.message_id, messages.c.sent_at, messages.c.created_at)
+
+@dataclass(frozen=True, slots=True)
+class SentThread:
+    """An outbound text, with the contact, conversation and order it belongs to."""
+
+    sent: Sent
+    contact: int | None
+    conversation: int | None
+    order: int | None
+    gateway: str | None  # the domain it was mailed to
 
 
-def _sent(row: Any) -> Sent:
-    return Sent(row.id, row.message_id, row.sent_at, row.created_at)
+_THREAD_COLUMNS = (
+    messages.c.id,
+    messages.c.message_id,
+    messages.c.sent_at,
+    messages.c.created_at,
+    messages.c.contact_id,
+    messages.c.conversation_id,
+    messages.c.order_id,
+    messages.c.gateway,
+    messages.c.to_phone,
+    messages.c.to_address,
+)
 
 
-def sent_by_message_id(conn: Connection, ids: Sequence[str]) -> dict[str, Sent]:
+def _thread(row: Any) -> SentThread:
+    sent = Sent(row.id, row.message_id, row.sent_at, row.created_at)
+    return SentThread(sent, row.contact_id, row.conversation_id, row.order_id, row.gateway)
+
+
+def sent_by_message_id(conn: Connection, ids: Sequence[str]) -> dict[str, SentThread]:
     if not ids:
         return {}
-    rows = conn.execute(select(*_SENT_COLUMNS).where(messages.c.message_id.in_(list(ids))))
-    return {row.message_id: _sent(row) for row in rows}
+    rows = conn.execute(select(*_THREAD_COLUMNS).where(messages.c.message_id.in_(list(ids))))
+    return {row.message_id: _thread(row) for row in rows}
 
 
-def latest_sent_to_phone(conn: Connection, phone: str) -> Sent | None:
-    """Our most recent text that reached (or may have reached) `phone`."""
-    row = conn.execute(
-        select(*_SENT_COLUMNS)
-        .where(messages.c.to_phone == phone, messages.c.sent_at.is_not(None))
-        .order_by(messages.c.sent_at.desc(), messages.c.id.desc())
-        .limit(1)
-    ).first()
-    return _sent(row) if row else None
+def latest_sent_to(
+    conn: Connection, column: str, values: Sequence[str], since: dt.datetime
+) -> dict[str, SentThread]:
+    """Per phone (column "to_phone") or gateway address ("to_address"): our most recent text
+    to it sent since `since`."""
+    if not values:
+        return {}
+    target = messages.c[column]
+    rows = conn.execute(
+        select(*_THREAD_COLUMNS)
+        .where(target.in_(list(values)), messages.c.sent_at >= since)
+        .order_by(messages.c.sent_at, messages.c.id)
+    )
+    return {getattr(row, column): _thread(row) for row in rows}  # the latest is written last
 
 
-def latest_sent_to_address(conn: Connection, address: str) -> Sent | None:
-    row = conn.execute(
-        select(*_SENT_COLUMNS)
-        .where(messages.c.to_address == address.lower(), messages.c.sent_at.is_not(None))
-        .order_by(messages.c.sent_at.desc(), messages.c.id.desc())
-        .limit(1)
-    ).first()
-    return _sent(row) if row else None
-
-
-def thread_of(
-    conn: Connection, message: int
-) -> tuple[int | None, int | None, int | None, str | None]:
-    """(contact, conversation, order, gateway domain) of an outbound text; LookupError when
-    there is none."""
-    row = conn.execute(
-        select(
-            messages.c.contact_id,
-            messages.c.conversation_id,
-            messages.c.order_id,
-            messages.c.gateway,
-        ).where(messages.c.id == message)
-    ).first()
+def thread_of(conn: Connection, message: int) -> SentThread:
+    """The outbound text `message` and its thread; LookupError when there is none."""
+    row = conn.execute(select(*_THREAD_COLUMNS).where(messages.c.id == message)).first()
     if row is None:
         raise LookupError(f"there is no outbound message {message}")
-    return row.contact_id, row.conversation_id, row.order_id, row.gateway
+    return _thread(row)
+
+
+def contacts_by_phone(conn: Connection, phones: Sequence[str]) -> dict[str, int]:
+    if not phones:
+        return {}
+    rows = conn.execute(
+        select(contacts.c.phone, contacts.c.id).where(contacts.c.phone.in_(list(phones)))
+    )
+    return {row.phone: row.id for row in rows}
 
 
 # --- effects on outbound texts and contacts ---------------------------------------------------
 
 
-def mark_replied(conn: Connection, message: int, now: dt.datetime) -> None:
-    conn.execute(
-        update(messages)
-        .where(messages.c.id == message, messages.c.state.in_(_REPLIED_FROM))
-        .values(state=State.REPLIED.value, updated_at=now)
-    )
+def mark_replied(conn: Connection, ids: Sequence[int], now: dt.datetime) -> None:
+    if ids:
+        conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(list(ids)), messages.c.state.in_(_REPLIED_FROM))
+            .values(state=State.REPLIED.value, updated_at=now)
+        )
 
 
 def mark_delivered(conn: Connection, message: int, now: dt.datetime) -> None:
@@ -183,13 +198,14 @@ def mark_bounced(conn: Connection, message: int, reason: str, now: dt.datetime) 
     return bool(done.rowcount)
 
 
-def learn_carrier(conn: Connection, contact: int, carrier: str, now: dt.datetime) -> None:
-    """A reply from the carrier's own gateway domain: that is the contact's carrier."""
-    conn.execute(
-        update(contacts)
-        .where(contacts.c.id == contact)
-        .values(carrier=carrier, carrier_source="reply", carrier_doubt=None, updated_at=now)
-    )
+def learn_carrier(conn: Connection, ids: Sequence[int], carrier: str, now: dt.datetime) -> None:
+    """Replies from the carrier's own gateway domain: that is these contacts' carrier."""
+    if ids:
+        conn.execute(
+            update(contacts)
+            .where(contacts.c.id.in_(list(ids)))
+            .values(carrier=carrier, carrier_source="reply", carrier_doubt=None, updated_at=now)
+        )
 
 
 def doubt_carrier(conn: Connection, contact: int, why: str, now: dt.datetime) -> None:
@@ -214,21 +230,13 @@ def set_opted_out(conn: Connection, contact: int, opted_out: bool, now: dt.datet
     return int(done.rowcount)
 
 
-def new_conversation(conn: Connection, contact: int, now: dt.datetime) -> int:
-    """A conversation for a reply that answers none of our texts."""
-    return int(
+def touch_conversations(conn: Connection, ids: Sequence[int], now: dt.datetime) -> None:
+    if ids:
         conn.execute(
-            insert(conversations)
-            .values(contact_id=contact, order_id=None, created_at=now, last_message_at=now)
-            .returning(conversations.c.id)
-        ).scalar_one()
-    )
-
-
-def touch_conversation(conn: Connection, conversation: int, now: dt.datetime) -> None:
-    conn.execute(
-        update(conversations).where(conversations.c.id == conversation).values(last_message_at=now)
-    )
+            update(conversations)
+            .where(conversations.c.id.in_(list(ids)))
+            .values(last_message_at=now)
+        )
 
 
 # --- views ------------------------------------------------------------------------------------
