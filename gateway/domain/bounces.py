@@ -14,6 +14,7 @@ should a contact's carrier or number be questioned.
 from __future__ import annotations
 
 import email.message
+import email.policy
 import re
 from dataclasses import dataclass
 
@@ -53,7 +54,29 @@ _ORIGINAL_MARKERS = re.compile(
 # Words of a diagnostic, most specific first; the first that matches names the reason.
 _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hasmoved", ("has moved", "address has changed", "no longer valid, please use")),
-    ("notaccept", ("does not accept mail", "null mx", "accepts no mail", "not accept any mail")),
+    (
+        "notaccept",
+        (
+            "does not accept mail",
+            "null mx",
+            "accepts no mail",
+            "not accept any mail",
+            "no smtp service",
+            "couldn't find a mail exchanger",
+        ),
+    ),
+    # Refusals about our own sender address or domain: nothing to do with the recipient.
+    (
+        "rejected",
+        (
+            "domain of sender address",
+            "sender address rejected",
+            "sender domain",
+            "permission to post",
+        ),
+    ),
+    ("mailererror", ("procmail", "couldn't create", "command died", "pipe to")),
+    ("networkerror", ("host not found, try again", "temporary failure in name resolution")),
     (
         "mailboxfull",
         (
@@ -67,6 +90,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "is over its quota",
             "full mailbox",
             "quota",
+            "mailbox exceeds",
         ),
     ),
     (
@@ -78,6 +102,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "size exceeds",
             "exceeds the maximum size",
             "message size exceeds",
+            "size limit",
         ),
     ),
     (
@@ -96,6 +121,8 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "host or domain name not found",
             "non-existent hosts",
             "no valid mx",
+            "domain is not reachable",
+            "unrouteable address",
         ),
     ),
     (
@@ -114,7 +141,6 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "recipient unknown",
             "mailbox not found",
             "not a valid mailbox",
-            "unrouteable address",
             "invalid mailbox",
             "no such recipient",
             "unknown local part",
@@ -131,6 +157,10 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "not our customer",
             "mailbox does not exist",
             "user does not exist",
+            "user not exist",
+            "not listed in",
+            "doesn't have a",
+            "no such address",
         ),
     ),
     (
@@ -143,6 +173,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "inactive",
             "account has been disabled",
             "mailbox disabled",
+            "account is locked",
         ),
     ),
     ("virusdetected", ("virus",)),
@@ -187,6 +218,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "has been delayed",
             "expired",
             "too long in queue",
+            "aborted after",
         ),
     ),
     (
@@ -209,6 +241,12 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rejected", ("rejected", "refused")),
 )
 
+# Shapes of words a substring cannot tell apart, tried before the words above.
+_REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # "example.com does not exist": a domain, not a mailbox (no "@" before it).
+    ("hostunknown", re.compile(r"(?<![@\w.\-])(?:[a-z0-9\-]+\.)+[a-z]{2,}>? does not exist")),
+)
+
 # What an enhanced status code says when the words said nothing: (class.)subject.detail.
 _REASON_BY_STATUS = {
     "1.1": "userunknown", "1.2": "hostunknown", "1.3": "userunknown", "1.6": "hasmoved",
@@ -216,6 +254,7 @@ _REASON_BY_STATUS = {
     "3.4": "mesgtoobig", "4.7": "expired", "4.1": "networkerror", "4.4": "networkerror",
     "7.1": "rejected", "7.25": "requireptr", "7.26": "authfailure", "7.23": "authfailure",
     "7.0": "blocked", "3.0": "systemerror", "5.0": "syntaxerror",
+    "1.7": "rejected", "1.8": "rejected",  # the sender's address or domain, not the recipient's
 }  # fmt: skip
 
 
@@ -257,17 +296,33 @@ def reason_of(status: str, smtp_code: str, text: str) -> str:
     """
     lowered = " ".join(text.lower().split())
     by_words = next(
+        (reason for reason, pattern in _REASON_PATTERNS if pattern.search(lowered)), None
+    )
+    by_words = by_words or next(
         (reason for reason, words in _REASON_WORDS if any(word in lowered for word in words)),
         None,
     )
     by_status = _status_reason(status)
-    if by_words in ADDRESS_REASONS and by_status and by_status not in ADDRESS_REASONS:
+    if by_words in ADDRESS_REASONS and by_status in _STATUS_OUTRANKS_WORDS:
         return by_status
+    if smtp_code == "551" and by_words in (None, "userunknown"):
+        return "hasmoved"  # 551: user not local, the server names where they went
+    if by_words == "suspend" and by_status in ADDRESS_REASONS:
+        return by_status  # "inactive address" under 5.1.1: the address is gone
     if by_words:
         return by_words
     if by_status:
         return by_status
     return "undefined" if smtp_code.startswith("4") or not status else "onhold"
+
+
+# Specific codes that say the address was fine and something else failed: they outrank words
+# that call the address bad. Generic ones (x.0.x, protocol x.5.x, a disabled mailbox x.2.1)
+# do not: servers pair them with "user unknown" freely.
+_STATUS_OUTRANKS_WORDS = frozenset(
+    {"mesgtoobig", "mailboxfull", "rejected", "expired", "blocked", "securityerror",
+     "authfailure", "requireptr", "networkerror"}
+)  # fmt: skip
 
 
 def _status_reason(status: str) -> str | None:
@@ -282,6 +337,29 @@ def _status_reason(status: str) -> str | None:
         return "securityerror" if status.startswith("5.7.") else "blocked"
     if subject == "4":
         return "networkerror"
+    return None
+
+
+_PIPELINED = re.compile(r"<<< ?503|rcpt commands were rejected", re.IGNORECASE)
+
+
+def _command_before(transcript: str, reply: str) -> str | None:
+    """The command a session transcript shows answered by `reply` (">>> DATA" then
+    "<<< 550 ..."): the phase the refusal came in, or None when the transcript does not show
+    that reply."""
+    wanted = " ".join(reply.lower().split())[:40]
+    if len(wanted) < 8 or _PIPELINED.search(transcript):
+        # A pipelining client sends RCPT and DATA together, so the transcript shows the RCPT
+        # refusal after ">>> DATA"; the server's 503 for DATA says there was no recipient.
+        return None
+    command = None
+    for line in transcript.splitlines():
+        stripped = line.strip()
+        sent = re.match(r">>> ?([A-Za-z]+)", stripped)
+        if sent:
+            command = sent.group(1).upper()
+        elif stripped.startswith("<<<") and wanted in " ".join(stripped[3:].lower().split()):
+            return command
     return None
 
 
@@ -301,7 +379,9 @@ def recipient(
         found_code = _REPLY_CODE.search(diagnostic)
         code = found_code.group(1) if found_code else ""
     reason = reason_of(status, code, diagnostic)
-    if reason == "userunknown" and _AT_DATA.search(diagnostic + " " + context):
+    if reason == "userunknown" and (
+        _AT_DATA.search(diagnostic) or _command_before(context, diagnostic) == "DATA"
+    ):
         # A recipient refused only after the message was seen is a content filter's refusal
         # worded as an unknown user: the address itself was accepted at RCPT.
         reason = "filtered"
@@ -322,6 +402,7 @@ def recipient(
 
 def read_report(message: email.message.Message) -> Report | None:
     """The report `message` is, or None when it is not a report of any kind."""
+    message = _with_boundary(message)
     param = message.get_param("report-type")
     report_type = param.lower() if isinstance(param, str) else ""
     if message.get_content_type() == "multipart/report" and report_type == "feedback-report":
@@ -336,6 +417,13 @@ def read_report(message: email.message.Message) -> Report | None:
         report = _from_text(message)
         if report is not None:
             return report
+        # A report with no word on its recipients (Postfix's "Delivery report unavailable"):
+        # the returned original's To is who it was for.
+        returned = _returned_recipients(message)
+        if returned:
+            text = _human_text(message)
+            failed = tuple(recipient(a, "", "", _near(text, a, returned)) for a in returned)
+            return Report("bounce", failed, original_message_id=_original_id(message))
     if _is_auto_reply(message):
         return Report("auto_reply")
     return None
@@ -365,6 +453,7 @@ def _is_auto_reply(message: email.message.Message) -> bool:
 def _from_status_part(message: email.message.Message, part: email.message.Message) -> Report | None:
     failed: list[Recipient] = []
     delivered = 0
+    human = _human_text(message)
     for fields in _status_blocks(part):
         address = _address_field(fields.get("final-recipient") or fields.get("original-recipient"))
         if not address:
@@ -383,7 +472,8 @@ def _from_status_part(message: email.message.Message, part: email.message.Messag
                 address,
                 status,
                 code_found.group(1) if code_found else "",
-                diagnostic or _human_text(message),
+                diagnostic or human,
+                human,
             )
         )
     if failed:
@@ -413,30 +503,39 @@ def _failed_addresses(message: email.message.Message, text: str) -> list[str]:
     header = str(message.get("X-Failed-Recipients", ""))
     if header.strip():
         return list(dict.fromkeys(a.lower() for a in _ADDRESS.findall(header)))
-    ignore = {a.lower() for a in _ADDRESS.findall(str(message.get("From", "")))}
-    ignore |= {a.lower() for a in _ADDRESS.findall(str(message.get("To", "")))}
+    reporter = {a.lower() for a in _ADDRESS.findall(str(message.get("From", "")))}
+    reporter_domains = {a.rpartition("@")[2] for a in reporter}
+
+    def robot(address: str) -> bool:
+        # The reporting system's own postmaster is not a failure; someone else's may be.
+        local, _, domain = address.partition("@")
+        return address in reporter or (local in _ROBOTS and domain in reporter_domains)
+
     # A report that quotes the envelope names the failed recipient after RCPT TO.
-    envelope = [a.lower() for a in _RCPT_TO.findall(text) if a.lower() not in ignore]
+    envelope = [a.lower() for a in _RCPT_TO.findall(text) if not robot(a.lower())]
     if envelope:
         return list(dict.fromkeys(envelope))
-
-    def wanted(address: str) -> bool:
-        local = address.split("@")[0]
-        return address not in ignore and local not in _ROBOTS
-
-    # A list of failures, one a line, each line starting with its address.
+    # A list of failures, one a line, each line starting with its address. The original's
+    # sender may be the failed recipient too (mail to oneself), so To is not ruled out here.
     leading = [a.lower().strip(".") for a in _LEADING_ADDRESS.findall(text)]
-    leading = [a for a in dict.fromkeys(leading) if wanted(a)]
+    leading = [a for a in dict.fromkeys(leading) if not robot(a)]
     if leading:
         return leading
+    # Anywhere in the text: the letter may name the original's sender (our To) first.
+    ignore = {a.lower() for a in _ADDRESS.findall(str(message.get("To", "")))}
     found = [a.lower().strip(".") for a in _ADDRESS.findall(text)]
-    found = [a for a in found if wanted(a)]
+    found = [a for a in found if not robot(a) and a not in ignore]
     return found[:1]
 
 
+_FAILURE_WORDS = (
+    "could not be delivered", "couldn't be delivered", "was not delivered", "undeliverable",
+    "delivery has failed", "delivery failed", "permanent error", "unable to deliver",
+)  # fmt: skip
 _ROBOTS = frozenset({"mailer-daemon", "postmaster", "root", "noreply"})
 _LEADING_ADDRESS = re.compile(
-    r"^[ \t]*[<\"']?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])[>\"']?:?[ \t]",
+    r"^[ \t]*[<\"']?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])[>\"']?:?"
+    r"(?:[ \t]|$)",
     re.MULTILINE,
 )
 
@@ -460,6 +559,34 @@ def _near(text: str, address: str, others: list[str]) -> str:
     return text[line_start : max(end, at + len(address))]
 
 
+def _with_boundary(message: email.message.Message) -> email.message.Message:
+    """`message` again with its parts, when its multipart boundary was lost on the way (a
+    parameter folded without indentation): the boundary is read from the body's first
+    delimiter line."""
+    if message.get_content_maintype() != "multipart" or message.is_multipart():
+        return message
+    body = message.get_payload()
+    if not isinstance(body, str):
+        return message
+    found = re.search(r"^--([^\s]{1,70})\s*$", body, re.MULTILINE)
+    if found is None or f"--{found.group(1)}--" not in body:
+        return message
+    head = "".join(f"{k}: {v}\n" for k, v in message.items() if k.lower() != "content-type")
+    kind = message.get_content_type()
+    rebuilt = f'{head}Content-Type: {kind}; boundary="{found.group(1)}"\n\n{body}'
+    return email.message_from_string(rebuilt, policy=email.policy.compat32)
+
+
+def _returned_recipients(message: email.message.Message) -> list[str]:
+    for part in message.walk():
+        if part.get_content_type() == "message/rfc822":
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
+                to = str(inner[0].get("To", ""))
+                return list(dict.fromkeys(a.lower() for a in _ADDRESS.findall(to)))[:5]
+    return []
+
+
 def _looks_like_bounce(message: email.message.Message) -> bool:
     sender = str(message.get("From", "")).lower()
     subject = str(message.get("Subject", "")).lower()
@@ -469,6 +596,11 @@ def _looks_like_bounce(message: email.message.Message) -> bool:
     squeezed = re.sub(r"[^a-z]", "", sender)
     if any(who in squeezed for who in ("mailerdaemon", "postmaster", "maildelivery")):
         return True
+    # A letter that says it could not deliver and returns the original, whoever signs it.
+    if _part(message, "message/rfc822", "text/rfc822-headers") is not None:
+        opening = " ".join(_human_text(message)[:600].lower().split())
+        if any(words in opening for words in _FAILURE_WORDS):
+            return True
     return any(
         word in subject
         for word in ("undeliver", "delivery status", "delivery failure", "failure notice",
