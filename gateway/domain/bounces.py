@@ -53,6 +53,10 @@ _ORIGINAL_MARKERS = re.compile(
 
 # Words of a diagnostic, most specific first; the first that matches names the reason.
 _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "requireptr",
+        ("reverse dns", "ptr record", "ptr resource record", "reverse lookup", "no ptr", "rdns"),
+    ),
     ("hasmoved", ("has moved", "address has changed", "no longer valid, please use")),
     (
         "notaccept",
@@ -193,7 +197,6 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("spamdetected", ("spam", "junk mail", "bulk mail")),
-    ("requireptr", ("reverse dns", "ptr record", "reverse lookup", "no ptr", "rdns")),
     ("authfailure", ("spf", "dkim", "dmarc")),
     (
         "norelaying",
@@ -245,6 +248,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     # "example.com does not exist": a domain, not a mailbox (no "@" before it).
     ("hostunknown", re.compile(r"(?<![@\w.\-])(?:[a-z0-9\-]+\.)+[a-z]{2,}>? does not exist")),
+    ("hostunknown", re.compile(r"\bhost [a-z0-9.\-]+ not found\b(?!, try again)")),
 )
 
 # What an enhanced status code says when the words said nothing: (class.)subject.detail.
@@ -305,6 +309,8 @@ def reason_of(status: str, smtp_code: str, text: str) -> str:
     by_status = _status_reason(status)
     if by_words in ADDRESS_REASONS and by_status in _STATUS_OUTRANKS_WORDS:
         return by_status
+    if by_words in ("rejected", "filtered") and by_status in ADDRESS_REASONS:
+        return by_status  # "550 5.1.1 Address rejected": the code says which refusal
     if smtp_code == "551" and by_words in (None, "userunknown"):
         return "hasmoved"  # 551: user not local, the server names where they went
     if by_words == "suspend" and by_status in ADDRESS_REASONS:
@@ -321,7 +327,7 @@ def reason_of(status: str, smtp_code: str, text: str) -> str:
 # do not: servers pair them with "user unknown" freely.
 _STATUS_OUTRANKS_WORDS = frozenset(
     {"mesgtoobig", "mailboxfull", "rejected", "expired", "blocked", "securityerror",
-     "authfailure", "requireptr", "networkerror"}
+     "authfailure", "requireptr"}
 )  # fmt: skip
 
 
@@ -454,7 +460,13 @@ def _from_status_part(message: email.message.Message, part: email.message.Messag
     failed: list[Recipient] = []
     delivered = 0
     human = _human_text(message)
-    for fields in _status_blocks(part):
+    blocks = _status_blocks(part)
+    block_addresses = [
+        found
+        for b in blocks
+        if (found := _address_field(b.get("final-recipient") or b.get("original-recipient")))
+    ]
+    for fields in blocks:
         address = _address_field(fields.get("final-recipient") or fields.get("original-recipient"))
         if not address:
             continue
@@ -472,7 +484,7 @@ def _from_status_part(message: email.message.Message, part: email.message.Messag
                 address,
                 status,
                 code_found.group(1) if code_found else "",
-                diagnostic or human,
+                diagnostic or _near(human, address, block_addresses),
                 human,
             )
         )
@@ -551,9 +563,9 @@ def _near(text: str, address: str, others: list[str]) -> str:
     line_start = text.rfind("\n", 0, at) + 1
     end = at + 700
     for other in others:
-        if other == address:
+        if not other or other.lower() == address.lower():
             continue
-        next_at = lowered.find(other, at + len(address))
+        next_at = lowered.find(other.lower(), at + len(address))
         if next_at >= 0:
             end = min(end, text.rfind("\n", 0, next_at) + 1 or next_at)
     return text[line_start : max(end, at + len(address))]
