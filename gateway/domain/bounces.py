@@ -222,12 +222,13 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "expired",
             "too long in queue",
             "aborted after",
+            # In a final report, a connection that kept timing out was retried until it expired.
+            "connection timed out",
         ),
     ),
     (
         "networkerror",
         (
-            "connection timed out",
             "no route to host",
             "connection refused",
             "network is unreachable",
@@ -346,6 +347,7 @@ def _status_reason(status: str) -> str | None:
     return None
 
 
+_TEMPORARY_WORDS = ("has been delayed", "warning message only", "retry timeout exceeded")
 _PIPELINED = re.compile(r"<<< ?503|rcpt commands were rejected", re.IGNORECASE)
 
 
@@ -392,7 +394,10 @@ def recipient(
         # worded as an unknown user: the address itself was accepted at RCPT.
         reason = "filtered"
     if not status and reason in _PSEUDO_STATUS:
-        status = f"{'4' if code.startswith('4') else '5'}.0.{_PSEUDO_STATUS[reason]}"
+        # A delivery given up after temporary errors lasted too long keeps their class.
+        lowered = " ".join(diagnostic.lower().split())
+        temporary = code.startswith("4") or any(words in lowered for words in _TEMPORARY_WORDS)
+        status = f"{'4' if temporary else '5'}.0.{_PSEUDO_STATUS[reason]}"
     return Recipient(
         address=address.strip().strip("<>").lower(),
         status=status,

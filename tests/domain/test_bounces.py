@@ -266,7 +266,7 @@ def test_corpus_figures_do_not_fall():
     assert figures["non_failures_called_failures"] == 0  # part of the bar, and met
     assert figures["detected"] >= 0.98  # the bar, met
     assert figures["hard_soft_right"] >= 0.87
-    assert figures["status_right"] >= 0.85
+    assert figures["status_right"] >= 0.86
 
 
 @pytest.mark.parametrize(
