@@ -641,7 +641,7 @@ def _human_text(message: email.message.Message) -> str:
             or part is message
             or (part.get_content_maintype() == "multipart")
         ):
-            text = payload_text(part)
+            text = payload_text(part).replace("\r\n", "\n")
             marker = _ORIGINAL_MARKERS.search(text)
             return text[: marker.start()] if marker and marker.start() > 40 else text
     return ""
