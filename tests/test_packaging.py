@@ -35,6 +35,7 @@ def test_installed_wheel_uses_its_shipped_carriers_and_templates(tmp_path):
     [wheel] = out.glob("gateway-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "gateway/_shipped/carriers.yaml" in names
+    assert "gateway/_shipped/rules.yaml" in names
     assert "gateway/_shipped/templates/order_confirmed.txt.j2" in names
     assert any(n.startswith("gateway/store/migrations/versions/0001") for n in names)
 
