@@ -48,6 +48,10 @@ app.add_typer(templates_app, name="templates")
 app.add_typer(outbox_app, name="outbox")
 inbox_app = typer.Typer(help="Inbound mail: replies, bounces, reports.", no_args_is_help=True)
 app.add_typer(inbox_app, name="inbox")
+orders_app = typer.Typer(help="Orders and their status events.", no_args_is_help=True)
+app.add_typer(orders_app, name="orders")
+rules_app = typer.Typer(help="The rules that turn order events into texts.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -281,6 +285,17 @@ def carriers_health(fmt: FormatOption = Format.table) -> None:
         )
 
 
+def _rule_problems(runtime: Runtime) -> list[tuple[str, str]]:
+    """(template, problem) for every rule whose template does not fit it."""
+    from gateway.domain.rules import RuleError, load_rules, rule_problems
+
+    try:
+        rules = load_rules(runtime.rules_path.read_text(encoding="utf-8"), str(runtime.rules_path))
+    except (OSError, RuleError):
+        return []  # `gateway rules check` reports a broken rules file
+    return [(rule.template, problem) for rule, problem in rule_problems(rules, runtime.templates)]
+
+
 @app.command("address")
 def address(
     phone: Annotated[str, typer.Argument(help="the phone number, e.g. +12025550143")],
@@ -342,11 +357,14 @@ VarOption = Annotated[
 
 @templates_app.command("check")
 def templates_check(fmt: FormatOption = Format.table) -> None:
-    """Check that every template compiles; exit 1 naming each one that does not."""
+    """Check that every template compiles and fits every rule that uses it; exit 1 naming
+    each one that does not."""
     with user_errors():
         runtime = state.runtime()
         book = runtime.templates
-        problems = {p.template: p for p in book.check()}
+        problems: dict[str, object] = {p.template: p for p in book.check()}
+        for rule_problem in _rule_problems(runtime):
+            problems.setdefault(rule_problem[0], rule_problem[1])
         rows = []
         for name in book.names():
             problem = problems.get(name)
@@ -418,6 +436,12 @@ def send(
     var: VarOption = None,
     order: Annotated[str | None, typer.Option("--order", help="order reference")] = None,
     key: Annotated[str | None, typer.Option("--key", help="idempotency key")] = None,
+    respect_quiet_hours: Annotated[
+        bool,
+        typer.Option(
+            "--respect-quiet-hours", help="hold it to the recipient's allowed hours, as rules do"
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a text in the outbox and print its id; `gateway run` sends it."""
@@ -436,6 +460,7 @@ def send(
             variables=_parse_vars(var),
             order_ref=order,
             idempotency_key=key,
+            respect_quiet_hours=respect_quiet_hours,
         )
         try:
             result = enqueue(runtime, request, utcnow())
@@ -477,6 +502,7 @@ def run(
     """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit):
     the sender, and the inbound worker when a mailbox is configured."""
     from gateway.services.inbound import Ingest, Receiver
+    from gateway.services.orders import Orders
     from gateway.transport.imap import ImapError
 
     with user_errors():
@@ -485,6 +511,7 @@ def run(
         settings = runtime.settings
         if not settings.smtp.enabled and not settings.relay.enabled:
             fail("both smtp.enabled and relay.enabled are false: nothing can be sent")
+        Orders(runtime).rules  # noqa: B018  (refuse to start on a rule that does not fit)
         routes = runtime.route_book()
         sent_folder = runtime.sent_folder()
         source = runtime.mail_source(engine)
@@ -636,6 +663,129 @@ def outbox_list(
                 )
         columns = ["id", "to", "carrier", "state", "route", "attempts", "last_reply", "reason"]
         emit(rows, fmt, columns, "Outbox (newest first)")
+
+
+@orders_app.command("upsert")
+def orders_upsert(
+    ref: Annotated[str, typer.Option("--ref", help="the order's reference")],
+    customer: Annotated[str | None, typer.Option("--customer", help="customer phone")] = None,
+    carrier: Annotated[str | None, typer.Option("--carrier", help="customer's carrier")] = None,
+    customer_name: Annotated[str | None, typer.Option("--customer-name")] = None,
+    driver: Annotated[str | None, typer.Option("--driver", help="driver phone")] = None,
+    driver_carrier: Annotated[str | None, typer.Option("--driver-carrier")] = None,
+    driver_name: Annotated[str | None, typer.Option("--driver-name")] = None,
+    window_start: Annotated[
+        str | None, typer.Option("--window-start", help="e.g. 2026-11-24T14:00")
+    ] = None,
+    window_end: Annotated[str | None, typer.Option("--window-end")] = None,
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="the delivery address's, e.g. America/Chicago")
+    ] = None,
+) -> None:
+    """Create or update an order; sends nothing."""
+    from gateway.services.orders import OrderError, OrderInput, Orders, parse_when
+
+    with user_errors():
+        runtime = state.runtime()
+        try:
+            order = OrderInput(
+                ref=ref,
+                customer=customer,
+                carrier=carrier,
+                customer_name=customer_name,
+                driver=driver,
+                driver_carrier=driver_carrier,
+                driver_name=driver_name,
+                window_start=parse_when(window_start, "--window-start"),
+                window_end=parse_when(window_end, "--window-end"),
+                timezone=timezone,
+            )
+            order_id = Orders(runtime).upsert(order, utcnow())
+        except OrderError as exc:
+            fail(str(exc))
+    out.print(str(order_id))
+
+
+@orders_app.command("status")
+def orders_status(
+    ref: Annotated[str, typer.Argument(help="the order's reference")],
+    status: Annotated[str, typer.Argument(help="confirmed, driver_assigned, out_for_delivery, …")],
+    eta: Annotated[str | None, typer.Option("--eta", help="e.g. 14:30")] = None,
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="idempotency key of the event")] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Record a status event; the rules decide which texts it queues, and when."""
+    from gateway.services.orders import OrderError, Orders
+
+    with user_errors():
+        runtime = state.runtime()
+        try:
+            result = Orders(runtime).record_status(
+                ref, status, utcnow(), eta=eta, reason=reason, key=key
+            )
+        except OrderError as exc:
+            fail(str(exc))
+    if fmt is Format.json:
+        data = {
+            "event_id": result.event_id,
+            "existing": result.existing,
+            "texts": result.texts,
+            "skipped": result.skipped,
+            "superseded": result.superseded,
+        }
+        out.print_json(json.dumps(data, default=_json_default))
+        return
+    if result.existing:
+        err.print("note: this key was used before; nothing new was recorded")
+    emit(result.texts, fmt, ["id", "rule", "to_phone", "state", "reason", "due_at"],
+         f"Event {result.event_id}: texts")  # fmt: skip
+    for why in result.skipped:
+        err.print(f"skipped {why}", markup=False)
+    if result.superseded:
+        err.print(f"cancelled {result.superseded} waiting text(s) this event makes obsolete")
+
+
+@orders_app.command("import")
+def orders_import(
+    file: Annotated[Path, typer.Argument(help="CSV with a header: ref, customer, carrier, …")],
+) -> None:
+    """Create or update orders from a CSV file; bad rows are reported, good rows kept."""
+    from rich.progress import Progress
+
+    from gateway.services.orders import OrderError, Orders
+
+    with user_errors():
+        runtime = state.runtime()
+        try:
+            text = file.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read {str(file)!r}: {exc}")
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("importing", total=None)
+            try:
+                report = Orders(runtime).import_csv(
+                    text,
+                    utcnow(),
+                    lambda done, total: bar.update(task, completed=done, total=total),
+                )
+            except OrderError as exc:
+                fail(str(exc))
+    for line, why in report.problems:
+        err.print(f"{file}:{line}: {why}", markup=False)
+    err.print(f"imported {report.imported} of {report.total} rows", markup=False)
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@rules_app.command("check")
+def rules_check() -> None:
+    """Validate rules.yaml against the templates."""
+    from gateway.services.orders import Orders
+
+    with user_errors():
+        rules = Orders(state.runtime()).rules
+    err.print(f"{len(rules)} rules fit their templates", markup=False)
 
 
 @inbox_app.command("list")

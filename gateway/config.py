@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.domain.email_out import AddressError, Mailbox
+from gateway.domain.quiet import QuietHours, parse_clock, zone
 
 DEFAULT_FILE = "gateway.toml"
 SECRET_MASK = "********"
@@ -236,6 +237,29 @@ class TemplateSettings(_Section):
 class PolicySettings(_Section):
     long_text: Literal["split", "truncate"] = "split"
     lifetime_hours: float = Field(6.0, gt=0, le=24 * 7)
+    # Automated texts reach people only between these local times (their clock: the order's
+    # time zone, else the number's, else `timezone`, the company's).
+    quiet_hours: bool = True
+    allowed_from: str = "08:00"
+    allowed_until: str = "21:00"
+    timezone: str = "UTC"
+    max_per_contact_hour: int | None = Field(3, ge=1, le=100)  # automated texts; None: no cap
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> PolicySettings:
+        self.hours()
+        zone(self.timezone)
+        return self
+
+    def hours(self) -> QuietHours:
+        return QuietHours(
+            parse_clock(self.allowed_from, "allowed_from"),
+            parse_clock(self.allowed_until, "allowed_until"),
+        )
+
+
+class RulesSettings(_Section):
+    file: str = "rules.yaml"
 
 
 class SenderSettings(_Section):
@@ -270,6 +294,7 @@ class Settings(BaseSettings):
     carriers: CarrierSettings = CarrierSettings()
     templates: TemplateSettings = TemplateSettings()
     policy: PolicySettings = PolicySettings()
+    rules: RulesSettings = RulesSettings()
     sender: SenderSettings = SenderSettings()
     web: WebSettings = WebSettings()
 

@@ -280,16 +280,19 @@ def _rule(entry: object, where: str) -> Rule:
 def check_rules(rules: Iterable[Rule], templates: TemplateBook) -> list[str]:
     """Every problem of every rule against the templates: a missing template, a variable no
     order event provides. Empty when all is well."""
+    return [problem for _, problem in rule_problems(rules, templates)]
+
+
+def rule_problems(rules: Iterable[Rule], templates: TemplateBook) -> list[tuple[Rule, str]]:
     sample = {name: f"<{name}>" for name in PROVIDED}
     problems = []
     for rule in rules:
         if rule.template not in templates:
-            problems.append(f"rule {rule.name!r}: no template {rule.template!r}")
+            problems.append((rule, f"rule {rule.name!r}: no template {rule.template!r}"))
             continue
         try:
             templates.render(rule.template, sample)
         except TemplateError as exc:
-            problems.append(
-                f"rule {rule.name!r}: {exc} (order events provide: {', '.join(PROVIDED)})"
-            )
+            provided = ", ".join(PROVIDED)
+            problems.append((rule, f"rule {rule.name!r}: {exc} (order events provide: {provided})"))
     return problems

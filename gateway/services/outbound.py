@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
 
@@ -18,15 +19,19 @@ from gateway.domain.carriers import GatewayAddress, Unreachable, resolve_gateway
 from gateway.domain.delivery import State
 from gateway.domain.email_out import check_header_value, message_id_for
 from gateway.domain.phone import PhoneError, parse_phone
+from gateway.domain.quiet import next_allowed, recipient_zones, zone
+from gateway.domain.rules import throttled
 from gateway.domain.sms import LongText, fit, measure, normalise
 from gateway.domain.templates import TemplateError
 from gateway.services.runtime import Runtime
 from gateway.store.outbox import (
     NewMessage,
+    automated_times,
     ensure_conversation,
     ensure_order,
     find_by_key,
     insert_messages,
+    order_zone,
     upsert_contact,
 )
 
@@ -48,6 +53,14 @@ class SendRequest:
     idempotency_key: str | None = None
     # The answer to a keyword (STOP's confirmation, HELP): sent even to a contact who opted out.
     answers_keyword: bool = False
+    send_at: dt.datetime | None = None  # not before this (default: now)
+    # Hold to the recipient's allowed hours. Automated texts always are; a person's text only
+    # when asked (recorded on the row either way).
+    respect_quiet_hours: bool = False
+    automated: bool = False  # made by a rule: quiet hours and the per-contact cap apply
+    rule: str | None = None
+    event_id: int | None = None
+    fresh_until: dt.datetime | None = None  # not sent after this
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,7 @@ def enqueue(
         )
         conversation_id = ensure_conversation(conn, contact_id, order_id, now)
 
+        due_at, stale = _when(runtime, conn, request, phone.e164, contact_id, order_id, now)
         target = resolve_gateway(phone, carrier, now.date())
         if opted_out and not request.answers_keyword:
             target = Unreachable("opted_out", f"{phone.e164} has opted out of texts")
@@ -146,6 +160,9 @@ def enqueue(
             parts = [text]
             state, reason = State.SUPPRESSED, target.reason
             address, gateway, why = None, None, target.message
+        if stale and state is State.QUEUED:
+            # Held past its freshness deadline (quiet hours, the cap): it would arrive as old news.
+            state, reason = State.CANCELLED, "stale"
 
         rows = []
         for index, body in enumerate(parts, 1):
@@ -167,10 +184,15 @@ def enqueue(
                     idempotency_key=keys[index - 1] if keys else None,
                     state=state,
                     reason=reason,
-                    due_at=now,
+                    due_at=due_at,
                     contact_id=contact_id,
                     order_id=order_id,
                     conversation_id=conversation_id,
+                    automated=request.automated,
+                    rule=request.rule,
+                    event_id=request.event_id,
+                    fresh_until=request.fresh_until,
+                    respect_quiet_hours=request.automated or request.respect_quiet_hours,
                 )
             )
         ids = insert_messages(conn, rows, now)
@@ -184,6 +206,35 @@ def enqueue(
         warning=warning,
         existing=False,
     )
+
+
+def _when(
+    runtime: Runtime,
+    conn: Connection,
+    request: SendRequest,
+    e164: str,
+    contact_id: int,
+    order_id: int | None,
+    now: dt.datetime,
+) -> tuple[dt.datetime, bool]:
+    """When the text may go (after send_at, the recipient's quiet hours and the per-contact
+    cap), and whether that is past its freshness deadline."""
+    policy = runtime.settings.policy
+    due = max(request.send_at or now, now)
+    quiet = policy.quiet_hours and (request.automated or request.respect_quiet_hours)
+    zones: tuple[ZoneInfo, ...] = ()
+    if quiet:
+        order_tz = order_zone(conn, order_id) if order_id is not None else None
+        zones = recipient_zones(order_tz, e164, zone(policy.timezone))
+    cap = policy.max_per_contact_hour if request.automated else None
+    others = automated_times(conn, contact_id, due, dt.timedelta(hours=1)) if cap else []
+    for _ in range(10):  # each step only moves later; both settle within a step or two
+        held = next_allowed(due, zones, policy.hours()) if quiet else due
+        held = throttled(others, held, cap)
+        if held == due:
+            break
+        due = held
+    return due, request.fresh_until is not None and due > request.fresh_until
 
 
 def _part_keys(key: str | None) -> list[str]:

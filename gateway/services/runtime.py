@@ -69,6 +69,10 @@ class Runtime:
         return TemplateBook(sources)
 
     @cached_property
+    def rules_path(self) -> Path:
+        return locate(self.settings.rules.file, "rules.yaml")
+
+    @cached_property
     def engine(self) -> Engine:
         return make_engine(self.settings.database.url)
 

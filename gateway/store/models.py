@@ -43,6 +43,25 @@ class Order(SQLModel, table=True):
     updated_at: dt.datetime
 
 
+class OrderEvent(SQLModel, table=True):
+    """A status change of an order, as the order system (or a dispatcher) reported it."""
+
+    __tablename__ = "order_events"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_order_events_idempotency_key"),
+        Index("ix_order_events_order", "order_id", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id")
+    status: str = Field(max_length=40)
+    eta: str | None = Field(default=None, max_length=100)
+    reason: str | None = Field(default=None, max_length=500)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    occurred_at: dt.datetime
+    created_at: dt.datetime
+
+
 class Conversation(SQLModel, table=True):
     """The texts exchanged with one contact about one order (or about no order)."""
 
@@ -60,6 +79,7 @@ class Conversation(SQLModel, table=True):
 # when it can see that the query's WHERE implies the index's, and bound parameters hide that.
 DUE_CONDITION = "state IN ({})".format(", ".join(f"'{state.value}'" for state in DUE_STATES))
 LEASED_CONDITION = f"state = '{State.SENDING.value}'"
+FRESH_CONDITION = f"{DUE_CONDITION} AND fresh_until IS NOT NULL"
 
 
 class Message(SQLModel, table=True):
@@ -71,6 +91,15 @@ class Message(SQLModel, table=True):
         UniqueConstraint("idempotency_key", name="uq_messages_idempotency_key"),
         Index("ix_messages_to_phone", "to_phone", "created_at"),
         Index("ix_messages_to_address", "to_address", "sent_at"),  # a bounce names its address
+        Index("ix_messages_order", "order_id", "state"),  # an event supersedes waiting texts
+        Index("ix_messages_contact_due", "contact_id", "due_at"),  # per-contact throttle
+        # Texts that went stale while waiting are found without reading the whole backlog.
+        Index(
+            "ix_messages_fresh",
+            "fresh_until",
+            sqlite_where=text(FRESH_CONDITION),
+            postgresql_where=text(FRESH_CONDITION),
+        ),
         # Claiming takes the oldest due rows in index order, without sorting the backlog.
         Index(
             "ix_messages_due",
@@ -116,6 +145,12 @@ class Message(SQLModel, table=True):
     created_at: dt.datetime
     updated_at: dt.datetime
     sent_at: dt.datetime | None = None
+    # Texts the rules made (not a person): they keep quiet hours and the per-contact cap.
+    automated: bool = False
+    rule: str | None = Field(default=None, max_length=100)
+    event_id: int | None = Field(default=None, foreign_key="order_events.id")
+    fresh_until: dt.datetime | None = None  # not sent after this: its news is stale
+    respect_quiet_hours: bool = False  # recorded for every text: held to the allowed hours?
 
 
 class DeliveryAttempt(SQLModel, table=True):

@@ -15,6 +15,7 @@ from gateway.domain.delivery import AttemptOutcome, Decision, State
 from gateway.domain.routing import History, history_of
 from gateway.store.models import (
     DUE_CONDITION,
+    FRESH_CONDITION,
     LEASED_CONDITION,
     Contact,
     Conversation,
@@ -51,6 +52,11 @@ class NewMessage:
     contact_id: int | None = None
     order_id: int | None = None
     conversation_id: int | None = None
+    automated: bool = False
+    rule: str | None = None
+    event_id: int | None = None
+    fresh_until: dt.datetime | None = None
+    respect_quiet_hours: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +236,43 @@ def _row_values(row: NewMessage, now: dt.datetime) -> dict[str, Any]:
         "first_due_at": row.due_at,
         "created_at": now,
         "updated_at": now,
+        "automated": row.automated,
+        "rule": row.rule,
+        "event_id": row.event_id,
+        "fresh_until": row.fresh_until,
+        "respect_quiet_hours": row.respect_quiet_hours,
     }
+
+
+def automated_times(
+    conn: Connection, contact_id: int, around: dt.datetime, span: dt.timedelta
+) -> list[dt.datetime]:
+    """When the contact's automated texts went or will go, within `span` of `around`: what
+    the per-contact cap counts."""
+    rows = conn.execute(
+        select(messages.c.sent_at, messages.c.due_at).where(
+            messages.c.contact_id == contact_id,
+            messages.c.automated.is_(True),
+            messages.c.due_at >= around - span,
+            messages.c.due_at <= around + span,
+            messages.c.state.not_in((State.CANCELLED.value, State.SUPPRESSED.value)),
+        )
+    )
+    return [_utc(r.sent_at or r.due_at) for r in rows]
+
+
+def order_zone(conn: Connection, order_id: int) -> str | None:
+    return conn.execute(select(orders.c.timezone).where(orders.c.id == order_id)).scalar()
+
+
+def cancel_stale(conn: Connection, now: dt.datetime) -> int:
+    """Waiting texts past their freshness deadline are cancelled, never sent late."""
+    done = conn.execute(
+        update(messages)
+        .where(_DUE_FRESH, messages.c.fresh_until < now)
+        .values(state=State.CANCELLED.value, reason="stale", updated_at=now)
+    )
+    return int(done.rowcount)
 
 
 # --- the sender's side ------------------------------------------------------------------------
@@ -238,6 +280,7 @@ def _row_values(row: NewMessage, now: dt.datetime) -> dict[str, Any]:
 
 _DUE = text(DUE_CONDITION)
 _LEASED = text(LEASED_CONDITION)
+_DUE_FRESH = text(FRESH_CONDITION)
 
 
 def _due_rows(now: dt.datetime) -> Any:
@@ -263,6 +306,7 @@ def claim_due(
     lease_until = now + lease
     claimed: list[Any] = []
     with engine.begin() as conn:
+        cancel_stale(conn, now)
         for condition, order in (
             (_expired_leases(now), messages.c.lease_until),
             (_due_rows(now), messages.c.due_at),

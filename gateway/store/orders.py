@@ -1,0 +1,133 @@
+"""The order queries: upsert, the facts rules read, events, superseding waiting texts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
+
+from gateway.domain.delivery import State
+from gateway.domain.rules import OrderFacts
+from gateway.store.models import OrderEvent
+from gateway.store.outbox import contacts, messages, orders
+
+events = OrderEvent.__table__  # type: ignore[attr-defined]
+
+_WAITING = (State.QUEUED.value, State.DEFERRED.value)
+
+
+def set_contact_name(conn: Connection, contact: int, name: str, now: dt.datetime) -> None:
+    conn.execute(update(contacts).where(contacts.c.id == contact).values(name=name, updated_at=now))
+
+
+def upsert_order(conn: Connection, ref: str, values: dict[str, Any], now: dt.datetime) -> int:
+    """Create the order `ref` or change the given fields of it; returns its id."""
+    found = conn.execute(select(orders.c.id).where(orders.c.ref == ref)).scalar()
+    if found is not None:
+        if values:
+            conn.execute(
+                update(orders).where(orders.c.id == found).values(**values, updated_at=now)
+            )
+        return int(found)
+    try:
+        with conn.begin_nested():
+            return int(
+                conn.execute(
+                    insert(orders)
+                    .values(ref=ref, **values, created_at=now, updated_at=now)
+                    .returning(orders.c.id)
+                ).scalar_one()
+            )
+    except IntegrityError:  # created meanwhile by another writer: update theirs
+        return upsert_order(conn, ref, values, now)
+
+
+def order_facts(conn: Connection, ref: str) -> tuple[int, OrderFacts] | None:
+    customer = aliased(contacts)
+    driver = aliased(contacts)
+    row = conn.execute(
+        select(
+            orders.c.id,
+            orders.c.ref,
+            customer.c.phone.label("customer_phone"),
+            customer.c.name.label("customer_name"),
+            driver.c.phone.label("driver_phone"),
+            driver.c.name.label("driver_name"),
+            orders.c.window_start,
+            orders.c.window_end,
+            orders.c.timezone,
+        )
+        .select_from(
+            orders.outerjoin(customer, customer.c.id == orders.c.customer_id).outerjoin(
+                driver, driver.c.id == orders.c.driver_id
+            )
+        )
+        .where(orders.c.ref == ref)
+    ).first()
+    if row is None:
+        return None
+    return row.id, OrderFacts(
+        ref=row.ref,
+        customer_phone=row.customer_phone,
+        customer_name=row.customer_name,
+        driver_phone=row.driver_phone,
+        driver_name=row.driver_name,
+        window_start=row.window_start,
+        window_end=row.window_end,
+        timezone=row.timezone,
+    )
+
+
+def event_by_key(conn: Connection, key: str) -> Any:
+    return conn.execute(select(events).where(events.c.idempotency_key == key)).first()
+
+
+def insert_event(conn: Connection, values: dict[str, Any]) -> int:
+    return int(conn.execute(insert(events).values(**values).returning(events.c.id)).scalar_one())
+
+
+def set_status(conn: Connection, order: int, status: str, now: dt.datetime) -> None:
+    conn.execute(update(orders).where(orders.c.id == order).values(status=status, updated_at=now))
+
+
+def waiting_automated(conn: Connection, order: int) -> list[tuple[int, str | None]]:
+    """(id, rule) of the order's automated texts that have not gone yet."""
+    rows = conn.execute(
+        select(messages.c.id, messages.c.rule).where(
+            messages.c.order_id == order,
+            messages.c.state.in_(_WAITING),
+            messages.c.automated.is_(True),
+        )
+    )
+    return [(row.id, row.rule) for row in rows]
+
+
+def cancel(conn: Connection, ids: Collection[int], reason: str, now: dt.datetime) -> int:
+    if not ids:
+        return 0
+    done = conn.execute(
+        update(messages)
+        .where(messages.c.id.in_(list(ids)), messages.c.state.in_(_WAITING))
+        .values(state=State.CANCELLED.value, reason=reason, updated_at=now)
+    )
+    return int(done.rowcount)
+
+
+def texts_of_event(conn: Connection, event: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(
+            messages.c.id,
+            messages.c.rule,
+            messages.c.to_phone,
+            messages.c.state,
+            messages.c.reason,
+            messages.c.due_at,
+        )
+        .where(messages.c.event_id == event)
+        .order_by(messages.c.id)
+    )
+    return [dict(row._mapping) for row in rows]

@@ -1,0 +1,198 @@
+"""Orders and their events on a real database: texts queued with their event, once; quiet
+hours on the recipient's clock; superseded and stale texts; the per-contact cap; CSV import."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from sqlalchemy import select
+
+from gateway.services.orders import OrderError, OrderInput, Orders
+from gateway.store.orders import events
+from gateway.store.outbox import claim_due, messages
+from tests.conftest import make_runtime, run_gateway
+
+NY_MORNING = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.UTC)  # 10:00 in New York
+NY_NIGHT = dt.datetime(2026, 11, 25, 3, 0, tzinfo=dt.UTC)  # 22:00 in New York
+CUSTOMER = "+12125550143"  # a New York number
+DRIVER = "+12125550199"
+
+
+@pytest.fixture
+def orders(db_url, smtp_server):
+    return Orders(make_runtime(db_url, smtp_server.port))
+
+
+def order(orders, ref="A-1", **fields):
+    values = {"customer": CUSTOMER, "carrier": "verizon", "customer_name": "Ana", **fields}
+    return orders.upsert(OrderInput(ref=ref, **values), NY_MORNING)
+
+
+def texts(orders):
+    with orders.runtime.engine.connect() as conn:
+        return conn.execute(select(messages).order_by(messages.c.id)).all()
+
+
+def test_an_event_queues_its_text_once(orders):
+    order(orders)
+    first = orders.record_status("A-1", "confirmed", NY_MORNING, key="evt-1")
+    again = orders.record_status("A-1", "confirmed", NY_MORNING, key="evt-1")
+    assert again.existing and again.event_id == first.event_id
+    (text,) = texts(orders)
+    assert (text.rule, text.state, text.automated, text.respect_quiet_hours) == (
+        "confirmed", "queued", True, True,
+    )  # fmt: skip
+    assert text.body.startswith("Hi Ana, your order A-1 is confirmed")
+    assert text.due_at == NY_MORNING and text.event_id == first.event_id
+    assert [t["id"] for t in again.texts] == [text.id]
+
+
+def test_a_night_event_is_held_to_the_recipients_morning(orders):
+    order(orders)
+    orders.record_status("A-1", "confirmed", NY_NIGHT)
+    (text,) = texts(orders)
+    assert text.state == "queued"
+    assert text.due_at == dt.datetime(2026, 11, 25, 13, 0, tzinfo=dt.UTC)  # 08:00 New York
+
+
+def test_the_orders_time_zone_wins_over_the_numbers(orders):
+    order(orders, timezone="Europe/Paris")  # 03:00 UTC is 04:00 in Paris
+    orders.record_status("A-1", "confirmed", NY_NIGHT)
+    (text,) = texts(orders)
+    assert text.due_at == dt.datetime(2026, 11, 25, 7, 0, tzinfo=dt.UTC)  # 08:00 Paris
+
+
+def test_a_later_event_supersedes_a_waiting_text(orders):
+    order(orders, driver=DRIVER, driver_carrier="verizon", driver_name="Sam")
+    orders.record_status("A-1", "driver_assigned", NY_NIGHT)  # held to the morning
+    result = orders.record_status("A-1", "attempt_failed", NY_NIGHT, reason="gate locked")
+    assert result.superseded == 1
+    first, second = texts(orders)
+    assert (first.rule, first.state, first.reason) == ("driver_assigned", "cancelled", "superseded")
+    assert (second.rule, second.state) == ("attempt_failed", "queued")
+    assert "(gate locked)" in second.body
+
+
+def test_a_text_held_past_its_freshness_is_never_sent(orders):
+    order(orders, driver=DRIVER, driver_carrier="verizon", driver_name="Sam")
+    orders.record_status("A-1", "out_for_delivery", NY_NIGHT, eta="22:30")  # fresh 180 minutes
+    (text,) = texts(orders)
+    assert (text.state, text.reason) == ("cancelled", "stale")
+
+
+def test_waiting_texts_go_stale_at_claim_time(orders):
+    order(orders, driver=DRIVER, driver_carrier="verizon", driver_name="Sam")
+    orders.record_status("A-1", "out_for_delivery", NY_MORNING, eta="10:30")
+    later = NY_MORNING + dt.timedelta(hours=4)
+    assert claim_due(orders.runtime.engine, "w", later, dt.timedelta(minutes=1), 10) == []
+    (text,) = texts(orders)
+    assert (text.state, text.reason) == ("cancelled", "stale")
+
+
+def test_the_per_contact_cap_spreads_automated_texts(db_url, smtp_server):
+    orders = Orders(make_runtime(db_url, smtp_server.port))
+    orders.runtime.settings.policy.max_per_contact_hour = 1
+    order(orders, ref="A-1")
+    order(orders, ref="A-2")  # the same customer, another order
+    orders.record_status("A-1", "confirmed", NY_MORNING)
+    orders.record_status("A-2", "confirmed", NY_MORNING)
+    first, second = texts(orders)
+    assert first.due_at == NY_MORNING and second.due_at == NY_MORNING + dt.timedelta(hours=1)
+
+
+def test_a_reminder_before_the_window(orders):
+    start = dt.datetime(2026, 11, 24, 14, 0)
+    order(orders, window_start=start, window_end=start + dt.timedelta(hours=2),
+          timezone="America/New_York")  # fmt: skip
+    orders.record_status("A-1", "confirmed", NY_MORNING)
+    confirmed, reminder = texts(orders)
+    assert confirmed.rule == "confirmed"
+    assert reminder.rule == "window_reminder"
+    assert reminder.due_at == dt.datetime(2026, 11, 24, 18, 30, tzinfo=dt.UTC)  # 13:30 New York
+    assert "between 14:00 and 16:00" in reminder.body
+
+
+def test_an_event_whose_text_cannot_be_made_stores_nothing(orders):
+    order(orders)
+    with pytest.raises(OrderError, match=r"rule .out_for_delivery.*driver_name.*assign a driver"):
+        orders.record_status("A-1", "out_for_delivery", NY_MORNING)  # no driver, no eta
+    assert texts(orders) == []
+    with orders.runtime.engine.connect() as conn:
+        assert conn.execute(select(events)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"customer": "12"}, "customer"),
+        ({"carrier": "acme"}, "unknown carrier"),
+        ({"timezone": "Mars/Base"}, "not a time zone"),
+        ({"window_start": dt.datetime(2026, 11, 24, 14)}, "needs a time zone"),
+        ({"ref": "A\n2"}, "line break"),
+    ],
+)
+def test_bad_orders_are_refused(orders, kwargs, words):
+    values = {"ref": "A-1", "customer": CUSTOMER, **kwargs}
+    with pytest.raises(OrderError, match=words):
+        orders.upsert(OrderInput(**values), NY_MORNING)
+
+
+def test_unknown_order_and_status_are_refused(orders):
+    with pytest.raises(OrderError, match="no order"):
+        orders.record_status("nope", "confirmed", NY_MORNING)
+    order(orders)
+    with pytest.raises(OrderError, match="not an order status"):
+        orders.record_status("A-1", "lost", NY_MORNING)
+
+
+def test_csv_import_keeps_good_rows_and_names_bad_lines(tmp_path, smtp_server):
+    (tmp_path / "gateway.toml").write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
+    )
+    (tmp_path / "orders.csv").write_text(
+        "ref,customer,carrier,customer_name,window_start,window_end,timezone\n"
+        "B-1,+12125550143,verizon,Ana,2026-11-24T14:00,2026-11-24T16:00,America/New_York\n"
+        "B-2,12,verizon,Bo,,,\n"
+        "B-3,+12125550144,acme,Cy,,,\n"
+        "B-4,+12125550145,verizon,Di,2026-11-24 14:00+01:00,tomorrow,\n"
+        "B-5,+12125550146,,Ed,,,\n"
+    )
+    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    result = run_gateway("orders", "import", "orders.csv", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "orders.csv:3: customer:" in result.stderr
+    assert "orders.csv:4: customer: unknown carrier 'acme'" in result.stderr
+    assert "orders.csv:5: window_end 'tomorrow'" in result.stderr
+    assert "imported 2 of 5 rows" in result.stderr
+    status = run_gateway("orders", "status", "B-1", "confirmed", "--key", "k1", "--format", "json",
+                         cwd=tmp_path)  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    made = json.loads(status.stdout)
+    assert [t["rule"] for t in made["texts"]] == ["confirmed", "window_reminder"]
+
+
+def test_a_rule_that_does_not_fit_its_template_stops_run_and_fails_templates_check(
+    tmp_path, smtp_server
+):
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "odd.txt.j2").write_text("Your parcel {{ parcel_colour }} is here")
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - {name: colourful, on_status: delivered, send: odd}\n"
+    )
+    (tmp_path / "gateway.toml").write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
+        '[templates]\nfolder = "tpl"\n'
+    )
+    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    checked = run_gateway("templates", "check", "--format", "json", cwd=tmp_path)
+    assert checked.returncode == 1
+    (row,) = json.loads(checked.stdout)
+    assert row["name"] == "odd" and "rule 'colourful'" in row["problem"]
+    ran = run_gateway("run", "--until-idle", cwd=tmp_path)
+    assert (
+        ran.returncode == 1 and "rule 'colourful'" in ran.stderr and "parcel_colour" in ran.stderr
+    )
