@@ -391,14 +391,27 @@ def templates_check(fmt: FormatOption = Format.table) -> None:
 def templates_preview(
     name: Annotated[str, typer.Argument(help="template name, e.g. out_for_delivery")],
     var: VarOption = None,
+    order: Annotated[
+        str | None, typer.Option("--order", help="fill it from this order (--var still wins)")
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Render a template with the given variables and show its encoding and SMS segments."""
+    """Render a template with the given variables (or a real order's) and show its encoding,
+    SMS segments and, for an order, when it would be sent after quiet hours."""
     from gateway.domain.sms import normalise
+    from gateway.services.orders import OrderError, Orders
 
     with user_errors():
         runtime = state.runtime()
-        variables = _parse_vars(var)
+        variables: dict[str, str] = {}
+        send_at = None
+        if order is not None:
+            status = name if name in STATUS_TEMPLATES else None
+            try:
+                variables, send_at = Orders(runtime).preview_context(order, utcnow(), status)
+            except OrderError as exc:
+                fail(str(exc))
+        variables.update(_parse_vars(var))
         try:
             text = normalise(runtime.templates.render(name.removesuffix(".txt.j2"), variables))
         except TemplateError as exc:
@@ -413,18 +426,26 @@ def templates_preview(
                         "encoding": shape.encoding.value,
                         "units": shape.units,
                         "segments": shape.segments,
+                        "send_at": send_at.isoformat() if send_at else None,
                     }
                 )
             )
             return
         out.print(text, markup=False)
+        when = f"; would be sent at {send_at:%Y-%m-%d %H:%M} UTC" if send_at else ""
         err.print(
-            f"-- {shape.encoding.value}, {shape.units} units, {shape.segments} segment(s)",
+            f"-- {shape.encoding.value}, {shape.units} units, {shape.segments} segment(s){when}",
             markup=False,
         )
 
 
 # --- sending ----------------------------------------------------------------------------------
+
+
+# Templates named after a status preview that status's event.
+STATUS_TEMPLATES = (
+    "driver_assigned", "out_for_delivery", "delivered", "delayed", "attempt_failed", "cancelled",
+)  # fmt: skip
 
 
 @app.command("send")
@@ -503,6 +524,7 @@ def run(
     the sender, and the inbound worker when a mailbox is configured."""
     from gateway.services.inbound import Ingest, Receiver
     from gateway.services.orders import Orders
+    from gateway.services.scheduler import Scheduler
     from gateway.transport.imap import ImapError
 
     with user_errors():
@@ -511,7 +533,7 @@ def run(
         settings = runtime.settings
         if not settings.smtp.enabled and not settings.relay.enabled:
             fail("both smtp.enabled and relay.enabled are false: nothing can be sent")
-        Orders(runtime).rules  # noqa: B018  (refuse to start on a rule that does not fit)
+        rules = Orders(runtime).rules  # refuses to start on a rule that does not fit
         routes = runtime.route_book()
         sent_folder = runtime.sent_folder()
         source = runtime.mail_source(engine)
@@ -533,12 +555,15 @@ def run(
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
+            scheduler = None
             if until_idle:
                 # Read the mailbox first, so keyword answers it queues go out in this run.
                 await receive(stop)
                 inbound = None
             else:
                 inbound = asyncio.create_task(receive(stop))
+                scheduler = Scheduler(runtime, engine, rules)
+                scheduler.start()
             sender = Sender(
                 engine,
                 routes,
@@ -556,6 +581,8 @@ def run(
                 if inbound is not None:
                     stop.set()
                     await inbound
+                if scheduler is not None:
+                    scheduler.shutdown()
             copies = f"; Sent copies {stats.copied}" if sent_folder is not None else ""
             if stats.copies_failed:
                 copies += f" ({stats.copies_failed} failed)"

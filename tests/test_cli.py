@@ -351,6 +351,12 @@ def test_demo_runs_unattended(tmp_path):
     result = gw("demo", "--exit-after", "30", cwd=tmp_path, check_code=0)
     assert "every text ended as expected" in result.stdout
     assert (tmp_path / "demo" / "gateway.db").exists()
+    # The demo order's walk: each customer text once, at its time.
+    outbox = json.loads(gw("--config", "demo/gateway.toml", "outbox", "list", "--format", "json",
+                           cwd=tmp_path, check_code=0).stdout)  # fmt: skip
+    walk = sorted((r["reason"] or "", r["state"]) for r in outbox if r["order_ref"] == "W-2001")
+    assert walk == [("", "queued"), ("", "sent"), ("", "sent"), ("", "sent"),
+                    ("superseded", "cancelled")]  # fmt: skip
 
 
 def test_commands_work_from_any_directory(tmp_path):

@@ -196,3 +196,28 @@ def test_a_rule_that_does_not_fit_its_template_stops_run_and_fails_templates_che
     assert (
         ran.returncode == 1 and "rule 'colourful'" in ran.stderr and "parcel_colour" in ran.stderr
     )
+
+
+def test_preview_a_template_for_a_real_order(tmp_path, smtp_server):
+    (tmp_path / "gateway.toml").write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
+        '[policy]\nallowed_from = "00:00"\nallowed_until = "00:01"\n'  # always quiet but a minute
+    )
+    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    made = run_gateway("orders", "upsert", "--ref", "P-1", "--customer", CUSTOMER, "--carrier",
+                       "verizon", "--customer-name", "Ana", "--driver", DRIVER, "--driver-name",
+                       "Sam", "--timezone", "America/New_York", cwd=tmp_path)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    shown = run_gateway("templates", "preview", "out_for_delivery", "--order", "P-1", "--var",
+                        "eta=14:30", "--format", "json", cwd=tmp_path)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["text"] == "Hi Ana, your order P-1 is out for delivery with Sam. ETA 14:30."
+    assert data["segments"] == 1
+    send_at = dt.datetime.fromisoformat(data["send_at"]).astimezone(
+        dt.timezone(dt.timedelta(hours=-5))
+    )
+    assert send_at.strftime("%H:%M") == "00:00"  # the next allowed minute in New York (EST)
+    missing = run_gateway("templates", "preview", "delivered", "--order", "nope", cwd=tmp_path)
+    assert missing.returncode == 1 and "no order 'nope'" in missing.stderr

@@ -33,6 +33,8 @@ PROVIDED = (
     "order_ref", "status", "customer_name", "driver_name", "eta", "window", "window_start",
     "window_end", "reason",
 )  # fmt: skip
+# What a recurring rule's text to a driver can use: the driver's day.
+SUMMARY_PROVIDED = ("driver_name", "order_count", "order_refs", "first_window")
 
 
 class RuleError(ValueError):
@@ -42,13 +44,14 @@ class RuleError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
-    on: str  # the status that sets it off
+    on: str | None  # the status that sets it off; None for a recurring rule
     template: str
     to: tuple[str, ...]  # "customer", "driver"
     anchor: str = "event"  # when: the event, or the window's start or end...
     offset: dt.timedelta = dt.timedelta(0)  # ...plus this (negative: before)
     fresh_for: dt.timedelta | None = None  # not sent when this long past its anchor
     superseded_by: frozenset[str] | None = None  # None: the default (see `supersedes`)
+    every: str | None = None  # a recurring rule: crontab "minute hour day month weekday"
 
     def supersedes_on(self, status: str) -> bool:
         """Whether a later event with `status` makes this rule's waiting text obsolete: by
@@ -109,7 +112,7 @@ def plan(rules: Iterable[Rule], order: OrderFacts, event: Event, zone_label: str
     texts: list[PlannedText] = []
     skipped: list[Skipped] = []
     for rule in rules:
-        if rule.on != event.status:
+        if rule.every is not None or rule.on != event.status:
             continue
         anchor = _anchor_time(rule, order, event)
         if anchor is None:
@@ -177,6 +180,32 @@ def _local(at: dt.datetime, order: OrderFacts) -> dt.datetime:
     return at
 
 
+@dataclass(frozen=True, slots=True)
+class DriverDay:
+    """A driver's orders with a window on one day, for a recurring summary."""
+
+    phone: str
+    name: str | None
+    refs: tuple[str, ...]
+    first_window: dt.datetime | None
+
+
+def summary_variables(day: DriverDay, zone_name: str | None) -> dict[str, str]:
+    found = {
+        "driver_name": day.name or "there",
+        "order_count": str(len(day.refs)),
+        "order_refs": ", ".join(day.refs),
+    }
+    if day.first_window is not None:
+        first = day.first_window
+        if zone_name:
+            from zoneinfo import ZoneInfo
+
+            first = first.astimezone(ZoneInfo(zone_name))
+        found["first_window"] = f"{first:%H:%M}"
+    return found
+
+
 def superseded(rules: Mapping[str, Rule], waiting_rule: str, new_status: str) -> bool:
     """Whether a waiting text made by `waiting_rule` is obsolete once `new_status` arrives."""
     rule = rules.get(waiting_rule)
@@ -200,7 +229,7 @@ def throttled(others: Sequence[dt.datetime], at: dt.datetime, limit: int | None)
 
 # --- reading rules.yaml -----------------------------------------------------------------------
 
-_KEYS = {"name", "on_status", "send", "to", "at", "fresh_minutes", "superseded_by"}
+_KEYS = {"name", "on_status", "every", "send", "to", "at", "fresh_minutes", "superseded_by"}
 
 
 def load_rules(text: str, source: str = "rules.yaml") -> tuple[Rule, ...]:
@@ -237,7 +266,20 @@ def _rule(entry: object, where: str) -> Rule:
     where = f"rule {name!r}"
     # Not "on": YAML reads a bare `on` as true.
     on = entry.get("on_status")
-    if on not in STATUSES:
+    every = entry.get("every")
+    if (on is None) == (every is None):
+        raise RuleError(f"{where}: give either on_status (an order status) or every (a crontab)")
+    if every is not None:
+        if not isinstance(every, str) or len(every.split()) != 5:
+            raise RuleError(
+                f'{where}: every {every!r} is not a crontab like "0 8 * * *" '
+                "(minute hour day month weekday)"
+            )
+        if "at" in entry or "superseded_by" in entry:
+            raise RuleError(f"{where}: a recurring rule takes no `at` or `superseded_by`")
+        if entry.get("to") not in ("driver", ["driver"]):
+            raise RuleError(f"{where}: a recurring rule texts each driver their day (to: driver)")
+    elif on not in STATUSES:
         raise RuleError(f"{where}: on_status {on!r} is not a status ({', '.join(STATUSES)})")
     template = entry.get("send")
     if not isinstance(template, str) or not template:
@@ -274,6 +316,7 @@ def _rule(entry: object, where: str) -> Rule:
         offset=offset,
         fresh_for=dt.timedelta(minutes=fresh) if fresh else None,
         superseded_by=superseded_by,
+        every=every,
     )
 
 
@@ -284,15 +327,16 @@ def check_rules(rules: Iterable[Rule], templates: TemplateBook) -> list[str]:
 
 
 def rule_problems(rules: Iterable[Rule], templates: TemplateBook) -> list[tuple[Rule, str]]:
-    sample = {name: f"<{name}>" for name in PROVIDED}
     problems = []
     for rule in rules:
+        provided = SUMMARY_PROVIDED if rule.every and rule.to == ("driver",) else PROVIDED
+        sample = {name: f"<{name}>" for name in provided}
         if rule.template not in templates:
             problems.append((rule, f"rule {rule.name!r}: no template {rule.template!r}"))
             continue
         try:
             templates.render(rule.template, sample)
         except TemplateError as exc:
-            provided = ", ".join(PROVIDED)
-            problems.append((rule, f"rule {rule.name!r}: {exc} (order events provide: {provided})"))
+            names = ", ".join(provided)
+            problems.append((rule, f"rule {rule.name!r}: {exc} (it is given: {names})"))
     return problems

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
@@ -18,6 +21,7 @@ from rich.table import Table
 from gateway.config import load_settings
 from gateway.domain.delivery import State
 from gateway.services.carrier_sim import CarrierSimulator
+from gateway.services.orders import OrderInput, Orders
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
@@ -28,9 +32,30 @@ from gateway.store.outbox import list_messages
 @dataclass(frozen=True)
 class DemoText:
     who: str
-    request: SendRequest
+    request: SendRequest | None  # None: a rule made it from an order event
     expect: State
     expect_reason: str | None = None
+
+
+# The demo order's time zone: the first of these where it is daytime now, so its texts are
+# not held by quiet hours (a real order has the delivery address's zone).
+DAYTIME_ZONES = (
+    "America/New_York", "America/Chicago", "America/Los_Angeles", "Pacific/Honolulu",
+    "America/Sao_Paulo", "Europe/London", "Europe/Berlin", "Asia/Kolkata", "Asia/Tokyo",
+    "Australia/Sydney",
+)  # fmt: skip
+# What each status event of the demo order should leave in the outbox, by rule.
+ORDER_WALK = (
+    ("confirmed", {
+        "confirmed": (State.SENT, None),
+        # Timed to the window; the order is delivered first, which makes it obsolete.
+        "window_reminder": (State.CANCELLED, "superseded"),
+    }),
+    ("driver_assigned", {"driver_assigned": (State.SENT, None)}),
+    ("out_for_delivery", {"out_for_delivery": (State.SENT, None)}),
+    # The fourth automated text within the hour: held by max_per_contact_hour (3).
+    ("delivered", {"delivered": (State.QUEUED, None)}),
+)  # fmt: skip
 
 
 def _texts() -> list[DemoText]:
@@ -105,6 +130,7 @@ def run_demo(folder: str, exit_after: float | None, out: Console) -> int:
         plan = _texts()
         expected: dict[int, DemoText] = {}
         for item in plan:
+            assert item.request is not None
             result = enqueue(runtime, item.request, utcnow())
             for message in result.ids:
                 expected[message] = item
@@ -128,9 +154,43 @@ def run_demo(folder: str, exit_after: float | None, out: Console) -> int:
                 await task
 
         asyncio.run(send_all())
+        expected.update(_walk_order(runtime, send_all, out))
         return _report(runtime, carriers, expected, out)
     finally:
         carriers.stop()
+
+
+def _walk_order(
+    runtime: Runtime, send_all: Callable[[], Coroutine[Any, Any, None]], out: Console
+) -> dict[int, DemoText]:
+    """An order through its statuses, as the order system would report them; the rules decide
+    the texts, which are sent between events as a running gateway would."""
+    now = utcnow()
+    zone_name = next(
+        name for name in DAYTIME_ZONES if 9 <= now.astimezone(ZoneInfo(name)).hour < 18
+    )
+    local = now.astimezone(ZoneInfo(zone_name)).replace(second=0, microsecond=0, tzinfo=None)
+    orders = Orders(runtime)
+    orders.upsert(
+        OrderInput(
+            ref="W-2001", customer="+1 202 555 0161", carrier="verizon", customer_name="Fay",
+            driver="+1 646 555 0188", driver_carrier="boost", driver_name="Sam",
+            window_start=local + dt.timedelta(hours=3), window_end=local + dt.timedelta(hours=5),
+            timezone=zone_name,
+        ),
+        now,
+    )  # fmt: skip
+    out.print(f"order W-2001 for Fay (delivery address in {zone_name}), through its statuses:")
+    expected: dict[int, DemoText] = {}
+    for status, outcomes in ORDER_WALK:
+        result = orders.record_status("W-2001", status, utcnow(), eta="in 20 minutes")
+        for text in result.texts:
+            state, reason = outcomes[text["rule"]]
+            expected[text["id"]] = DemoText(f"Fay: {text['rule']}", None, state, reason)
+        made = ", ".join(f"{t['rule']} {t['state']}" for t in result.texts) or "no text"
+        out.print(f"  {status}: {made}", markup=False)
+        asyncio.run(send_all())
+    return expected
 
 
 def _report(
@@ -145,19 +205,24 @@ def _report(
         row = rows[message]
         received = [r for r in carriers.inbox.get((row["to_address"] or "").lower(), [])
                     if r.message_id == row["message_id"]]  # fmt: skip
-        shown = received[0].text if received else (row["gateway_reason"] or row["reason"] or "")
+        if received:
+            shown = received[0].text
+        elif row["state"] == State.QUEUED.value:
+            shown = f"waits until {row['due_at']:%H:%M} UTC (the per-contact cap or quiet hours)"
+        else:
+            shown = row["reason"] or row["gateway_reason"] or ""
         table.add_row(str(message), f"{item.who}\n{row['to']}", row["to_address"] or "-",
                       row["state"], shown)  # fmt: skip
         ok = row["state"] == item.expect.value and (
-            row["reason"] == item.expect_reason if item.expect_reason else bool(received)
+            bool(received) if item.expect is State.SENT else row["reason"] == item.expect_reason
         )
         if not ok:
             wrong.append(f"message {message} to {item.who}: {row['state']} ({row['reason']}), "
                          f"expected {item.expect.value}")  # fmt: skip
     out.print(table)
-    sent = sum(1 for r in rows.values() if r["state"] == State.SENT.value)
-    suppressed = sum(1 for r in rows.values() if r["state"] == State.SUPPRESSED.value)
-    out.print(f"sent {sent}, suppressed {suppressed}, at {dt.datetime.now():%H:%M:%S}")
+    counts = {state: sum(1 for r in rows.values() if r["state"] == state.value) for state in State}
+    shown = ", ".join(f"{state.value} {n}" for state, n in counts.items() if n)
+    out.print(f"{shown}, at {dt.datetime.now():%H:%M:%S}")
     for line in wrong:
         out.print(f"[red]unexpected:[/red] {line}")
     if not wrong:

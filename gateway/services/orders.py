@@ -18,8 +18,17 @@ from gateway.config import ConfigError
 from gateway.domain.carriers import Carrier
 from gateway.domain.email_out import check_header_value
 from gateway.domain.phone import PhoneError, parse_phone
-from gateway.domain.quiet import zone
-from gateway.domain.rules import STATUSES, Event, Rule, RuleError, check_rules, load_rules, plan
+from gateway.domain.quiet import next_allowed, recipient_zones, zone
+from gateway.domain.rules import (
+    STATUSES,
+    Event,
+    Rule,
+    RuleError,
+    check_rules,
+    load_rules,
+    plan,
+    variables,
+)
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store import orders as store
@@ -215,6 +224,26 @@ class Orders:
                 [f"{s.rule}: {s.why}" for s in made.skipped],
                 superseded,
             )
+
+    # --- preview --------------------------------------------------------------------------
+
+    def preview_context(
+        self, ref: str, now: dt.datetime, status: str | None = None
+    ) -> tuple[dict[str, str], dt.datetime]:
+        """The variables an event of `ref` would give a template, and when a text to its
+        customer would be sent if queued now (after quiet hours)."""
+        policy = self.runtime.settings.policy
+        with self.runtime.migrated_engine().connect() as conn:
+            found = store.order_facts(conn, ref)
+        if found is None:
+            raise OrderError(f"there is no order {ref!r}")
+        _, facts = found
+        values = variables(facts, Event(status or "confirmed", now))
+        when = now
+        if policy.quiet_hours and facts.customer_phone:
+            zones = recipient_zones(facts.timezone, facts.customer_phone, zone(policy.timezone))
+            when = next_allowed(now, zones, policy.hours())
+        return values, when
 
     # --- CSV import -----------------------------------------------------------------------
 

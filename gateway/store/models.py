@@ -256,3 +256,18 @@ class MailboxState(SQLModel, table=True):
     uidvalidity: int | None = Field(default=None, sa_type=BigInteger)
     last_uid: int = Field(default=0, sa_type=BigInteger)
     updated_at: dt.datetime
+
+
+class JobRun(SQLModel, table=True):
+    """One firing of a scheduled job. The unique (job, slot) is the lock: when several gateway
+    processes fire the same job for the same time, the one that writes this row does the work."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (UniqueConstraint("job_id", "slot", name="uq_job_runs_job_slot"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(max_length=200)
+    slot: dt.datetime  # the time the job was due, to the minute
+    worker: str = Field(max_length=100)
+    texts: int = 0
+    fired_at: dt.datetime

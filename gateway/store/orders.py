@@ -6,16 +6,17 @@ import datetime as dt
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from gateway.domain.delivery import State
-from gateway.domain.rules import OrderFacts
-from gateway.store.models import OrderEvent
+from gateway.domain.rules import TERMINAL, DriverDay, OrderFacts
+from gateway.store.models import JobRun, OrderEvent
 from gateway.store.outbox import contacts, messages, orders
 
 events = OrderEvent.__table__  # type: ignore[attr-defined]
+job_runs = JobRun.__table__  # type: ignore[attr-defined]
 
 _WAITING = (State.QUEUED.value, State.DEFERRED.value)
 
@@ -131,3 +132,52 @@ def texts_of_event(conn: Connection, event: int) -> list[dict[str, Any]]:
         .order_by(messages.c.id)
     )
     return [dict(row._mapping) for row in rows]
+
+
+def driver_days(conn: Connection, start: dt.datetime, end: dt.datetime) -> list[DriverDay]:
+    """Each driver's open orders with a window starting in [start, end)."""
+    driver = aliased(contacts)
+    rows = conn.execute(
+        select(
+            driver.c.phone,
+            driver.c.name,
+            orders.c.ref,
+            orders.c.window_start,
+        )
+        .select_from(orders.join(driver, driver.c.id == orders.c.driver_id))
+        .where(
+            orders.c.window_start >= start,
+            orders.c.window_start < end,
+            or_(orders.c.status.is_(None), orders.c.status.not_in(tuple(TERMINAL))),
+        )
+        .order_by(driver.c.phone, orders.c.window_start, orders.c.ref)
+    )
+    days: dict[str, DriverDay] = {}
+    for row in rows:
+        day = days.get(row.phone)
+        if day is None:
+            days[row.phone] = DriverDay(row.phone, row.name, (row.ref,), row.window_start)
+        else:
+            days[row.phone] = DriverDay(day.phone, day.name, (*day.refs, row.ref), day.first_window)
+    return list(days.values())
+
+
+def claim_job_run(
+    conn: Connection, job_id: str, slot: dt.datetime, worker: str, now: dt.datetime
+) -> int | None:
+    """The run's id when this worker is the one to do it; None when another already did."""
+    try:
+        with conn.begin_nested():
+            return int(
+                conn.execute(
+                    insert(job_runs)
+                    .values(job_id=job_id, slot=slot, worker=worker, fired_at=now)
+                    .returning(job_runs.c.id)
+                ).scalar_one()
+            )
+    except IntegrityError:
+        return None
+
+
+def finish_job_run(conn: Connection, run: int, texts: int) -> None:
+    conn.execute(update(job_runs).where(job_runs.c.id == run).values(texts=texts))
