@@ -562,7 +562,12 @@ def run(
                 inbound = None
             else:
                 inbound = asyncio.create_task(receive(stop))
-                scheduler = Scheduler(runtime, engine, rules)
+                scheduler = Scheduler(
+                    runtime,
+                    engine,
+                    rules,
+                    misfire_grace_seconds=settings.rules.misfire_grace_seconds,
+                )
                 scheduler.start()
             sender = Sender(
                 engine,
@@ -920,6 +925,25 @@ def _mail_row(file: str, mail: Any) -> dict[str, Any]:
             for r in mail.recipients
         ],
     }
+
+
+@outbox_app.command("cancel")
+def outbox_cancel(
+    ids: Annotated[list[int], typer.Argument(help="outbox ids (gateway outbox list)")],
+    reason: Annotated[str, typer.Option("--reason", help="recorded with the text")] = "dispatcher",
+) -> None:
+    """Cancel texts that have not gone yet (queued, deferred or suppressed)."""
+    from gateway.store.outbox import cancel_waiting
+
+    if not reason.strip() or len(reason) > 200 or any(c in reason for c in "\r\n"):
+        raise typer.BadParameter("give a reason of one line, at most 200 characters")
+    with user_errors():
+        done = cancel_waiting(state.runtime().migrated_engine(), ids, reason.strip(), utcnow())
+    missing = sorted(set(ids) - set(done))
+    for message in done:
+        out.print(str(message))
+    if missing:
+        fail(f"not cancelled (gone already, or no such text): {', '.join(map(str, missing))}")
 
 
 @app.command("demo")

@@ -260,6 +260,8 @@ class PolicySettings(_Section):
 
 class RulesSettings(_Section):
     file: str = "rules.yaml"
+    # A recurring run missed while no gateway ran still happens if it is no later than this.
+    misfire_grace_seconds: int = Field(900, ge=1, le=86_400)
 
 
 class SenderSettings(_Section):

@@ -221,3 +221,28 @@ def test_preview_a_template_for_a_real_order(tmp_path, smtp_server):
     assert send_at.strftime("%H:%M") == "00:00"  # the next allowed minute in New York (EST)
     missing = run_gateway("templates", "preview", "delivered", "--order", "nope", cwd=tmp_path)
     assert missing.returncode == 1 and "no order 'nope'" in missing.stderr
+
+
+def test_a_dispatcher_sees_and_cancels_a_scheduled_text(tmp_path, smtp_server):
+    (tmp_path / "gateway.toml").write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
+    )
+    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    start = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(microsecond=0)
+    run_gateway("orders", "upsert", "--ref", "S-1", "--customer", CUSTOMER, "--carrier", "verizon",
+                "--window-start", start.isoformat(), "--window-end",
+                (start + dt.timedelta(hours=2)).isoformat(), cwd=tmp_path)  # fmt: skip
+    run_gateway("orders", "status", "S-1", "confirmed", cwd=tmp_path)
+    listed = json.loads(run_gateway("outbox", "list", "--format", "json", cwd=tmp_path).stdout)
+    (reminder,) = [
+        r for r in listed if r["state"] == "queued" and r["due_at"] > start.isoformat()[:10]
+    ]
+    cancelled = run_gateway("outbox", "cancel", str(reminder["id"]), "--reason", "customer called",
+                            cwd=tmp_path)  # fmt: skip
+    assert cancelled.returncode == 0 and cancelled.stdout.split() == [str(reminder["id"])]
+    listed = json.loads(run_gateway("outbox", "list", "--format", "json", cwd=tmp_path).stdout)
+    row = next(r for r in listed if r["id"] == reminder["id"])
+    assert (row["state"], row["reason"]) == ("cancelled", "customer called")
+    again = run_gateway("outbox", "cancel", str(reminder["id"]), cwd=tmp_path)
+    assert again.returncode == 1 and "not cancelled" in again.stderr

@@ -265,6 +265,23 @@ def order_zone(conn: Connection, order_id: int) -> str | None:
     return conn.execute(select(orders.c.timezone).where(orders.c.id == order_id)).scalar()
 
 
+def cancel_waiting(engine: Engine, ids: Sequence[int], reason: str, now: dt.datetime) -> list[int]:
+    """A person's cancel: the texts among `ids` that had not gone yet; returns those."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            update(messages)
+            .where(
+                messages.c.id.in_(list(ids)),
+                messages.c.state.in_(
+                    (State.QUEUED.value, State.DEFERRED.value, State.SUPPRESSED.value)
+                ),
+            )
+            .values(state=State.CANCELLED.value, reason=reason, updated_at=now)
+            .returning(messages.c.id)
+        )
+        return sorted(int(r) for r in rows.scalars())
+
+
 def cancel_stale(conn: Connection, now: dt.datetime) -> int:
     """Waiting texts past their freshness deadline are cancelled, never sent late."""
     done = conn.execute(
