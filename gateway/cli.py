@@ -577,6 +577,7 @@ def run(
                 lease=dt.timedelta(seconds=settings.sender.lease_seconds),
                 idle_poll=settings.sender.idle_poll_seconds,
                 sent_folder=sent_folder,
+                **runtime.quiet(),
             )
             progress = asyncio.create_task(_report_progress(sender.stats))
             try:

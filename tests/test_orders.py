@@ -3,6 +3,7 @@ hours on the recipient's clock; superseded and stale texts; the per-contact cap;
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 
@@ -246,3 +247,21 @@ def test_a_dispatcher_sees_and_cancels_a_scheduled_text(tmp_path, smtp_server):
     assert (row["state"], row["reason"]) == ("cancelled", "customer called")
     again = run_gateway("outbox", "cancel", str(reminder["id"]), cwd=tmp_path)
     assert again.returncode == 1 and "not cancelled" in again.stderr
+
+
+async def test_the_sender_holds_a_quiet_text_that_comes_due_at_night(db_url, smtp_server):
+    """A retry or a late claim can fall in quiet hours: the sender checks again before sending."""
+    from gateway.services.outbound import SendRequest, enqueue
+    from gateway.services.sender import Sender
+
+    runtime = make_runtime(db_url, smtp_server.port)
+    (made,) = enqueue(runtime, SendRequest(CUSTOMER, "verizon", text="hi", respect_quiet_hours=True),
+                      NY_MORNING).ids  # fmt: skip
+    sender = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy, idle_poll=0.05,
+                    clock=lambda: NY_NIGHT, **runtime.quiet())  # fmt: skip
+    await sender.run(asyncio.Event(), until_idle=True)
+    with runtime.engine.connect() as conn:
+        row = conn.execute(select(messages).where(messages.c.id == made)).one()
+    assert smtp_server.received == []
+    assert (row.state, row.reason) == ("queued", "held for quiet hours")
+    assert row.due_at == dt.datetime(2026, 11, 25, 13, 0, tzinfo=dt.UTC)  # 08:00 New York

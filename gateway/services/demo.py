@@ -140,7 +140,11 @@ def run_demo(folder: str, exit_after: float | None, out: Console) -> int:
 
         async def send_all() -> None:
             sender = Sender(
-                runtime.engine, runtime.route_book(), runtime.retry_policy, batch_size=50
+                runtime.engine,
+                runtime.route_book(),
+                runtime.retry_policy,
+                batch_size=50,
+                **runtime.quiet(),
             )
             stop = asyncio.Event()
             task = asyncio.create_task(sender.run(stop, until_idle=True))

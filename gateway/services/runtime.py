@@ -8,7 +8,7 @@ import datetime as dt
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Engine
 
@@ -17,6 +17,7 @@ from gateway.domain.carriers import CarrierBook, CarrierFileError, load_carriers
 from gateway.domain.delivery import RetryPolicy
 from gateway.domain.email_out import Mailbox
 from gateway.domain.inbound import Identity
+from gateway.domain.quiet import zone
 from gateway.domain.routing import Route
 from gateway.domain.templates import SUFFIX, TemplateBook
 from gateway.services.oauth2 import token_source
@@ -80,6 +81,13 @@ class Runtime:
         """The engine, after checking the schema is current (raises DatabaseError if not)."""
         require_current(self.engine)
         return self.engine
+
+    def quiet(self) -> dict[str, Any]:
+        """The sender's quiet-hours settings (none when quiet_hours is off)."""
+        policy = self.settings.policy
+        if not policy.quiet_hours:
+            return {}
+        return {"quiet_hours": policy.hours(), "company_zone": zone(policy.timezone)}
 
     @property
     def retry_policy(self) -> RetryPolicy:

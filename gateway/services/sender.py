@@ -18,11 +18,13 @@ import random
 import socket
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
 from gateway.domain.delivery import (
     AttemptOutcome,
+    Decision,
     OutcomeKind,
     RetryPolicy,
     State,
@@ -30,6 +32,7 @@ from gateway.domain.delivery import (
     postpone,
 )
 from gateway.domain.email_out import build_email
+from gateway.domain.quiet import QuietHours, is_allowed, next_allowed, recipient_zones
 from gateway.domain.routing import COUNTS_AGAINST_LIMIT, Route, history_after, is_route_failure
 from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import utcnow
@@ -86,8 +89,12 @@ class Sender:
         jitter: Callable[[], float] = random.random,
         worker: str | None = None,
         sent_folder: SentFolder | None = None,
+        quiet_hours: QuietHours | None = None,
+        company_zone: ZoneInfo | None = None,
     ) -> None:
         self.engine = engine
+        self.quiet_hours = quiet_hours
+        self.company_zone = company_zone or ZoneInfo("UTC")
         self.sent_folder = sent_folder
         self._copies: asyncio.Queue[tuple[bytes, dt.datetime]] = asyncio.Queue(COPY_BACKLOG)
         self.routes = routes
@@ -191,6 +198,15 @@ class Sender:
     async def _send_one(self, row: Claimed) -> None:
         if self.clock() >= row.lease_until - self.lease_margin:
             return  # our lease is (nearly) gone; whoever claims it next sends it
+        if self.quiet_hours is not None and row.quiet:
+            now = self.clock()
+            zones = recipient_zones(row.order_zone, row.to_phone, self.company_zone)
+            if not is_allowed(now, zones, self.quiet_hours):
+                until = next_allowed(now, zones, self.quiet_hours)
+                held = Decision(State.QUEUED, until, "held for quiet hours")
+                self._postponed.append(Postponement(row.id, self.worker, held, now))
+                self._count("quiet_hours")
+                return
         history = row.history
         number = row.attempts
         # At most two attempts per claim: when the route fails (connection, TLS, sign-in), the

@@ -69,6 +69,11 @@ class Claimed:
     first_due_at: dt.datetime
     lease_until: dt.datetime
     history: History = field(default_factory=History)
+    # Held to the recipient's allowed hours (automated, or asked for): the sender checks again,
+    # since a retry or a late claim may fall in quiet hours.
+    quiet: bool = False
+    to_phone: str = ""
+    order_zone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +360,9 @@ def claim_due(
                     messages.c.message_id,
                     messages.c.attempts,
                     messages.c.first_due_at,
+                    messages.c.respect_quiet_hours,
+                    messages.c.to_phone,
+                    messages.c.order_id,
                 )
             ).all()
         # Retries need their history to choose a route; first attempts (nearly all) have none.
@@ -369,6 +377,14 @@ def claim_due(
                 .order_by(attempts.c.message_id, attempts.c.number, attempts.c.id)
             ):
                 histories.setdefault(row.message_id, []).append((row.route, row.outcome, row.phase))
+        quiet_orders = {r.order_id for r in claimed if r.respect_quiet_hours and r.order_id}
+        zones: dict[int, str | None] = {}
+        if quiet_orders:
+            zones = dict(
+                conn.execute(
+                    select(orders.c.id, orders.c.timezone).where(orders.c.id.in_(quiet_orders))
+                ).all()
+            )
     return [
         Claimed(
             r.id,
@@ -379,6 +395,9 @@ def claim_due(
             r.first_due_at,
             lease_until,
             history_of(histories[r.id]) if r.id in histories else History(),
+            quiet=bool(r.respect_quiet_hours),
+            to_phone=r.to_phone,
+            order_zone=zones.get(r.order_id) if r.order_id else None,
         )
         for r in claimed
     ]
