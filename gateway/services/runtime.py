@@ -33,6 +33,7 @@ from gateway.transport.smtp import SmtpPool, SmtpServer
 @dataclasses.dataclass
 class Runtime:
     settings: Settings
+    _schema_checked: bool = dataclasses.field(default=False, repr=False)
 
     @cached_property
     def carriers_path(self) -> Path:
@@ -78,8 +79,12 @@ class Runtime:
         return make_engine(self.settings.database.url)
 
     def migrated_engine(self) -> Engine:
-        """The engine, after checking the schema is current (raises DatabaseError if not)."""
-        require_current(self.engine)
+        """The engine, after checking the schema is current (raises DatabaseError if not).
+        Checked once per process: reading the migration scripts costs milliseconds, which on
+        every enqueue was most of its time."""
+        if not self._schema_checked:
+            require_current(self.engine)
+            self._schema_checked = True
         return self.engine
 
     def quiet(self) -> dict[str, Any]:
