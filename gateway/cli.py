@@ -52,6 +52,10 @@ orders_app = typer.Typer(help="Orders and their status events.", no_args_is_help
 app.add_typer(orders_app, name="orders")
 rules_app = typer.Typer(help="The rules that turn order events into texts.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+tokens_app = typer.Typer(help="Bearer tokens for the HTTP API.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+users_app = typer.Typer(help="Dashboard users.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -945,6 +949,71 @@ def outbox_cancel(
         out.print(str(message))
     if missing:
         fail(f"not cancelled (gone already, or no such text): {', '.join(map(str, missing))}")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="who or what uses it, e.g. order-system")],
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Create an API token; it is printed once and kept only as a digest."""
+    from gateway.store.access import AccessError, create_token
+
+    _check_name(name)
+    with user_errors():
+        try:
+            token = create_token(state.runtime().migrated_engine(), name, utcnow())
+        except AccessError as exc:
+            fail(str(exc))
+    if fmt is Format.json:
+        out.print_json(json.dumps({"name": name, "token": token}))
+    else:
+        out.print(token, markup=False)
+        err.print("keep it now: it cannot be shown again", markup=False)
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="sign-in name")],
+    role: Annotated[str, typer.Option("--role", help="dispatcher or admin")] = "dispatcher",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input")
+    ] = False,
+) -> None:
+    """Add a dashboard user (the password is asked for, or read with --password-stdin)."""
+    from gateway.store.access import AccessError, add_user
+
+    _check_name(name)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    with user_errors():
+        try:
+            add_user(state.runtime().migrated_engine(), name, role, password, utcnow())
+        except AccessError as exc:
+            fail(str(exc))
+    err.print(f"user {name} ({role}) added", markup=False)
+
+
+def _check_name(name: str) -> None:
+    if not name.strip() or len(name) > 100 or any(c in name for c in "\r\n\x00"):
+        raise typer.BadParameter("a name is one line of 1 to 100 characters")
+
+
+@app.command("serve")
+def serve() -> None:
+    """The HTTP API (and, later, the dashboard) on [web] host and port."""
+    import uvicorn
+
+    from gateway.web.api import create_app
+
+    with user_errors():
+        runtime = state.runtime()
+        runtime.migrated_engine()
+        web = runtime.settings.web
+        app_ = create_app(runtime)
+    uvicorn.run(app_, host=web.host, port=web.port, log_level="warning")
 
 
 @app.command("demo")

@@ -271,3 +271,48 @@ class JobRun(SQLModel, table=True):
     worker: str = Field(max_length=100)
     texts: int = 0
     fired_at: dt.datetime
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the HTTP API. Only its SHA-256 is kept: the token is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    revoked: bool = False
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None = None
+
+
+class User(SQLModel, table=True):
+    """A dashboard user; the password is kept as an argon2 hash."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    role: str = Field(max_length=20)  # dispatcher | admin
+    password_hash: str = Field(max_length=200)
+    created_at: dt.datetime
+
+
+class ApiRequest(SQLModel, table=True):
+    """What an Idempotency-Key was first used for, and what was answered: the same key and body
+    gets the same answer; a different body is refused; one still running answers 409."""
+
+    __tablename__ = "api_requests"
+    __table_args__ = (
+        UniqueConstraint("token_id", "idempotency_key", name="uq_api_requests_token_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_id: int = Field(foreign_key="api_tokens.id")
+    idempotency_key: str = Field(max_length=255)
+    endpoint: str = Field(max_length=200)
+    body_hash: str = Field(max_length=64)
+    status_code: int | None = None  # None while the request runs
+    response: str | None = Field(default=None, sa_type=Text)
+    created_at: dt.datetime
+    completed_at: dt.datetime | None = None

@@ -7,6 +7,8 @@ from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -165,18 +167,20 @@ def driver_days(conn: Connection, start: dt.datetime, end: dt.datetime) -> list[
 def claim_job_run(
     conn: Connection, job_id: str, slot: dt.datetime, worker: str, now: dt.datetime
 ) -> int | None:
-    """The run's id when this worker is the one to do it; None when another already did."""
-    try:
-        with conn.begin_nested():
-            return int(
-                conn.execute(
-                    insert(job_runs)
-                    .values(job_id=job_id, slot=slot, worker=worker, fired_at=now)
-                    .returning(job_runs.c.id)
-                ).scalar_one()
-            )
-    except IntegrityError:
-        return None
+    """The run's id when this worker is the one to do it; None when another already did.
+
+    A plain INSERT ... ON CONFLICT DO NOTHING, not a savepoint: on SQLite a savepoint that
+    opens the transaction commits when released, which would commit the claim before the work
+    and lose the run if the process died in between."""
+    dialect = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    statement = (
+        dialect(job_runs)
+        .values(job_id=job_id, slot=slot, worker=worker, fired_at=now)
+        .on_conflict_do_nothing(index_elements=["job_id", "slot"])
+        .returning(job_runs.c.id)
+    )
+    found = conn.execute(statement).scalar()
+    return int(found) if found is not None else None
 
 
 def finish_job_run(conn: Connection, run: int, texts: int) -> None:

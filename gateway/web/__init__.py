@@ -1,0 +1,1 @@
+"""The faces: the HTTP API and the dashboard."""

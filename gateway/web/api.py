@@ -1,0 +1,322 @@
+"""The HTTP API (`/api/v1`) the order system talks to, and the health and metrics endpoints.
+
+Thin: requests are checked by pydantic, the work is done by the services, errors are JSON
+`{"error": CODE, "message": TEXT}`. A database that is locked or away answers 503, and each
+request writes in one transaction, so nothing is left half-written.
+"""
+
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from gateway.config import ConfigError
+from gateway.domain.delivery import State
+from gateway.domain.routing import BreakerState
+from gateway.services.orders import OrderError, OrderInput, Orders
+from gateway.services.outbound import EnqueueError, SendRequest, enqueue
+from gateway.services.runtime import Runtime
+from gateway.store import access, views
+from gateway.store.db import DatabaseError, utcnow
+from gateway.store.routes import load_breakers
+
+API = "/api/v1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MessageIn(_Body):
+    to: str = Field(max_length=40)
+    carrier: str | None = Field(None, max_length=60)
+    text: str | None = Field(None, max_length=5000)
+    template: str | None = Field(None, max_length=100)
+    variables: dict[str, str] = Field(default_factory=dict)
+    order_ref: str | None = Field(None, max_length=100)
+    send_at: dt.datetime | None = None
+    respect_quiet_hours: bool = False
+
+
+class OrderIn(_Body):
+    ref: str = Field(max_length=100)
+    customer: str | None = Field(None, max_length=40)
+    carrier: str | None = Field(None, max_length=60)
+    customer_name: str | None = Field(None, max_length=200)
+    driver: str | None = Field(None, max_length=40)
+    driver_carrier: str | None = Field(None, max_length=60)
+    driver_name: str | None = Field(None, max_length=200)
+    window_start: dt.datetime | None = None
+    window_end: dt.datetime | None = None
+    timezone: str | None = Field(None, max_length=64)
+
+
+class EventIn(_Body):
+    status: str = Field(max_length=40)
+    eta: str | None = Field(None, max_length=100)
+    reason: str | None = Field(None, max_length=500)
+    occurred_at: dt.datetime | None = None
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="gateway",
+        version="1",
+        description="Texts to drivers and customers through carrier email-to-SMS gateways.",
+    )
+    bearer = HTTPBearer(auto_error=False)
+
+    def engine() -> Any:
+        try:
+            return runtime.migrated_engine()
+        except DatabaseError as exc:
+            raise ApiError(503, "database_unavailable", str(exc)) from None
+
+    def holder(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> access.TokenHolder:
+        if credentials is None:
+            raise ApiError(401, "unauthorized", "send a bearer token (gateway tokens create NAME)")
+        with engine().begin() as conn:
+            found = access.token_holder(conn, credentials.credentials, utcnow())
+        if found is None:
+            raise ApiError(401, "unauthorized", "the bearer token is not valid")
+        return found
+
+    Token = Annotated[access.TokenHolder, Depends(holder)]
+    Key = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(
+            {"error": exc.code, "message": exc.message}, exc.status, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        return JSONResponse(
+            {"error": "invalid_request", "message": f"{where}: {first['msg']}".strip(": ")}, 422
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"error": "database_unavailable", "message": "the database is busy or unreachable; "
+             "nothing was written, try again"}, 503, headers={"Retry-After": "5"},
+        )  # fmt: skip
+
+    async def idempotent(
+        token: access.TokenHolder,
+        key: str | None,
+        endpoint: str,
+        body: Any,
+        work: Callable[[Any], Awaitable[tuple[int, dict[str, Any]]]],
+    ) -> JSONResponse:
+        """Run `work` once per key: the same key and body again answers as the first time."""
+        if key is None:
+            with engine().begin() as conn:
+                status, payload = await work(conn)
+            return JSONResponse(payload, status)
+        digest = access.body_digest({"endpoint": endpoint, "body": body})
+        seen = access.begin_request(engine(), token.id, key, endpoint, digest, utcnow())
+        if seen is not None:
+            if seen.body_hash != digest:
+                raise ApiError(422, "idempotency_key_reused",
+                               "this Idempotency-Key was used with another request")  # fmt: skip
+            if seen.status_code is None:
+                raise ApiError(409, "in_flight", "a request with this Idempotency-Key is running")
+            return JSONResponse(
+                json.loads(seen.response or "{}"), seen.status_code,
+                headers={"Idempotent-Replayed": "true"},
+            )  # fmt: skip
+        try:
+            with engine().begin() as conn:
+                status, payload = await work(conn)
+                access.finish_request(conn, token.id, key, status, _dumps(payload), utcnow())
+        except BaseException:
+            access.forget_request(engine(), token.id, key)
+            raise
+        return JSONResponse(payload, status)
+
+    # --- messages ---------------------------------------------------------------------------
+
+    @app.post(f"{API}/messages", status_code=201, tags=["messages"])
+    async def post_message(body: MessageIn, token: Token, key: Key = None) -> Response:
+        async def work(conn: Any) -> tuple[int, dict[str, Any]]:
+            request = SendRequest(
+                to=body.to,
+                carrier=body.carrier,
+                text=body.text,
+                template=body.template,
+                variables=body.variables,
+                order_ref=body.order_ref,
+                send_at=body.send_at,
+                respect_quiet_hours=body.respect_quiet_hours,
+            )
+            try:
+                result = enqueue(runtime, request, utcnow(), conn=conn)
+            except EnqueueError as exc:
+                raise ApiError(422, "invalid_message", str(exc)) from None
+            return 201, {
+                "id": result.ids[0],
+                "state": result.state.value,
+                "message_id": result.message_ids[0],
+                "to_address": result.to_address,
+                "parts": result.ids,
+                "reason": result.reason if result.state is State.SUPPRESSED else None,
+                "warning": result.warning,
+            }
+
+        return await idempotent(token, key, "POST /messages", body.model_dump(mode="json"), work)
+
+    @app.get(f"{API}/messages/{{message_id}}", tags=["messages"])
+    async def get_message(message_id: int, token: Token) -> Response:
+        with engine().connect() as conn:
+            found = views.message(conn, message_id)
+        if found is None:
+            raise ApiError(404, "not_found", f"there is no message {message_id}")
+        return JSONResponse(_jsonable(found))
+
+    # --- conversations ----------------------------------------------------------------------
+
+    @app.get(f"{API}/conversations", tags=["conversations"])
+    async def get_conversations(
+        token: Token, limit: int = 50, before: dt.datetime | None = None
+    ) -> Response:
+        with engine().connect() as conn:
+            rows = views.conversation_list(conn, max(1, min(limit, 500)), before)
+        return JSONResponse(_jsonable({"conversations": rows}))
+
+    @app.get(f"{API}/conversations/{{conversation_id}}", tags=["conversations"])
+    async def get_conversation(conversation_id: int, token: Token) -> Response:
+        with engine().connect() as conn:
+            found = views.conversation(conn, conversation_id)
+        if found is None:
+            raise ApiError(404, "not_found", f"there is no conversation {conversation_id}")
+        return JSONResponse(_jsonable(found))
+
+    # --- orders -----------------------------------------------------------------------------
+
+    orders = Orders(runtime)
+
+    @app.post(f"{API}/orders", status_code=201, tags=["orders"])
+    async def post_order(body: OrderIn, token: Token, key: Key = None) -> Response:
+        async def work(conn: Any) -> tuple[int, dict[str, Any]]:
+            try:
+                order_id = orders.upsert(OrderInput(**body.model_dump()), utcnow(), conn=conn)
+            except OrderError as exc:
+                raise ApiError(422, "invalid_order", str(exc)) from None
+            return 201, {"id": order_id, "ref": body.ref}
+
+        return await idempotent(token, key, "POST /orders", body.model_dump(mode="json"), work)
+
+    @app.post(f"{API}/orders/{{ref}}/events", status_code=201, tags=["orders"])
+    async def post_event(ref: str, body: EventIn, token: Token, key: Key = None) -> Response:
+        try:
+            orders.rules  # noqa: B018  (a broken rules file is the operator's to fix: 503)
+        except ConfigError as exc:
+            raise ApiError(503, "rules_invalid", str(exc)) from None
+        try:
+            result = orders.record_status(
+                ref, body.status, utcnow(), eta=body.eta, reason=body.reason,
+                key=f"api:{token.id}:{key}" if key else None, occurred_at=body.occurred_at,
+            )  # fmt: skip
+        except OrderError as exc:
+            code = "not_found" if "no order" in str(exc) else "invalid_event"
+            raise ApiError(404 if code == "not_found" else 422, code, str(exc)) from None
+        payload = {
+            "event_id": result.event_id,
+            "texts": result.texts,
+            "skipped": result.skipped,
+            "superseded": result.superseded,
+        }
+        return JSONResponse(_jsonable(payload), 200 if result.existing else 201)
+
+    # --- carriers ---------------------------------------------------------------------------
+
+    @app.get(f"{API}/carriers", tags=["carriers"])
+    async def get_carriers(token: Token) -> Response:
+        today = utcnow().date()
+        rows = [
+            {
+                "id": c.id, "name": c.name, "kind": c.kind, "countries": list(c.countries),
+                "sms": c.sms, "mms": c.mms, "status": c.status_on(today).value,
+                "ends_on": c.ends_on, "retired_on": c.retired_on, "source": c.source,
+            }
+            for c in runtime.carriers
+        ]  # fmt: skip
+        return JSONResponse(_jsonable({"carriers": rows}))
+
+    # --- health and metrics (open) ----------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Response:
+        try:
+            with engine().connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except (OperationalError, InterfaceError, ApiError) as exc:
+            message = exc.message if isinstance(exc, ApiError) else "the database is unreachable"
+            return JSONResponse({"ok": False, "database": message}, 503)
+        return JSONResponse({"ok": True, "database": "ok"})
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics() -> Response:
+        with engine().connect() as conn:
+            found = views.counts(conn, utcnow())
+        breakers = load_breakers(engine())
+        lines = [
+            "# HELP gateway_messages Outbound texts by state.",
+            "# TYPE gateway_messages gauge",
+        ]
+        for state in State:
+            count = found["messages"].get(state.value, 0)
+            lines.append(f'gateway_messages{{state="{state.value}"}} {count}')
+        lines += ["# HELP gateway_inbound_messages Inbound mail by kind.",
+                  "# TYPE gateway_inbound_messages gauge"]  # fmt: skip
+        for kind, count in sorted(found["inbound"].items()):
+            lines.append(f'gateway_inbound_messages{{kind="{kind}"}} {count}')
+        lines += ["# HELP gateway_queue_depth Texts due now and not yet sent.",
+                  "# TYPE gateway_queue_depth gauge", f"gateway_queue_depth {found['due']}",
+                  "# HELP gateway_route_open 1 when the route's circuit breaker is open.",
+                  "# TYPE gateway_route_open gauge"]  # fmt: skip
+        for route, breaker in sorted(breakers.items()):
+            value = 1 if breaker.state is BreakerState.OPEN else 0
+            lines.append(f'gateway_route_open{{route="{route}"}} {value}')
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(_dumps(value))
+
+
+def _dumps(value: Any) -> str:
+    def default(item: object) -> str:
+        if isinstance(item, dt.datetime | dt.date):
+            return item.isoformat()
+        return str(item)
+
+    return json.dumps(value, default=default)

@@ -1,0 +1,239 @@
+"""The HTTP API on a real database: tokens, idempotency (replay, other body, in flight),
+orders and events, errors as JSON, health and metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select
+
+from gateway.config import load_settings
+from gateway.services.runtime import Runtime
+from gateway.store.access import begin_request, body_digest, create_token, token_holder
+from gateway.store.db import utcnow
+from gateway.store.outbox import messages
+from gateway.web.api import create_app
+from tests.conftest import make_runtime, run_gateway
+
+MESSAGE = {"to": "+12025550143", "carrier": "verizon", "text": "Your order is out"}
+
+
+@pytest.fixture
+def api(db_url, smtp_server):
+    runtime = make_runtime(db_url, smtp_server.port)
+    token = create_token(runtime.engine, "order-system", utcnow())
+    client = TestClient(create_app(runtime))
+    client.headers["Authorization"] = f"Bearer {token}"
+    client.runtime = runtime
+    client.token = token
+    return client
+
+
+def count(runtime) -> int:
+    with runtime.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(messages)).scalar()
+
+
+def test_post_a_message_and_read_it(api):
+    made = api.post("/api/v1/messages", json=MESSAGE)
+    assert made.status_code == 201
+    body = made.json()
+    assert (body["state"], body["to_address"]) == ("queued", "2025550143@vtext.com")
+    assert body["message_id"].startswith("<") and set(body) >= {
+        "id",
+        "state",
+        "message_id",
+        "to_address",
+    }
+    shown = api.get(f"/api/v1/messages/{body['id']}").json()
+    assert (shown["to"], shown["state"], shown["text"]) == (
+        "+12025550143",
+        "queued",
+        MESSAGE["text"],
+    )
+
+
+def test_the_same_key_and_body_gives_the_first_answer(api):
+    headers = {"Idempotency-Key": "order-7-out"}
+    first = api.post("/api/v1/messages", json=MESSAGE, headers=headers)
+    again = api.post("/api/v1/messages", json=MESSAGE, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert count(api.runtime) == 1
+
+
+def test_the_same_key_with_another_body_is_refused(api):
+    headers = {"Idempotency-Key": "k-1"}
+    assert api.post("/api/v1/messages", json=MESSAGE, headers=headers).status_code == 201
+    other = api.post("/api/v1/messages", json={**MESSAGE, "text": "other"}, headers=headers)
+    assert other.status_code == 422 and other.json()["error"] == "idempotency_key_reused"
+    assert count(api.runtime) == 1
+
+
+def test_a_key_still_in_flight_answers_409(api):
+    with api.runtime.engine.connect() as conn:
+        holder = token_holder(conn, api.token, utcnow())
+    # Another request with this key is running (its row is there, not finished).
+    digest = body_digest({"endpoint": "POST /messages", "body": {**MESSAGE, "template": None,
+                          "variables": {}, "order_ref": None, "send_at": None,
+                          "respect_quiet_hours": False}})  # fmt: skip
+    assert begin_request(api.runtime.engine, holder.id, "busy", "POST /messages", digest,
+                         utcnow()) is None  # fmt: skip
+    busy = api.post("/api/v1/messages", json=MESSAGE, headers={"Idempotency-Key": "busy"})
+    assert busy.status_code == 409 and busy.json()["error"] == "in_flight"
+    assert count(api.runtime) == 0
+
+
+def test_a_failed_request_frees_its_key(api):
+    headers = {"Idempotency-Key": "k-2"}
+    bad = api.post("/api/v1/messages", json={**MESSAGE, "to": "12"}, headers=headers)
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_message"
+    assert api.post("/api/v1/messages", json=MESSAGE, headers=headers).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("headers", "words"),
+    [({}, "send a bearer token"), ({"Authorization": "Bearer gw_nope"}, "not valid")],
+)
+def test_tokens_are_required(api, headers, words):
+    del api.headers["Authorization"]
+    answer = api.get("/api/v1/carriers", headers=headers)
+    assert answer.status_code == 401 and words in answer.json()["message"]
+    assert answer.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_bad_input_is_json_with_a_code(api):
+    answer = api.post("/api/v1/messages", json={"to": "+12025550143", "colour": "red"})
+    assert answer.status_code == 422 and answer.json()["error"] == "invalid_request"
+    assert "colour" in answer.json()["message"]
+    missing = api.get("/api/v1/messages/999999")
+    assert missing.status_code == 404 and missing.json() == {
+        "error": "not_found", "message": "there is no message 999999",
+    }  # fmt: skip
+
+
+def test_orders_and_events_through_the_api(api):
+    start = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(microsecond=0)
+    order = {"ref": "A-1", "customer": "+12125550143", "carrier": "verizon",
+             "customer_name": "Ana", "window_start": start.isoformat(),
+             "window_end": (start + dt.timedelta(hours=2)).isoformat()}  # fmt: skip
+    assert api.post("/api/v1/orders", json=order).status_code == 201
+    headers = {"Idempotency-Key": "evt-1"}
+    event = api.post("/api/v1/orders/A-1/events", json={"status": "confirmed"}, headers=headers)
+    assert event.status_code == 201
+    assert [t["rule"] for t in event.json()["texts"]] == ["confirmed", "window_reminder"]
+    again = api.post("/api/v1/orders/A-1/events", json={"status": "confirmed"}, headers=headers)
+    assert again.status_code == 200 and again.json()["event_id"] == event.json()["event_id"]
+    assert api.post("/api/v1/orders/B-9/events", json={"status": "confirmed"}).status_code == 404
+    wrong = api.post("/api/v1/orders/A-1/events", json={"status": "lost"})
+    assert wrong.status_code == 422 and wrong.json()["error"] == "invalid_event"
+    conversations = api.get("/api/v1/conversations").json()["conversations"]
+    assert conversations[0]["order_ref"] == "A-1"
+    thread = api.get(f"/api/v1/conversations/{conversations[0]['id']}").json()
+    assert [m["direction"] for m in thread["messages"]] == ["out", "out"]
+
+
+def test_health_readiness_and_metrics_are_open(api):
+    del api.headers["Authorization"]
+    assert api.get("/healthz").json() == {"ok": True}
+    assert api.get("/readyz").json()["ok"] is True
+    api.headers["Authorization"] = f"Bearer {api.token}"
+    api.post("/api/v1/messages", json=MESSAGE)
+    del api.headers["Authorization"]
+    metrics = api.get("/metrics")
+    assert metrics.status_code == 200
+    lines = [line for line in metrics.text.splitlines() if line and not line.startswith("#")]
+    assert all(line.startswith("gateway_") for line in lines)
+    assert 'gateway_messages{state="queued"} 1' in lines and "gateway_queue_depth 1" in lines
+    assert api.get("/openapi.json").json()["info"]["title"] == "gateway"
+
+
+def test_a_locked_database_answers_503_and_writes_nothing(sqlite_url, smtp_server, tmp_path):
+    runtime = make_runtime(sqlite_url, smtp_server.port)
+    token = create_token(runtime.engine, "t", utcnow())
+    # An API whose database waits at most 0.2 s for a lock, while another writer holds it.
+    impatient = Runtime(load_settings(None, database={"url": sqlite_url}))
+    impatient.__dict__["engine"] = create_engine(sqlite_url, connect_args={"timeout": 0.2})
+    client = TestClient(create_app(impatient), raise_server_exceptions=False)
+    client.headers["Authorization"] = f"Bearer {token}"
+    holder = sqlite3.connect(str(tmp_path / "gateway.db"), timeout=5)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        answer = client.post("/api/v1/messages", json=MESSAGE)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert answer.status_code == 503 and answer.json()["error"] == "database_unavailable"
+    assert answer.headers["Retry-After"] == "5"
+    assert count(runtime) == 0
+
+
+def test_tokens_create_prints_the_token_once(tmp_path):
+    (tmp_path / "gateway.toml").write_text(f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n')
+    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    made = run_gateway("tokens", "create", "erp", "--format", "json", cwd=tmp_path)
+    data = json.loads(made.stdout)
+    assert data["name"] == "erp" and data["token"].startswith("gw_")
+    again = run_gateway("tokens", "create", "erp", cwd=tmp_path)
+    assert again.returncode == 1 and "exists already" in again.stderr
+
+
+def test_serve_answers_on_the_configured_port(tmp_path):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from gateway.services.carrier_sim import free_port
+
+    port = free_port()
+    (tmp_path / "gateway.toml").write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n[web]\nport = {port}\n'
+    )
+    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    server = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=tmp_path,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    assert json.loads(r.read()) == {"ok": True}
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "gateway serve did not answer"
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_users_add_keeps_an_argon2_hash(tmp_path):
+    import subprocess
+    import sys
+
+    from argon2 import PasswordHasher
+
+    from gateway.store.access import users
+
+    (tmp_path / "gateway.toml").write_text(f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n')
+    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+
+    def add(*args: str, password: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gateway", "users", "add", *args,
+                               "--password-stdin"], cwd=tmp_path, input=password + "\n",
+                              capture_output=True, text=True)  # fmt: skip
+
+    assert add("ana", "--role", "admin", password="correct horse battery").returncode == 0
+    assert "at least 10" in add("bo", password="short").stderr
+    assert "not one of" in add("cy", "--role", "owner", password="long enough pw").stderr
+    assert "exists already" in add("ana", password="another long one").stderr
+    runtime = Runtime(load_settings(None, database={"url": f"sqlite:///{tmp_path / 'gw.db'}"}))
+    with runtime.engine.connect() as conn:
+        (row,) = conn.execute(select(users)).all()
+    assert row.role == "admin" and row.password_hash.startswith("$argon2")
+    assert PasswordHasher().verify(row.password_hash, "correct horse battery")
