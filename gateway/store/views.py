@@ -46,23 +46,28 @@ def message(conn: Connection, message_id: int) -> dict[str, Any] | None:
     return dict(row._mapping) if row else None
 
 
+def _conversations(*more: Any) -> Any:
+    """Conversations with their contact and order."""
+    return select(
+        conversations.c.id,
+        contacts.c.phone,
+        contacts.c.name,
+        orders.c.ref.label("order_ref"),
+        conversations.c.last_message_at,
+        *more,
+    ).select_from(
+        conversations.join(contacts, contacts.c.id == conversations.c.contact_id).outerjoin(
+            orders, orders.c.id == conversations.c.order_id
+        )
+    )
+
+
 def conversation_list(
     conn: Connection, limit: int = 50, before: dt.datetime | None = None
 ) -> list[dict[str, Any]]:
     """Conversations, the most recently active first."""
     query = (
-        select(
-            conversations.c.id,
-            contacts.c.phone,
-            contacts.c.name,
-            orders.c.ref.label("order_ref"),
-            conversations.c.last_message_at,
-        )
-        .select_from(
-            conversations.join(contacts, contacts.c.id == conversations.c.contact_id).outerjoin(
-                orders, orders.c.id == conversations.c.order_id
-            )
-        )
+        _conversations()
         .order_by(conversations.c.last_message_at.desc(), conversations.c.id.desc())
         .limit(limit)
     )
@@ -73,21 +78,9 @@ def conversation_list(
 
 def conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | None:
     head = conn.execute(
-        select(
-            conversations.c.id,
-            contacts.c.phone,
-            contacts.c.name,
-            contacts.c.carrier,
-            contacts.c.opted_out,
-            orders.c.ref.label("order_ref"),
-            conversations.c.last_message_at,
+        _conversations(contacts.c.carrier, contacts.c.opted_out).where(
+            conversations.c.id == conversation_id
         )
-        .select_from(
-            conversations.join(contacts, contacts.c.id == conversations.c.contact_id).outerjoin(
-                orders, orders.c.id == conversations.c.order_id
-            )
-        )
-        .where(conversations.c.id == conversation_id)
     ).first()
     if head is None:
         return None
