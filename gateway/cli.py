@@ -529,6 +529,7 @@ def run(
     from gateway.services.inbound import Ingest, Receiver
     from gateway.services.orders import Orders
     from gateway.services.scheduler import Scheduler
+    from gateway.services.webhooks import Webhooks
     from gateway.transport.imap import ImapError
 
     with user_errors():
@@ -542,6 +543,7 @@ def run(
         sent_folder = runtime.sent_folder()
         source = runtime.mail_source(engine)
         receiver = Receiver(Ingest(runtime, engine), source) if source is not None else None
+        webhooks = Webhooks(runtime, engine) if settings.webhooks.urls else None
         problems: list[str] = []
 
         async def receive(stop: asyncio.Event) -> None:
@@ -560,12 +562,17 @@ def run(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
             scheduler = None
+            hooks = None
             if until_idle:
+                if webhooks is not None:  # a first run starts reporting from here
+                    await asyncio.to_thread(webhooks.collect, utcnow())
                 # Read the mailbox first, so keyword answers it queues go out in this run.
                 await receive(stop)
                 inbound = None
             else:
                 inbound = asyncio.create_task(receive(stop))
+                if webhooks is not None:
+                    hooks = asyncio.create_task(webhooks.run(stop))
                 scheduler = Scheduler(
                     runtime,
                     engine,
@@ -593,6 +600,12 @@ def run(
                     await inbound
                 if scheduler is not None:
                     scheduler.shutdown()
+                if hooks is not None:
+                    await hooks
+            if until_idle and webhooks is not None:
+                # What this run changed is reported before it exits (one try each).
+                await asyncio.to_thread(webhooks.collect, utcnow())
+                await webhooks.deliver(utcnow())
             copies = f"; Sent copies {stats.copied}" if sent_folder is not None else ""
             if stats.copies_failed:
                 copies += f" ({stats.copies_failed} failed)"
@@ -1014,6 +1027,25 @@ def serve() -> None:
         web = runtime.settings.web
         app_ = create_app(runtime)
     uvicorn.run(app_, host=web.host, port=web.port, log_level="warning")
+
+
+webhooks_app = typer.Typer(help="Calls to the order system.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.command("log")
+def webhooks_log(
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Each webhook delivery: event, URL, attempts, the last answer."""
+    from gateway.services.webhooks import delivery_log
+
+    with user_errors():
+        rows = delivery_log(state.runtime().migrated_engine(), limit)
+    columns = ["id", "event", "url", "attempts", "last_status", "last_error", "delivered_at",
+               "gave_up"]  # fmt: skip
+    emit(rows, fmt, columns, "Webhook deliveries (newest first)")
 
 
 @app.command("demo")

@@ -274,6 +274,40 @@ class SenderSettings(_Section):
     idle_poll_seconds: float = Field(1.0, gt=0, le=60)
 
 
+class WebhookSettings(_Section):
+    """Calls to the order system on replies, bounces and state changes, signed with HMAC-SHA256."""
+
+    urls: list[str] = []
+    secret: str | None = None
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    events: list[Literal["reply", "bounce", "state"]] = ["reply", "bounce", "state"]
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+    max_attempts: int = Field(10, ge=1, le=50)
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> WebhookSettings:
+        for url in self.urls:
+            if not url.startswith(("https://", "http://")) or any(c in url for c in " \r\n"):
+                raise ValueError(f"webhook url {url!r} must be an http(s) URL")
+        return self
+
+    def resolve_secret(self) -> str:
+        if self.secret_env:
+            value = os.environ.get(self.secret_env)
+            if not value:
+                raise ConfigError(f"webhooks.secret_env names {self.secret_env}, which is not set")
+            return value
+        if self.secret_file:
+            try:
+                return self.secret_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"webhooks.secret_file cannot be read: {exc.strerror}") from None
+        if self.secret:
+            return self.secret
+        raise ConfigError("webhooks.urls is set: give webhooks.secret_env (or secret_file)")
+
+
 class WebSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8025, ge=1, le=65535)
@@ -297,6 +331,7 @@ class Settings(BaseSettings):
     templates: TemplateSettings = TemplateSettings()
     policy: PolicySettings = PolicySettings()
     rules: RulesSettings = RulesSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     sender: SenderSettings = SenderSettings()
     web: WebSettings = WebSettings()
 
@@ -385,6 +420,8 @@ def masked(settings: Settings) -> dict[str, Any]:
     for section in ("smtp", "relay", "imap"):
         if data[section].get("password") is not None:
             data[section]["password"] = SECRET_MASK
+    if data["webhooks"].get("secret") is not None:
+        data["webhooks"]["secret"] = SECRET_MASK
     return data
 
 

@@ -316,3 +316,32 @@ class ApiRequest(SQLModel, table=True):
     response: str | None = Field(default=None, sa_type=Text)
     created_at: dt.datetime
     completed_at: dt.datetime | None = None
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one configured URL: the delivery log and the retry queue in one."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "delivered_at", "next_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    url: str = Field(max_length=500)
+    event: str = Field(max_length=20)  # reply | bounce | state
+    payload: str = Field(sa_type=Text)
+    attempts: int = 0
+    next_at: dt.datetime
+    delivered_at: dt.datetime | None = None
+    gave_up: bool = False
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: dt.datetime
+
+
+class Cursor(SQLModel, table=True):
+    """How far a reader of an append-only table has got (webhooks: inbound mail, attempts)."""
+
+    __tablename__ = "cursors"
+
+    name: str = Field(primary_key=True, max_length=50)
+    position_id: int = Field(default=0, sa_type=BigInteger)
+    updated_at: dt.datetime
