@@ -77,6 +77,14 @@ def check_header_value(field: str, value: str) -> None:
         raise HeaderInjectionError(field)
 
 
+def check_field(label: str, value: str, longest: int = 100) -> None:
+    """A one-line value someone typed (an order reference, a key, a name): ValueError saying
+    what is wrong with it. Such values end up in headers and logs, so no line breaks."""
+    check_header_value(label, value)
+    if not value.strip() or len(value) > longest:
+        raise ValueError(f"the {label} must be 1 to {longest} characters")
+
+
 def message_id_for(token: str, domain: str) -> str:
     """The Message-ID header value (with angle brackets) for a message enqueued with `token`."""
     value = f"<{token}@{domain}>"

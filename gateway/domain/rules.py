@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 import yaml
 
@@ -174,8 +175,6 @@ def variables(order: OrderFacts, event: Event, zone_label: str = "") -> dict[str
 
 def _local(at: dt.datetime, order: OrderFacts) -> dt.datetime:
     if order.timezone:
-        from zoneinfo import ZoneInfo
-
         return at.astimezone(ZoneInfo(order.timezone))
     return at
 
@@ -199,8 +198,6 @@ def summary_variables(day: DriverDay, zone_name: str | None) -> dict[str, str]:
     if day.first_window is not None:
         first = day.first_window
         if zone_name:
-            from zoneinfo import ZoneInfo
-
             first = first.astimezone(ZoneInfo(zone_name))
         found["first_window"] = f"{first:%H:%M}"
     return found

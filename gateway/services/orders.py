@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 
 from gateway.config import ConfigError
 from gateway.domain.carriers import Carrier
-from gateway.domain.email_out import check_header_value
+from gateway.domain.email_out import check_field
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.quiet import next_allowed, recipient_zones, zone
 from gateway.domain.rules import (
@@ -27,6 +27,7 @@ from gateway.domain.rules import (
     check_rules,
     load_rules,
     plan,
+    superseded,
     variables,
 )
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
@@ -189,12 +190,12 @@ class Orders:
                 },
             )
             by_name = {rule.name: rule for rule in rules}
-            stale = [
+            obsolete_ids = [
                 text_id
                 for text_id, rule in store.waiting_automated(conn, order_id)
-                if rule in by_name and by_name[rule].supersedes_on(status)
+                if rule is not None and superseded(by_name, rule, status)
             ]
-            superseded = store.cancel(conn, stale, "superseded", now)
+            obsolete = store.cancel(conn, obsolete_ids, "superseded", now)
             store.set_status(conn, order_id, status, now)
             made = plan(rules, facts, Event(status, at, eta, reason))
             for text in made.texts:
@@ -222,7 +223,7 @@ class Orders:
                 False,
                 store.texts_of_event(conn, event_id),
                 [f"{s.rule}: {s.why}" for s in made.skipped],
-                superseded,
+                obsolete,
             )
 
     # --- preview --------------------------------------------------------------------------
@@ -348,9 +349,6 @@ def _hint(exc: EnqueueError) -> str:
 
 def _check_text(label: str, value: str) -> None:
     try:
-        check_header_value(label, value)
+        check_field(label, value, 500 if label == "reason" else 100)
     except ValueError as exc:
         raise OrderError(str(exc)) from None
-    longest = 500 if label == "reason" else 100
-    if not value.strip() or len(value) > longest:
-        raise OrderError(f"the {label} must be 1 to {longest} characters")

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from gateway.domain.carriers import GatewayAddress, Unreachable, resolve_gateway
 from gateway.domain.delivery import State
-from gateway.domain.email_out import check_header_value, message_id_for
+from gateway.domain.email_out import check_field, message_id_for
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.quiet import next_allowed, recipient_zones, zone
 from gateway.domain.rules import throttled
@@ -113,11 +113,9 @@ def enqueue(
     for label, value in (("order reference", request.order_ref), ("key", request.idempotency_key)):
         if value is not None:
             try:
-                check_header_value(label, value)
+                check_field(label, value)
             except ValueError as exc:
                 raise EnqueueError(str(exc)) from None
-            if not value.strip() or len(value) > 100:
-                raise EnqueueError(f"the {label} must be 1 to 100 characters")
 
     keys = _part_keys(request.idempotency_key)
     transaction = (
@@ -226,10 +224,11 @@ def _when(
     if quiet:
         order_tz = order_zone(conn, order_id) if order_id is not None else None
         zones = recipient_zones(order_tz, e164, zone(policy.timezone))
+    hours = policy.hours()
     cap = policy.max_per_contact_hour if request.automated else None
     others = automated_times(conn, contact_id, due, dt.timedelta(hours=1)) if cap else []
     for _ in range(10):  # each step only moves later; both settle within a step or two
-        held = next_allowed(due, zones, policy.hours()) if quiet else due
+        held = next_allowed(due, zones, hours) if quiet else due
         held = throttled(others, held, cap)
         if held == due:
             break

@@ -32,7 +32,7 @@ from gateway.domain.delivery import (
     postpone,
 )
 from gateway.domain.email_out import build_email
-from gateway.domain.quiet import QuietHours, is_allowed, next_allowed, recipient_zones
+from gateway.domain.quiet import QuietHours, next_allowed, recipient_zones
 from gateway.domain.routing import COUNTS_AGAINST_LIMIT, Route, history_after, is_route_failure
 from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import utcnow
@@ -201,8 +201,8 @@ class Sender:
         if self.quiet_hours is not None and row.quiet:
             now = self.clock()
             zones = recipient_zones(row.order_zone, row.to_phone, self.company_zone)
-            if not is_allowed(now, zones, self.quiet_hours):
-                until = next_allowed(now, zones, self.quiet_hours)
+            until = next_allowed(now, zones, self.quiet_hours)  # `now` itself when allowed
+            if until > now:
                 held = Decision(State.QUEUED, until, "held for quiet hours")
                 self._postponed.append(Postponement(row.id, self.worker, held, now))
                 self._count("quiet_hours")

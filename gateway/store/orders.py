@@ -9,13 +9,12 @@ from typing import Any
 from sqlalchemy import Connection, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from gateway.domain.delivery import State
 from gateway.domain.rules import TERMINAL, DriverDay, OrderFacts
 from gateway.store.models import JobRun, OrderEvent
-from gateway.store.outbox import contacts, messages, orders
+from gateway.store.outbox import contacts, insert_once, messages, orders
 
 events = OrderEvent.__table__  # type: ignore[attr-defined]
 job_runs = JobRun.__table__  # type: ignore[attr-defined]
@@ -29,24 +28,15 @@ def set_contact_name(conn: Connection, contact: int, name: str, now: dt.datetime
 
 def upsert_order(conn: Connection, ref: str, values: dict[str, Any], now: dt.datetime) -> int:
     """Create the order `ref` or change the given fields of it; returns its id."""
-    found = conn.execute(select(orders.c.id).where(orders.c.ref == ref)).scalar()
-    if found is not None:
-        if values:
-            conn.execute(
-                update(orders).where(orders.c.id == found).values(**values, updated_at=now)
-            )
-        return int(found)
-    try:
-        with conn.begin_nested():
-            return int(
-                conn.execute(
-                    insert(orders)
-                    .values(ref=ref, **values, created_at=now, updated_at=now)
-                    .returning(orders.c.id)
-                ).scalar_one()
-            )
-    except IntegrityError:  # created meanwhile by another writer: update theirs
-        return upsert_order(conn, ref, values, now)
+    find = select(orders.c.id).where(orders.c.ref == ref)
+    found = conn.execute(find).scalar()
+    if found is None:
+        created = insert(orders).values(ref=ref, **values, created_at=now, updated_at=now)
+        # When another writer created it meanwhile, theirs gets our values below.
+        found = insert_once(conn, created.returning(orders.c.id), find)
+    if values:
+        conn.execute(update(orders).where(orders.c.id == found).values(**values, updated_at=now))
+    return int(found)
 
 
 def order_facts(conn: Connection, ref: str) -> tuple[int, OrderFacts] | None:

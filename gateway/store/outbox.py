@@ -106,7 +106,7 @@ def upsert_contact(
         )
     ).first()
     if row is None:
-        new_id = _insert_once(
+        new_id = insert_once(
             conn,
             insert(contacts)
             .values(
@@ -137,7 +137,7 @@ def ensure_order(conn: Connection, ref: str, customer_id: int, now: dt.datetime)
     found = conn.execute(find).scalar()
     if found is not None:
         return int(found)
-    return _insert_once(
+    return insert_once(
         conn,
         insert(orders)
         .values(ref=ref, customer_id=customer_id, created_at=now, updated_at=now)
@@ -146,7 +146,7 @@ def ensure_order(conn: Connection, ref: str, customer_id: int, now: dt.datetime)
     )
 
 
-def _insert_once(conn: Connection, statement: Any, find: Any) -> int:
+def insert_once(conn: Connection, statement: Any, find: Any) -> int:
     """Insert a row that a unique key identifies; when a concurrent writer inserted it first,
     use theirs. Any other integrity error (a foreign key, say) is raised, not retried."""
     try:
