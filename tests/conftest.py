@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from gateway.config import load_settings
 from gateway.services.runtime import Runtime
-from gateway.store.db import upgrade
+from gateway.store.db import make_engine, upgrade
 from tests.servers import SmtpTestServer
 
 # Shared, noisy machines: a property test must fail on its property, never on a slow example.
@@ -141,6 +141,24 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("GATEWAY_") and not key.startswith("GATEWAY_TEST_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
+
+
+def gateway_folder(
+    folder: Path, smtp_port: int | None = None, extra: str = "", migrate: bool = True
+) -> Path:
+    """A working folder as an operator keeps one: gateway.toml naming a SQLite file there and,
+    with `smtp_port`, the test SMTP server as the own route; the database migrated. `extra` is
+    appended as it is (right after the [smtp] keys, so it may add to them, or new sections)."""
+    url = f"sqlite:///{folder / 'gw.db'}"
+    config = f'[database]\nurl = "{url}"\n'
+    if smtp_port is not None:
+        config += f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n'
+    (folder / "gateway.toml").write_text(config + extra)
+    if migrate:
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+    return folder
 
 
 def run_gateway(

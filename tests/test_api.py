@@ -17,7 +17,7 @@ from gateway.store.access import begin_request, body_digest, create_token, token
 from gateway.store.db import utcnow
 from gateway.store.outbox import messages
 from gateway.web.api import create_app
-from tests.conftest import make_runtime, run_gateway
+from tests.conftest import gateway_folder, make_runtime, run_gateway
 
 MESSAGE = {"to": "+12025550143", "carrier": "verizon", "text": "Your order is out"}
 
@@ -173,8 +173,7 @@ def test_a_locked_database_answers_503_and_writes_nothing(sqlite_url, smtp_serve
 
 
 def test_tokens_create_prints_the_token_once(tmp_path):
-    (tmp_path / "gateway.toml").write_text(f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n')
-    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    gateway_folder(tmp_path)
     made = run_gateway("tokens", "create", "erp", "--format", "json", cwd=tmp_path)
     data = json.loads(made.stdout)
     assert data["name"] == "erp" and data["token"].startswith("gw_")
@@ -191,10 +190,7 @@ def test_serve_answers_on_the_configured_port(tmp_path):
     from gateway.services.carrier_sim import free_port
 
     port = free_port()
-    (tmp_path / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n[web]\nport = {port}\n'
-    )
-    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    gateway_folder(tmp_path, extra=f"[web]\nport = {port}\n")
     server = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=tmp_path,
                               stdin=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -220,8 +216,7 @@ def test_users_add_keeps_an_argon2_hash(tmp_path):
 
     from gateway.store.access import users
 
-    (tmp_path / "gateway.toml").write_text(f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n')
-    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    gateway_folder(tmp_path)
 
     def add(*args: str, password: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "gateway", "users", "add", *args,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_gateway
+from tests.conftest import REPO, gateway_folder, run_gateway
 
 
 def gw(
@@ -22,12 +22,8 @@ def gw(
 
 @pytest.fixture
 def workdir(tmp_path, smtp_server) -> Path:
-    (tmp_path / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
-        'from_address = "Dispatch <dispatch@example.com>"\n'
-    )
-    return tmp_path
+    extra = 'from_address = "Dispatch <dispatch@example.com>"\n'
+    return gateway_folder(tmp_path, smtp_server.port, extra, migrate=False)
 
 
 # --- addresses and carriers ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ from gateway.store.db import utcnow
 from gateway.store.inbox import gateway_counts, inbound, list_quarantine, quarantine
 from gateway.store.outbox import contacts, messages, orders
 from gateway.transport.mailsource import deliver_to_maildir
-from tests.conftest import REPO, make_runtime, run_gateway
+from tests.conftest import REPO, gateway_folder, make_runtime, run_gateway
 
 REPLIES = REPO / "tests" / "data" / "corpus" / "replies"
 BOUNCES = REPO / "tests" / "data" / "corpus" / "bounces" / "mail"
@@ -334,13 +334,8 @@ async def test_malformed_and_oversized_mail_is_quarantined_and_the_next_is_store
 
 def test_run_until_idle_reads_the_mailbox_and_sends_the_stop_confirmation(tmp_path, smtp_server):
     maildir = tmp_path / "Maildir"
-    (tmp_path / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
-        'from_address = "Dispatch <dispatch@example.com>"\n'
-        f'[inbound]\nmaildir = "{maildir}"\n'
-    )
-    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    gateway_folder(tmp_path, smtp_server.port,
+                   f'from_address = "Dispatch <dispatch@example.com>"\n[inbound]\nmaildir = "{maildir}"\n')  # fmt: skip
     deliver(maildir, reply("2068675309@vtext.com", "stop"), "1")
     result = run_gateway("run", "--until-idle", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from gateway.services.orders import OrderError, OrderInput, Orders
 from gateway.store.orders import events
 from gateway.store.outbox import claim_due, messages
-from tests.conftest import make_runtime, run_gateway
+from tests.conftest import gateway_folder, make_runtime, run_gateway
 
 NY_MORNING = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.UTC)  # 10:00 in New York
 NY_NIGHT = dt.datetime(2026, 11, 25, 3, 0, tzinfo=dt.UTC)  # 22:00 in New York
@@ -149,10 +149,7 @@ def test_unknown_order_and_status_are_refused(orders):
 
 
 def test_csv_import_keeps_good_rows_and_names_bad_lines(tmp_path, smtp_server):
-    (tmp_path / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
-    )
+    gateway_folder(tmp_path, smtp_server.port)
     (tmp_path / "orders.csv").write_text(
         "ref,customer,carrier,customer_name,window_start,window_end,timezone\n"
         "B-1,+12125550143,verizon,Ana,2026-11-24T14:00,2026-11-24T16:00,America/New_York\n"
@@ -161,7 +158,6 @@ def test_csv_import_keeps_good_rows_and_names_bad_lines(tmp_path, smtp_server):
         "B-4,+12125550145,verizon,Di,2026-11-24 14:00+01:00,tomorrow,\n"
         "B-5,+12125550146,,Ed,,,\n"
     )
-    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
     result = run_gateway("orders", "import", "orders.csv", cwd=tmp_path)
     assert result.returncode == 1
     assert "orders.csv:3: customer:" in result.stderr
@@ -183,12 +179,7 @@ def test_a_rule_that_does_not_fit_its_template_stops_run_and_fails_templates_che
     (tmp_path / "rules.yaml").write_text(
         "rules:\n  - {name: colourful, on_status: delivered, send: odd}\n"
     )
-    (tmp_path / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
-        '[templates]\nfolder = "tpl"\n'
-    )
-    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    gateway_folder(tmp_path, smtp_server.port, '[templates]\nfolder = "tpl"\n')
     checked = run_gateway("templates", "check", "--format", "json", cwd=tmp_path)
     assert checked.returncode == 1
     (row,) = json.loads(checked.stdout)
@@ -200,12 +191,10 @@ def test_a_rule_that_does_not_fit_its_template_stops_run_and_fails_templates_che
 
 
 def test_preview_a_template_for_a_real_order(tmp_path, smtp_server):
-    (tmp_path / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
-        '[policy]\nallowed_from = "00:00"\nallowed_until = "00:01"\n'  # always quiet but a minute
+    # Always quiet but for a minute.
+    gateway_folder(
+        tmp_path, smtp_server.port, '[policy]\nallowed_from = "00:00"\nallowed_until = "00:01"\n'
     )
-    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
     made = run_gateway("orders", "upsert", "--ref", "P-1", "--customer", CUSTOMER, "--carrier",
                        "verizon", "--customer-name", "Ana", "--driver", DRIVER, "--driver-name",
                        "Sam", "--timezone", "America/New_York", cwd=tmp_path)  # fmt: skip
@@ -225,11 +214,7 @@ def test_preview_a_template_for_a_real_order(tmp_path, smtp_server):
 
 
 def test_a_dispatcher_sees_and_cancels_a_scheduled_text(tmp_path, smtp_server):
-    (tmp_path / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
-    )
-    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
+    gateway_folder(tmp_path, smtp_server.port)
     start = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(microsecond=0)
     run_gateway("orders", "upsert", "--ref", "S-1", "--customer", CUSTOMER, "--carrier", "verizon",
                 "--window-start", start.isoformat(), "--window-end",

@@ -16,7 +16,7 @@ from gateway.services.orders import OrderInput, Orders
 from gateway.services.scheduler import RecurringTexts, due_slot, trigger_for
 from gateway.store.orders import job_runs
 from gateway.store.outbox import messages
-from tests.conftest import REPO, make_runtime
+from tests.conftest import REPO, gateway_folder, make_runtime
 
 TODAY_10 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
 
@@ -102,10 +102,7 @@ PROCESS = textwrap.dedent(
 
 @pytest.fixture
 def workdir(tmp_path, smtp_server):
-    (tmp_path / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
-    )
+    gateway_folder(tmp_path, smtp_server.port)
     runtime = make_runtime(f"sqlite:///{tmp_path / 'gw.db'}", smtp_server.port)
     now = dt.datetime.now(dt.UTC).replace(hour=1, minute=0, second=0, microsecond=0)
     add_orders(Orders(runtime), now)

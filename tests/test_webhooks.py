@@ -19,7 +19,7 @@ from gateway.services.sender import Sender
 from gateway.services.webhooks import Webhooks, delivery_log
 from gateway.store.db import utcnow
 from gateway.transport.mailsource import deliver_to_maildir
-from tests.conftest import make_runtime, run_gateway
+from tests.conftest import gateway_folder, make_runtime, run_gateway
 
 SECRET = "webhook-secret-for-tests"
 
@@ -157,13 +157,9 @@ def test_webhook_settings_are_checked():
 
 
 def test_run_until_idle_reports_what_it_sent(tmp_path, smtp_server, hook):
-    (tmp_path / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
-        f'[webhooks]\nurls = ["{hook.url}"]\nsecret_env = "HOOK_SECRET"\n'
-    )
+    gateway_folder(tmp_path, smtp_server.port,
+                   f'[webhooks]\nurls = ["{hook.url}"]\nsecret_env = "HOOK_SECRET"\n')  # fmt: skip
     env = {"HOOK_SECRET": SECRET}
-    assert run_gateway("db", "upgrade", cwd=tmp_path).returncode == 0
     assert run_gateway("run", "--until-idle", cwd=tmp_path, env=env).returncode == 0  # starts
     assert run_gateway("send", "--to", "+12025550143", "--carrier", "verizon", "--text", "hi",
                        cwd=tmp_path).returncode == 0  # fmt: skip
