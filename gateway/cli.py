@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a problem the user can fix (the message says what), 2 usage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import enum
 import json
@@ -82,6 +83,7 @@ class _State:
 
 
 state = _State()
+log = logging.getLogger("gateway.cli")
 
 
 @app.callback()
@@ -233,27 +235,11 @@ def db_upgrade() -> None:
 @carriers_app.command("list")
 def carriers_list(fmt: FormatOption = Format.table) -> None:
     """Every carrier with its gateway domains, status and dates."""
+    from gateway.services.carrier_report import carrier_rows
+
     with user_errors():
         runtime = state.runtime()
-        today = utcnow().date()
-        rows = [
-            {
-                "id": c.id,
-                "name": c.name,
-                "kind": c.kind,
-                "countries": list(c.countries),
-                "sms": c.sms,
-                "mms": c.mms,
-                "status": c.status_on(today).value,
-                "ends_on": c.ends_on.isoformat() if c.ends_on else None,
-                "retired_on": c.retired_on.isoformat() if c.retired_on else None,
-                "reported": c.reported,
-                "max_length": c.max_length,
-                "aliases": list(c.aliases),
-                "source": c.source,
-            }
-            for c in runtime.carriers
-        ]
+        rows = carrier_rows(runtime, utcnow().date())
         columns = ["id", "name", "countries", "sms", "mms", "status", "ends_on", "retired_on"]
         emit(rows, fmt, columns, f"Carriers ({runtime.carriers_path})")
 
@@ -261,25 +247,11 @@ def carriers_list(fmt: FormatOption = Format.table) -> None:
 @carriers_app.command("health")
 def carriers_health(fmt: FormatOption = Format.table) -> None:
     """Per gateway domain: texts sent, bounced, and replies received over 7 and 30 days."""
-    from gateway.store.inbox import gateway_counts
+    from gateway.services.carrier_report import health_rows
 
     with user_errors():
         runtime = state.runtime()
-        engine = runtime.migrated_engine()
-        now = utcnow()
-        week = gateway_counts(engine, now - dt.timedelta(days=7))
-        month = gateway_counts(engine, now - dt.timedelta(days=30))
-        rows = []
-        for domain in sorted(month):
-            carrier = runtime.carriers.by_domain(domain)
-            row: dict[str, Any] = {"gateway": domain, "carrier": carrier.id if carrier else None}
-            for label, counts in (("7d", week.get(domain, {})), ("30d", month[domain])):
-                sent, bounced = counts.get("sent", 0), counts.get("bounced", 0)
-                row[f"sent_{label}"] = sent
-                row[f"bounced_{label}"] = bounced
-                row[f"replied_{label}"] = counts.get("replied", 0)
-                row[f"bounce_rate_{label}"] = round(bounced / sent, 4) if sent else None
-            rows.append(row)
+        rows = health_rows(runtime, runtime.migrated_engine(), utcnow())
         columns = [
             "gateway", "carrier", "sent_7d", "bounced_7d", "replied_7d", "bounce_rate_7d",
             "sent_30d", "bounced_30d", "replied_30d",
@@ -539,24 +511,45 @@ def run(
         if not settings.smtp.enabled and not settings.relay.enabled:
             fail("both smtp.enabled and relay.enabled are false: nothing can be sent")
         rules = Orders(runtime).rules  # refuses to start on a rule that does not fit
-        routes = runtime.route_book()
-        sent_folder = runtime.sent_folder()
-        source = runtime.mail_source(engine)
-        receiver = Receiver(Ingest(runtime, engine), source) if source is not None else None
         webhooks = Webhooks(runtime, engine) if settings.webhooks.urls else None
         problems: list[str] = []
 
-        async def receive(stop: asyncio.Event) -> None:
-            if receiver is None:
-                return
-            try:
-                stats = await receiver.run(stop, until_idle=until_idle)
-            except ImapError as exc:
-                problems.append(f"inbound: {exc}")
-                return
-            err.print(f"done: {stats.describe()}", markup=False)
+        class Workers:
+            """The sender and the mailbox reader as the current settings make them; made
+            again when an admin saves a change in the dashboard."""
+
+            def __init__(self) -> None:
+                settings = runtime.settings
+                self.sent_folder = runtime.sent_folder()
+                source = runtime.mail_source(engine)
+                self.receiver = (
+                    Receiver(Ingest(runtime, engine), source) if source is not None else None
+                )
+                self.sender = Sender(
+                    engine,
+                    runtime.route_book(),
+                    runtime.retry_policy,
+                    batch_size=settings.sender.batch_size,
+                    lease=dt.timedelta(seconds=settings.sender.lease_seconds),
+                    idle_poll=settings.sender.idle_poll_seconds,
+                    sent_folder=self.sent_folder,
+                    **runtime.quiet(),
+                )
+
+            async def receive(self, stop: asyncio.Event) -> None:
+                if self.receiver is None:
+                    return
+                try:
+                    stats = await self.receiver.run(stop, until_idle=until_idle)
+                except ImapError as exc:
+                    problems.append(f"inbound: {exc}")
+                    return
+                err.print(f"done: {stats.describe()}", markup=False)
+
+        workers = Workers()
 
         async def main() -> None:
+            nonlocal workers
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -567,10 +560,8 @@ def run(
                 if webhooks is not None:  # a first run starts reporting from here
                     await asyncio.to_thread(webhooks.collect, utcnow())
                 # Read the mailbox first, so keyword answers it queues go out in this run.
-                await receive(stop)
-                inbound = None
+                await workers.receive(stop)
             else:
-                inbound = asyncio.create_task(receive(stop))
                 if webhooks is not None:
                     hooks = asyncio.create_task(webhooks.run(stop))
                 scheduler = Scheduler(
@@ -580,33 +571,42 @@ def run(
                     misfire_grace_seconds=settings.rules.misfire_grace_seconds,
                 )
                 scheduler.start()
-            sender = Sender(
-                engine,
-                routes,
-                runtime.retry_policy,
-                batch_size=settings.sender.batch_size,
-                lease=dt.timedelta(seconds=settings.sender.lease_seconds),
-                idle_poll=settings.sender.idle_poll_seconds,
-                sent_folder=sent_folder,
-                **runtime.quiet(),
-            )
-            progress = asyncio.create_task(_report_progress(sender.stats))
             try:
-                stats = await sender.run(stop, until_idle=until_idle)
+                while True:
+                    # One generation of workers: ends at stop, or when the settings change.
+                    ending = asyncio.Event()
+                    watcher = None
+                    inbound = None
+                    if not until_idle:
+                        watcher = asyncio.create_task(_watch_settings(runtime, stop, ending))
+                        inbound = asyncio.create_task(workers.receive(ending))
+                    progress = asyncio.create_task(_report_progress(workers.sender.stats))
+                    try:
+                        stats = await workers.sender.run(ending if not until_idle else stop,
+                                                         until_idle=until_idle)  # fmt: skip
+                    finally:
+                        progress.cancel()
+                        ending.set()
+                        if inbound is not None:
+                            await inbound
+                        if watcher is not None:
+                            await watcher
+                    if until_idle or stop.is_set():
+                        break
+                    err.print("settings changed in the dashboard: workers restarted with them",
+                              markup=False)  # fmt: skip
+                    workers = Workers()
             finally:
-                progress.cancel()
-                if inbound is not None:
-                    stop.set()
-                    await inbound
                 if scheduler is not None:
                     scheduler.shutdown()
                 if hooks is not None:
+                    stop.set()
                     await hooks
             if until_idle and webhooks is not None:
                 # What this run changed is reported before it exits (one try each).
                 await asyncio.to_thread(webhooks.collect, utcnow())
                 await webhooks.deliver(utcnow())
-            copies = f"; Sent copies {stats.copied}" if sent_folder is not None else ""
+            copies = f"; Sent copies {stats.copied}" if workers.sent_folder is not None else ""
             if stats.copies_failed:
                 copies += f" ({stats.copies_failed} failed)"
             err.print(
@@ -616,6 +616,33 @@ def run(
         run_async(main)
         if problems:
             fail("; ".join(problems))
+
+
+SETTINGS_CHECK_SECONDS = 2.0  # how soon a change saved in the dashboard reaches the workers
+
+
+async def _watch_settings(runtime: Runtime, stop: asyncio.Event, ending: asyncio.Event) -> None:
+    """Set `ending` at stop, or once the saved settings change (the workers are then made
+    again from them). A change that does not fit is reported and the running settings kept."""
+    while not ending.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SETTINGS_CHECK_SECONDS)
+        if stop.is_set():
+            ending.set()
+            return
+        if ending.is_set():
+            return
+        try:
+            changed = await asyncio.to_thread(runtime.refresh)
+        except ConfigError as exc:
+            err.print(f"{exc}\nkeeping the settings in use", markup=False)
+            continue
+        except Exception as exc:  # the database away for a moment: look again later
+            log.warning("reading the saved settings failed: %s", exc)
+            continue
+        if changed:
+            ending.set()
+            return
 
 
 PROGRESS_EVERY = 10.0  # seconds between status lines while `gateway run` is sending
@@ -1016,10 +1043,10 @@ def _check_name(name: str) -> None:
 
 @app.command("serve")
 def serve() -> None:
-    """The HTTP API (and, later, the dashboard) on [web] host and port."""
+    """The dashboard and the HTTP API on [web] host and port."""
     import uvicorn
 
-    from gateway.web.api import create_app
+    from gateway.web.app import create_app
 
     with user_errors():
         runtime = state.runtime()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -22,6 +24,7 @@ from gateway.domain.email_out import AddressError, Mailbox
 from gateway.domain.quiet import QuietHours, parse_clock, zone
 
 DEFAULT_FILE = "gateway.toml"
+_T = TypeVar("_T")
 SECRET_MASK = "********"
 
 
@@ -389,15 +392,35 @@ def load_settings(explicit: str | Path | None = None, **overrides: Any) -> Setti
             raise ConfigError(f"{path}: cannot be read: {exc}") from None
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
-    try:
-        settings = Settings(**data)
-    except ValidationError as exc:
-        where = f"{path}" if path else "configuration"
-        lines = [f"{where} has {exc.error_count()} problem(s):"]
-        lines += [f"  {_describe(error)}" for error in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
+    settings = _checked(lambda: Settings(**data), f"{path}" if path else "configuration")
     settings.source_file = path
     return settings
+
+
+def with_changes(base: Settings, changes: dict[str, Any], where: str) -> Settings:
+    """`base` with `{"section.key": value}` applied; the environment is already in `base` and
+    is not read again. Raises ConfigError naming every key that does not fit."""
+    by_section: dict[str, dict[str, Any]] = {}
+    for dotted, value in changes.items():
+        section, key = dotted.split(".", 1)
+        by_section.setdefault(section, {})[key] = value
+    sections: dict[str, BaseModel] = {}
+    for section, values in by_section.items():
+        current = getattr(base, section)
+        # Each section alone: validating the whole Settings would read the environment again.
+        data = {**current.model_dump(), **values}
+        model: type[BaseModel] = type(current)
+        sections[section] = _checked(partial(model.model_validate, data), where, section)
+    return base.model_copy(update=sections)
+
+
+def _checked(build: Callable[[], _T], where: str, prefix: str = "") -> _T:
+    try:
+        return build()
+    except ValidationError as exc:
+        lines = [f"{where} has {exc.error_count()} problem(s):"]
+        lines += [f"  {prefix + '.' if prefix else ''}{_describe(error)}" for error in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
 
 
 def _describe(error: Any) -> str:

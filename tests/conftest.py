@@ -73,14 +73,25 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'gateway.db'}"
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpTestServer]:
+def _running_smtp() -> Iterator[SmtpTestServer]:
     server = SmtpTestServer()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpTestServer]:
+    """The own route's server."""
+    yield from _running_smtp()
+
+
+@pytest.fixture
+def relay_server() -> Iterator[SmtpTestServer]:
+    """A second server, standing in for the hosted relay."""
+    yield from _running_smtp()
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,9 @@ def test_installed_wheel_uses_its_shipped_carriers_and_templates(tmp_path):
     assert "gateway/_shipped/rules.yaml" in names
     assert "gateway/_shipped/templates/order_confirmed.txt.j2" in names
     assert any(n.startswith("gateway/store/migrations/versions/0001") for n in names)
+    # The dashboard runs from an installed wheel: its pages, script, style and htmx go with it.
+    for part in ("templates/base.html", "static/app.js", "static/vendor/htmx-2.0.11.min.js"):
+        assert f"gateway/web/{part}" in names
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -20,14 +20,6 @@ from tests.conftest import make_runtime, run_gateway
 from tests.servers import SmtpTestServer, password_checker
 
 
-@pytest.fixture
-def relay_server():
-    server = SmtpTestServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 def runtime_for(db_url, own_port, relay_port, *, own=None, relay=None) -> Runtime:
     return make_runtime(
         db_url,

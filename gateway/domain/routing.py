@@ -140,6 +140,8 @@ class History:
     last_kind: OutcomeKind | None = None
     last_phase: str = ""
     own_temporary: int = 0  # 4xx answers the own server gave this message
+    # A dispatcher asked for this route ("re-send by relay"): no other route may take it.
+    pinned: Route | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +162,7 @@ OWN_SERVER = Choice(Route.OWN, "own server")
 def plain_choice(own: RouteStatus, history: History) -> Choice | None:
     """The choice for nearly every text, decided from the own route alone: a first attempt while
     the own server can take it. None when the relay's state must be weighed too."""
-    if history.last_kind is None and own.unavailable_because() is None:
+    if history.last_kind is None and history.pinned is None and own.unavailable_because() is None:
         return OWN_SERVER
     return None
 
@@ -169,10 +171,16 @@ def choose_route(
     own: RouteStatus, relay: RouteStatus, history: History, policy: RoutingPolicy
 ) -> Choice:
     """The route for a message's next attempt, and why (stored with the attempt)."""
+    statuses = {Route.OWN: own, Route.RELAY: relay}
+    if history.pinned is not None:
+        blocked = statuses[history.pinned].unavailable_because()
+        if blocked is None:
+            return Choice(history.pinned, f"{history.pinned.value}, as the dispatcher asked")
+        return Choice(None, f"waiting for the {history.pinned.value} route the dispatcher asked "
+                            f"for, which {blocked}")  # fmt: skip
     plain = plain_choice(own, history)
     if plain is not None:
         return plain
-    statuses = {Route.OWN: own, Route.RELAY: relay}
     if history.last_kind is OutcomeKind.AMBIGUOUS and history.last_route is not None:
         status = statuses[history.last_route]
         blocked = status.unavailable_because()
@@ -220,7 +228,7 @@ def history_after(history: History, route: Route, kind: OutcomeKind, phase: str)
     own_temporary = history.own_temporary + (
         1 if route is Route.OWN and kind is OutcomeKind.TEMPORARY else 0
     )
-    return History(route, kind, phase, own_temporary)
+    return History(route, kind, phase, own_temporary, history.pinned)
 
 
 def explain_route_error(reply: str | None) -> str | None:

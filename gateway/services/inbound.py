@@ -108,6 +108,28 @@ class Ingest:
                 inbox.save_position(conn, batch.mailbox, batch.uidvalidity, batch.last_uid, now)
         self.stats.merge(stats)
 
+    def release(self, quarantined: int, now: dt.datetime) -> None:
+        """Read a quarantined message again (after the fault that held it was mended): stored
+        like new mail, then taken out of quarantine. LookupError when there is no such message;
+        ValueError, saying why, when it still cannot be read (nothing changes then)."""
+        with self.engine.connect() as conn:
+            row = inbox.quarantined(conn, quarantined)
+        if row is None:
+            raise LookupError(f"there is no quarantined message {quarantined}")
+        if row.size > len(row.raw):
+            raise ValueError(
+                f"only the first {len(row.raw):,} of its {row.size:,} bytes were kept; "
+                "it cannot be read again (raise inbound.max_bytes for the next one)"
+            )
+        try:
+            parse_mail(row.raw, self.carriers, self.identity)
+        except Exception as exc:  # hostile bytes: the same guard as the mailbox reader's
+            raise ValueError(f"it still cannot be read: {exc}") from None
+        item = Fetched(uid=None, raw=row.raw, size=row.size)
+        self.store(Batch(mailbox=row.mailbox, uidvalidity=None, items=(item,)), now)
+        with self.engine.begin() as conn:
+            inbox.unquarantine(conn, quarantined)
+
     def _read(
         self, conn: Connection, batch: Batch, item: Fetched, now: dt.datetime, stats: InboundStats
     ) -> _Read | None:

@@ -20,6 +20,7 @@ from gateway.domain.delivery import State
 from gateway.domain.email_out import check_field, message_id_for
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.quiet import next_allowed, recipient_zones, zone
+from gateway.domain.routing import Route
 from gateway.domain.rules import throttled
 from gateway.domain.sms import LongText, fit, measure, normalise
 from gateway.domain.templates import TemplateError
@@ -61,6 +62,7 @@ class SendRequest:
     rule: str | None = None
     event_id: int | None = None
     fresh_until: dt.datetime | None = None  # not sent after this
+    via: Route | None = None  # only this route may send it (a dispatcher's "re-send by relay")
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ def enqueue(
                     event_id=request.event_id,
                     fresh_until=request.fresh_until,
                     respect_quiet_hours=request.automated or request.respect_quiet_hours,
+                    pinned_route=request.via.value if request.via else None,
                 )
             )
         ids = insert_messages(conn, rows, now)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine
 
-from gateway.config import ConfigError, ServerSettings, Settings, locate
+from gateway.config import ConfigError, ServerSettings, Settings, locate, with_changes
 from gateway.domain.carriers import CarrierBook, CarrierFileError, load_carriers
 from gateway.domain.delivery import RetryPolicy
 from gateway.domain.email_out import Mailbox
@@ -22,6 +22,7 @@ from gateway.domain.routing import Route
 from gateway.domain.templates import SUFFIX, TemplateBook
 from gateway.services.oauth2 import token_source
 from gateway.services.routes import Lane, RouteBook
+from gateway.store import overrides
 from gateway.store.db import make_engine, require_current
 from gateway.store.inbox import read_position
 from gateway.transport.imap import ImapServer, SentFolder
@@ -34,6 +35,9 @@ from gateway.transport.smtp import SmtpPool, SmtpServer
 class Runtime:
     settings: Settings
     _schema_checked: bool = dataclasses.field(default=False, repr=False)
+    # The settings from the file and the environment, before the dashboard's changes.
+    _base: Settings | None = dataclasses.field(default=None, repr=False)
+    _overrides_seen: tuple[int, Any] = dataclasses.field(default=(0, None), repr=False)
 
     @cached_property
     def carriers_path(self) -> Path:
@@ -85,7 +89,35 @@ class Runtime:
         if not self._schema_checked:
             require_current(self.engine)
             self._schema_checked = True
+            self.refresh()
         return self.engine
+
+    def refresh(self) -> bool:
+        """Take up settings changed in the dashboard since the last look (by any process).
+        True when they changed. Raises ConfigError when the saved changes no longer fit."""
+        seen = overrides.version(self.engine)
+        if seen == self._overrides_seen:
+            return False
+        with self.engine.connect() as conn:
+            changes = overrides.read(conn)
+        # Seen even when they do not fit: reported once, not every few seconds.
+        self._overrides_seen = seen
+        self.use(with_changes(self.base_settings, changes, "the settings saved in the dashboard"))
+        return True
+
+    @property
+    def base_settings(self) -> Settings:
+        return self._base or self.settings
+
+    def use(self, settings: Settings) -> None:
+        """Run on `settings` from now on: what was derived from the old ones is derived again
+        (the database connection stays: its URL is not a setting one can change running)."""
+        if self._base is None:
+            self._base = self.settings
+        self.settings = settings
+        for name in ("carriers_path", "carriers", "templates_path", "templates", "rules_path",
+                     "company_domain", "identity"):  # fmt: skip
+            self.__dict__.pop(name, None)
 
     def quiet(self) -> dict[str, Any]:
         """The sender's quiet-hours settings (none when quiet_hours is off)."""

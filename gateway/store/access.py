@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.store.models import ApiRequest, ApiToken, User
+from gateway.store.models import ApiRequest, ApiToken, LoginFailure, User, WebSession
 
 tokens = ApiToken.__table__  # type: ignore[attr-defined]
 users = User.__table__  # type: ignore[attr-defined]
@@ -65,14 +65,21 @@ def token_holder(conn: Connection, token: str, now: dt.datetime) -> TokenHolder 
 
 
 def add_user(engine: Engine, name: str, role: str, password: str, now: dt.datetime) -> None:
+    with engine.begin() as conn:
+        insert_user(conn, name, role, password, now)
+
+
+def insert_user(conn: Connection, name: str, role: str, password: str, now: dt.datetime) -> None:
     from argon2 import PasswordHasher
 
     if role not in ROLES:
         raise AccessError(f"role {role!r} is not one of {', '.join(ROLES)}")
     if len(password) < 10:
         raise AccessError("the password must be at least 10 characters")
+    if not name or len(name) > 100 or any(c in name for c in "\r\n\t"):
+        raise AccessError("a user name is 1 to 100 characters on one line")
     try:
-        with engine.begin() as conn:
+        with conn.begin_nested():
             conn.execute(
                 insert(users).values(
                     name=name, role=role, password_hash=PasswordHasher().hash(password),
@@ -158,3 +165,162 @@ def body_digest(body: Any) -> str:
     import json
 
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --- dashboard users and their sessions -------------------------------------------------------
+
+sessions = WebSession.__table__  # type: ignore[attr-defined]
+login_failures = LoginFailure.__table__  # type: ignore[attr-defined]
+
+SESSION_IDLE = dt.timedelta(hours=12)  # signed out after this long without a request
+SESSION_MAX = dt.timedelta(days=7)  # and after this long whatever happens
+# Sign-in throttle: this many failures in the window, for one name or from one address, and
+# further tries are refused until the oldest failure leaves the window.
+FAILURE_WINDOW = dt.timedelta(minutes=15)
+FAILURES_PER_NAME = 5
+FAILURES_PER_ADDRESS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    user_id: int
+    name: str
+    role: str
+    csrf: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def throttled(conn: Connection, name: str, address: str, now: dt.datetime) -> dt.timedelta | None:
+    """How long until `name` from `address` may try again (None: now)."""
+    since = now - FAILURE_WINDOW
+    waits = []
+    for column, value, limit in (
+        (login_failures.c.name, name, FAILURES_PER_NAME),
+        (login_failures.c.address, address, FAILURES_PER_ADDRESS),
+    ):
+        times = conn.execute(
+            select(login_failures.c.at)
+            .where(column == value, login_failures.c.at > since)
+            .order_by(login_failures.c.at.desc())
+            .limit(limit)
+        ).scalars().all()  # fmt: skip
+        if len(times) >= limit:
+            waits.append(times[-1] + FAILURE_WINDOW - now)
+    return max(waits) if waits else None
+
+
+def sign_in(
+    engine: Engine, name: str, password: str, address: str, now: dt.datetime
+) -> tuple[str, SignedIn] | None:
+    """A new session token for `name` when the password is right (None when not, and the
+    failure is counted). Raises Throttled when too many tries failed lately."""
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    name = name[:100]
+    with engine.begin() as conn:
+        wait = throttled(conn, name, address, now)
+        if wait is not None:
+            raise Throttled(wait)
+        user = conn.execute(
+            select(users).where(users.c.name == name, users.c.disabled.is_(False))
+        ).first()
+        hasher = PasswordHasher()
+        try:
+            # An unknown name costs the same time as a wrong password: names are not revealed.
+            hasher.verify(user.password_hash if user else _DUMMY_HASH.value(hasher), password)
+            ok = user is not None
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok or user is None:
+            conn.execute(insert(login_failures).values(name=name, address=address, at=now))
+            return None
+        conn.execute(delete(login_failures).where(login_failures.c.name == name))
+        conn.execute(delete(sessions).where(sessions.c.expires_at < now))
+        token = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(32)
+        conn.execute(
+            insert(sessions).values(
+                token_hash=_digest(token), user_id=user.id, csrf=csrf, created_at=now,
+                seen_at=now, expires_at=now + SESSION_MAX,
+            )
+        )  # fmt: skip
+        return token, SignedIn(user.id, user.name, user.role, csrf)
+
+
+class Throttled(Exception):
+    def __init__(self, wait: dt.timedelta) -> None:
+        super().__init__(f"too many failed sign-ins; try again in {_minutes(wait)}")
+        self.wait = wait
+
+
+def _minutes(wait: dt.timedelta) -> str:
+    minutes = max(1, -(-int(wait.total_seconds()) // 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+class _DummyHash:
+    """A hash to verify against when the name is unknown, made once."""
+
+    _value: str | None = None
+
+    def value(self, hasher: Any) -> str:
+        if self._value is None:
+            self._value = hasher.hash(secrets.token_hex(16))
+        return self._value
+
+
+_DUMMY_HASH = _DummyHash()
+
+
+def session_user(conn: Connection, token: str, now: dt.datetime) -> SignedIn | None:
+    if not token or len(token) > 100:
+        return None
+    row = conn.execute(
+        select(sessions.c.token_hash, sessions.c.seen_at, sessions.c.csrf, users.c.id,
+               users.c.name, users.c.role)
+        .select_from(sessions.join(users, users.c.id == sessions.c.user_id))
+        .where(sessions.c.token_hash == _digest(token), sessions.c.expires_at > now,
+               sessions.c.seen_at > now - SESSION_IDLE, users.c.disabled.is_(False))
+    ).first()  # fmt: skip
+    if row is None:
+        return None
+    if now - row.seen_at > dt.timedelta(minutes=1):
+        conn.execute(
+            update(sessions).where(sessions.c.token_hash == row.token_hash).values(seen_at=now)
+        )
+    return SignedIn(row.id, row.name, row.role, row.csrf)
+
+
+def sign_out(engine: Engine, token: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(sessions).where(sessions.c.token_hash == _digest(token)))
+
+
+def list_users(conn: Connection) -> list[dict[str, Any]]:
+    return [
+        dict(row._mapping)
+        for row in conn.execute(
+            select(
+                users.c.id, users.c.name, users.c.role, users.c.disabled, users.c.created_at
+            ).order_by(users.c.name)
+        )
+    ]
+
+
+def set_user(conn: Connection, user: int, *, role: str | None = None,
+             disabled: bool | None = None) -> None:  # fmt: skip
+    values: dict[str, Any] = {}
+    if role is not None:
+        if role not in ROLES:
+            raise AccessError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        values["role"] = role
+    if disabled is not None:
+        values["disabled"] = disabled
+    if conn.execute(update(users).where(users.c.id == user).values(**values)).rowcount == 0:
+        raise AccessError(f"there is no user {user}")
+    if disabled:
+        conn.execute(delete(sessions).where(sessions.c.user_id == user))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.delivery import State
@@ -94,6 +94,14 @@ def store_quarantined(conn: Connection, values: dict[str, Any]) -> None:
             conn.execute(insert(quarantine).values(**values))
     except IntegrityError:
         pass  # already quarantined by an earlier pass
+
+
+def quarantined(conn: Connection, quarantined_id: int) -> Any:
+    return conn.execute(select(quarantine).where(quarantine.c.id == quarantined_id)).first()
+
+
+def unquarantine(conn: Connection, quarantined_id: int) -> None:
+    conn.execute(delete(quarantine).where(quarantine.c.id == quarantined_id))
 
 
 # --- candidates -------------------------------------------------------------------------------

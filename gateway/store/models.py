@@ -66,13 +66,18 @@ class Conversation(SQLModel, table=True):
     """The texts exchanged with one contact about one order (or about no order)."""
 
     __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conversations_contact_order", "contact_id", "order_id"),)
+    __table_args__ = (
+        Index("ix_conversations_contact_order", "contact_id", "order_id"),
+        Index("ix_conversations_last", "last_message_at", "id"),  # the dashboard's list
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contacts.id")
     order_id: int | None = Field(default=None, foreign_key="orders.id")
     created_at: dt.datetime
     last_message_at: dt.datetime
+    # Replies stored after this are unread; a dispatcher opening the thread moves it.
+    read_inbound_id: int = Field(default=0, sa_type=BigInteger)
 
 
 # The claim query repeats these conditions word for word: a planner uses a partial index only
@@ -93,6 +98,7 @@ class Message(SQLModel, table=True):
         Index("ix_messages_to_address", "to_address", "sent_at"),  # a bounce names its address
         Index("ix_messages_order", "order_id", "state"),  # an event supersedes waiting texts
         Index("ix_messages_contact_due", "contact_id", "due_at"),  # per-contact throttle
+        Index("ix_messages_conversation", "conversation_id", "id"),  # a thread, its last text
         # Texts that went stale while waiting are found without reading the whole backlog.
         Index(
             "ix_messages_fresh",
@@ -151,6 +157,7 @@ class Message(SQLModel, table=True):
     event_id: int | None = Field(default=None, foreign_key="order_events.id")
     fresh_until: dt.datetime | None = None  # not sent after this: its news is stale
     respect_quiet_hours: bool = False  # recorded for every text: held to the allowed hours?
+    pinned_route: str | None = Field(default=None, max_length=20)  # re-sent by a chosen route
 
 
 class DeliveryAttempt(SQLModel, table=True):
@@ -296,6 +303,7 @@ class User(SQLModel, table=True):
     role: str = Field(max_length=20)  # dispatcher | admin
     password_hash: str = Field(max_length=200)
     created_at: dt.datetime
+    disabled: bool = False  # an admin switched this user off; their sessions end
 
 
 class ApiRequest(SQLModel, table=True):
@@ -345,3 +353,55 @@ class Cursor(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=50)
     position_id: int = Field(default=0, sa_type=BigInteger)
     updated_at: dt.datetime
+
+
+class SettingOverride(SQLModel, table=True):
+    """A setting changed in the dashboard: it wins over gateway.toml (the environment still wins
+    over both) and every process picks it up within seconds."""
+
+    __tablename__ = "setting_overrides"
+
+    key: str = Field(primary_key=True, max_length=100)  # section.key, e.g. smtp.enabled
+    value: str = Field(sa_type=Text)  # JSON
+    updated_at: dt.datetime
+    updated_by: str = Field(max_length=100)
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who changed what in the dashboard, and when. Secrets are recorded as changed, never shown."""
+
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: dt.datetime
+    actor: str = Field(max_length=100)
+    action: str = Field(max_length=50)
+    detail: str = Field(sa_type=Text)  # JSON
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser. The cookie carries a random token; only its digest is kept."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id")
+    csrf: str = Field(max_length=64)
+    created_at: dt.datetime
+    seen_at: dt.datetime
+    expires_at: dt.datetime
+
+
+class LoginFailure(SQLModel, table=True):
+    """A failed sign-in, counted per name and per address to slow down password guessing."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (
+        Index("ix_login_failures_name", "name", "at"),
+        Index("ix_login_failures_address", "address", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    address: str = Field(max_length=64)
+    at: dt.datetime

@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, or_, select, update
 
 from gateway.domain.delivery import DUE_STATES
-from gateway.store.inbox import inbound
-from gateway.store.outbox import contacts, conversations, messages, orders
+from gateway.store.inbox import inbound, quarantine
+from gateway.store.orders import events as order_events
+from gateway.store.outbox import attempts, contacts, conversations, messages, orders
 
 MESSAGE_FIELDS = (
     messages.c.id,
@@ -78,9 +79,13 @@ def conversation_list(
 
 def conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | None:
     head = conn.execute(
-        _conversations(contacts.c.carrier, contacts.c.opted_out).where(
-            conversations.c.id == conversation_id
-        )
+        _conversations(
+            contacts.c.carrier,
+            contacts.c.opted_out,
+            contacts.c.carrier_source,
+            contacts.c.id.label("contact_id"),
+            orders.c.timezone.label("order_timezone"),
+        ).where(conversations.c.id == conversation_id)
     ).first()
     if head is None:
         return None
@@ -121,3 +126,333 @@ def counts(conn: Connection, now: dt.datetime) -> dict[str, Any]:
         )
     ).scalar()
     return {"messages": by_state, "inbound": by_kind, "due": due or 0}
+
+
+# --- the dashboard ----------------------------------------------------------------------------
+
+FILTERS = ("all", "driver", "customer", "unanswered", "failed", "unread")
+PROBLEM_STATES = ("failed", "bounced")
+
+
+def _role() -> Any:
+    return case(
+        (orders.c.driver_id == conversations.c.contact_id, "driver"),
+        (orders.c.customer_id == conversations.c.contact_id, "customer"),
+        else_=None,
+    )
+
+
+def _last_reply_id() -> Any:
+    return (
+        select(func.max(inbound.c.id))
+        .where(inbound.c.conversation_id == conversations.c.id, inbound.c.kind == "reply")
+        .scalar_subquery()
+    )
+
+
+def conversation_page(
+    conn: Connection,
+    show: str = "all",
+    order_ref: str | None = None,
+    limit: int = 50,
+    before: tuple[dt.datetime, int] | None = None,
+) -> list[dict[str, Any]]:
+    """A page of the conversation list, newest activity first, each with its last message,
+    unread count and problem marks. Only the page's rows are looked into, so the cost does
+    not grow with the number of conversations."""
+    query = _conversations(_role().label("role"), conversations.c.read_inbound_id).order_by(
+        conversations.c.last_message_at.desc(), conversations.c.id.desc()
+    )
+    if order_ref:
+        query = query.where(orders.c.ref == order_ref)
+    if show in ("driver", "customer"):
+        query = query.where(_role() == show)
+    elif show == "failed":
+        query = query.where(
+            select(messages.c.id)
+            .where(messages.c.conversation_id == conversations.c.id,
+                   messages.c.state.in_(PROBLEM_STATES))
+            .exists()
+        )  # fmt: skip
+    elif show == "unread":
+        query = query.where(_last_reply_id() > conversations.c.read_inbound_id)
+    elif show == "unanswered":
+        last_reply = (
+            select(inbound.c.stored_at)
+            .where(inbound.c.conversation_id == conversations.c.id, inbound.c.kind == "reply")
+            .order_by(inbound.c.id.desc()).limit(1).scalar_subquery()
+        )  # fmt: skip
+        last_text = (
+            select(messages.c.created_at)
+            .where(messages.c.conversation_id == conversations.c.id)
+            .order_by(messages.c.id.desc()).limit(1).scalar_subquery()
+        )  # fmt: skip
+        query = query.where(
+            last_reply.is_not(None), or_(last_text.is_(None), last_reply > last_text)
+        )
+    if before is not None:
+        at, below = before
+        query = query.where(
+            (conversations.c.last_message_at < at)
+            | ((conversations.c.last_message_at == at) & (conversations.c.id < below))
+        )
+    rows = [dict(row._mapping) for row in conn.execute(query.limit(limit))]
+    if not rows:
+        return rows
+    ids = [row["id"] for row in rows]
+    outs = _latest(conn, messages, ids, messages.c.body, messages.c.state,
+                   messages.c.created_at)  # fmt: skip
+    ins = _latest(conn, inbound, ids, inbound.c.text, inbound.c.kind, inbound.c.stored_at)
+    unread: dict[int, Any] = dict(
+        conn.execute(
+            select(inbound.c.conversation_id, func.count())
+            .select_from(
+                inbound.join(conversations, conversations.c.id == inbound.c.conversation_id)
+            )
+            .where(inbound.c.conversation_id.in_(ids), inbound.c.kind == "reply",
+                   inbound.c.id > conversations.c.read_inbound_id)
+            .group_by(inbound.c.conversation_id)
+        ).all()
+    )  # fmt: skip
+    problems = set(
+        conn.execute(
+            select(messages.c.conversation_id)
+            .where(messages.c.conversation_id.in_(ids), messages.c.state.in_(PROBLEM_STATES))
+            .distinct()
+        ).scalars()
+    )
+    for row in rows:
+        out, reply = outs.get(row["id"]), ins.get(row["id"])
+        if reply is not None and (out is None or reply.stored_at >= out.created_at):
+            row["last"] = {"direction": "in", "text": reply.text, "kind": reply.kind,
+                           "at": reply.stored_at}  # fmt: skip
+        elif out is not None:
+            row["last"] = {"direction": "out", "text": out.body, "state": out.state,
+                           "at": out.created_at}  # fmt: skip
+        else:
+            row["last"] = None
+        row["unread"] = unread.get(row["id"], 0)
+        row["has_problem"] = row["id"] in problems
+    return rows
+
+
+def _latest(conn: Connection, table: Any, ids: list[int], *columns: Any) -> dict[int, Any]:
+    """The newest row of `table` in each of the conversations `ids` (two indexed lookups)."""
+    newest = conn.execute(
+        select(func.max(table.c.id))
+        .where(table.c.conversation_id.in_(ids))
+        .group_by(table.c.conversation_id)
+    ).scalars()
+    return {
+        row.conversation_id: row
+        for row in conn.execute(
+            select(table.c.conversation_id, *columns).where(table.c.id.in_(list(newest)))
+        )
+    }
+
+
+def mark_read(conn: Connection, conversation_id: int) -> None:
+    last = conn.execute(
+        select(func.max(inbound.c.id)).where(inbound.c.conversation_id == conversation_id)
+    ).scalar()
+    if last:
+        conn.execute(
+            update(conversations)
+            .where(conversations.c.id == conversation_id, conversations.c.read_inbound_id < last)
+            .values(read_inbound_id=last)
+        )
+
+
+def failures(conn: Connection, limit: int = 200) -> dict[str, list[dict[str, Any]]]:
+    """What needs a dispatcher: texts that failed, bounced or were not sent, replies that found
+    no text, and mail that could not be read."""
+    texts = [
+        dict(row._mapping)
+        for row in conn.execute(
+            select(*MESSAGE_FIELDS, messages.c.contact_id, messages.c.updated_at,
+                   contacts.c.carrier_doubt, contacts.c.opted_out)
+            .select_from(
+                messages.outerjoin(orders, orders.c.id == messages.c.order_id)
+                .outerjoin(contacts, contacts.c.id == messages.c.contact_id)
+            )
+            .where(messages.c.state.in_(("failed", "bounced", "suppressed")))
+            .order_by(messages.c.updated_at.desc(), messages.c.id.desc())
+            .limit(limit)
+        )
+    ]  # fmt: skip
+    unmatched = [
+        dict(row._mapping)
+        for row in conn.execute(
+            select(inbound.c.id, inbound.c.kind, inbound.c.phone, inbound.c.from_address,
+                   inbound.c.text, inbound.c.stored_at)
+            .where(inbound.c.matched_message_id.is_(None), inbound.c.kind.in_(("reply", "bounce")))
+            .order_by(inbound.c.id.desc())
+            .limit(limit)
+        )
+    ]  # fmt: skip
+    held = [
+        dict(row._mapping)
+        for row in conn.execute(
+            select(quarantine.c.id, quarantine.c.mailbox, quarantine.c.uid, quarantine.c.size,
+                   quarantine.c.error, quarantine.c.stored_at)
+            .order_by(quarantine.c.id.desc())
+            .limit(limit)
+        )
+    ]  # fmt: skip
+    return {"texts": texts, "unmatched": unmatched, "quarantine": held}
+
+
+def order_list(
+    conn: Connection, limit: int = 200, ref: str | None = None, *, exact: bool = False
+) -> list[dict[str, Any]]:
+    customer, driver = contacts.alias("customer"), contacts.alias("driver")
+    query = (
+        select(orders.c.id, orders.c.ref, orders.c.status, orders.c.window_start,
+               orders.c.window_end, orders.c.updated_at, customer.c.name.label("customer_name"),
+               customer.c.phone.label("customer_phone"), driver.c.name.label("driver_name"),
+               driver.c.phone.label("driver_phone"))
+        .select_from(
+            orders.outerjoin(customer, customer.c.id == orders.c.customer_id)
+            .outerjoin(driver, driver.c.id == orders.c.driver_id)
+        )
+        .order_by(orders.c.updated_at.desc(), orders.c.id.desc())
+        .limit(limit)
+    )  # fmt: skip
+    if ref and exact:
+        query = query.where(orders.c.ref == ref)
+    elif ref:
+        query = query.where(orders.c.ref.startswith(ref, autoescape=True))
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def order_detail(conn: Connection, ref: str) -> dict[str, Any] | None:
+    """An order, its events and its texts in time order, and the texts still waiting."""
+    head = next((row for row in order_list(conn, 1, ref, exact=True)), None)
+    if head is None:
+        return None
+    found = head["id"]
+    events = [
+        {"kind": "event", "at": row.occurred_at, **row._mapping}
+        for row in conn.execute(
+            select(order_events.c.id, order_events.c.status, order_events.c.eta,
+                   order_events.c.reason, order_events.c.occurred_at)
+            .where(order_events.c.order_id == found)
+        )
+    ]  # fmt: skip
+    texts = [
+        {"kind": "text", "at": row.created_at, **row._mapping}
+        for row in conn.execute(
+            select(*MESSAGE_FIELDS)
+            .select_from(messages.outerjoin(orders, orders.c.id == messages.c.order_id))
+            .where(messages.c.order_id == found)
+        )
+    ]
+    timeline = sorted(events + texts, key=lambda item: (item["at"], item["kind"], item["id"]))
+    waiting = [t for t in texts if t["state"] in [s.value for s in DUE_STATES]]
+    return {**head, "timeline": timeline, "waiting": waiting}
+
+
+def contact_list(
+    conn: Connection, limit: int = 200, phone: str | None = None
+) -> list[dict[str, Any]]:
+    query = (
+        select(contacts).order_by(contacts.c.updated_at.desc(), contacts.c.id.desc()).limit(limit)
+    )
+    if phone:
+        query = query.where(
+            contacts.c.phone.contains(phone, autoescape=True)
+            | contacts.c.name.contains(phone, autoescape=True)
+        )
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def contact_detail(conn: Connection, contact_id: int) -> dict[str, Any] | None:
+    row = conn.execute(select(contacts).where(contacts.c.id == contact_id)).first()
+    if row is None:
+        return None
+    threads = [
+        dict(r._mapping)
+        for r in conn.execute(
+            _conversations()
+            .where(conversations.c.contact_id == contact_id)
+            .order_by(conversations.c.last_message_at.desc())
+            .limit(100)
+        )
+    ]
+    recent = [
+        dict(r._mapping)
+        for r in conn.execute(
+            select(*MESSAGE_FIELDS)
+            .select_from(messages.outerjoin(orders, orders.c.id == messages.c.order_id))
+            .where(messages.c.contact_id == contact_id)
+            .order_by(messages.c.id.desc())
+            .limit(50)
+        )
+    ]
+    return {**row._mapping, "conversations": threads, "messages": recent}
+
+
+# --- live updates -----------------------------------------------------------------------------
+
+
+def positions(conn: Connection) -> tuple[int, int]:
+    """Where the append-only logs stand now: (last inbound id, last delivery attempt id)."""
+    last_in = conn.execute(select(func.max(inbound.c.id))).scalar() or 0
+    last_try = conn.execute(select(func.max(attempts.c.id))).scalar() or 0
+    return int(last_in), int(last_try)
+
+
+def changes_since(
+    conn: Connection, inbound_after: int, attempt_after: int, limit: int = 200
+) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """What happened after the given positions: mail stored (replies, bounces) and texts
+    attempted, each with its conversation; and the new positions. Read by id from the two
+    append-only tables, like the webhooks: no clock skew between processes can hide an event."""
+    events: list[dict[str, Any]] = []
+    for row in conn.execute(
+        select(inbound.c.id, inbound.c.kind, inbound.c.conversation_id,
+               inbound.c.matched_message_id)
+        .where(inbound.c.id > inbound_after)
+        .order_by(inbound.c.id)
+        .limit(limit)
+    ):  # fmt: skip
+        inbound_after = row.id
+        events.append({"type": row.kind, "conversation_id": row.conversation_id,
+                       "inbound_id": row.id, "message_id": row.matched_message_id})  # fmt: skip
+    for row in conn.execute(
+        select(attempts.c.id, messages.c.id.label("message_id"), messages.c.state,
+               messages.c.conversation_id)
+        .select_from(attempts.join(messages, messages.c.id == attempts.c.message_id))
+        .where(attempts.c.id > attempt_after)
+        .order_by(attempts.c.id)
+        .limit(limit)
+    ):  # fmt: skip
+        attempt_after = row.id
+        events.append({"type": "state", "conversation_id": row.conversation_id,
+                       "message_id": row.message_id, "state": row.state})  # fmt: skip
+    return events, (inbound_after, attempt_after)
+
+
+def latest_conversation(conn: Connection, phone: str, order_ref: str | None) -> int | None:
+    """The conversation a text to `phone` (about `order_ref`) just went into."""
+    query = (
+        select(conversations.c.id)
+        .select_from(
+            conversations.join(contacts, contacts.c.id == conversations.c.contact_id).outerjoin(
+                orders, orders.c.id == conversations.c.order_id
+            )
+        )
+        .where(contacts.c.phone == phone)
+        .order_by(conversations.c.last_message_at.desc(), conversations.c.id.desc())
+        .limit(1)
+    )
+    query = query.where(
+        orders.c.ref == order_ref if order_ref else conversations.c.order_id.is_(None)
+    )
+    found = conn.execute(query).scalar()
+    return int(found) if found is not None else None
+
+
+def clear_doubt(conn: Connection, contact_id: int) -> None:
+    """A dispatcher set the carrier: the doubt a bounce raised is answered."""
+    conn.execute(update(contacts).where(contacts.c.id == contact_id).values(carrier_doubt=None))

@@ -21,6 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from gateway.config import ConfigError
 from gateway.domain.delivery import State
 from gateway.domain.routing import BreakerState
+from gateway.services.carrier_report import carrier_rows
 from gateway.services.orders import OrderError, OrderInput, Orders
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
@@ -254,15 +255,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get(f"{API}/carriers", tags=["carriers"])
     async def get_carriers(token: Token) -> Response:
-        today = utcnow().date()
-        rows = [
-            {
-                "id": c.id, "name": c.name, "kind": c.kind, "countries": list(c.countries),
-                "sms": c.sms, "mms": c.mms, "status": c.status_on(today).value,
-                "ends_on": c.ends_on, "retired_on": c.retired_on, "source": c.source,
-            }
-            for c in runtime.carriers
-        ]  # fmt: skip
+        keys = ("id", "name", "kind", "countries", "sms", "mms", "status", "ends_on",
+                "retired_on", "source")  # fmt: skip
+        rows = [{k: row[k] for k in keys} for row in carrier_rows(runtime, utcnow().date())]
         return JSONResponse(_jsonable({"carriers": rows}))
 
     # --- health and metrics (open) ----------------------------------------------------------

@@ -83,6 +83,16 @@ def test_ambiguous_attempts_stay_on_their_route(route):
     assert choice.route is None and "may have been delivered" in choice.reason
 
 
+@given(st.sampled_from(list(Route)), st.sampled_from([None, *OutcomeKind]))
+def test_a_pinned_route_is_the_only_one_used(pinned, last):
+    history = History(Route.OWN if last else None, last, "connect", pinned=pinned)
+    assert choose_route(OWN, RELAY, history, ROUTING).route is pinned
+    down = {Route.OWN: (status(Route.OWN, enabled=False), RELAY),
+            Route.RELAY: (OWN, status(Route.RELAY, enabled=False))}[pinned]  # fmt: skip
+    choice = choose_route(*down, history, ROUTING)
+    assert choice.route is None and "the dispatcher asked for" in choice.reason
+
+
 def test_both_out_means_wait():
     choice = choose_route(
         status(Route.OWN, enabled=False),

@@ -1,0 +1,60 @@
+// The dashboard's only script of its own: live updates over server-sent events, and small
+// conveniences after htmx swaps. Served from our origin (the CSP allows nothing inline).
+(function () {
+  "use strict";
+
+  function refresh(selector, attribute) {
+    const region = document.querySelector(selector);
+    if (region && window.htmx) {
+      window.htmx.ajax("GET", region.getAttribute(attribute), { target: region, swap: "innerHTML" });
+    }
+  }
+
+  let listTimer = null;
+  function refreshListSoon() {
+    // Many events at once (a burst of replies) refresh the list once.
+    clearTimeout(listTimer);
+    listTimer = setTimeout(function () { refresh("[data-live-list]", "data-live-list"); }, 300);
+  }
+
+  function onChange(event) {
+    let data = {};
+    try { data = JSON.parse(event.data); } catch (e) { return; }
+    const thread = document.querySelector("[data-thread]");
+    if (thread && String(data.conversation_id) === thread.getAttribute("data-thread")) {
+      refresh("[data-thread]", "data-src");
+    }
+    refreshListSoon();
+  }
+
+  function connect() {
+    const url = document.body.getAttribute("data-live");
+    if (!url || !window.EventSource) { return; }
+    const light = document.getElementById("live-state");
+    // EventSource reconnects by itself and sends Last-Event-ID: the server replays from there.
+    const source = new EventSource(url);
+    ["reply", "bounce", "state", "keyword", "other"].forEach(function (type) {
+      source.addEventListener(type, onChange);
+    });
+    source.addEventListener("open", function () { if (light) { light.className = "live on"; } });
+    source.addEventListener("error", function () { if (light) { light.className = "live off"; } });
+  }
+
+  document.addEventListener("htmx:afterSwap", function (event) {
+    const target = event.detail.target;
+    if (target && target.id === "thread") {
+      const list = document.getElementById("messages");
+      if (list) { list.lastElementChild && list.lastElementChild.scrollIntoView({ block: "end" }); }
+    }
+    const draft = document.getElementById("draft");
+    if (draft && (target === draft || (target && target.contains && target.contains(draft)))) {
+      draft.dispatchEvent(new Event("input", { bubbles: true }));
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    connect();
+    const list = document.getElementById("messages");
+    if (list && list.lastElementChild) { list.lastElementChild.scrollIntoView({ block: "end" }); }
+  });
+})();

@@ -1,0 +1,238 @@
+"""The dashboard in a real Chromium (Debian's, driven by Playwright) against `gateway serve` and
+`gateway run` as an operator starts them: sign in, text a simulated carrier and see it sent,
+a reply dropped into the mailbox appearing in the open thread without a reload, a hostile
+reply shown as text, a setting changed and the next text using it.
+
+GATEWAY_TEST_SCREENSHOTS=DIR also saves pictures of the main pages there (docs/screenshots)."""
+
+from __future__ import annotations
+
+import email
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.services.carrier_sim import free_port
+from gateway.store import access
+from gateway.store.db import make_engine, utcnow
+from gateway.transport.mailsource import deliver_to_maildir
+from tests.conftest import gateway_folder
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "correct horse battery"
+PHONE, ADDRESS = "+12025550143", "2025550143@vtext.com"
+HOSTILE = (
+    '<script>window.hacked=1</script><img src=x onerror="window.hacked=2"> tap javascript:alert(1)'
+)
+
+
+def _browser_or_skip() -> None:
+    problem = None
+    if not Path(CHROMIUM).exists():
+        problem = f"{CHROMIUM} is not installed (Debian package chromium; `make test` installs it)"
+    else:
+        try:
+            import playwright  # noqa: F401
+        except ImportError:
+            problem = "playwright is not installed (pip install -e '.[test]')"
+    if problem:
+        if os.environ.get("GATEWAY_TEST_REQUIRE_BROWSER") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+class Gateway:
+    """`gateway serve` and `gateway run` in a working folder, as two processes."""
+
+    def __init__(self, folder: Path, own: int, relay: int) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.maildir = folder / "Maildir"
+        gateway_folder(
+            folder,
+            own,
+            extra=(
+                'from_address = "Dispatch <dispatch@example.com>"\n'
+                f'[relay]\nenabled = true\nhost = "127.0.0.1"\nport = {relay}\n'
+                'security = "none"\nfrom_address = "Dispatch via relay <relay@example.net>"\n'
+                f'[inbound]\nmaildir = "{self.maildir}"\n'
+                f"[web]\nport = {self.port}\n"
+                "[sender]\nidle_poll_seconds = 0.1\n"
+                "[policy]\nquiet_hours = false\n"
+            ),
+        )
+        for sub in ("new", "cur", "tmp"):
+            (self.maildir / sub).mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(f"sqlite:///{folder / 'gw.db'}")
+        access.add_user(self.engine, "dana", "dispatcher", PASSWORD, utcnow())
+        access.add_user(self.engine, "ada", "admin", PASSWORD, utcnow())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        self.processes = [self._start(command, env) for command in ("serve", "run")]
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, self.logs()
+                time.sleep(0.2)
+
+    def _start(self, command: str, env: dict[str, str]) -> subprocess.Popen:
+        with open(self.folder / f"{command}.log", "wb") as log:  # the child keeps its own copy
+            return subprocess.Popen(
+                [sys.executable, "-m", "gateway", command],
+                cwd=self.folder,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    def reply(self, message_id: str, text: str) -> None:
+        raw = (
+            (
+                f"From: {ADDRESS}\r\nTo: dispatch@example.com\r\nSubject: Re:\r\n"
+                f"Message-ID: <{uuid.uuid4().hex}@vtext.com>\r\nIn-Reply-To: {message_id}\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+            ).encode()
+            + text.encode()
+            + b"\r\n"
+        )
+        deliver_to_maildir(self.maildir, raw, f"{time.time():.6f}.{uuid.uuid4().hex}.test")
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.folder.glob("*.log"))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def gateway(tmp_path, smtp_server, relay_server) -> Iterator[Gateway]:
+    _browser_or_skip()
+    running = Gateway(tmp_path, smtp_server.port, relay_server.port)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def browser():
+    _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        chromium = driver.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def wait_for(check, what: str, seconds: float = 20.0):
+    deadline = time.monotonic() + seconds
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def sign_in(page, gateway: Gateway, name: str) -> None:
+    page.goto(f"{gateway.url}/login")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/conversations")
+
+
+def shoot(page, name: str) -> None:
+    folder = os.environ.get("GATEWAY_TEST_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=False)
+
+
+def test_a_dispatcher_day_in_the_browser(gateway, browser, smtp_server, relay_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: (errors.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+    sign_in(page, gateway, "dana")
+
+    # A text to a simulated carrier: queued, then sent by the own server, seen without reload.
+    page.click("text=New text")
+    page.fill("input[name=to]", PHONE)
+    page.select_option("select[name=carrier]", "verizon")
+    page.fill("#draft", "Your driver is 10 minutes away")
+    page.wait_for_selector("#counter >> text=30 characters")
+    page.click("button:has-text('Send')")
+    page.wait_for_url("**/conversations/*")
+    page.evaluate("window.sameDocument = true")
+    page.wait_for_selector("#messages li.out .state.sent", timeout=20_000)
+    sent = wait_for(lambda: smtp_server.received, "the own server to receive the text")
+    assert sent[0].rcpt_tos == [ADDRESS]
+    message_id = email.message_from_bytes(sent[0].content)["Message-ID"]
+
+    # A reply dropped into the mailbox shows up in the open thread, no reload.
+    gateway.reply(message_id, "Thanks, gate code is 4411")
+    page.wait_for_selector("#messages li.in >> text=Thanks, gate code is 4411", timeout=20_000)
+    assert page.evaluate("window.sameDocument") is True
+    shoot(page, "conversations")
+
+    # A hostile reply is text on the screen, and nothing of it runs.
+    gateway.reply(message_id, HOSTILE)
+    item = page.wait_for_selector("#messages li.in >> text=window.hacked", timeout=20_000)
+    assert "<script>" in item.inner_text()
+    assert page.evaluate("window.hacked") is None
+    assert page.locator("#messages script, #messages img").count() == 0
+    assert page.evaluate("window.sameDocument") is True
+    assert errors == []
+
+    # An admin switches the own server off; the next text goes by the relay.
+    admin = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(admin, gateway, "ada")
+    admin.goto(f"{gateway.url}/settings")
+    admin.click("#smtp button:has-text('Test connection')")
+    admin.wait_for_selector("#test-smtp li.ok >> text=EHLO")
+    shoot(admin, "settings")
+    admin.uncheck("#smtp input[name='smtp.enabled']")
+    admin.click("#smtp button:has-text('Save')")
+    admin.wait_for_selector(".notice >> text=smtp.enabled")
+    assert "smtp.enabled" in admin.inner_text("#audit")
+    time.sleep(3)  # the workers look for saved changes every 2 s
+
+    page.fill("#draft", "Second text, after the change")
+    page.click("#thread button:has-text('Send')")
+    page.wait_for_selector("#messages li.out:last-child .state.sent", timeout=30_000)
+    assert "by relay" in page.inner_text("#messages li.out:last-child")
+    relayed = wait_for(lambda: relay_server.received, "the relay to receive the text")
+    assert b"Second text, after the change" in relayed[0].content
+    assert len(smtp_server.received) == 1
+
+    for path, name in (("/failures", "failures"), ("/orders", "orders"),
+                       ("/carriers", "carriers"), ("/contacts", "contacts")):  # fmt: skip
+        admin.goto(f"{gateway.url}{path}")
+        shoot(admin, name)
+    assert errors == [], errors

@@ -1,0 +1,432 @@
+"""The dashboard over HTTP on a real database: sign-in, sessions, CSRF, roles, throttling,
+security headers, escaping of what strangers wrote, settings with their audit log, the pages
+and their actions, and the event stream's catch-up."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import insert, select
+
+from gateway.domain.delivery import State
+from gateway.services.inbound import Ingest
+from gateway.services.outbound import SendRequest, enqueue
+from gateway.store import access, views
+from gateway.store.db import utcnow
+from gateway.store.inbox import inbound, quarantine
+from gateway.store.outbox import contacts, messages
+from gateway.transport.mailsource import Batch, Fetched
+from gateway.web.app import create_app
+from tests.conftest import make_runtime
+
+PASSWORD = "correct horse battery"
+XSS = [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(2)">',
+    "<svg onload=alert(3)><circle/></svg>",
+    '<a href="javascript:alert(4)">tap</a>',
+]
+
+
+@pytest.fixture
+def runtime(db_url, smtp_server):
+    runtime = make_runtime(db_url, smtp_server.port)
+    now = utcnow()
+    access.add_user(runtime.engine, "dana", "dispatcher", PASSWORD, now)
+    access.add_user(runtime.engine, "ada", "admin", PASSWORD, now)
+    return runtime
+
+
+def client_for(runtime, name: str | None = None) -> TestClient:
+    client = TestClient(create_app(runtime), follow_redirects=False)
+    if name is not None:
+        assert sign_in(client, name).status_code == 303
+    return client
+
+
+def sign_in(client: TestClient, name: str, password: str = PASSWORD):
+    form = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)
+    return client.post(
+        "/login", data={"login_token": token, "name": name, "password": password, "next": "/"}
+    )
+
+
+def csrf_of(client: TestClient, path: str = "/conversations") -> str:
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def text_to(runtime, phone="+12025550143", text="Driver on the way", order="W-1") -> int:
+    result = enqueue(
+        runtime, SendRequest(to=phone, carrier="verizon", text=text, order_ref=order), utcnow()
+    )
+    return result.ids[0]
+
+
+def reply_in(runtime, message_id: int, text: str) -> None:
+    """A phone's reply to text `message_id`, read as the inbound worker reads the mailbox."""
+    with runtime.engine.connect() as conn:
+        row = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+    raw = (
+        (
+            f"From: {row.to_address}\r\nTo: dispatch@example.com\r\nSubject: Re:\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@vtext.com>\r\nIn-Reply-To: {row.message_id}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        ).encode()
+        + text.encode()
+        + b"\r\n"
+    )
+    batch = Batch(mailbox="test", uidvalidity=None, items=(Fetched(None, raw, len(raw)),))
+    Ingest(runtime, runtime.engine).store(batch, utcnow())
+
+
+# --- signing in -----------------------------------------------------------------------------
+
+
+def test_pages_need_a_session(runtime):
+    client = client_for(runtime)
+    for path in ("/conversations", "/failures", "/orders", "/contacts", "/carriers", "/settings"):
+        answer = client.get(path)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+    assert client.get("/events").status_code in (303, 401)
+    assert client.get("/healthz").status_code == 200  # open, as the contract says
+
+
+def test_sign_in_sets_a_guarded_cookie_and_sign_out_ends_the_session(runtime):
+    client = client_for(runtime)
+    answer = sign_in(client, "dana")
+    assert answer.status_code == 303
+    cookie = answer.headers["set-cookie"]
+    assert "gw_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    assert client.get("/conversations").status_code == 200
+    stolen = client.cookies.get("gw_session")
+    client.post("/logout", data={"csrf": csrf_of(client)})
+    other = client_for(runtime)
+    other.cookies.set("gw_session", stolen)
+    assert other.get("/conversations").status_code == 303  # the old cookie no longer works
+
+
+def test_secure_cookie_behind_tls(runtime):
+    client = TestClient(
+        create_app(runtime), base_url="https://dispatch.example", follow_redirects=False
+    )
+    assert "Secure" in sign_in(client, "dana").headers["set-cookie"]
+
+
+def test_a_wrong_password_is_refused_and_guessing_is_throttled(runtime):
+    client = client_for(runtime)
+    assert sign_in(client, "dana", "wrong password!").status_code == 401
+    assert sign_in(client, "nobody", "wrong password!").status_code == 401
+    for _ in range(access.FAILURES_PER_NAME - 1):
+        sign_in(client, "dana", "wrong password!")
+    refused = sign_in(client, "dana", PASSWORD)  # even the right one, for a while
+    assert refused.status_code == 429 and "try again in" in refused.text
+    assert "gw_session" not in refused.headers.get("set-cookie", "")
+
+
+def test_sign_in_form_without_its_token_is_refused(runtime):
+    client = client_for(runtime)
+    answer = client.post("/login", data={"name": "dana", "password": PASSWORD})
+    assert answer.status_code == 400 and "gw_session" not in answer.headers.get("set-cookie", "")
+
+
+def test_next_only_leads_to_this_site(runtime):
+    client = client_for(runtime)
+    form = client.get("/login?next=//evil.example/x")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)
+    answer = client.post(
+        "/login",
+        data={"login_token": token, "name": "dana", "password": PASSWORD,
+              "next": "https://evil.example/"},
+    )  # fmt: skip
+    assert answer.headers["location"] == "/"
+
+
+def test_security_headers(runtime):
+    page = client_for(runtime, "dana").get("/conversations")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
+# --- CSRF and roles -------------------------------------------------------------------------
+
+
+def test_every_form_post_needs_the_csrf_token(runtime):
+    message = text_to(runtime)
+    client = client_for(runtime, "dana")
+    with runtime.engine.connect() as conn:
+        conversation = views.message(conn, message)["conversation_id"]
+    path = f"/conversations/{conversation}/send"
+    refused = client.post(path, data={"text": "forged"})
+    assert refused.status_code == 403
+    wrong = client.post(path, data={"text": "forged", "csrf": "guess"})
+    assert wrong.status_code == 403
+    assert count_texts(runtime) == 1
+    good = client.post(path, data={"text": "Gate code is 4411", "csrf": csrf_of(client)})
+    assert good.status_code == 200 and "Gate code is 4411" in good.text
+    header = client.post(path, data={"text": "by htmx"}, headers={"X-CSRF-Token": csrf_of(client)})
+    assert header.status_code == 200
+    assert count_texts(runtime) == 3
+
+
+def count_texts(runtime) -> int:
+    with runtime.engine.connect() as conn:
+        return len(conn.execute(select(messages.c.id)).all())
+
+
+def test_dispatchers_cannot_change_settings_or_users(runtime):
+    client = client_for(runtime, "dana")
+    assert client.get("/settings").status_code == 403
+    csrf = csrf_of(client)
+    refused = client.post("/settings/smtp", data={"csrf": csrf, "smtp.port": "2525"})
+    assert refused.status_code == 403
+    added = client.post(
+        "/users", data={"csrf": csrf, "name": "eve", "password": PASSWORD, "role": "admin"}
+    )
+    assert added.status_code == 403
+    with runtime.engine.connect() as conn:
+        assert [u["name"] for u in access.list_users(conn)] == ["ada", "dana"]
+
+
+def test_an_admin_adds_and_disables_a_user(runtime):
+    admin = client_for(runtime, "ada")
+    csrf = csrf_of(admin, "/settings")
+    admin.post("/users", data={"csrf": csrf, "name": "sam", "password": PASSWORD,
+                               "role": "dispatcher"})  # fmt: skip
+    sam = client_for(runtime, "sam")
+    assert sam.get("/conversations").status_code == 200
+    with runtime.engine.connect() as conn:
+        sam_id = next(u["id"] for u in access.list_users(conn) if u["name"] == "sam")
+    admin.post(f"/users/{sam_id}", data={"csrf": csrf, "role": "dispatcher", "disabled": "on"})
+    assert sam.get("/conversations").status_code == 303  # signed out at once
+
+
+# --- escaping -------------------------------------------------------------------------------
+
+
+def test_what_strangers_wrote_renders_as_text(runtime):
+    message = text_to(runtime)
+    for payload in XSS:
+        reply_in(runtime, message, payload)
+    with runtime.engine.begin() as conn:
+        conn.execute(messages.update().values(reason="<b>bold</b>"))
+    client = client_for(runtime, "dana")
+    with runtime.engine.connect() as conn:
+        conversation = views.message(conn, message)["conversation_id"]
+    for path in (f"/conversations/{conversation}", "/conversations", "/failures"):
+        page = client.get(path).text
+        for tag in (
+            "<script>alert",
+            "<img src=x",
+            "<svg onload",
+            '<a href="javascript:',
+            "<b>bold",
+        ):
+            assert tag not in page, (path, tag)
+    page = client.get(f"/conversations/{conversation}").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;a href=&#34;javascript:alert(4)&#34;&gt;tap&lt;/a&gt;" in page
+
+
+# --- conversations --------------------------------------------------------------------------
+
+
+def test_the_list_shows_last_message_unread_and_filters(runtime):
+    first = text_to(runtime, "+12025550143", "Your order is confirmed", "W-1")
+    text_to(runtime, "+12025550144", "Driver text", "W-2")
+    reply_in(runtime, first, "Can you come after 5?")
+    client = client_for(runtime, "dana")
+    page = client.get("/conversations").text
+    assert "Can you come after 5?" in page and 'title="unread replies">1<' in page
+    assert "W-2" in page
+    unanswered = client.get("/conversations?show=unanswered").text
+    assert "Can you come after 5?" in unanswered and "W-2" not in unanswered
+    by_order = client.get("/conversations?order=W-2").text
+    assert "W-2" in by_order and "Can you come after 5?" not in by_order
+    with runtime.engine.connect() as conn:
+        conversation = views.message(conn, first)["conversation_id"]
+    client.get(f"/conversations/{conversation}")  # opening it reads it
+    assert 'title="unread replies"' not in client.get("/conversations").text
+    assert "Can you come after 5?" not in client.get("/conversations?show=unread").text
+
+
+def test_the_counter_counts_segments_and_warns_of_quiet_hours(runtime, monkeypatch):
+    client = client_for(runtime, "dana")
+    csrf = csrf_of(client)
+    answer = client.post("/compose/count", data={"csrf": csrf, "text": "x" * 161,
+                                                  "to": "+12025550143"})  # fmt: skip
+    assert "161 characters" in answer.text and "2 segments" in answer.text
+    runtime.settings.policy.allowed_from, runtime.settings.policy.allowed_until = "00:00", "00:01"
+    late = client.post("/compose/count", data={"csrf": csrf, "text": "hi", "to": "+12025550143"})
+    assert "outside 00:00" in late.text
+
+
+def test_a_broken_text_changes_nothing(runtime):
+    message = text_to(runtime)
+    client = client_for(runtime, "dana")
+    with runtime.engine.connect() as conn:
+        conversation = views.message(conn, message)["conversation_id"]
+    answer = client.post(f"/conversations/{conversation}/send",
+                         data={"csrf": csrf_of(client), "text": "   "})  # fmt: skip
+    assert answer.status_code == 200 and "empty" in answer.text
+    assert count_texts(runtime) == 1
+    compose = client.post("/compose", data={"csrf": csrf_of(client), "to": "12", "text": "hi"})
+    assert compose.status_code == 200 and 'class="error"' in compose.text
+    assert count_texts(runtime) == 1
+
+
+def test_compose_to_a_new_number_opens_its_conversation(runtime):
+    client = client_for(runtime, "dana")
+    answer = client.post("/compose", data={"csrf": csrf_of(client), "to": "(202) 555-0147",
+                                           "carrier": "verizon", "text": "Hello"})  # fmt: skip
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/conversations/")
+    assert "Hello" in client.get(answer.headers["location"]).text
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+def test_resend_by_relay_pins_the_route(runtime):
+    message = text_to(runtime)
+    with runtime.engine.begin() as conn:
+        conn.execute(messages.update().values(state=State.FAILED.value, reason="refused"))
+    client = client_for(runtime, "dana")
+    page = client.get("/failures").text
+    assert "Re-send by relay" in page and "refused" in page
+    answer = client.post(f"/messages/{message}/resend",
+                         data={"csrf": csrf_of(client), "via": "relay", "back": "/failures"})  # fmt: skip
+    assert answer.status_code == 303 and "relay" in answer.headers["location"]
+    with runtime.engine.connect() as conn:
+        new = conn.execute(select(messages).where(messages.c.id != message)).one()
+    assert (new.pinned_route, new.state, new.body) == ("relay", "queued", "Driver on the way")
+
+
+def test_correct_the_carrier_clears_the_doubt(runtime):
+    message = text_to(runtime)
+    with runtime.engine.begin() as conn:
+        row = conn.execute(select(messages).where(messages.c.id == message)).one()
+        conn.execute(
+            contacts.update()
+            .where(contacts.c.id == row.contact_id)
+            .values(carrier_doubt="bounced as unknown")
+        )
+    client = client_for(runtime, "dana")
+    client.post(f"/contacts/{row.contact_id}/carrier",
+                data={"csrf": csrf_of(client), "carrier": "tmobile", "back": "/failures"})  # fmt: skip
+    with runtime.engine.connect() as conn:
+        contact = views.contact_detail(conn, row.contact_id)
+    assert (contact["carrier"], contact["carrier_source"], contact["carrier_doubt"]) == (
+        "tmobile", "dispatcher", None)  # fmt: skip
+
+
+def test_release_reads_a_quarantined_message_again(runtime):
+    raw = (b"From: 2025550143@vtext.com\r\nTo: dispatch@example.com\r\nSubject: \r\n"
+           b"Message-ID: <q1@vtext.com>\r\n\r\nRunning late\r\n")  # fmt: skip
+    with runtime.engine.begin() as conn:
+        held = conn.execute(insert(quarantine).values(
+            mailbox="test", error="storing failed: a bug since mended", size=len(raw), raw=raw,
+            stored_at=utcnow())).inserted_primary_key[0]  # fmt: skip
+    client = client_for(runtime, "dana")
+    answer = client.post(f"/quarantine/{held}/release", data={"csrf": csrf_of(client)})
+    assert "stored" in answer.headers["location"]
+    with runtime.engine.connect() as conn:
+        assert conn.execute(select(quarantine)).all() == []
+        assert conn.execute(select(inbound.c.text)).scalar() == "Running late"
+
+
+def test_cancel_a_waiting_text_from_its_order(runtime):
+    future = utcnow() + dt.timedelta(hours=3)
+    result = enqueue(runtime, SendRequest(to="+12025550143", carrier="verizon", text="Later",
+                                          order_ref="W-9", send_at=future), utcnow())  # fmt: skip
+    client = client_for(runtime, "dana")
+    page = client.get("/orders/W-9").text
+    assert "Later" in page and "Cancel" in page
+    client.post(f"/messages/{result.ids[0]}/cancel",
+                data={"csrf": csrf_of(client), "back": "/orders/W-9"})  # fmt: skip
+    with runtime.engine.connect() as conn:
+        assert views.message(conn, result.ids[0])["state"] == "cancelled"
+
+
+def test_contacts_and_carriers_pages(runtime):
+    text_to(runtime)
+    client = client_for(runtime, "dana")
+    assert "+12025550143" in client.get("/contacts").text
+    carriers = client.get("/carriers").text
+    assert "Verizon" in carriers and "retired" in carriers
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_a_saved_setting_applies_at_once_and_is_audited(runtime):
+    runtime.settings.smtp.password = None
+    admin = client_for(runtime, "ada")
+    csrf = csrf_of(admin, "/settings")
+    form = {"csrf": csrf, "smtp.enabled": "on", "smtp.host": "127.0.0.1", "smtp.port": "2526",
+            "smtp.security": "none", "smtp.username": "dispatch", "smtp.password": "s3cret-pass",
+            "smtp.from_address": "Dispatch <dispatch@example.com>", "smtp.preset": "custom",
+            "smtp.daily_limit": "", "smtp.per_minute": ""}  # fmt: skip
+    answer = admin.post("/settings/smtp", data=form)
+    assert answer.status_code == 303 and "smtp.port" in answer.headers["location"]
+    assert runtime.settings.smtp.port == 2526
+    page = admin.get("/settings").text
+    assert "s3cret-pass" not in page and "set: leave empty to keep" in page
+    assert "(changed)" in page and "2526" in page  # the audit entry, without the secret
+    # Another process (a new runtime on the same database) takes it up too.
+    other = make_runtime(str(runtime.engine.url.render_as_string(hide_password=False)), 9)
+    other.migrated_engine()  # what every command does first
+    assert other.settings.smtp.port == 2526 and other.settings.smtp.username == "dispatch"
+
+
+def test_a_setting_that_does_not_fit_is_refused_and_nothing_changes(runtime):
+    admin = client_for(runtime, "ada")
+    csrf = csrf_of(admin, "/settings")
+    port = runtime.settings.smtp.port
+    answer = admin.post("/settings/quiet", data={
+        "csrf": csrf, "policy.quiet_hours": "on", "policy.allowed_from": "22:00",
+        "policy.allowed_until": "08:00", "policy.timezone": "UTC"})  # fmt: skip
+    assert answer.status_code == 200 and "allowed_from" in answer.text
+    bad = admin.post("/settings/smtp", data={"csrf": csrf, "smtp.port": "587\r\nX: y"})
+    assert "one line" in bad.text
+    assert runtime.settings.policy.allowed_from == "08:00" and runtime.settings.smtp.port == port
+    with runtime.engine.connect() as conn:
+        from gateway.store import overrides
+
+        assert overrides.read(conn) == {} and overrides.audit_log(conn) == []
+
+
+def test_test_connection_shows_each_step(runtime, smtp_server):
+    admin = client_for(runtime, "ada")
+    csrf = csrf_of(admin, "/settings")
+    good = admin.post("/settings/test/smtp", data={"csrf": csrf})
+    assert good.status_code == 200 and "✓" in good.text and "✗" not in good.text
+    assert "TCP connect" in good.text and "EHLO" in good.text
+    runtime.settings.imap.host, runtime.settings.imap.port = "127.0.0.1", 1
+    refused = admin.post("/settings/test/imap", data={"csrf": csrf})
+    assert "✗" in refused.text and "refused the connection" in refused.text
+
+
+# --- live updates ---------------------------------------------------------------------------
+
+
+def test_the_event_stream_catches_up_from_the_last_event_id(runtime):
+    message = text_to(runtime)
+    with runtime.engine.connect() as conn:
+        start = views.positions(conn)
+        conversation = views.message(conn, message)["conversation_id"]
+    reply_in(runtime, message, "first")
+    reply_in(runtime, message, "second")
+    with runtime.engine.connect() as conn:
+        events, position = views.changes_since(conn, *start)
+    assert [e["type"] for e in events] == ["reply", "reply"]
+    assert {e["conversation_id"] for e in events} == {conversation}
+    with runtime.engine.connect() as conn:
+        assert views.changes_since(conn, *position)[0] == []
