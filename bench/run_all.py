@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["send_throughput.py", "bounce_accuracy.py", "inbound.py"]
+BENCHMARKS = ["send_throughput.py", "bounce_accuracy.py", "inbound.py", "dashboard.py"]
 
 TARGETS = {
     ("send_throughput", "ratio"): (">=", 0.15),
@@ -28,6 +28,8 @@ TARGETS = {
     ("bounce_accuracy", "non_failures_called_failures"): ("<=", 0),
     ("inbound", "per_s"): (">=", 1000),
     ("inbound", "idle_latency_p50_s"): ("<=", 1.0),
+    ("dashboard", "list_p95_ms"): ("<=", 100),
+    ("dashboard", "thread_p95_ms"): ("<=", 100),
 }
 
 

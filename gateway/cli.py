@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.sms import measure
 from gateway.domain.templates import TemplateError
 from gateway.services.runtime import Runtime
-from gateway.services.sender import Sender, SenderStats
+from gateway.services.sender import Sender, SenderStats, worker_name
 from gateway.store.db import DatabaseError, utcnow
 
 app = typer.Typer(
@@ -502,6 +503,7 @@ def run(
     from gateway.services.orders import Orders
     from gateway.services.scheduler import Scheduler
     from gateway.services.webhooks import Webhooks
+    from gateway.store import heartbeats
     from gateway.transport.imap import ImapError
 
     with user_errors():
@@ -513,6 +515,8 @@ def run(
         rules = Orders(runtime).rules  # refuses to start on a rule that does not fit
         webhooks = Webhooks(runtime, engine) if settings.webhooks.urls else None
         problems: list[str] = []
+
+        worker = worker_name()
 
         class Workers:
             """The sender and the mailbox reader as the current settings make them; made
@@ -533,8 +537,14 @@ def run(
                     lease=dt.timedelta(seconds=settings.sender.lease_seconds),
                     idle_poll=settings.sender.idle_poll_seconds,
                     sent_folder=self.sent_folder,
+                    worker=worker,
                     **runtime.quiet(),
                 )
+
+            def mailbox_lag(self) -> float | None:
+                if self.receiver is None:
+                    return None
+                return self.receiver.source.lag(time.time())
 
             async def receive(self, stop: asyncio.Event) -> None:
                 if self.receiver is None:
@@ -580,6 +590,7 @@ def run(
                     if not until_idle:
                         watcher = asyncio.create_task(_watch_settings(runtime, stop, ending))
                         inbound = asyncio.create_task(workers.receive(ending))
+                        pulse = asyncio.create_task(_heartbeat(engine, workers, ending))
                     progress = asyncio.create_task(_report_progress(workers.sender.stats))
                     try:
                         stats = await workers.sender.run(ending if not until_idle else stop,
@@ -591,12 +602,15 @@ def run(
                             await inbound
                         if watcher is not None:
                             await watcher
+                            await pulse
                     if until_idle or stop.is_set():
                         break
                     err.print("settings changed in the dashboard: workers restarted with them",
                               markup=False)  # fmt: skip
                     workers = Workers()
             finally:
+                if not until_idle:
+                    await asyncio.to_thread(heartbeats.gone, engine, worker)
                 if scheduler is not None:
                     scheduler.shutdown()
                 if hooks is not None:
@@ -616,6 +630,22 @@ def run(
         run_async(main)
         if problems:
             fail("; ".join(problems))
+
+
+async def _heartbeat(engine: Any, workers: Any, ending: asyncio.Event) -> None:
+    """A row saying this process is alive, and its mailbox lag, every BEAT_SECONDS."""
+    from gateway.store import heartbeats
+
+    while not ending.is_set():
+        lag = workers.mailbox_lag()
+        try:
+            await asyncio.to_thread(heartbeats.beat, engine, workers.sender.worker, utcnow(), lag)
+        except Exception as exc:  # the database away for a moment: the next beat tries again
+            log.warning("heartbeat not written: %s", exc)
+        # Until the mailbox has been looked at once, beat again soon to report it.
+        soon = lag is None and workers.receiver is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ending.wait(), 1.0 if soon else heartbeats.BEAT_SECONDS)
 
 
 SETTINGS_CHECK_SECONDS = 2.0  # how soon a change saved in the dashboard reaches the workers
@@ -1053,7 +1083,11 @@ def serve() -> None:
         runtime.migrated_engine()
         web = runtime.settings.web
         app_ = create_app(runtime)
-    uvicorn.run(app_, host=web.host, port=web.port, log_level="warning")
+    # An open dashboard holds an event stream that never ends by itself: on SIGTERM, open
+    # streams get a few seconds, then are closed (the browser reconnects to the next process).
+    uvicorn.run(
+        app_, host=web.host, port=web.port, log_level="warning", timeout_graceful_shutdown=3
+    )
 
 
 webhooks_app = typer.Typer(help="Calls to the order system.", no_args_is_help=True)

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, func, select
 
 from gateway.config import load_settings
 from gateway.services.runtime import Runtime
+from gateway.store import heartbeats
 from gateway.store.access import begin_request, body_digest, create_token, token_holder
 from gateway.store.db import utcnow
 from gateway.store.outbox import messages
@@ -140,7 +141,12 @@ def test_orders_and_events_through_the_api(api):
 def test_health_readiness_and_metrics_are_open(api):
     del api.headers["Authorization"]
     assert api.get("/healthz").json() == {"ok": True}
-    assert api.get("/readyz").json()["ok"] is True
+    # Not ready until a `gateway run` is heard from; then ready, with its mailbox lag.
+    waiting = api.get("/readyz")
+    assert waiting.status_code == 503 and waiting.json()["workers"] == 0
+    heartbeats.beat(api.runtime.engine, "host:1:abc", utcnow(), 0.0)
+    ready = api.get("/readyz").json()
+    assert ready["ok"] is True and ready["workers"] == 1 and ready["mailbox_lag_seconds"] == 0.0
     api.headers["Authorization"] = f"Bearer {api.token}"
     api.post("/api/v1/messages", json=MESSAGE)
     del api.headers["Authorization"]
@@ -149,6 +155,9 @@ def test_health_readiness_and_metrics_are_open(api):
     lines = [line for line in metrics.text.splitlines() if line and not line.startswith("#")]
     assert all(line.startswith("gateway_") for line in lines)
     assert 'gateway_messages{state="queued"} 1' in lines and "gateway_queue_depth 1" in lines
+    assert "gateway_workers_alive 1" in lines and "gateway_imap_lag_seconds 0.0" in lines
+    heartbeats.beat(api.runtime.engine, "host:1:abc", utcnow() - dt.timedelta(minutes=5), 9.0)
+    assert "gateway_workers_alive 0" in api.get("/metrics").text  # silent for minutes: dead
     assert api.get("/openapi.json").json()["info"]["title"] == "gateway"
 
 

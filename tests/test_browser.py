@@ -8,6 +8,7 @@ GATEWAY_TEST_SCREENSHOTS=DIR also saves pictures of the main pages there (docs/s
 from __future__ import annotations
 
 import email
+import json
 import os
 import subprocess
 import sys
@@ -108,6 +109,13 @@ class Gateway:
         )
         deliver_to_maildir(self.maildir, raw, f"{time.time():.6f}.{uuid.uuid4().hex}.test")
 
+    def ready(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as answer:
+                return json.loads(answer.read())
+        except OSError:  # 503 until a worker is heard from
+            return None
+
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.folder.glob("*.log"))
 
@@ -180,6 +188,12 @@ def test_a_dispatcher_day_in_the_browser(gateway, browser, smtp_server, relay_se
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("dialog", lambda dialog: (errors.append(f"dialog: {dialog.message}"), dialog.dismiss()))
     sign_in(page, gateway, "dana")
+    # `gateway run` is heard from: ready, reading its Maildir.
+    ready = wait_for(
+        lambda: (r := gateway.ready()) and r["mailbox_lag_seconds"] is not None and r,
+        "/readyz to report the worker and its mailbox",
+    )
+    assert ready["workers"] == 1 and ready["mailbox_lag_seconds"] < 5
 
     # A text to a simulated carrier: queued, then sent by the own server, seen without reload.
     page.click("text=New text")

@@ -5,6 +5,7 @@ and their actions, and the event stream's catch-up."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import uuid
 
@@ -12,9 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select
 
+from gateway.config import load_settings
 from gateway.domain.delivery import State
 from gateway.services.inbound import Ingest
 from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.runtime import Runtime
 from gateway.store import access, views
 from gateway.store.db import utcnow
 from gateway.store.inbox import inbound, quarantine
@@ -430,3 +433,66 @@ def test_the_event_stream_catches_up_from_the_last_event_id(runtime):
     assert {e["conversation_id"] for e in events} == {conversation}
     with runtime.engine.connect() as conn:
         assert views.changes_since(conn, *position)[0] == []
+
+
+def test_event_stream_replays_from_the_last_event_id_and_serve_still_stops(tmp_path):
+    """A real `gateway serve`: a reconnecting stream gets what it missed; and an open stream,
+    which never ends by itself, does not keep SIGTERM from stopping the server."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx2
+
+    from gateway.services.carrier_sim import free_port
+    from gateway.store.db import make_engine
+    from tests.conftest import gateway_folder
+
+    port = free_port()
+    gateway_folder(tmp_path, extra=f"[web]\nport = {port}\n")
+    engine = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
+    access.add_user(engine, "dana", "dispatcher", PASSWORD, utcnow())
+    server = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=tmp_path,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx2.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx2.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        client = httpx2.Client(base_url=base, timeout=10)
+        token = re.search(r'name="login_token" value="([^"]+)"', client.get("/login").text)
+        client.post("/login", data={"login_token": token.group(1), "name": "dana",
+                                    "password": PASSWORD, "next": "/"})  # fmt: skip
+        # A browser that reconnects sends the id of the last event it saw: what came after is
+        # replayed at once, nothing before it.
+        runtime = Runtime(load_settings(tmp_path / "gateway.toml"))
+        message = text_to(runtime)
+        with runtime.engine.connect() as conn:
+            seen = views.positions(conn)
+        reply_in(runtime, message, "missed while away")
+        with client.stream("GET", "/events",
+                           headers={"Last-Event-ID": f"{seen[0]}.{seen[1]}"}) as stream:  # fmt: skip
+            lines = stream.iter_lines()
+            got = [next(lines) for _ in range(9)]
+        # The hello carries the position asked for; the missed reply follows with the new one.
+        assert got[:3] == ["retry: 2000", f"id: {seen[0]}.{seen[1]}", "event: hello"]
+        assert got[5:7] == [f"id: {seen[0] + 1}.{seen[1]}", "event: reply"]
+        assert json.loads(got[7].removeprefix("data: "))["type"] == "reply"
+        runtime.engine.dispose()
+        with client.stream("GET", "/events") as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("retry:")
+            time.sleep(1.5)  # the stream is polling for news
+            started = time.monotonic()
+            server.terminate()
+            assert server.wait(15) in (0, -15)  # uvicorn re-raises SIGTERM once it is done
+            assert time.monotonic() - started < 10
+    finally:
+        if server.poll() is None:
+            server.kill()
+        engine.dispose()

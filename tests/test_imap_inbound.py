@@ -104,6 +104,7 @@ async def test_idle_delivers_a_new_reply_in_about_a_second(sqlite_url, smtp_serv
     runtime = runtime_for(sqlite_url, smtp_server, dovecot, folder)
     async with Running(runtime) as running:
         await running.idling()
+        assert running.source.lag(time.time()) == 0.0  # in IDLE: told of new mail at once
         await asyncio.to_thread(dovecot.append, reply(1), folder)
         took = await until(lambda: count(runtime) == 1, 5, "the reply is stored")
     assert took < 3
@@ -113,10 +114,13 @@ async def test_idle_delivers_a_new_reply_in_about_a_second(sqlite_url, smtp_serv
 async def test_without_idle_the_folder_is_polled(sqlite_url, smtp_server, dovecot):
     folder = folder_in(dovecot)
     runtime = runtime_for(sqlite_url, smtp_server, dovecot, folder, idle=False, poll_seconds=0.2)
-    async with Running(runtime):
+    async with Running(runtime) as running:
         await asyncio.sleep(0.3)
         await asyncio.to_thread(dovecot.append, reply(1), folder)
         await until(lambda: count(runtime) == 1, 5, "the reply is stored by polling")
+        # Polling: the view is as old as the last look, at most a poll interval and a command.
+        assert 0 <= running.source.lag(time.time()) < 2
+    assert running.source.lag(time.time() + 60) >= 60
 
 
 async def test_idle_is_renewed_and_the_connection_kept(sqlite_url, smtp_server, dovecot):

@@ -405,3 +405,15 @@ class LoginFailure(SQLModel, table=True):
     name: str = Field(max_length=100)
     address: str = Field(max_length=64)
     at: dt.datetime
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """A `gateway run` process saying it is alive, and how far behind its mailbox view may be:
+    what /readyz and /metrics report from any process."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: str = Field(primary_key=True, max_length=100)  # host:pid:random
+    started_at: dt.datetime
+    seen_at: dt.datetime
+    mailbox_lag_seconds: float | None = None  # None: no mailbox, or not looked yet

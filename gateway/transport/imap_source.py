@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -73,6 +74,10 @@ class ImapSource:
         self.connects = 0  # for tests and `status`: how many times a connection was opened
         self._client: aioimaplib.IMAP4 | None = None
         self._lost = asyncio.Event()
+        # When the reader last knew it had everything (wall clock), and whether it is in IDLE
+        # now, when the server tells of new mail the moment it comes: the mailbox lag.
+        self.caught_up_at: float | None = None
+        self.idling = False
 
     # --- the source ---------------------------------------------------------------------------
 
@@ -94,6 +99,7 @@ class ImapSource:
                             return
                     if uids:
                         continue
+                    self.caught_up_at = time.time()
                     if drain:
                         return
                     await self._wait_for_news(stop)
@@ -113,6 +119,13 @@ class ImapSource:
 
     async def done(self, batch: Batch) -> None:
         return None  # the position is committed with the batch
+
+    def lag(self, now: float) -> float | None:
+        """Seconds the gateway's view of the mailbox may be behind (0 while in IDLE, when the
+        server reports new mail at once); None before the first complete look."""
+        if self.caught_up_at is None:
+            return None
+        return 0.0 if self.idling else max(0.0, now - self.caught_up_at)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -250,9 +263,11 @@ class ImapSource:
         push = asyncio.ensure_future(client.wait_server_push(timeout=self.renew_seconds + 5))
         stopped = asyncio.ensure_future(stop.wait())
         lost = asyncio.ensure_future(self._lost.wait())
+        self.idling = True
         try:
             done, _ = await asyncio.wait({push, stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.idling = False
             for task in (push, stopped, lost):
                 task.cancel()
         if lost in done:

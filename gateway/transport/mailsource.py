@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ class MailSource(Protocol):
 
     async def close(self) -> None: ...
 
+    def lag(self, now: float) -> float | None:
+        """Seconds the gateway's view of the mailbox may be behind (None: not looked yet)."""
+        ...
+
 
 async def wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
@@ -65,6 +70,10 @@ class MaildirSource:
         self.chunk = chunk
         for sub in ("new", "cur", "tmp"):
             (path / sub).mkdir(parents=True, exist_ok=True)
+        self.caught_up_at: float | None = None
+
+    def lag(self, now: float) -> float | None:
+        return None if self.caught_up_at is None else max(0.0, now - self.caught_up_at)
 
     async def batches(self, stop: asyncio.Event, *, drain: bool) -> AsyncIterator[Batch]:
         while not stop.is_set():
@@ -74,6 +83,7 @@ class MaildirSource:
                 if items:
                     yield Batch(self.mailbox, None, tuple(items))
                     continue
+            self.caught_up_at = time.time()
             if drain:
                 return
             await wait(stop, self.poll_seconds)

@@ -25,7 +25,7 @@ from gateway.services.carrier_report import carrier_rows
 from gateway.services.orders import OrderError, OrderInput, Orders
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
-from gateway.store import access, views
+from gateway.store import access, heartbeats, views
 from gateway.store.db import DatabaseError, utcnow
 from gateway.store.routes import load_breakers
 
@@ -268,18 +268,25 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> Response:
+        """Ready when the database answers and at least one `gateway run` is alive."""
         try:
             with engine().connect() as conn:
                 conn.execute(text("SELECT 1"))
+                alive = heartbeats.workers(conn, utcnow())
         except (OperationalError, InterfaceError, ApiError) as exc:
             message = exc.message if isinstance(exc, ApiError) else "the database is unreachable"
-            return JSONResponse({"ok": False, "database": message}, 503)
-        return JSONResponse({"ok": True, "database": "ok"})
+            return JSONResponse({"ok": False, "database": message, "workers": None}, 503)
+        body = {"ok": alive.alive > 0, "database": "ok", "workers": alive.alive,
+                "mailbox_lag_seconds": alive.mailbox_lag_seconds}  # fmt: skip
+        if not alive.alive:
+            body["problem"] = "no `gateway run` process has been heard from in the last minute"
+        return JSONResponse(body, 200 if alive.alive else 503)
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
         with engine().connect() as conn:
             found = views.counts(conn, utcnow())
+            alive = heartbeats.workers(conn, utcnow())
         breakers = load_breakers(engine())
         lines = [
             "# HELP gateway_messages Outbound texts by state.",
@@ -299,6 +306,18 @@ def create_app(runtime: Runtime) -> FastAPI:
         for route, breaker in sorted(breakers.items()):
             value = 1 if breaker.state is BreakerState.OPEN else 0
             lines.append(f'gateway_route_open{{route="{route}"}} {value}')
+        lines += [
+            "# HELP gateway_workers_alive gateway run processes heard from lately.",
+            "# TYPE gateway_workers_alive gauge",
+            f"gateway_workers_alive {alive.alive}",
+        ]
+        if alive.mailbox_lag_seconds is not None:
+            lines += [
+                "# HELP gateway_imap_lag_seconds How far behind the mailbox the gateway may be "
+                "(0 while in IMAP IDLE).",
+                "# TYPE gateway_imap_lag_seconds gauge",
+                f"gateway_imap_lag_seconds {alive.mailbox_lag_seconds:.1f}",
+            ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     return app
