@@ -186,6 +186,8 @@ def test_a_dispatcher_day_in_the_browser(gateway, browser, smtp_server, relay_se
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # A CSP violation (an inline script or style the policy refused) is logged as an error.
+    page.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text}"))
     page.on("dialog", lambda dialog: (errors.append(f"dialog: {dialog.message}"), dialog.dismiss()))
     sign_in(page, gateway, "dana")
     # `gateway run` is heard from: ready, reading its Maildir.
@@ -226,6 +228,7 @@ def test_a_dispatcher_day_in_the_browser(gateway, browser, smtp_server, relay_se
 
     # An admin switches the own server off; the next text goes by the relay.
     admin = browser.new_page(viewport={"width": 1280, "height": 900})
+    admin.on("console", lambda m: m.type == "error" and errors.append(f"admin: {m.text}"))
     sign_in(admin, gateway, "ada")
     admin.goto(f"{gateway.url}/settings")
     admin.click("#smtp button:has-text('Test connection')")

@@ -2,8 +2,8 @@
 
 A change is checked as a whole against the rest of the settings, saved as an override in the
 database with an audit entry (one transaction), and taken up by every process within seconds
-(`Runtime.refresh`). The file stays as the operator wrote it; the environment, already part of
-the base settings, is not overridden by a saved change of another key.
+(`Runtime.refresh`). The file stays as the operator wrote it; a saved key wins over the file
+and the environment for that key only.
 """
 
 from __future__ import annotations
