@@ -21,6 +21,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gateway.config import ConfigError, Settings, load_settings, masked
@@ -1088,6 +1089,46 @@ def serve() -> None:
     uvicorn.run(
         app_, host=web.host, port=web.port, log_level="warning", timeout_graceful_shutdown=3
     )
+
+
+@app.command("doctor")
+def doctor(
+    send_to: Annotated[
+        str | None,
+        typer.Option("--send-to", help="also send a test message to this address", metavar="ADDR"),
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Check everything in order and say how to fix what fails: configuration, database, the
+    own server and the relay (DNS, TCP, TLS, EHLO, AUTH), the mailbox, carriers. Exit 0 only
+    when every check passes."""
+    from gateway.services.doctor import diagnose
+
+    report = asyncio.run(diagnose(state.config_path, send_to))
+    failed = [step for step in report if not step.ok]
+    if fmt is Format.json:
+        rows = [
+            {"section": s.section, "check": s.name, "ok": s.ok, "warning": s.warning,
+             "seconds": round(s.seconds, 3), "detail": s.detail, "hint": s.hint}
+            for s in report
+        ]  # fmt: skip
+        out.print_json(json.dumps({"ok": not failed, "checks": rows}))
+    else:
+        for step in report:
+            mark = (
+                "[red]✗[/red]"
+                if not step.ok
+                else "[yellow]![/yellow]"
+                if step.warning
+                else "[green]✓[/green]"
+            )
+            took = f"[dim]({step.seconds:.2f} s)[/dim]"
+            out.print(f"{mark} {step.section}: {escape(step.name)} {took} {escape(step.detail)}")
+            if step.hint and (not step.ok or step.warning):
+                out.print(f"    [bold]fix:[/bold] {escape(step.hint)}")
+        out.print(f"{len(report) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(1)
 
 
 webhooks_app = typer.Typer(help="Calls to the order system.", no_args_is_help=True)

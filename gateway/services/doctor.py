@@ -1,23 +1,31 @@
-"""Connection checks, step by step: what a support desk would try by hand, each step timed and,
+"""`gateway doctor`: the checks a support desk would make by hand, in order, each timed and,
 when it fails, followed by the fix in plain words. The dashboard's "test connection" button
-runs these; nothing is sent.
+runs the same connection checks. Nothing is sent unless a test address is given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
+import os
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 
-from gateway.config import ConfigError, ImapSettings, ServerSettings
+from gateway.config import ConfigError, ImapSettings, ServerSettings, load_settings
+from gateway.domain.carriers import CarrierStatus
 from gateway.domain.delivery import AUTH_HINT
+from gateway.store.db import DatabaseError, make_engine, require_current, utcnow
 from gateway.transport.imap import ImapError, ImapServer, sign_in
 
 
@@ -28,6 +36,8 @@ class Step:
     seconds: float
     detail: str
     hint: str | None = None
+    warning: bool = False  # passed, but worth a look (contacts on an ending carrier, say)
+    section: str = ""
 
 
 class _Failed(Exception):
@@ -44,14 +54,21 @@ class _Steps:
 
     async def run(self, name: str, work: Callable[[], Awaitable[str]]) -> bool:
         started = time.perf_counter()
+        warning = False
         try:
             detail, ok, hint = await work(), True, None
+        except _Warning as exc:
+            detail, ok, hint, warning = exc.detail, True, exc.hint, True
         except _Failed as exc:
             detail, ok, hint = exc.detail, False, exc.hint
-        except ConfigError as exc:
-            detail, ok, hint = str(exc), False, "fix the setting named and test again"
-        self.done.append(Step(name, ok, time.perf_counter() - started, detail, hint))
+        except (ConfigError, DatabaseError) as exc:  # their words name the fix
+            detail, ok, hint = str(exc), False, None
+        self.done.append(Step(name, ok, time.perf_counter() - started, detail, hint, warning))
         return ok
+
+
+class _Warning(_Failed):
+    """Not a failure: something to look at."""
 
 
 async def _reach(endpoint: ServerSettings | ImapSettings, steps: _Steps, role: str) -> bool:
@@ -101,8 +118,11 @@ def _usual_ports(role: str) -> str:
     return "587 with STARTTLS, 465 with TLS"
 
 
-async def check_smtp(server: ServerSettings, section: str) -> list[Step]:
-    """DNS, TCP, TLS or STARTTLS with EHLO, then AUTH when a username is set."""
+async def check_smtp(
+    server: ServerSettings, section: str, send_to: str | None = None
+) -> list[Step]:
+    """DNS, TCP, TLS or STARTTLS with EHLO, AUTH when a username is set, and with `send_to` a
+    test message to that address."""
     steps = _Steps()
     if not await _reach(server, steps, "SMTP"):
         return steps.done
@@ -168,9 +188,43 @@ async def check_smtp(server: ServerSettings, section: str) -> list[Step]:
             raise _Failed(f"AUTH failed: {exc}", AUTH_HINT) from None
         return f"signed in as {server.username}"
 
+    async def test_message() -> str:
+        assert send_to is not None
+        sender = server.sender
+        message = EmailMessage()
+        message["From"] = sender.header()
+        message["To"] = send_to
+        message["Subject"] = "gateway doctor: test message"
+        message["Date"] = formatdate(localtime=False)
+        message["Message-ID"] = make_msgid(domain=sender.domain)
+        message.set_content(f"A test from gateway doctor, sent through {section}.")
+        try:
+            await client.send_message(message, sender=sender.address, recipients=[send_to])
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            words = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
+            relay = "relay" in words.lower()
+            raise _Failed(
+                f"the server refused {send_to}: {words}",
+                "the server will not relay for this sender: sign in (username and password), "
+                f"and send from the account's own address ({section}.from_address)"
+                if relay
+                else "check the address; a carrier gateway refuses numbers it does not serve",
+            ) from None
+        except aiosmtplib.SMTPSenderRefused as exc:
+            raise _Failed(
+                f"the server refused the sender {sender.address}: {exc.code} {exc.message}",
+                f"{section}.from_address must be the account's own address or one it may send as",
+            ) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _Failed(f"the message was refused: {exc.code} {exc.message}") from None
+        return f"accepted for {send_to}; check that it arrived"
+
     try:
-        if await steps.run(f"{security} and EHLO", greet) and server.username:
-            await steps.run(f"AUTH as {server.username}", auth)
+        ok = await steps.run(f"{security} and EHLO", greet)
+        if ok and server.username:
+            ok = await steps.run(f"AUTH as {server.username}", auth)
+        if ok and send_to:
+            await steps.run(f"test message to {send_to}", test_message)
     finally:
         with contextlib.suppress(Exception):
             if client.is_connected:
@@ -238,4 +292,162 @@ async def check_imap(imap: ImapSettings) -> list[Step]:
         if client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.logout(), 5)
+    return steps.done
+
+
+# --- the whole check, as `gateway doctor` runs it ------------------------------------------------
+
+ENDING_SOON = dt.timedelta(days=90)
+
+
+async def diagnose(config: str | Path | None, send_to: str | None = None) -> list[Step]:
+    """Every check in order: configuration, database, own server, relay, mailbox, carriers.
+    A section whose first step fails stops there; the others still run."""
+    from gateway.services.runtime import Runtime
+
+    report: list[Step] = []
+
+    def take(section: str, steps: list[Step]) -> None:
+        report.extend(dataclasses.replace(step, section=section) for step in steps)
+
+    steps = _Steps()
+    loaded: list[Any] = []
+
+    async def configuration() -> str:
+        settings = load_settings(config)
+        loaded.append(settings)
+        return f"from {settings.source_file}" if settings.source_file else "built-in defaults"
+
+    await steps.run("configuration loads", configuration)
+    take("config", steps.done)
+    if not loaded:
+        return report
+    runtime = Runtime(loaded[0])
+    if send_to is not None:
+        from gateway.domain.email_out import AddressError, Mailbox
+
+        try:
+            send_to = Mailbox.parse(send_to, "--send-to").address
+        except (AddressError, ValueError) as exc:
+            report.append(Step("--send-to", False, 0.0, str(exc), "give one plain address",
+                               section="config"))  # fmt: skip
+            return report
+
+    database = await _check_database(runtime)
+    take("database", database)
+    settings = runtime.settings
+    for section in ("smtp", "relay"):
+        server = getattr(settings, section)
+        if server.enabled:
+            take(section, await check_smtp(server, section, send_to))
+        else:
+            report.append(Step("enabled", True, 0.0, f"{section}.enabled = false: not checked",
+                               section=section))  # fmt: skip
+    if settings.imap.enabled:
+        take("imap", await check_imap(settings.imap))
+    elif settings.inbound.maildir:
+        report.append(Step("mailbox", True, 0.0, f"a Maildir: {settings.inbound.maildir}",
+                           section="imap"))  # fmt: skip
+    else:
+        report.append(Step("enabled", True, 0.0, "imap.enabled = false: replies are not read",
+                           warning=True, section="imap",
+                           hint="set [imap] to read replies, bounces and STOP"))  # fmt: skip
+    take("carriers", await _check_carriers(runtime, all(step.ok for step in database)))
+    runtime.engine.dispose()
+    return report
+
+
+async def _check_database(runtime: Any) -> list[Step]:
+    steps = _Steps()
+    url = runtime.settings.database.url
+
+    async def reach() -> str:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        if file and file != ":memory:" and not await asyncio.to_thread(os.path.exists, file):
+            # Opening it would create an empty file: a check must change nothing.
+            raise _Failed(f"there is no database file at {file}", "run `gateway db upgrade`")
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            raise _Failed(
+                f"cannot open {_safe(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                "check database.url; for PostgreSQL, that the server runs and the user may connect",
+            ) from None
+        finally:
+            engine.dispose()
+        return _safe(url)
+
+    async def migrations() -> str:
+        require_current(runtime.engine)
+        return "the schema is current"
+
+    if await steps.run("reachable", reach):
+        await steps.run("migrations", migrations)
+    return steps.done
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+async def _check_carriers(runtime: Any, database_ok: bool) -> list[Step]:
+    steps = _Steps()
+    book: list[Any] = []
+
+    async def table() -> str:
+        book.append(runtime.carriers)
+        return f"{len(list(runtime.carriers))} carriers from {runtime.carriers_path}"
+
+    async def contacts() -> str:
+        from sqlalchemy import func, select
+
+        from gateway.store.outbox import contacts as table
+
+        today = utcnow().date()
+        if not database_ok:
+            return "contacts not looked at (the database is not ready)"
+        try:
+            with runtime.engine.connect() as conn:
+                counts = dict(
+                    conn.execute(
+                        select(table.c.carrier, func.count())
+                        .where(table.c.carrier.is_not(None), table.c.opted_out.is_(False))
+                        .group_by(table.c.carrier)
+                    ).all()
+                )
+        except Exception:
+            return "no contacts to look at (the database is not ready)"
+        retired, ending = [], []
+        for carrier_id, count in sorted(counts.items()):
+            carrier = book[0].find(carrier_id)
+            if carrier is None:
+                continue
+            status = carrier.status_on(today)
+            if status is CarrierStatus.RETIRED:
+                retired.append(f"{carrier.name} ({count})")
+            elif carrier.ends_on and carrier.ends_on - today <= ENDING_SOON:
+                ending.append(f"{carrier.name} on {carrier.ends_on} ({count})")
+        if retired or ending:
+            parts = []
+            if retired:
+                parts.append("contacts on retired gateways, whose texts are not sent: "
+                             + ", ".join(retired))  # fmt: skip
+            if ending:
+                parts.append("contacts on gateways closing soon: " + ", ".join(ending))
+            raise _Warning(
+                "; ".join(parts),
+                "ask these contacts for their carrier again, or route them through an "
+                "email-to-SMS provider (carriers.yaml)",
+            )
+        return f"{sum(counts.values())} contacts, none on a retired or closing gateway"
+
+    if await steps.run("carriers.yaml", table):
+        await steps.run("contacts' carriers", contacts)
     return steps.done

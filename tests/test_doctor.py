@@ -1,0 +1,174 @@
+"""`gateway doctor` against local servers that fail each way: the right step fails, with the
+right hint, and nothing after it pretends to pass."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from gateway.config import RelaySettings, SmtpSettings, load_settings
+from gateway.services.carrier_sim import free_port
+from gateway.services.doctor import check_imap, check_smtp
+from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.runtime import Runtime
+from gateway.store.db import utcnow
+from tests.conftest import gateway_folder, run_gateway
+from tests.servers import SmtpTestServer, password_checker, server_tls_context
+
+
+def smtp(port: int, **values) -> SmtpSettings:
+    return SmtpSettings(**{"host": "127.0.0.1", "port": port, "security": "none", **values})
+
+
+def names(steps) -> list[tuple[str, bool]]:
+    return [(step.name.split(":")[0].split(" as ")[0], step.ok) for step in steps]
+
+
+def failed(steps):
+    bad = [step for step in steps if not step.ok]
+    assert len(bad) == 1, steps
+    assert steps[-1] is bad[0], "a failed step is the last one run"
+    return bad[0]
+
+
+async def test_a_working_server_passes_every_step(smtp_server):
+    steps = await check_smtp(smtp(smtp_server.port), "smtp", "ops@example.com")
+    assert names(steps) == [("DNS", True), ("TCP connect", True), ("no TLS and EHLO", True),
+                            ("test message to ops@example.com", True)]  # fmt: skip
+    assert smtp_server.received[0].rcpt_tos == ["ops@example.com"]
+
+
+async def test_connection_refused_names_the_port():
+    port = free_port()
+    step = failed(await check_smtp(smtp(port), "smtp"))
+    assert step.name.startswith("TCP connect") and "refused" in step.detail
+    assert f"nothing listens on port {port}" in step.hint and "587" in step.hint
+
+
+async def test_a_host_that_does_not_resolve():
+    settings = SmtpSettings(host="no-such-host.invalid", port=587)
+    step = failed(await check_smtp(settings, "smtp"))
+    assert step.name.startswith("DNS") and "does not resolve" in step.detail
+
+
+async def test_no_starttls_is_refused_not_downgraded(smtp_server):
+    step = failed(await check_smtp(smtp(smtp_server.port, security="starttls"), "smtp"))
+    assert step.name == "STARTTLS and EHLO" and "does not offer STARTTLS" in step.detail
+    assert "465" in step.hint and not smtp_server.received
+
+
+@pytest.fixture
+def tls_server(server_cert):
+    server = SmtpTestServer(ssl_context=server_tls_context(server_cert))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_an_untrusted_certificate_names_ca_file(tls_server, ca_file):
+    settings = SmtpSettings(host="127.0.0.1", port=tls_server.port, security="tls")
+    step = failed(await check_smtp(settings, "relay"))
+    assert step.name == "TLS and EHLO" and "not trusted" in step.detail
+    assert "relay.ca_file" in step.hint
+    trusted = settings.model_copy(update={"ca_file": ca_file})
+    assert all(step.ok for step in await check_smtp(trusted, "relay"))
+
+
+@pytest.fixture
+def auth_server():
+    server = SmtpTestServer(
+        authenticator=password_checker("dispatch", "right"), auth_require_tls=False
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_535_explains_app_passwords_and_oauth2(auth_server):
+    settings = smtp(auth_server.port, username="dispatch", password="wrong")
+    step = failed(await check_smtp(settings, "smtp"))
+    assert step.name == "AUTH as dispatch" and "535" in step.detail
+    assert "app password" in step.hint and "OAuth2" in step.hint
+    assert "wrong" not in step.detail + step.hint
+    right = smtp(auth_server.port, username="dispatch", password="right")
+    assert all(step.ok for step in await check_smtp(right, "smtp"))
+
+
+async def test_smtp_auth_disabled_for_the_mailbox_says_so():
+    def refuse(server, session, envelope, mechanism, data):
+        assert isinstance(data, LoginPassword)
+        return AuthResult(success=False, handled=False, message=(
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled "
+            "for the Mailbox."))  # fmt: skip
+
+    server = SmtpTestServer(authenticator=refuse, auth_require_tls=False)
+    server.start()
+    try:
+        settings = smtp(server.port, username="dispatch@contoso.example", password="pw")
+        step = failed(await check_smtp(settings, "smtp"))
+    finally:
+        server.stop()
+    assert "SMTP AUTH is disabled for this mailbox" in step.hint
+
+
+async def test_relay_denied_on_the_test_message(smtp_server):
+    smtp_server.faults.rcpt_reply = "550 5.7.1 Relaying denied"
+    settings = RelaySettings(host="127.0.0.1", port=smtp_server.port, security="none",
+                             enabled=True)  # fmt: skip
+    step = failed(await check_smtp(settings, "relay", "someone@elsewhere.example"))
+    assert step.name.startswith("test message") and "Relaying denied" in step.detail
+    assert "will not relay" in step.hint and "relay.from_address" in step.hint
+
+
+async def test_imap_sign_in_folder_and_idle(dovecot):
+    from gateway.config import ImapSettings
+
+    good = ImapSettings(enabled=True, host="127.0.0.1", port=dovecot.port, security="none",
+                        username=dovecot.user, password=dovecot.password)  # fmt: skip
+    steps = await check_imap(good)
+    assert all(step.ok for step in steps) and "IDLE" in steps[-1].detail
+    assert "messages" in steps[-1].detail
+    bad = ImapSettings(**{**good.model_dump(), "password": "wrong"})
+    step = failed(await check_imap(bad))
+    assert step.name.startswith("sign in") and "app password" in step.hint
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def test_doctor_command_passes_on_a_working_setup(tmp_path, smtp_server):
+    gateway_folder(tmp_path, smtp_server.port)
+    done = run_gateway("doctor", "--send-to", "ops@example.com", "--format", "json", cwd=tmp_path)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report["ok"] is True
+    sections = {row["section"] for row in report["checks"]}
+    assert sections == {"config", "database", "smtp", "relay", "imap", "carriers"}
+    assert smtp_server.received  # the test message went
+
+
+def test_doctor_command_fails_with_the_fix_and_changes_nothing(tmp_path):
+    port = free_port()
+    (tmp_path / "gateway.toml").write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "none.db"}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+    )
+    done = run_gateway("doctor", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "✗ database: reachable" in done.stdout and "gateway db upgrade" in done.stdout
+    assert "✗ smtp: TCP connect" in done.stdout and f"nothing listens on port {port}" in done.stdout
+    assert not (tmp_path / "none.db").exists()  # looking created nothing
+    broken = run_gateway("doctor", "--send-to", "a@b.example\r\nBcc: x@y.example", cwd=tmp_path)
+    assert broken.returncode == 1 and "--send-to" in broken.stdout
+
+
+def test_doctor_warns_of_contacts_on_retired_carriers(tmp_path, smtp_server):
+    gateway_folder(tmp_path, smtp_server.port)
+    runtime = Runtime(load_settings(tmp_path / "gateway.toml"))
+    enqueue(runtime, SendRequest(to="+12025550143", carrier="sprint", text="hi"), utcnow())
+    runtime.engine.dispose()
+    done = run_gateway("doctor", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert "! carriers: contacts' carriers" in done.stdout and "Sprint (1)" in done.stdout
