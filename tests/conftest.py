@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from gateway.config import load_settings
 from gateway.services.runtime import Runtime
 from gateway.store.db import make_engine, upgrade
-from tests.servers import SmtpTestServer
+from tests.servers import SmtpTestServer, password_checker, server_tls_context
 
 # Shared, noisy machines: a property test must fail on its property, never on a slow example.
 settings.register_profile("gateway", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,8 +73,8 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'gateway.db'}"
 
 
-def _running_smtp() -> Iterator[SmtpTestServer]:
-    server = SmtpTestServer()
+def _running_smtp(**kwargs: object) -> Iterator[SmtpTestServer]:
+    server = SmtpTestServer(**kwargs)
     server.start()
     try:
         yield server
@@ -92,6 +92,20 @@ def smtp_server() -> Iterator[SmtpTestServer]:
 def relay_server() -> Iterator[SmtpTestServer]:
     """A second server, standing in for the hosted relay."""
     yield from _running_smtp()
+
+
+@pytest.fixture
+def auth_server() -> Iterator[SmtpTestServer]:
+    """A server that signs in user "dispatch" with password "right" (no TLS needed)."""
+    yield from _running_smtp(
+        authenticator=password_checker("dispatch", "right"), auth_require_tls=False
+    )
+
+
+@pytest.fixture
+def implicit_tls_server(server_cert: trustme.LeafCert) -> Iterator[SmtpTestServer]:
+    """A server speaking TLS from the start, with a certificate from the test CA."""
+    yield from _running_smtp(ssl_context=server_tls_context(server_cert))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from gateway.config import RelaySettings, SmtpSettings, load_settings
@@ -15,7 +14,7 @@ from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store.db import utcnow
 from tests.conftest import gateway_folder, run_gateway
-from tests.servers import SmtpTestServer, password_checker, server_tls_context
+from tests.servers import SmtpTestServer
 
 
 def smtp(port: int, **values) -> SmtpSettings:
@@ -59,31 +58,13 @@ async def test_no_starttls_is_refused_not_downgraded(smtp_server):
     assert "465" in step.hint and not smtp_server.received
 
 
-@pytest.fixture
-def tls_server(server_cert):
-    server = SmtpTestServer(ssl_context=server_tls_context(server_cert))
-    server.start()
-    yield server
-    server.stop()
-
-
-async def test_an_untrusted_certificate_names_ca_file(tls_server, ca_file):
-    settings = SmtpSettings(host="127.0.0.1", port=tls_server.port, security="tls")
+async def test_an_untrusted_certificate_names_ca_file(implicit_tls_server, ca_file):
+    settings = SmtpSettings(host="127.0.0.1", port=implicit_tls_server.port, security="tls")
     step = failed(await check_smtp(settings, "relay"))
     assert step.name == "TLS and EHLO" and "not trusted" in step.detail
     assert "relay.ca_file" in step.hint
     trusted = settings.model_copy(update={"ca_file": ca_file})
     assert all(step.ok for step in await check_smtp(trusted, "relay"))
-
-
-@pytest.fixture
-def auth_server():
-    server = SmtpTestServer(
-        authenticator=password_checker("dispatch", "right"), auth_require_tls=False
-    )
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_535_explains_app_passwords_and_oauth2(auth_server):

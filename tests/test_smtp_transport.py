@@ -11,7 +11,7 @@ import trustme
 from gateway.domain.delivery import OutcomeKind
 from gateway.domain.email_out import Mailbox, OutboundEmail, build_email
 from gateway.transport.smtp import SmtpPool, SmtpServer
-from tests.servers import SmtpTestServer, password_checker, server_tls_context
+from tests.servers import SmtpTestServer, server_tls_context
 
 SENDER = "dispatch@example.com"
 RCPT = "2025550143@vtext.com"
@@ -164,16 +164,6 @@ async def test_nothing_listening_is_a_network_failure():
 # --- sign-in ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def auth_server():
-    server = SmtpTestServer(
-        authenticator=password_checker("dispatch", "right"), auth_require_tls=False
-    )
-    server.start()
-    yield server
-    server.stop()
-
-
 async def test_right_password_signs_in(auth_server):
     pool = pool_for(auth_server, username="dispatch", password="right")
     outcome = await send(pool)
@@ -194,14 +184,6 @@ def test_password_never_in_the_repr():
 
 
 # --- TLS ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def implicit_tls_server(server_cert):
-    server = SmtpTestServer(ssl_context=server_tls_context(server_cert))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
