@@ -500,6 +500,7 @@ def run(
 ) -> None:
     """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit):
     the sender, and the inbound worker when a mailbox is configured."""
+    from gateway.services.heartbeat import pulse
     from gateway.services.inbound import Ingest, Receiver
     from gateway.services.orders import Orders
     from gateway.services.scheduler import Scheduler
@@ -542,10 +543,11 @@ def run(
                     **runtime.quiet(),
                 )
 
-            def mailbox_lag(self) -> float | None:
-                if self.receiver is None:
+            def mailbox_lag_reader(self) -> Callable[[], float | None] | None:
+                receiver = self.receiver
+                if receiver is None:
                     return None
-                return self.receiver.source.lag(time.time())
+                return lambda: receiver.source.lag(time.time())
 
             async def receive(self, stop: asyncio.Event) -> None:
                 if self.receiver is None:
@@ -591,7 +593,9 @@ def run(
                     if not until_idle:
                         watcher = asyncio.create_task(_watch_settings(runtime, stop, ending))
                         inbound = asyncio.create_task(workers.receive(ending))
-                        pulse = asyncio.create_task(_heartbeat(engine, workers, ending))
+                        beating = asyncio.create_task(
+                            pulse(engine, worker, workers.mailbox_lag_reader(), ending)
+                        )
                     progress = asyncio.create_task(_report_progress(workers.sender.stats))
                     try:
                         stats = await workers.sender.run(ending if not until_idle else stop,
@@ -603,7 +607,7 @@ def run(
                             await inbound
                         if watcher is not None:
                             await watcher
-                            await pulse
+                            await beating
                     if until_idle or stop.is_set():
                         break
                     err.print("settings changed in the dashboard: workers restarted with them",
@@ -631,22 +635,6 @@ def run(
         run_async(main)
         if problems:
             fail("; ".join(problems))
-
-
-async def _heartbeat(engine: Any, workers: Any, ending: asyncio.Event) -> None:
-    """A row saying this process is alive, and its mailbox lag, every BEAT_SECONDS."""
-    from gateway.store import heartbeats
-
-    while not ending.is_set():
-        lag = workers.mailbox_lag()
-        try:
-            await asyncio.to_thread(heartbeats.beat, engine, workers.sender.worker, utcnow(), lag)
-        except Exception as exc:  # the database away for a moment: the next beat tries again
-            log.warning("heartbeat not written: %s", exc)
-        # Until the mailbox has been looked at once, beat again soon to report it.
-        soon = lag is None and workers.receiver is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ending.wait(), 1.0 if soon else heartbeats.BEAT_SECONDS)
 
 
 SETTINGS_CHECK_SECONDS = 2.0  # how soon a change saved in the dashboard reaches the workers
@@ -1156,12 +1144,19 @@ def demo(
     exit_after: Annotated[
         float | None, typer.Option("--exit-after", help="run unattended; give up after SECONDS")
     ] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="the dashboard's port (another if it is taken)")
+    ] = 8025,
 ) -> None:
-    """Run the product on embedded defaults: a local carrier simulator, SQLite, sample texts."""
+    """Run the whole product on embedded defaults: simulated carriers and phones, a relay, a
+    Maildir mailbox, SQLite, the workers and the dashboard."""
     from gateway.services.demo import run_demo
 
     with user_errors():
-        code = run_demo(folder, exit_after, out)
+        try:
+            code = run_demo(folder, exit_after, out, port)
+        except KeyboardInterrupt:
+            code = 0
     raise typer.Exit(code)
 
 

@@ -1,41 +1,53 @@
-"""`gateway demo`: the product end to end on embedded defaults, no account and no network.
+"""`gateway demo`: the whole product on embedded defaults, no account and no network.
 
-A local SMTP server stands in for the carrier gateways; the database is a SQLite file in the
-demo folder; sample contacts on real carrier entries show each path a text can take.
+SQLite in the demo folder; two local SMTP servers, one standing in for the company's own
+server (with a small daily limit, so traffic moves to the relay part-way) and one for the hosted
+relay, both handing texts to simulated phones; a Maildir as the company mailbox, which the
+phones answer into; the sender, the mailbox reader and the dashboard running in this process.
+Seeded customers, a driver and an order show every path: answers threaded back, STOP, a number
+that does not exist, a retired carrier, an unknown carrier, the per-contact cap, the relay.
+
+With `--exit-after SECONDS` it runs unattended, prints a summary, and exits 0 only when every
+expected outcome happened; without, it keeps serving the dashboard until Ctrl-C, and the phones
+keep answering what a dispatcher sends them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import signal
+import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import select
 
 from gateway.config import load_settings
 from gateway.domain.delivery import State
-from gateway.services.carrier_sim import CarrierSimulator
+from gateway.services.carrier_sim import Phone, PhoneNetwork
+from gateway.services.heartbeat import pulse
+from gateway.services.inbound import Ingest, Receiver
 from gateway.services.orders import OrderInput, Orders
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
+from gateway.store import access
 from gateway.store.db import upgrade, utcnow
-from gateway.store.outbox import list_messages
+from gateway.store.inbox import inbound
+from gateway.store.outbox import contacts, messages
 
-
-@dataclass(frozen=True)
-class DemoText:
-    who: str
-    request: SendRequest | None  # None: a rule made it from an order event
-    expect: State
-    expect_reason: str | None = None
-
+OWN_DAILY_LIMIT = 6  # the own server's quota in the demo: the texts after it go by the relay
+LOGINS = (("dispatcher", "dispatcher", "demo-dispatcher"), ("admin", "admin", "demo-admin-pw"))
 
 # The demo order's time zone: the first of these where it is daytime now, so its texts are
 # not held by quiet hours (a real order has the delivery address's zone).
@@ -44,195 +56,334 @@ DAYTIME_ZONES = (
     "America/Sao_Paulo", "Europe/London", "Europe/Berlin", "Asia/Kolkata", "Asia/Tokyo",
     "Australia/Sydney",
 )  # fmt: skip
-# What each status event of the demo order should leave in the outbox, by rule.
-ORDER_WALK = (
-    ("confirmed", {
-        "confirmed": (State.SENT, None),
-        # Timed to the window; the order is delivered first, which makes it obsolete.
-        "window_reminder": (State.CANCELLED, "superseded"),
-    }),
-    ("driver_assigned", {"driver_assigned": (State.SENT, None)}),
-    ("out_for_delivery", {"out_for_delivery": (State.SENT, None)}),
-    # The fourth automated text within the hour: held by max_per_contact_hour (3).
-    ("delivered", {"delivered": (State.QUEUED, None)}),
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    phone: str  # E.164
+    carrier: str | None
+    address: str | None  # the gateway address texts reach; None: none (retired, unknown)
+    behaviour: Phone
+    expect: str  # what must have happened by the end, in words the summary shows
+
+
+PEOPLE = (
+    Person("Ana", "+12025550143", "verizon", "2025550143@vtext.com",
+           Phone("Thanks! I'll be home."), "answered"),
+    Person("Ben", "+13125550199", "uscellular", "3125550199@email.uscc.net",
+           Phone("Can you leave it with the neighbour at 12?"), "answered"),
+    Person("Chloé", "+16045550123", "telus", "6045550123@msg.telus.com",
+           Phone("ok merci"), "answered"),
+    Person("Sam (driver)", "+16465550188", "boost", "6465550188@sms.myboostmobile.com",
+           Phone("Got it, heading to Elm St after A-1001"), "answered"),
+    Person("Gus", "+12025550177", "verizon", "2025550177@vtext.com", Phone("STOP"),
+           "opted out, and was told so"),
+    Person("Hal", "+12025550100", "verizon", "2025550100@vtext.com",
+           Phone(unknown_number=True), "bounced"),
+    Person("Dan", "+14155550100", "att", None, Phone(), "not sent: AT&T closed its gateway"),
+    Person("Eve", "+17185550177", None, None, Phone(), "not sent: carrier not known"),
+    Person("Fay", "+12025550161", "verizon", "2025550161@vtext.com", Phone("👍"),
+           "order W-2001 texts, the fourth held by the hourly cap"),
 )  # fmt: skip
 
 
-def _texts() -> list[DemoText]:
-    def order(ref: str, customer: str, **more: str) -> dict[str, str]:
-        return {"customer_name": customer, "order_ref": ref, **more}
+def _first_texts() -> list[tuple[Person, SendRequest]]:
+    by_name = {person.name: person for person in PEOPLE}
+
+    def to(name: str, template: str, order: str | None = None, **values: str) -> Any:
+        person = by_name[name]
+        variables = {"customer_name": name, "order_ref": order or "", **values}
+        return person, SendRequest(person.phone, person.carrier, template=template,
+                                   variables=variables, order_ref=order)  # fmt: skip
 
     return [
-        DemoText("Ana (Verizon)", SendRequest(
-            "+1 202 555 0143", "verizon", template="order_confirmed",
-            variables=order("A-1001", "Ana", window="14:00-16:00"), order_ref="A-1001"),
-            State.SENT),
-        DemoText("Ana (Verizon)", SendRequest(
-            "+1 202 555 0143", template="out_for_delivery",
-            variables=order("A-1001", "Ana", driver_name="Sam", eta="14:40"), order_ref="A-1001"),
-            State.SENT),
-        DemoText("Ben (US Cellular)", SendRequest(
-            "(312) 555-0199", "US Cellular", template="driver_assigned",
-            variables=order("A-1002", "Ben", driver_name="Rosa"), order_ref="A-1002"),
-            State.SENT),
-        DemoText("Chloé (Telus, Canada)", SendRequest(
-            "+1 604 555 0123", "telus", template="delayed",
-            variables=order("A-1003", "Chloé", eta="17:15", reason="snow on Highway 1"),
-            order_ref="A-1003"),
-            State.SENT),
-        DemoText("Sam, driver (Boost)", SendRequest(
-            "+1 646 555 0188", "boost", template="free_text", variables={"text": (
-                "Sam, three changes to your afternoon route: A-1001 moves to 14:40 because the "
-                "customer asked for later; A-1004 is cancelled; and please collect the two "
-                "returns waiting at the Elm Street depot before 17:00. Thanks!")}),
-            State.SENT),
-        DemoText("Dan (AT&T)", SendRequest(
-            "+1 415 555 0100", "att", template="order_confirmed",
-            variables=order("A-1005", "Dan"), order_ref="A-1005"),
-            State.SUPPRESSED, "carrier_retired"),
-        DemoText("Eve (carrier not known)", SendRequest(
-            "+1 718 555 0177", template="order_confirmed",
-            variables=order("A-1006", "Eve"), order_ref="A-1006"),
-            State.SUPPRESSED, "carrier_unknown"),
+        to("Ana", "order_confirmed", "A-1001", window="14:00-16:00"),
+        to("Ana", "out_for_delivery", "A-1001", driver_name="Sam", eta="14:40"),
+        to("Ben", "driver_assigned", "A-1002", driver_name="Rosa"),
+        to("Chloé", "delayed", "A-1003", eta="17:15", reason="snow on Highway 1"),
+        to("Sam (driver)", "free_text", text=(
+            "Sam, three changes to your afternoon route: A-1001 moves to 14:40 because the "
+            "customer asked for later; A-1004 is cancelled; and please collect the two returns "
+            "waiting at the Elm Street depot before 17:00. Thanks!")),
+        to("Gus", "order_confirmed", "A-1007", window="09:00-11:00"),
+        to("Hal", "order_confirmed", "A-1008", window="10:00-12:00"),
+        to("Dan", "order_confirmed", "A-1005"),
+        to("Eve", "order_confirmed", "A-1006"),
     ]  # fmt: skip
 
 
-def run_demo(folder: str, exit_after: float | None, out: Console) -> int:
-    """Run the demo; returns the exit code (0 when every text ended as expected)."""
-    started = time.monotonic()
-    base = Path(folder)
-    if base.exists():
+def run_demo(folder: str, exit_after: float | None, out: Console, port: int = 8025) -> int:
+    """Run the demo; returns the exit code (0 when every expected outcome happened)."""
+    return asyncio.run(_Demo(Path(folder), out, port).run(exit_after))
+
+
+class _Demo:
+    def __init__(self, base: Path, out: Console, port: int) -> None:
+        self.base, self.out, self.port = base, out, port
+        self.started = time.monotonic()
+
+    def _from_thread(self, loop: asyncio.AbstractEventLoop, line: str) -> None:
+        loop.call_soon_threadsafe(self.say, line)
+
+    def say(self, line: str) -> None:
+        self.out.print(f"[dim]{time.monotonic() - self.started:5.1f}s[/dim] {escape(line)}")
+
+    async def run(self, exit_after: float | None) -> int:
+        base = self.base
+        base.mkdir(parents=True, exist_ok=True)
         for name in ("gateway.db", "gateway.db-wal", "gateway.db-shm"):
             (base / name).unlink(missing_ok=True)
-    base.mkdir(parents=True, exist_ok=True)
-
-    carriers = CarrierSimulator()
-    port = carriers.start()
-    try:
-        settings = load_settings(
-            None,
-            database={"url": f"sqlite:///{base / 'gateway.db'}"},
-            smtp={
-                "host": "127.0.0.1", "port": port, "security": "none", "username": None,
-                "password": None, "password_env": None, "password_file": None,
-                "from_address": "Dispatch <dispatch@demo.example>",
-            },
-        )  # fmt: skip
-        runtime = Runtime(settings)
-        upgrade(runtime.engine)
-        # So that `gateway --config demo/gateway.toml outbox list` shows what the demo did.
-        (base / "gateway.toml").write_text(
-            f'[database]\nurl = "sqlite:///{(base / "gateway.db").resolve()}"\n', encoding="utf-8"
+        maildir = base / "Maildir"
+        for sub in ("new", "cur", "tmp"):
+            (maildir / sub).mkdir(parents=True, exist_ok=True)
+            for old in (maildir / sub).iterdir():
+                old.unlink()
+        loop = asyncio.get_running_loop()
+        network = PhoneNetwork(
+            maildir=maildir,
+            company="dispatch@demo.example",
+            phones={p.address: p.behaviour for p in PEOPLE if p.address},
+            on_event=lambda line: self._from_thread(loop, line),
         )
-        out.print(f"[bold]gateway demo[/bold]: carrier simulator on 127.0.0.1:{port}, "
-                  f"database {base / 'gateway.db'}")  # fmt: skip
+        own, relay = network.listen("own"), network.listen("relay")
+        web_port = self.port if self.port and _free(self.port) else _any_port()
+        try:
+            runtime = self._runtime(base, maildir, own, relay, web_port)
+            return await self._scenario(runtime, network, maildir, web_port, exit_after)
+        finally:
+            network.stop()
 
-        plan = _texts()
-        expected: dict[int, DemoText] = {}
-        for item in plan:
-            assert item.request is not None
-            result = enqueue(runtime, item.request, utcnow())
-            for message in result.ids:
-                expected[message] = item
-            note = f" ({result.reason})" if result.reason else ""
-            out.print(f"  queued for {item.who}: {', '.join(map(str, result.ids))} "
-                      f"{result.state.value}{note}", markup=False)  # fmt: skip
+    def _runtime(self, base: Path, maildir: Path, own: int, relay: int, web: int) -> Runtime:
+        db = (base / "gateway.db").resolve()
+        # The same file lets `gateway --config demo/gateway.toml …` look at what the demo did.
+        (base / "gateway.toml").write_text(
+            "# Written by `gateway demo`: two local servers stand in for the own mail server\n"
+            "# and the relay, a Maildir for the company mailbox.\n"
+            f'[database]\nurl = "sqlite:///{db}"\n'
+            f'[smtp]\nhost = "127.0.0.1"\nport = {own}\nsecurity = "none"\n'
+            f'from_address = "Dispatch <dispatch@demo.example>"\ndaily_limit = {OWN_DAILY_LIMIT}\n'
+            f'[relay]\nenabled = true\nhost = "127.0.0.1"\nport = {relay}\nsecurity = "none"\n'
+            'from_address = "Dispatch via relay <relay@relay.demo.example>"\n'
+            f'[inbound]\nmaildir = "{maildir.resolve()}"\n'
+            f"[web]\nport = {web}\n[sender]\nidle_poll_seconds = 0.2\n",
+            encoding="utf-8",
+        )
+        runtime = Runtime(load_settings(base / "gateway.toml"))
+        upgrade(runtime.engine)
+        now = utcnow()
+        for name, role, password in LOGINS:
+            access.add_user(runtime.engine, name, role, password, now)
+        runtime.migrated_engine()
+        return runtime
 
-        async def send_all() -> None:
-            sender = Sender(
-                runtime.engine,
-                runtime.route_book(),
-                runtime.retry_policy,
-                batch_size=50,
-                **runtime.quiet(),
-            )
-            stop = asyncio.Event()
-            task = asyncio.create_task(sender.run(stop, until_idle=True))
-            timeout = (
-                None if exit_after is None else max(1.0, exit_after - (time.monotonic() - started))
-            )
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            except TimeoutError:
-                stop.set()
-                await task
+    async def _scenario(
+        self,
+        runtime: Runtime,
+        network: PhoneNetwork,
+        maildir: Path,
+        web_port: int,
+        exit_after: float | None,
+    ) -> int:
+        from gateway.web.app import create_app
 
-        asyncio.run(send_all())
-        expected.update(_walk_order(runtime, send_all, out))
-        return _report(runtime, carriers, expected, out)
-    finally:
-        carriers.stop()
+        engine = runtime.engine
+        stop = asyncio.Event()
+        ended = asyncio.Event()  # Ctrl-C or SIGTERM
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, ended.set)
+        server = _Server(uvicorn.Config(
+            create_app(runtime), host="127.0.0.1", port=web_port, log_level="warning",
+            timeout_graceful_shutdown=1,
+        ))  # fmt: skip
+        sender = Sender(engine, runtime.route_book(), runtime.retry_policy, batch_size=50,
+                        idle_poll=0.2, **runtime.quiet())  # fmt: skip
+        source = runtime.mail_source(engine)
+        assert source is not None
+        receiver = Receiver(Ingest(runtime, engine), source)
+        tasks = [
+            asyncio.create_task(server.serve()),
+            asyncio.create_task(sender.run(stop)),
+            asyncio.create_task(receiver.run(stop)),
+            asyncio.create_task(
+                pulse(engine, sender.worker, lambda: source.lag(time.time()), stop)
+            ),
+        ]
+        user, _, password = LOGINS[0]
+        self.out.print(
+            f"[bold]gateway demo[/bold]: database {runtime.settings.database.url}, "
+            f"mailbox {maildir}\n  dashboard [bold]http://127.0.0.1:{web_port}/[/bold]  sign in as "
+            f"[bold]{user}[/bold] / [bold]{password}[/bold] (or {LOGINS[1][0]} / {LOGINS[1][2]})"
+        )
+        try:
+            expected = await self._send_and_walk(runtime)
+            deadline = None if exit_after is None else self.started + exit_after
+            while not self._all_happened(runtime, expected, network) and not ended.is_set():
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            code = self._summary(runtime, expected, network)
+            if exit_after is None and not ended.is_set():
+                self.out.print("The dashboard keeps running: text the phones from it. Ctrl-C ends.")
+                await ended.wait()
+            return code
+        finally:
+            stop.set()
+            server.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-
-def _walk_order(
-    runtime: Runtime, send_all: Callable[[], Coroutine[Any, Any, None]], out: Console
-) -> dict[int, DemoText]:
-    """An order through its statuses, as the order system would report them; the rules decide
-    the texts, which are sent between events as a running gateway would."""
-    now = utcnow()
-    zone_name = next(
-        name for name in DAYTIME_ZONES if 9 <= now.astimezone(ZoneInfo(name)).hour < 18
-    )
-    local = now.astimezone(ZoneInfo(zone_name)).replace(second=0, microsecond=0, tzinfo=None)
-    orders = Orders(runtime)
-    orders.upsert(
-        OrderInput(
+    async def _send_and_walk(self, runtime: Runtime) -> dict[str, Any]:
+        """Queue the first texts, then walk order W-2001 through its statuses as an order
+        system would report them (the rules make its texts)."""
+        for person, request in _first_texts():
+            queued = enqueue(runtime, request, utcnow())
+            note = f" ({queued.reason})" if queued.reason else ""
+            self.say(f"queued for {person.name}: {queued.state.value}{note}")
+        now = utcnow()
+        zone_name = next(
+            name for name in DAYTIME_ZONES if 9 <= now.astimezone(ZoneInfo(name)).hour < 18
+        )
+        local = now.astimezone(ZoneInfo(zone_name)).replace(second=0, microsecond=0, tzinfo=None)
+        orders = Orders(runtime)
+        orders.upsert(OrderInput(
             ref="W-2001", customer="+1 202 555 0161", carrier="verizon", customer_name="Fay",
             driver="+1 646 555 0188", driver_carrier="boost", driver_name="Sam",
             window_start=local + dt.timedelta(hours=3), window_end=local + dt.timedelta(hours=5),
             timezone=zone_name,
-        ),
-        now,
-    )  # fmt: skip
-    out.print(f"order W-2001 for Fay (delivery address in {zone_name}), through its statuses:")
-    expected: dict[int, DemoText] = {}
-    for status, outcomes in ORDER_WALK:
-        result = orders.record_status("W-2001", status, utcnow(), eta="in 20 minutes")
-        for text in result.texts:
-            state, reason = outcomes[text["rule"]]
-            expected[text["id"]] = DemoText(f"Fay: {text['rule']}", None, state, reason)
-        made = ", ".join(f"{t['rule']} {t['state']}" for t in result.texts) or "no text"
-        out.print(f"  {status}: {made}", markup=False)
-        asyncio.run(send_all())
-    return expected
+        ), now)  # fmt: skip
+        walk: dict[str, int] = {}
+        for status in ("confirmed", "driver_assigned", "out_for_delivery", "delivered"):
+            await asyncio.sleep(1.0)
+            result = orders.record_status("W-2001", status, utcnow(), eta="in 20 minutes")
+            made = ", ".join(f"{t['rule']} {t['state']}" for t in result.texts) or "no text"
+            self.say(f"order W-2001 {status}: {made}")
+            walk.update({t["rule"]: t["id"] for t in result.texts})
+        return walk
+
+    # --- what happened --------------------------------------------------------------------
+
+    def _facts(self, runtime: Runtime) -> dict[str, Any]:
+        with runtime.engine.connect() as conn:
+            rows = conn.execute(
+                select(messages.c.id, messages.c.to_phone, messages.c.state, messages.c.reason,
+                       messages.c.route, messages.c.order_id, messages.c.rule)
+            ).all()  # fmt: skip
+            replies = conn.execute(
+                select(inbound.c.phone, inbound.c.kind, inbound.c.text, inbound.c.keyword)
+            ).all()
+            opted = set(
+                conn.execute(select(contacts.c.phone).where(contacts.c.opted_out)).scalars()
+            )
+        return {"rows": rows, "replies": replies, "opted": opted}
+
+    def _outcomes(
+        self, runtime: Runtime, walk: dict[str, Any], network: PhoneNetwork
+    ) -> dict[str, bool]:
+        facts = self._facts(runtime)
+        rows, opted = facts["rows"], facts["opted"]
+        done = (State.SENT.value, State.DELIVERED.value, State.REPLIED.value)
+        went = (*done, State.BOUNCED.value)
+
+        def texts(phone: str) -> list[Any]:
+            return [r for r in rows if r.to_phone == phone]
+
+        result: dict[str, bool] = {}
+        for person in PEOPLE:
+            mine = texts(person.phone)
+            if person.expect == "answered":
+                ok = any(r.state == State.REPLIED.value for r in mine)
+            elif person.expect.startswith("opted out"):
+                told = [r for r in mine if r.state in done and r.rule is None]
+                ok = person.phone in opted and any(
+                    "unsubscribed" in x.text for x in network.received(person.address or "")
+                ) and len(told) >= 2  # fmt: skip
+            elif person.expect == "bounced":
+                ok = any(r.state == State.BOUNCED.value for r in mine)
+            elif "closed its gateway" in person.expect:
+                ok = bool(mine) and all(r.reason == "carrier_retired" for r in mine)
+            elif "carrier not known" in person.expect:
+                ok = bool(mine) and all(r.reason == "carrier_unknown" for r in mine)
+            else:  # Fay's order
+                by_id = {r.id: r for r in rows}
+                states = {rule: by_id[i].state for rule, i in walk.items() if i in by_id}
+                ok = (
+                    states.get("confirmed") in done
+                    and states.get("out_for_delivery") in done
+                    and states.get("window_reminder") == State.CANCELLED.value
+                    and states.get("delivered") == State.QUEUED.value
+                )
+            result[person.name] = ok
+        own = sum(1 for r in rows if r.route == "own" and r.state in went)
+        relay = sum(1 for r in rows if r.route == "relay" and r.state in went)
+        result["own server up to its daily limit"] = own == OWN_DAILY_LIMIT
+        result["the relay took over"] = relay >= 1
+        return result
+
+    def _all_happened(self, runtime: Runtime, walk: dict[str, Any], network: PhoneNetwork) -> bool:
+        return all(self._outcomes(runtime, walk, network).values())
+
+    def _summary(self, runtime: Runtime, walk: dict[str, Any], network: PhoneNetwork) -> int:
+        outcomes = self._outcomes(runtime, walk, network)
+        facts = self._facts(runtime)
+        rows, replies = facts["rows"], facts["replies"]
+        table = Table(title="What happened", title_justify="left")
+        for column in ("who", "texts", "routes", "answer", "expected", ""):
+            table.add_column(column)
+        for person in PEOPLE:
+            mine = [r for r in rows if r.to_phone == person.phone]
+            states = ", ".join(sorted({r.state for r in mine})) or "-"
+            routes = ", ".join(sorted({r.route for r in mine if r.route})) or "-"
+            theirs = [x for x in replies if x.phone == person.phone]
+            answer = next((x.text for x in theirs if x.kind == "reply"), "")
+            if not answer and any(r.state == State.BOUNCED.value for r in mine):
+                answer = "(its carrier's failure report)"
+            mark = "[green]✓[/green]" if outcomes[person.name] else "[red]✗[/red]"
+            table.add_row(f"{person.name}\n{person.phone}", states, routes, escape(answer[:40]),
+                          person.expect, mark)  # fmt: skip
+        self.out.print(table)
+        counts = {
+            "sent": sum(1 for r in rows if r.state in ("sent", "delivered", "replied")),
+            "replied": sum(1 for r in rows if r.state == "replied"),
+            "bounced": sum(1 for r in rows if r.state == "bounced"),
+            "suppressed": sum(1 for r in rows if r.state == "suppressed"),
+            "by own server": sum(1 for r in rows if r.route == "own"),
+            "by relay": sum(1 for r in rows if r.route == "relay"),
+        }
+        self.out.print(", ".join(f"{name} {count}" for name, count in counts.items()))
+        for name, note in (("own server up to its daily limit", f" ({OWN_DAILY_LIMIT} here)"),
+                           ("the relay took over", "")):  # fmt: skip
+            mark = "[green]✓[/green]" if outcomes[name] else "[red]✗[/red]"
+            self.out.print(f"{mark} {name}{note}")
+        missed = [name for name, ok in outcomes.items() if not ok]
+        if missed:
+            self.out.print(f"[red]not as expected:[/red] {', '.join(missed)}")
+            return 1
+        self.out.print(
+            "every expected outcome happened. Look around with "
+            f"`gateway --config {self.base / 'gateway.toml'} outbox list` (or inbox list)."
+        )
+        return 0
 
 
-def _report(
-    runtime: Runtime, carriers: CarrierSimulator, expected: dict[int, DemoText], out: Console
-) -> int:
-    rows = {row["id"]: row for row in list_messages(runtime.engine, limit=1000)}
-    table = Table(title="What each phone received", title_justify="left")
-    for column in ("message", "to", "gateway address", "state", "text / reason"):
-        table.add_column(column)
-    wrong = []
-    for message, item in sorted(expected.items()):
-        row = rows[message]
-        received = [r for r in carriers.inbox.get((row["to_address"] or "").lower(), [])
-                    if r.message_id == row["message_id"]]  # fmt: skip
-        if received:
-            shown = received[0].text
-        elif row["state"] == State.QUEUED.value:
-            shown = f"waits until {row['due_at']:%H:%M} UTC (the per-contact cap or quiet hours)"
-        else:
-            shown = row["reason"] or row["gateway_reason"] or ""
-        table.add_row(str(message), f"{item.who}\n{row['to']}", row["to_address"] or "-",
-                      row["state"], shown)  # fmt: skip
-        ok = row["state"] == item.expect.value and (
-            bool(received) if item.expect is State.SENT else row["reason"] == item.expect_reason
-        )
-        if not ok:
-            wrong.append(f"message {message} to {item.who}: {row['state']} ({row['reason']}), "
-                         f"expected {item.expect.value}")  # fmt: skip
-    out.print(table)
-    counts = {state: sum(1 for r in rows.values() if r["state"] == state.value) for state in State}
-    shown = ", ".join(f"{state.value} {n}" for state, n in counts.items() if n)
-    out.print(f"{shown}, at {dt.datetime.now():%H:%M:%S}")
-    for line in wrong:
-        out.print(f"[red]unexpected:[/red] {line}")
-    if not wrong:
-        config = runtime.settings.database.url.removeprefix("sqlite:///")
-        out.print(
-            "every text ended as expected. See the outbox with:\n"
-            f"  gateway --config {Path(config).parent / 'gateway.toml'} outbox list"
-        )
-    return 1 if wrong else 0
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: the demo stops it on Ctrl-C."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_port() -> int:
+    from gateway.services.carrier_sim import free_port
+
+    return free_port()
