@@ -501,7 +501,7 @@ def run(
     """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit):
     the sender, and the inbound worker when a mailbox is configured."""
     from gateway.services.heartbeat import pulse
-    from gateway.services.inbound import Ingest, Receiver
+    from gateway.services.inbound import Ingest, MailboxLease, Receiver
     from gateway.services.orders import Orders
     from gateway.services.scheduler import Scheduler
     from gateway.services.webhooks import Webhooks
@@ -552,8 +552,10 @@ def run(
             async def receive(self, stop: asyncio.Event) -> None:
                 if self.receiver is None:
                     return
+                lease = MailboxLease(self.receiver, engine, worker,
+                                     runtime.settings.inbound.mailbox_lease_seconds)  # fmt: skip
                 try:
-                    stats = await self.receiver.run(stop, until_idle=until_idle)
+                    stats = await lease.run(stop, until_idle=until_idle)
                 except ImapError as exc:
                     problems.append(f"inbound: {exc}")
                     return
@@ -1077,6 +1079,28 @@ def serve() -> None:
     uvicorn.run(
         app_, host=web.host, port=web.port, log_level="warning", timeout_graceful_shutdown=3
     )
+
+
+@app.command("status")
+def status(fmt: FormatOption = Format.table) -> None:
+    """The gateway processes alive (several may share one database), what each holds, and the
+    texts due now."""
+    from gateway.store import heartbeats
+    from gateway.store.outbox import count_due
+
+    with user_errors():
+        engine = state.runtime().migrated_engine()
+        now = utcnow()
+        with engine.connect() as conn:
+            rows = heartbeats.processes(conn, now)
+        due = count_due(engine, now)
+    if fmt is Format.json:
+        out.print_json(json.dumps({"processes": rows, "queue_depth": due},
+                                  default=_json_default))  # fmt: skip
+        return
+    emit(rows, fmt, ["process", "started_at", "seen_at", "texts_leased", "mailboxes",
+                     "mailbox_lag_seconds"], "gateway run processes alive")  # fmt: skip
+    out.print(f"texts due now: {due}" + ("" if rows else " (no process is running to send them)"))
 
 
 @app.command("doctor")

@@ -209,6 +209,9 @@ class InboundSettings(_Section):
     plus_addressing: bool = False
     reply_window_hours: float = Field(72.0, gt=0, le=24 * 60)  # phone-number matching window
     fetch_chunk: int = Field(100, ge=1, le=1000)  # messages fetched per IMAP command
+    # Of several gateway processes, the one holding a mailbox's lease reads it; if it dies,
+    # another takes over within this long.
+    mailbox_lease_seconds: float = Field(30.0, ge=2, le=600)
     stop_text: str = (
         "You are unsubscribed and will get no more texts from us. Reply START to resubscribe."
     )

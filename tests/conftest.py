@@ -169,12 +169,16 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def gateway_folder(
-    folder: Path, smtp_port: int | None = None, extra: str = "", migrate: bool = True
+    folder: Path,
+    smtp_port: int | None = None,
+    extra: str = "",
+    migrate: bool = True,
+    db_url: str | None = None,
 ) -> Path:
     """A working folder as an operator keeps one: gateway.toml naming a SQLite file there and,
     with `smtp_port`, the test SMTP server as the own route; the database migrated. `extra` is
     appended as it is (right after the [smtp] keys, so it may add to them, or new sections)."""
-    url = f"sqlite:///{folder / 'gw.db'}"
+    url = db_url or f"sqlite:///{folder / 'gw.db'}"
     config = f'[database]\nurl = "{url}"\n'
     if smtp_port is not None:
         config += f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n'

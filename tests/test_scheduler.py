@@ -1,5 +1,6 @@
 """Recurring texts: the route summary each driver gets, the job-run lock, and the scheduler in
-real processes on a real SQLite job store: restarted before the job was due, and two at once."""
+real processes on a real job store (SQLite and PostgreSQL): restarted before the job was due,
+and two at once."""
 
 from __future__ import annotations
 
@@ -101,9 +102,10 @@ PROCESS = textwrap.dedent(
 
 
 @pytest.fixture
-def workdir(tmp_path, smtp_server):
-    gateway_folder(tmp_path, smtp_server.port)
-    runtime = make_runtime(f"sqlite:///{tmp_path / 'gw.db'}", smtp_server.port)
+def workdir(tmp_path, smtp_server, db_url):
+    """A working folder on SQLite, and on PostgreSQL (several processes, one database)."""
+    gateway_folder(tmp_path, smtp_server.port, db_url=db_url)
+    runtime = make_runtime(db_url, smtp_server.port)
     now = dt.datetime.now(dt.UTC).replace(hour=1, minute=0, second=0, microsecond=0)
     add_orders(Orders(runtime), now)
     return tmp_path, runtime

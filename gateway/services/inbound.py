@@ -9,6 +9,7 @@ database that cannot be written stops the batch (it is read again on the next pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -441,6 +442,97 @@ class Receiver:
         finally:
             await self.source.close()
         return self.stats
+
+
+class MailboxLease:
+    """Reads a mailbox only while this process holds its lease, so that of several processes
+    on one database exactly one reads each mailbox. The lease is renewed every third of its
+    length; a process that dies stops renewing, and within one lease length another takes the
+    mailbox over, from the position committed with the last batch."""
+
+    def __init__(
+        self, receiver: Receiver, engine: Engine, holder: str, seconds: float = 30.0
+    ) -> None:
+        self.receiver, self.engine, self.holder = receiver, engine, holder
+        self.seconds = seconds
+        self.mailbox = receiver.source.mailbox
+        self.held = False
+
+    async def _take(self) -> str | None:
+        now = utcnow()
+        until = now + dt.timedelta(seconds=self.seconds)
+        other = await asyncio.to_thread(
+            inbox.hold_mailbox, self.engine, self.mailbox, self.holder, now, until
+        )
+        self.held = other is None
+        return other
+
+    async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> InboundStats:
+        told = None
+        while not stop.is_set():
+            try:
+                other = await self._take()
+            except (OperationalError, InterfaceError) as exc:
+                log.error("cannot reach the database for the mailbox lease (%s)", exc)
+                other = "?"
+            if other is not None:
+                if until_idle:
+                    log.warning("%s is being read by %s; not read here", self.mailbox, other)
+                    return self.receiver.stats
+                if told != other:
+                    log.warning("%s is being read by %s; standing by", self.mailbox, other)
+                    told = other
+                await _wait(stop, self.seconds / 3)
+                continue
+            told = None
+            reading = asyncio.Event()  # set: stop reading (stopped, or the lease was lost)
+            keeper = asyncio.create_task(self._keep(stop, reading))
+            try:
+                await self.receiver.run(reading, until_idle=until_idle)
+            finally:
+                reading.set()
+                await keeper
+            if until_idle:
+                break
+        if self.held:
+            await asyncio.to_thread(inbox.let_go_of_mailbox, self.engine, self.mailbox,
+                                    self.holder)  # fmt: skip
+            self.held = False
+        return self.receiver.stats
+
+    async def _keep(self, stop: asyncio.Event, reading: asyncio.Event) -> None:
+        """Renew the lease while reading; end the reading when it cannot be renewed."""
+        while not reading.is_set():
+            await _wait_any((reading, stop), self.seconds / 3)
+            if reading.is_set():
+                return
+            if stop.is_set():
+                reading.set()
+                return
+            try:
+                other = await self._take()
+            except (OperationalError, InterfaceError) as exc:
+                # Unrenewed, the lease runs out: stop before another process may take over.
+                log.error("cannot renew the lease on %s (%s); stopping reading", self.mailbox, exc)
+                other = "?"
+            if other is not None:
+                log.warning("%s is now read by %s; stopping here", self.mailbox, other)
+                reading.set()
+                return
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
+async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def manual_thread(engine: Engine, inbound_id: int, message: int | None, now: dt.datetime) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from gateway.store.models import WorkerHeartbeat
 
@@ -43,6 +44,34 @@ def gone(engine: Engine, name: str) -> None:
 class Workers:
     alive: int
     mailbox_lag_seconds: float | None  # the freshest view any live worker has
+
+
+def processes(conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
+    """Each `gateway run` heard from lately: what it holds (texts leased, mailboxes read)."""
+    from gateway.store.inbox import mailbox_holders
+    from gateway.store.outbox import messages
+
+    leased: dict[str, int] = dict(
+        conn.execute(
+            select(messages.c.lease_owner, func.count())
+            .where(messages.c.state == "sending", messages.c.lease_until > now)
+            .group_by(messages.c.lease_owner)
+        ).all()
+    )
+    held: dict[str, list[str]] = {}
+    for row in mailbox_holders(conn, now):
+        held.setdefault(row["holder"], []).append(row["name"])
+    rows = []
+    for beat in conn.execute(
+        select(heartbeats).where(heartbeats.c.seen_at > now - ALIVE_WITHIN)
+        .order_by(heartbeats.c.started_at)
+    ):  # fmt: skip
+        rows.append({
+            "process": beat.name, "started_at": beat.started_at, "seen_at": beat.seen_at,
+            "texts_leased": leased.get(beat.name, 0), "mailboxes": held.get(beat.name, []),
+            "mailbox_lag_seconds": beat.mailbox_lag_seconds,
+        })  # fmt: skip
+    return rows
 
 
 def workers(conn: Connection, now: dt.datetime) -> Workers:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.delivery import State
@@ -52,6 +54,49 @@ def save_position(
     done = conn.execute(update(mailboxes).where(mailboxes.c.name == mailbox).values(**values))
     if done.rowcount == 0:
         conn.execute(insert(mailboxes).values(name=mailbox, **values))
+
+
+def hold_mailbox(
+    engine: Engine, mailbox: str, holder: str, now: dt.datetime, until: dt.datetime
+) -> str | None:
+    """Take or renew the lease on `mailbox` for `holder` until `until`. Returns None when
+    `holder` has it, else the name of the process that does. One statement: two processes
+    asking at once cannot both win."""
+    dialect = sqlite_insert if engine.dialect.name == "sqlite" else postgresql_insert
+    statement = dialect(mailboxes).values(
+        name=mailbox, last_uid=0, updated_at=now, holder=holder, held_until=until
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"holder": holder, "held_until": until},
+        where=(mailboxes.c.holder.is_(None)) | (mailboxes.c.holder == holder)
+        | (mailboxes.c.held_until < now),
+    )  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(statement)
+        found = conn.execute(select(mailboxes.c.holder).where(mailboxes.c.name == mailbox)).scalar()
+    return None if found == holder else str(found)
+
+
+def let_go_of_mailbox(engine: Engine, mailbox: str, holder: str) -> None:
+    """A clean stop: the next process need not wait for the lease to run out."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(mailboxes)
+            .where(mailboxes.c.name == mailbox, mailboxes.c.holder == holder)
+            .values(holder=None, held_until=None)
+        )
+
+
+def mailbox_holders(conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
+    return [
+        dict(row._mapping)
+        for row in conn.execute(
+            select(mailboxes.c.name, mailboxes.c.holder, mailboxes.c.held_until,
+                   mailboxes.c.last_uid)
+            .where(mailboxes.c.holder.is_not(None), mailboxes.c.held_until > now)
+        )
+    ]  # fmt: skip
 
 
 def already_in(

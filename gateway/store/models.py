@@ -263,6 +263,10 @@ class MailboxState(SQLModel, table=True):
     uidvalidity: int | None = Field(default=None, sa_type=BigInteger)
     last_uid: int = Field(default=0, sa_type=BigInteger)
     updated_at: dt.datetime
+    # One process reads a mailbox at a time: it holds this lease and renews it; when it dies,
+    # the lease runs out and another process takes the mailbox over from last_uid.
+    holder: str | None = Field(default=None, max_length=100)
+    held_until: dt.datetime | None = None
 
 
 class JobRun(SQLModel, table=True):

@@ -1,0 +1,136 @@
+"""Scale-out on PostgreSQL: the outbox drained by 1, 2 and 3 `gateway run` processes sharing one
+database, into Postfix's smtp-sink, each count measured in the same run.
+
+Each round: a fresh database with the same backlog; N processes started together; the time until
+every row is sent (read from the database); the processes stopped. The figure is each rate as a
+ratio to the one-process rate: on a 2-core machine a flat line is expected (the processes share
+the cores with PostgreSQL and smtp-sink), a drop is not.
+
+Prints human lines, then one JSON object on the last line:
+  processes       the counts measured, e.g. [1, 2, 3]
+  per_s           drain rate for each count
+  ratio_to_one    each rate / the one-process rate
+  min_ratio_to_one  the lowest of them (a drop below ~1 would mean processes get in each
+                  other's way)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.send_throughput import Sink, fill
+from gateway.config import load_settings
+from gateway.services.runtime import Runtime
+from gateway.store.db import upgrade
+from gateway.store.outbox import messages
+
+ADMIN_URL = os.environ.get(
+    "GATEWAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def fresh_database() -> tuple[str, str]:
+    name = f"gw_bench_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    url = sqlalchemy.engine.make_url(ADMIN_URL).set(database=name)
+    return name, url.render_as_string(hide_password=False)
+
+
+def drop_database(name: str) -> None:
+    admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def sent(runtime: Runtime) -> int:
+    with runtime.engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(messages).where(messages.c.state == "sent")
+            ).scalar_one()
+        )
+
+
+def drain(processes: int, count: int, sink_port: int) -> float:
+    name, url = fresh_database()
+    folder = Path(tempfile.mkdtemp(prefix="gw-scale-"))
+    (folder / "gateway.toml").write_text(
+        f'[database]\nurl = "{url}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {sink_port}\nsecurity = "none"\nconnections = 8\n'
+        'from_address = "Dispatch <dispatch@example.com>"\n'
+        "[policy]\nquiet_hours = false\n[sender]\nbatch_size = 200\nidle_poll_seconds = 0.05\n"
+    )
+    runtime = Runtime(load_settings(folder / "gateway.toml"))
+    upgrade(runtime.engine)
+    fill(runtime, count)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    started = time.perf_counter()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run"],
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        while sent(runtime) < count:
+            if time.perf_counter() - started > 600:
+                raise SystemExit(f"{processes} processes did not drain {count} texts in 10 min")
+            time.sleep(0.05)
+        took = time.perf_counter() - started
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(30)
+        runtime.engine.dispose()
+        drop_database(name)
+    return count / took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=6000)
+    parser.add_argument("--max-processes", type=int, default=3)
+    args = parser.parse_args()
+    sink = Sink()
+    try:
+        counts = list(range(1, args.max_processes + 1))
+        rates = []
+        for n in counts:
+            rate = drain(n, args.messages, sink.port)
+            rates.append(rate)
+            print(f"{n} process(es): {rate:,.0f} texts/s (process start-up included)")
+    finally:
+        sink.stop()
+    ratios = [round(rate / rates[0], 2) for rate in rates]
+    print(json.dumps({
+        "bench": "scale_out", "messages": args.messages, "processes": counts,
+        "per_s": [round(rate) for rate in rates], "ratio_to_one": ratios,
+        "min_ratio_to_one": min(ratios),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
