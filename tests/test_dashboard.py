@@ -496,3 +496,40 @@ def test_event_stream_replays_from_the_last_event_id_and_serve_still_stops(tmp_p
         if server.poll() is None:
             server.kill()
         engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_notify_wakes_the_event_streams_when_any_process_stores(postgres_url, smtp_server):
+    """On PostgreSQL a stored reply or attempt wakes every web process's streams at commit,
+    well before their own next look (3 s)."""
+    import asyncio
+    import time
+
+    from gateway.services.sender import Sender
+    from gateway.web.live import Wakeup
+
+    runtime = make_runtime(postgres_url, smtp_server.port)
+    wakeup = Wakeup(runtime.engine)
+    wakeup.start()
+    try:
+        for _ in range(100):
+            if wakeup.listening:
+                break
+            await asyncio.sleep(0.05)
+        assert wakeup.listening
+        message = await asyncio.to_thread(text_to, runtime)
+        sender = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy,
+                        batch_size=20, idle_poll=0.05)  # fmt: skip
+        for store in (
+            lambda: sender.run(asyncio.Event(), until_idle=True),  # a delivery attempt
+            lambda: asyncio.to_thread(reply_in, runtime, message, "on my way"),  # a reply
+        ):
+            waiting = asyncio.create_task(wakeup.wait(10))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await store()
+            await asyncio.wait_for(waiting, 5)
+            assert time.monotonic() - started < 2
+    finally:
+        await wakeup.close()
+        runtime.engine.dispose()

@@ -180,3 +180,30 @@ def test_one_mailbox_is_read_by_one_process_and_taken_over_when_it_dies(
         texts = conn.execute(select(inbound.c.text)).scalars().all()
     assert sorted(texts) == sorted(f"Reply {n}" for n in range(60))  # each stored once
     runtime.engine.dispose()
+
+
+def test_the_daily_limit_holds_across_processes(tmp_path, postgres_url, smtp_server, relay_server):
+    """Two processes share the own server's daily limit through the database: together they
+    never send more than it allows; the rest goes by the relay."""
+    gateway_folder(tmp_path, smtp_server.port, db_url=postgres_url, extra=(
+        "daily_limit = 10\nconnections = 2\n"
+        f'[relay]\nenabled = true\nhost = "127.0.0.1"\nport = {relay_server.port}\n'
+        'security = "none"\nfrom_address = "Relay <relay@example.net>"\n'
+        "[sender]\nbatch_size = 5\nidle_poll_seconds = 0.05\n"
+    ))  # fmt: skip
+    runtime = Runtime(load_settings(tmp_path / "gateway.toml"))
+    now = utcnow()
+    for n in range(60):
+        enqueue(runtime, SendRequest(f"+1202555{n:04d}", "verizon", text=f"Order {n}"), now)
+    smtp_server.faults.data_delay = 0.01
+    processes = [start(tmp_path, "run") for _ in range(2)]
+    try:
+        wait_for(lambda: states(runtime) == {"sent": 60}, "every text sent", 60)
+    finally:
+        stop_all(processes)
+    with runtime.engine.connect() as conn:
+        routes = dict(conn.execute(
+            select(messages.c.route, func.count()).group_by(messages.c.route)).all())  # fmt: skip
+    assert routes == {"own": 10, "relay": 50}
+    assert len(smtp_server.received) == 10 and len(relay_server.received) == 50
+    runtime.engine.dispose()

@@ -26,7 +26,7 @@ from gateway.domain.inbound import InboundMail, Keyword, Kind, MailError, keywor
 from gateway.domain.threading import NO_MATCH, Match, Rule, ids_to_look_up, match
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
-from gateway.store import inbox
+from gateway.store import inbox, live
 from gateway.store.db import utcnow
 from gateway.store.inbox import SentThread
 from gateway.store.outbox import ensure_conversation, upsert_contact
@@ -107,6 +107,7 @@ class Ingest:
                         self._quarantine(conn, batch, one.item, error, now, stats)
             if batch.last_uid is not None:
                 inbox.save_position(conn, batch.mailbox, batch.uidvalidity, batch.last_uid, now)
+            live.notify(conn)
         self.stats.merge(stats)
 
     def release(self, quarantined: int, now: dt.datetime) -> None:

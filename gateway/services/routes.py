@@ -127,6 +127,13 @@ class RouteBook:
             return plain
         return choose_route(own, self.status(Route.RELAY, now), history, self.routing_policy)
 
+    def at_limit(self, route: Route) -> None:
+        """The database says the route has no send left today (other workers used it): treat
+        it as full until the counts are read again."""
+        limit = self.lanes[route].daily_limit
+        if limit is not None:
+            self.counted[route] = max(self.counted.get(route, 0), limit)
+
     def reserve(self, route: Route, now: dt.datetime) -> None:
         """Count a send against the route before it starts, so limits hold with sends in flight."""
         self.in_flight[route] = self.in_flight.get(route, 0) + 1

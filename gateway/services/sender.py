@@ -33,7 +33,14 @@ from gateway.domain.delivery import (
 )
 from gateway.domain.email_out import build_email
 from gateway.domain.quiet import QuietHours, next_allowed, recipient_zones
-from gateway.domain.routing import COUNTS_AGAINST_LIMIT, Route, history_after, is_route_failure
+from gateway.domain.routing import (
+    COUNTS_AGAINST_LIMIT,
+    Choice,
+    History,
+    Route,
+    history_after,
+    is_route_failure,
+)
 from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import utcnow
 from gateway.store.outbox import (
@@ -48,6 +55,7 @@ from gateway.store.outbox import (
 from gateway.store.outbox import (
     postpone as postpone_rows,
 )
+from gateway.store.routes import give_back_quota, take_quota
 from gateway.transport.imap import ImapError, SentFolder
 
 log = logging.getLogger("gateway.sender")
@@ -115,6 +123,9 @@ class Sender:
         self._counted_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         pools = [lane.pool for lane in routes.lanes.values() if lane.pool is not None]
         self._pools = pools
+        # Daily-limit grants held by this worker: route -> [reservation id, sends left].
+        self._allowance: dict[Route, list[Any]] = {}
+        self._allowance_lock = asyncio.Lock()
         self._connections = sum(pool.server.connections for pool in pools) or 1
 
     async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> SenderStats:
@@ -143,6 +154,7 @@ class Sender:
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
             await self._flush()
+            await self._give_back()
             if unsent:
                 self.stats.released += await asyncio.to_thread(
                     release, self.engine, self.worker, unsent, self.clock()
@@ -174,6 +186,7 @@ class Sender:
             if not self._queue.empty() or self._in_flight:
                 await _wait(stop, 0.01)
                 continue
+            await self._give_back()  # idle: what this worker reserved is free for others
             if until_idle:
                 # Outcomes not yet written may still make rows due; write them, then ask once
                 # more before calling it idle.
@@ -213,7 +226,7 @@ class Sender:
         # other route tries at once, as the user would want, rather than after a backoff.
         for _ in range(2):
             now = self.clock()
-            choice = self.routes.choose(history, now)
+            choice, reservation = await self._choose(history, row, now)
             if choice.route is None:
                 decision = postpone(
                     choice.reason, row.first_due_at, now, self.routes.wait_until(now), self.policy
@@ -243,6 +256,7 @@ class Sender:
                     started_at=now,
                     finished_at=finished,
                     final=not moving,
+                    reservation=reservation,
                 )
             )
             self.stats.attempted += 1
@@ -250,6 +264,50 @@ class Sender:
             log.debug("message %s via %s: %s %s", row.id, choice.route, outcome.kind, outcome.reply)
             if not moving:
                 return
+
+    async def _choose(
+        self, history: History, row: Claimed, now: dt.datetime
+    ) -> tuple[Choice, int | None]:
+        """The route for this attempt, and the daily-limit reservation it uses (None when the
+        route has no limit). A limited route sends only what the database granted this worker:
+        every process's sends count, so together they never pass the limit. Grants come in
+        blocks (one database trip per block), smaller as the limit nears."""
+        for _ in range(len(self.routes.lanes) + 1):
+            choice = self.routes.choose(history, now)
+            if choice.route is None:
+                return choice, None
+            limit = self.routes.lanes[choice.route].daily_limit
+            if limit is None:
+                return choice, None
+            held = self._allowance.get(choice.route)
+            if held is None or held[1] <= 0:
+                room = limit - self.routes.sent_24h(choice.route)
+                want = max(1, min(self.batch_size, room // 10))
+                async with self._allowance_lock:
+                    held = self._allowance.get(choice.route)
+                    if held is None or held[1] <= 0:
+                        found = await asyncio.to_thread(
+                            take_quota, self.engine, choice.route.value, limit, want,
+                            self.worker, now, now + self.lease,
+                        )  # fmt: skip
+                        held = [found[0], found[1]] if found[0] is not None else None
+                        if held is None:
+                            self._allowance.pop(choice.route, None)
+                        else:
+                            self._allowance[choice.route] = held
+            if held is not None and held[1] > 0:
+                held[1] -= 1
+                return choice, held[0]
+            self.routes.at_limit(choice.route)
+        return Choice(None, "every route is at its daily limit"), None
+
+    async def _give_back(self) -> None:
+        """Reserved sends not made are handed back, for other workers to use."""
+        ids = [held[0] for held in self._allowance.values() if held[0] is not None]
+        self._allowance.clear()
+        if ids:
+            await self._flush()  # the used ones are counted down first
+            await asyncio.to_thread(give_back_quota, self.engine, ids)
 
     async def _attempt(self, lane: Lane, row: Claimed, now: dt.datetime) -> AttemptOutcome:
         try:

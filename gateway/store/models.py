@@ -193,6 +193,22 @@ class RouteState(SQLModel, table=True):
     opened_at: dt.datetime | None = None
     last_error: str | None = Field(default=None, sa_type=Text)
     updated_at: dt.datetime
+    quota_checked_at: dt.datetime | None = None  # written to lock the row while quota is taken
+
+
+class QuotaReservation(SQLModel, table=True):
+    """Sends a worker may make on a route with a daily limit, taken from the database before
+    it makes them: counted by every worker until each is recorded as an attempt (`remaining`
+    goes down in the same transaction), handed back, or, for a worker that died, expired."""
+
+    __tablename__ = "quota_reservations"
+    __table_args__ = (Index("ix_quota_reservations_route", "route", "expires_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    route: str = Field(max_length=20)
+    worker: str = Field(max_length=100)
+    remaining: int
+    expires_at: dt.datetime
 
 
 class InboundMessage(SQLModel, table=True):

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.delivery import AttemptOutcome, Decision, State
 from gateway.domain.routing import History, Route, history_of
+from gateway.store import live
 from gateway.store.models import (
     DUE_CONDITION,
     FRESH_CONDITION,
@@ -92,6 +93,7 @@ class AttemptRecord:
     # False for an attempt the same worker follows at once on the other route: it is recorded,
     # but the row stays leased and its state is left to the last attempt.
     final: bool = True
+    reservation: int | None = None  # the daily-limit reservation it used, counted down here
 
 
 # --- enqueue ----------------------------------------------------------------------------------
@@ -467,8 +469,14 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
         if updates:
             conn.exec_driver_sql(update_sql, updates)
         conn.exec_driver_sql(insert_sql, history)
+        used = [(r.reservation,) for r in records if r.reservation is not None]
+        if used:
+            # In the same transaction as the attempts: the send moves from reserved to counted.
+            conn.exec_driver_sql(_placeholders(_USE_QUOTA, mark), used)
+        live.notify(conn)
 
 
+_USE_QUOTA = "UPDATE quota_reservations SET remaining = remaining - 1 WHERE id = ?"
 _RECORD_UPDATE = (
     "UPDATE messages SET state = ?, reason = ?, due_at = COALESCE(?, due_at), route = ?, "
     "last_reply = ?, attempts = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?, "

@@ -5,14 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.routing import COUNTS_AGAINST_LIMIT, Breaker, BreakerState
-from gateway.store.models import DeliveryAttempt, RouteState
+from gateway.store.models import DeliveryAttempt, QuotaReservation, RouteState
 
 routes = RouteState.__table__  # type: ignore[attr-defined]
 attempts = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+reservations = QuotaReservation.__table__  # type: ignore[attr-defined]
 
 COUNTED = sorted(kind.value for kind in COUNTS_AGAINST_LIMIT)
 WINDOW = dt.timedelta(hours=24)
@@ -45,6 +46,65 @@ def save_breakers(engine: Engine, breakers: Mapping[str, Breaker], now: dt.datet
                         conn.execute(routes.insert().values(name=name, **values))
                 except IntegrityError:  # another worker inserted it meanwhile
                     conn.execute(update(routes).where(routes.c.name == name).values(**values))
+
+
+def take_quota(
+    engine: Engine,
+    route: str,
+    limit: int,
+    want: int,
+    worker: str,
+    now: dt.datetime,
+    until: dt.datetime,
+) -> tuple[int | None, int]:
+    """Reserve up to `want` sends on `route`, as many as its rolling 24-hour count (with every
+    worker's reserved sends) leaves below `limit`. Returns (reservation id, sends granted);
+    (None, 0) when the route is full. The route's row is written first and so locked until
+    commit (a row lock on PostgreSQL, the write lock on SQLite): two processes can never both
+    take the last send of the day."""
+    with engine.begin() as conn:
+        locked = conn.execute(
+            update(routes).where(routes.c.name == route).values(quota_checked_at=now)
+        ).rowcount
+        if not locked:
+            try:
+                with conn.begin_nested():
+                    conn.execute(routes.insert().values(
+                        name=route, breaker=BreakerState.CLOSED.value, updated_at=now,
+                        quota_checked_at=now))  # fmt: skip
+            except IntegrityError:
+                conn.execute(
+                    update(routes).where(routes.c.name == route).values(quota_checked_at=now)
+                )
+        sent = conn.execute(
+            select(func.count()).where(
+                attempts.c.route == route,
+                attempts.c.finished_at > now - WINDOW,
+                attempts.c.outcome.in_(COUNTED),
+            )
+        ).scalar_one()
+        held = conn.execute(
+            select(func.coalesce(func.sum(reservations.c.remaining), 0)).where(
+                reservations.c.route == route, reservations.c.expires_at > now
+            )
+        ).scalar_one()
+        granted = min(want, limit - sent - int(held))
+        conn.execute(delete(reservations).where(reservations.c.expires_at <= now))
+        if granted <= 0:
+            return None, 0
+        found = conn.execute(
+            reservations.insert()
+            .values(route=route, worker=worker, remaining=granted, expires_at=until)
+            .returning(reservations.c.id)
+        ).scalar_one()
+        return int(found), granted
+
+
+def give_back_quota(engine: Engine, reservations_ids: list[int]) -> None:
+    """Sends reserved but not made (the worker went idle or stops): free for others now."""
+    if reservations_ids:
+        with engine.begin() as conn:
+            conn.execute(delete(reservations).where(reservations.c.id.in_(reservations_ids)))
 
 
 def sent_last_24h(engine: Engine, now: dt.datetime) -> dict[str, int]:

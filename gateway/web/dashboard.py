@@ -34,11 +34,13 @@ from gateway.store import access, overrides, views
 from gateway.store.db import utcnow
 from gateway.store.outbox import cancel_waiting, upsert_contact
 from gateway.web import security
+from gateway.web.live import Wakeup
 from gateway.web.security import Forbidden, NotSignedIn
 
 HERE = Path(__file__).parent
 MAX_FORM = 64 * 1024
 LIVE_POLL_SECONDS = 0.5  # how often the event stream looks for news
+LIVE_POLL_LISTENING_SECONDS = 3.0  # and on PostgreSQL, where NOTIFY wakes it (a safety net)
 LIVE_PING_SECONDS = 15.0  # a comment line keeps proxies from closing a quiet stream
 
 
@@ -616,15 +618,20 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
 
     # --- live updates -----------------------------------------------------------------------
 
+    wakeups: list[Wakeup] = []  # made on the first stream, in the server's event loop
+
     @router.get("/events")
     async def events(request: Request, after: str | None = None) -> Response:
         user_of(request)
+        if not wakeups:
+            wakeups.append(Wakeup(engine()))
+        wakeups[0].start()
         start = _position(request.headers.get("last-event-id") or after)
         if start is None:
             with engine().connect() as conn:
                 start = views.positions(conn)
         return StreamingResponse(
-            _stream(request, engine, start),
+            _stream(request, engine, start, wakeups[0]),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -633,7 +640,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
 
 
 async def _stream(
-    request: Request, engine: Callable[[], Engine], start: tuple[int, int]
+    request: Request, engine: Callable[[], Engine], start: tuple[int, int], wakeup: Wakeup
 ) -> AsyncIterator[str]:
     """Events after `start`: each batch's last event carries the position, so a browser that
     reconnects (EventSource sends Last-Event-ID) gets what it missed and nothing twice."""
@@ -658,7 +665,7 @@ async def _stream(
             yield ": ping\n\n"
             quiet_since = now
         position = new_position
-        await asyncio.sleep(LIVE_POLL_SECONDS)
+        await wakeup.wait(LIVE_POLL_LISTENING_SECONDS if wakeup.listening else LIVE_POLL_SECONDS)
 
 
 def _position(text: str | None) -> tuple[int, int] | None:

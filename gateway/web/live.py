@@ -1,0 +1,69 @@
+"""Wakes the dashboard's event streams when another process stored something (PostgreSQL
+LISTEN/NOTIFY). One listening connection per web process; the streams still look on their own
+every few seconds, so a lost connection costs latency, never an event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import Engine
+
+from gateway.store.live import CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+class Wakeup:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.listening = False  # a LISTEN connection is open now
+
+    @property
+    def available(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def start(self) -> None:
+        """Begin listening (once per process), from inside the running event loop."""
+        if self.available and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait(self, seconds: float) -> None:
+        """Until the next notification, or `seconds`."""
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    def _wake(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def _listen(self) -> None:
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        delay = 1.0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening, delay = True, 1.0
+                    async for _ in conn.notifies():
+                        self._wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database away: the streams poll meanwhile
+                log.warning("live updates: LISTEN failed (%s); again in %.0f s", exc, delay)
+            self.listening = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
