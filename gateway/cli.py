@@ -25,7 +25,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from gateway.config import ConfigError, Settings, load_settings, masked
-from gateway.domain.carriers import GatewayAddress, describe_status, resolve_gateway
+from gateway.domain.carriers import GatewayAddress
+from gateway.domain.gateways import choose_gateway
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.sms import measure
 from gateway.domain.templates import TemplateError
@@ -111,7 +112,8 @@ def _main(
 
 
 def fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    # The message is plain text (it may hold [section] names or a stranger's words): escaped.
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(1)
 
 
@@ -236,14 +238,16 @@ def db_upgrade() -> None:
 
 @carriers_app.command("list")
 def carriers_list(fmt: FormatOption = Format.table) -> None:
-    """Every carrier with its gateway domains, status and dates."""
+    """Every carrier with its gateway domains, status and dates, and every email-to-SMS
+    provider with its address."""
     from gateway.services.carrier_report import carrier_rows
 
     with user_errors():
         runtime = state.runtime()
         rows = carrier_rows(runtime, utcnow().date())
-        columns = ["id", "name", "countries", "sms", "mms", "status", "ends_on", "retired_on"]
-        emit(rows, fmt, columns, f"Carriers ({runtime.carriers_path})")
+        columns = ["id", "name", "kind", "countries", "sms", "address", "status", "ends_on",
+                   "retired_on"]  # fmt: skip
+        emit(rows, fmt, columns, f"Carriers and providers ({runtime.carriers_path})")
 
 
 @carriers_app.command("health")
@@ -255,7 +259,7 @@ def carriers_health(fmt: FormatOption = Format.table) -> None:
         runtime = state.runtime()
         rows = health_rows(runtime, runtime.migrated_engine(), utcnow())
         columns = [
-            "gateway", "carrier", "sent_7d", "bounced_7d", "replied_7d", "bounce_rate_7d",
+            "gateway", "carrier", "kind", "sent_7d", "bounced_7d", "replied_7d", "bounce_rate_7d",
             "sent_30d", "bounced_30d", "replied_30d",
         ]  # fmt: skip
         emit(
@@ -292,7 +296,8 @@ def address(
             found = runtime.carriers.find(carrier)
             if found is None:
                 fail(f"unknown carrier {carrier!r}; `gateway carriers list` shows the ids")
-        target = resolve_gateway(number, found, utcnow().date())
+        today = utcnow().date()
+        target = choose_gateway(number, found, runtime.carriers, runtime.provider_plan, today)
         if isinstance(target, GatewayAddress):
             if fmt is Format.json:
                 out.print_json(
@@ -300,15 +305,18 @@ def address(
                         {
                             "phone": number.e164,
                             "address": target.address,
-                            "carrier": target.carrier.id,
-                            "gateway": target.gateway,
+                            "carrier": found.id if found else None,
+                            "kind": "provider" if target.provider else "carrier",
+                            "gateway": target.gateway_id,
+                            "gateway_domain": target.gateway,
+                            "why": target.why,
                             "warning": target.warning,
                         }
                     )
                 )
             else:
                 out.print(target.address, markup=False)
-                err.print(f"why: {describe_status(target.carrier, utcnow().date())}", markup=False)
+                err.print(f"why: {target.why}", markup=False)
                 if target.warning:
                     err.print(f"warning: {target.warning}", markup=False)
             return
@@ -488,7 +496,7 @@ def send(
             if result.warning:
                 err.print(f"warning: {result.warning}", markup=False)
         if result.state is State.SUPPRESSED:
-            err.print(f"[red]not sent:[/red] {result.reason}", markup=True)
+            err.print(f"[red]not sent:[/red] {escape(result.reason or '')}", markup=True)
             raise typer.Exit(1)
 
 
@@ -976,6 +984,8 @@ def _mail_row(file: str, mail: Any) -> dict[str, Any]:
         "from": mail.sender or None,
         "phone": mail.phone.e164 if mail.phone else None,
         "carrier": mail.carrier,
+        "provider": mail.provider,
+        "provider_report": mail.provider_report.value if mail.provider_report else None,
         "text": mail.text,
         "in_reply_to": mail.in_reply_to,
         "original_message_id": mail.original_message_id,

@@ -236,6 +236,35 @@ class CarrierSettings(_Section):
         return self
 
 
+class GatewaySettings(_Section):
+    """Which email-to-SMS provider (an entry of carriers.yaml's `providers:`) takes texts the
+    contact's carrier cannot: unknown, retired, or within `leave_ending_days` of closing."""
+
+    provider: str | None = None
+    providers_by_country: dict[str, str] = {}  # {CA = "id"}: wins over `provider` there
+    leave_ending_days: int = Field(30, ge=0, le=365)
+
+    @model_validator(mode="after")
+    def _check_gateways(self) -> GatewaySettings:
+        by_country = {}
+        for country, provider in self.providers_by_country.items():
+            code = country.upper()
+            if code not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(f"providers_by_country: {country!r} is not a region code like CA")
+            by_country[code] = provider
+        if by_country != self.providers_by_country:
+            self.providers_by_country = by_country
+        return self
+
+    def named(self) -> list[tuple[str, str]]:
+        """(key, provider id) for every provider these settings name."""
+        named = [("gateways.provider", self.provider)] if self.provider else []
+        return named + [
+            (f"gateways.providers_by_country.{code}", provider)
+            for code, provider in self.providers_by_country.items()
+        ]
+
+
 class TemplateSettings(_Section):
     folder: str = "templates"
 
@@ -334,6 +363,7 @@ class Settings(BaseSettings):
     imap: ImapSettings = ImapSettings()
     inbound: InboundSettings = InboundSettings()
     carriers: CarrierSettings = CarrierSettings()
+    gateways: GatewaySettings = GatewaySettings()
     templates: TemplateSettings = TemplateSettings()
     policy: PolicySettings = PolicySettings()
     rules: RulesSettings = RulesSettings()

@@ -132,10 +132,12 @@ def make_runtime(
     relay: dict | None = None,
     imap: dict | None = None,
     inbound: dict | None = None,
+    gateways: dict | None = None,
     **smtp: object,
 ) -> Runtime:
     """A migrated Runtime whose own server is the test SMTP server on `port` (plain, loopback);
-    `relay`, `imap` and `inbound` add those sections, keyword arguments change [smtp]."""
+    `relay`, `imap`, `inbound` and `gateways` add those sections, keyword arguments change
+    [smtp]."""
     sections: dict[str, dict] = {
         "database": {"url": db_url},
         "smtp": {
@@ -153,6 +155,8 @@ def make_runtime(
         sections["imap"] = imap
     if inbound is not None:
         sections["inbound"] = inbound
+    if gateways is not None:
+        sections["gateways"] = gateways
     settings = load_settings(None, **sections)
     runtime = Runtime(settings)
     upgrade(runtime.engine)

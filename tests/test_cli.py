@@ -422,9 +422,10 @@ def test_parse_prints_one_json_object_per_file_from_any_directory(tmp_path):
     assert first["kind"] == "reply" and first["phone"] == "+12068675309"
     assert (first["carrier"], first["text"]) == ("verizon", "hello world")
     assert set(first) == {
-        "file", "kind", "from", "phone", "carrier", "text", "in_reply_to",
-        "original_message_id", "recipients",
+        "file", "kind", "from", "phone", "carrier", "provider", "provider_report", "text",
+        "in_reply_to", "original_message_id", "recipients",
     }  # fmt: skip
+    assert first["provider"] is None and first["provider_report"] is None
     assert second["kind"] == "bounce"
     statuses = {r["status"]: r for r in second["recipients"]}
     assert statuses["5.1.1"]["smtp_code"] == "550" and statuses["5.1.1"]["permanent"]

@@ -364,6 +364,24 @@ def test_contacts_and_carriers_pages(runtime):
     assert "+12025550143" in client.get("/contacts").text
     carriers = client.get("/carriers").text
     assert "Verizon" in carriers and "retired" in carriers
+    assert "Email-to-SMS providers" in carriers and "{e164}@sms.textapp.net" in carriers
+
+
+def test_every_page_warns_of_contacts_no_gateway_reaches(db_url, smtp_server):
+    """Contacts on a closed carrier with no provider: said at the top of every page, with the
+    count; once a provider takes them, the warning goes."""
+    runtime = make_runtime(db_url, smtp_server.port)
+    access.add_user(runtime.engine, "dana", "dispatcher", PASSWORD, utcnow())
+    for phone in ("+14155550100", "+14155550101"):
+        enqueue(runtime, SendRequest(phone, "att", text="hi"), utcnow())
+    page = client_for(runtime, "dana").get("/conversations").text
+    assert 'role="alert"' in page and "2 contacts on carriers whose email-to-SMS" in page
+    assert "(AT&amp;T)" in page and "[gateways] provider" in page
+    covered = make_runtime(db_url, smtp_server.port, gateways={"provider": "generic"})
+    page = client_for(covered, "dana").get("/failures").text
+    assert 'role="alert"' not in page
+    carriers = client_for(covered, "dana").get("/carriers").text
+    assert "default" in carriers  # where the settings use the generic provider
 
 
 # --- settings -------------------------------------------------------------------------------

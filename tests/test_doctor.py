@@ -152,4 +152,23 @@ def test_doctor_warns_of_contacts_on_retired_carriers(tmp_path, smtp_server):
     runtime.engine.dispose()
     done = run_gateway("doctor", cwd=tmp_path)
     assert done.returncode == 0, done.stdout
-    assert "! carriers: contacts' carriers" in done.stdout and "Sprint (1)" in done.stdout
+    assert "! carriers: contacts' carriers" in done.stdout
+    assert "1 contact on carriers that closed or close within 60 days" in done.stdout
+    assert "no email-to-SMS provider" in done.stdout and "Sprint" in done.stdout
+    assert "[gateways] provider" in done.stdout  # the fix, in words
+
+    # With a provider for the US the same contact is reached: said, not warned.
+    with (tmp_path / "gateway.toml").open("a") as config:
+        config.write('[gateways]\nprovider = "generic"\n')
+    covered = run_gateway("doctor", cwd=tmp_path)
+    assert "✓ carriers: contacts' carriers" in covered.stdout, covered.stdout
+    assert "their texts go through Example provider" in covered.stdout
+    assert "gateways.provider = generic" in covered.stdout
+
+
+def test_doctor_refuses_a_provider_that_is_not_in_carriers_yaml(tmp_path):
+    gateway_folder(tmp_path, extra='[gateways]\nproviders_by_country = {CA = "nosuch"}\n')
+    done = run_gateway("doctor", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "gateways.providers_by_country.CA = 'nosuch' is not a provider" in done.stdout
+    assert "textapp" in done.stdout  # the ids one may use

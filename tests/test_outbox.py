@@ -143,7 +143,10 @@ def test_unreachable_contacts_are_stored_suppressed_with_their_reason(runtime, c
     assert result.state is State.SUPPRESSED and row["state"] == "suppressed"
     assert row["reason"] == reason and row["to_address"] is None
     if carrier == "att":
-        assert row["gateway_reason"] == "AT&T closed its email-to-SMS gateway on 2025-06-17"
+        assert row["gateway_reason"] == (
+            "AT&T closed its email-to-SMS gateway on 2025-06-17; "
+            "configure an email-to-SMS provider ([gateways] provider) to reach it"
+        )
 
 
 def test_opted_out_contact_is_suppressed(runtime):

@@ -3,7 +3,9 @@
 Inbound mail is written by strangers, so everything here takes bytes and returns plain data,
 never raises on odd content (only on bytes that are not a message at all), and bounds its work.
 
-Detectors run in order and the first confident one wins. Reports come first: a carrier's bounce
+Detectors run in order and the first confident one wins. Mail from an email-to-SMS provider is
+read by that provider's own format first (carriers.yaml says how it looks), unless it is a
+standard delivery-status report. Reports come next: a carrier's bounce
 can carry `Re:` and In-Reply-To like a reply (Verizon's do), and mail systems mark bounces
 Auto-Submitted like vacation notices. Our own mail seen in the mailbox comes next, so a copy of
 a text is never read as a reply to itself. What is left is a reply when it comes from a phone
@@ -23,11 +25,11 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from html.parser import HTMLParser
 
-import phonenumbers
-
 from gateway.domain.bounces import Recipient, payload_text, read_report
 from gateway.domain.carriers import CarrierBook
-from gateway.domain.phone import Phone, PhoneError, parse_phone
+from gateway.domain.phone import Phone, sender_phone
+from gateway.domain.providers import ProviderMail, from_a_provider, read_provider_mail
+from gateway.domain.providers import ReportStatus as ProviderReport
 
 
 class Kind(StrEnum):
@@ -69,6 +71,8 @@ class InboundMail:
     recipients: tuple[Recipient, ...] = ()  # a bounce's failed recipients
     feedback_type: str | None = None
     attachments: tuple[str, ...] = ()  # content types of the non-text parts
+    provider: str | None = None  # the email-to-SMS provider whose reply or report this is
+    provider_report: ProviderReport | None = None  # what a provider's report says
 
 
 _ANGLE_ID = re.compile(r"<[^<>\s]{1,250}>")
@@ -108,6 +112,13 @@ def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> Inbound
         attachments=attachments,
     )
 
+    providers = carriers.providers
+    if from_a_provider(providers, sender) and message.get_content_type() != "multipart/report":
+        body = _first_text(message) or _html_text(message)
+        found = read_provider_mail(providers, sender, subject, body)
+        if found is not None:
+            return _from_provider(base, found)
+
     report = read_report(message)
     if report is not None:
         return replace(
@@ -125,6 +136,31 @@ def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> Inbound
     if carrier is not None or names_ours or base.plus_tokens:
         return replace(base, kind=Kind.REPLY, text=reply_text(message))
     return replace(base, text=_clip(_first_text(message)))
+
+
+def _from_provider(base: InboundMail, found: ProviderMail) -> InboundMail:
+    """A provider's reply is a reply like a carrier's; its report becomes a delivery report, or
+    a bounce naming the address we mailed for that number; one it words in a way its format
+    does not know is `other`, for a person to read."""
+    mail = replace(base, phone=found.phone, carrier=None, provider=found.provider.id)
+    if found.report is None:
+        return replace(mail, kind=Kind.REPLY, text=_clip(clean_text(found.text)))
+    words = found.text or found.status_text
+    mail = replace(mail, provider_report=found.report, text=_clip(words))
+    if found.report is ProviderReport.DELIVERED:
+        return replace(mail, kind=Kind.DELIVERY_REPORT)
+    if found.report is ProviderReport.UNKNOWN or found.phone is None:
+        return replace(mail, kind=Kind.OTHER)
+    opted_out = found.report is ProviderReport.OPTED_OUT
+    failed = Recipient(
+        address=found.provider.address_for(found.phone),
+        status="",
+        smtp_code="",
+        reason="optedout" if opted_out else "undefined",
+        permanent=False,  # the provider's word on one text, not on the number
+        diagnostic=_clip(f"{found.provider.name}: {words}")[:500],
+    )
+    return replace(mail, kind=Kind.BOUNCE, recipients=(failed,))
 
 
 def read_message(raw: bytes) -> email.message.Message:
@@ -173,27 +209,7 @@ def _sender(message: email.message.Message) -> str:
 
 def _phone(sender: str, region: str) -> Phone | None:
     """The phone number a gateway address is for (2065550143@vtext.com)."""
-    local = sender.partition("@")[0].lstrip("+")
-    if not local.isdigit() or not 7 <= len(local) <= 15:
-        return None
-    try:
-        return parse_phone(local, region)
-    except PhoneError:
-        pass
-    # A number the plan calls invalid (a test number, a new range) is still the sender's.
-    try:
-        number = phonenumbers.parse(local, region)
-    except phonenumbers.NumberParseException:
-        return None
-    # A local-only number (7 digits in North America) names no phone by itself.
-    possible = phonenumbers.is_possible_number_with_reason(number)
-    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
-        return None
-    return Phone(
-        e164=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
-        national=phonenumbers.national_significant_number(number),
-        region=phonenumbers.region_code_for_number(number),
-    )
+    return sender_phone(sender.partition("@")[0].lstrip("+"), region)
 
 
 def _first_id(value: str) -> str | None:
@@ -320,6 +336,15 @@ class _HtmlText(HTMLParser):
         self.text.append(data)
         if self._pre and data.strip():
             self.preformatted.append(data)
+
+
+def _html_text(message: email.message.Message) -> str:
+    for part in message.walk():
+        if part.get_content_type() == "text/html":
+            reader = _HtmlText()
+            reader.feed(payload_text(part)[:200_000])
+            return "".join(reader.text)
+    return ""
 
 
 def _first_text(message: email.message.Message) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import phonenumbers
@@ -79,3 +80,29 @@ def _parse_reason(exc: phonenumbers.NumberParseException) -> str:
 
 def _short(text: str) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
+
+
+def sender_phone(digits: str, region: str) -> Phone | None:
+    """The phone a gateway or provider says a message came from (digits, + optional), or None.
+
+    Lenient where parse_phone is strict: a number the plan calls invalid (a test number, a new
+    range) is still the sender's. A local-only number (7 digits in North America) names no
+    phone by itself."""
+    if not re.fullmatch(r"\+?\d{7,15}", digits):
+        return None
+    try:
+        return parse_phone(digits, region)
+    except PhoneError:
+        pass
+    try:
+        number = phonenumbers.parse(digits, region)
+    except phonenumbers.NumberParseException:
+        return None
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return None
+    return Phone(
+        e164=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
+        national=phonenumbers.national_significant_number(number),
+        region=phonenumbers.region_code_for_number(number),
+    )

@@ -1,10 +1,13 @@
-"""A stand-in for the carriers' email-to-SMS gateways and the phones behind them, for the demo.
+"""A stand-in for the carriers' email-to-SMS gateways, an email-to-SMS provider, and the phones
+behind them, for the demo.
 
 SMTP servers on loopback (one for the company's own server, one for the hosted relay) take the
 gateway's mail; each "phone" keeps what it received and behaves as real ones do: most answer a
 few seconds later through their carrier's gateway, one answers STOP, and one number does not
-exist, so its carrier sends a delivery-failure report back. Answers and reports are written into
-the company mailbox (a Maildir) the way a delivery agent would. Tests use their own servers.
+exist, so its carrier sends a delivery-failure report back. Mail to the provider's domain is
+texted whatever the carrier: the provider mails a delivery report, and the phone's answer comes
+back in the provider's format (carriers.yaml's `generic` entry). Answers and reports are written
+into the company mailbox (a Maildir) the way a delivery agent would. Tests use their own servers.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class PhoneNetwork:
     phones: dict[str, Phone] = field(default_factory=dict)  # gateway address -> behaviour
     inbox: dict[str, list[Received]] = field(default_factory=lambda: defaultdict(list))
     on_event: Callable[[str], None] | None = None  # told of each text and answer, for the demo
+    # The simulated provider: what it takes mail at, and where its reports come from.
+    provider_domain: str = "sms.provider.example"
+    provider_reports: str = "reports@provider.example"
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _controllers: list[Controller] = field(default_factory=list)
     _answered: set[str] = field(default_factory=set)
@@ -102,6 +108,8 @@ class PhoneNetwork:
                     Received(address, text, message_id, envelope.mail_from, via)
                 )
             phone = self.phones.get(address, Phone())
+            if address.endswith("@" + self.provider_domain):
+                self._later(0.8, self._report, address, "Delivered")
             if phone.unknown_number:
                 self._later(1.0, self._bounce, address, message_id, envelope.mail_from)
                 self._tell(f"{address}: no such number; its carrier will report it")
@@ -138,6 +146,19 @@ class PhoneNetwork:
         )
         self._drop(raw)
         self._tell(f"{address} answered: {text}")
+
+    def _report(self, address: str, status: str) -> None:
+        # The provider's delivery report: labelled lines, as carriers.yaml's `generic` reads.
+        number = "+" + address.split("@")[0]
+        raw = (
+            f"From: Provider reports <{self.provider_reports}>\r\nTo: {self.company}\r\n"
+            f"Subject: Delivery report\r\nDate: {formatdate()}\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@provider.example>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"To: {number}\r\nStatus: {status}\r\nReason: the handset acknowledged it\r\n"
+        ).encode()
+        self._drop(raw)
+        self._tell(f"the provider reports {number}: {status}")
 
     def _bounce(self, address: str, message_id: str, sender: str) -> None:
         domain = address.split("@")[1]

@@ -5,7 +5,9 @@ server (with a small daily limit, so traffic moves to the relay part-way) and on
 relay, both handing texts to simulated phones; a Maildir as the company mailbox, which the
 phones answer into; the sender, the mailbox reader and the dashboard running in this process.
 Seeded customers, a driver and an order show every path: answers threaded back, STOP, a number
-that does not exist, a retired carrier, an unknown carrier, the per-contact cap, the relay.
+that does not exist, contacts on retired carriers reached through an email-to-SMS provider (its
+delivery report, an answer in its format), a number no gateway reaches, the per-contact cap,
+the relay.
 
 With `--exit-after SECONDS` it runs unattended, prints a summary, and exits 0 only when every
 expected outcome happened; without, it keeps serving the dashboard until Ctrl-C, and the phones
@@ -47,6 +49,7 @@ from gateway.store.inbox import inbound
 from gateway.store.outbox import contacts, messages
 
 OWN_DAILY_LIMIT = 6  # the own server's quota in the demo: the texts after it go by the relay
+PROVIDER_DOMAIN = "sms.provider.example"  # carriers.yaml's `generic` provider, simulated
 LOGINS = (("dispatcher", "dispatcher", "demo-dispatcher"), ("admin", "admin", "demo-admin-pw"))
 
 # The demo order's time zone: the first of these where it is daytime now, so its texts are
@@ -81,8 +84,12 @@ PEOPLE = (
            "opted out, and was told so"),
     Person("Hal", "+12025550100", "verizon", "2025550100@vtext.com",
            Phone(unknown_number=True), "bounced"),
-    Person("Dan", "+14155550100", "att", None, Phone(), "not sent: AT&T closed its gateway"),
-    Person("Eve", "+17185550177", None, None, Phone(), "not sent: carrier not known"),
+    Person("Dan", "+14155550100", "att", f"14155550100@{PROVIDER_DOMAIN}",
+           Phone("Thanks, I'll be in"), "AT&T closed: through the provider, answered"),
+    Person("Ivy", "+12025550134", "tmobile", f"12025550134@{PROVIDER_DOMAIN}", Phone(),
+           "T-Mobile closed: through the provider, delivered"),
+    Person("Eve", "+447400123456", None, None, Phone(),
+           "not sent: carrier not known, provider not in GB"),
     Person("Fay", "+12025550161", "verizon", "2025550161@vtext.com", Phone("👍"),
            "order W-2001 texts, the fourth held by the hourly cap"),
 )  # fmt: skip
@@ -108,7 +115,8 @@ def _first_texts() -> list[tuple[Person, SendRequest]]:
             "waiting at the Elm Street depot before 17:00. Thanks!")),
         to("Gus", "order_confirmed", "A-1007", window="09:00-11:00"),
         to("Hal", "order_confirmed", "A-1008", window="10:00-12:00"),
-        to("Dan", "order_confirmed", "A-1005"),
+        to("Dan", "order_confirmed", "A-1005", window="13:00-15:00"),
+        to("Ivy", "out_for_delivery", "A-1009", driver_name="Sam", eta="15:10"),
         to("Eve", "order_confirmed", "A-1006"),
     ]  # fmt: skip
 
@@ -143,6 +151,7 @@ class _Demo:
         network = PhoneNetwork(
             maildir=maildir,
             company="dispatch@demo.example",
+            provider_domain=PROVIDER_DOMAIN,
             phones={p.address: p.behaviour for p in PEOPLE if p.address},
             on_event=lambda line: self._from_thread(loop, line),
         )
@@ -166,6 +175,7 @@ class _Demo:
             f'[relay]\nenabled = true\nhost = "127.0.0.1"\nport = {relay}\nsecurity = "none"\n'
             'from_address = "Dispatch via relay <relay@relay.demo.example>"\n'
             f'[inbound]\nmaildir = "{maildir.resolve()}"\n'
+            '[gateways]\nprovider = "generic"  # texts to closed carriers go through it\n'
             f"[web]\nport = {web}\n[sender]\nidle_poll_seconds = 0.2\n",
             encoding="utf-8",
         )
@@ -267,7 +277,8 @@ class _Demo:
         with runtime.engine.connect() as conn:
             rows = conn.execute(
                 select(messages.c.id, messages.c.to_phone, messages.c.state, messages.c.reason,
-                       messages.c.route, messages.c.order_id, messages.c.rule)
+                       messages.c.route, messages.c.order_id, messages.c.rule,
+                       messages.c.gateway)
             ).all()  # fmt: skip
             replies = conn.execute(
                 select(inbound.c.phone, inbound.c.kind, inbound.c.text, inbound.c.keyword)
@@ -300,8 +311,12 @@ class _Demo:
                 ) and len(told) >= 2  # fmt: skip
             elif person.expect == "bounced":
                 ok = any(r.state == State.BOUNCED.value for r in mine)
-            elif "closed its gateway" in person.expect:
-                ok = bool(mine) and all(r.reason == "carrier_retired" for r in mine)
+            elif "through the provider" in person.expect:
+                reports = [x for x in facts["replies"] if x.phone == person.phone
+                           and x.kind == "delivery_report"]  # fmt: skip
+                via = [r for r in mine if r.gateway == PROVIDER_DOMAIN]
+                final = State.REPLIED if person.expect.endswith("answered") else State.DELIVERED
+                ok = bool(via) and bool(reports) and any(r.state == final.value for r in via)
             elif "carrier not known" in person.expect:
                 ok = bool(mine) and all(r.reason == "carrier_unknown" for r in mine)
             else:  # Fay's order
@@ -338,6 +353,8 @@ class _Demo:
             answer = next((x.text for x in theirs if x.kind == "reply"), "")
             if not answer and any(r.state == State.BOUNCED.value for r in mine):
                 answer = "(its carrier's failure report)"
+            if not answer and any(r.state == State.DELIVERED.value for r in mine):
+                answer = "(the provider's delivery report)"
             mark = "[green]✓[/green]" if outcomes[person.name] else "[red]✗[/red]"
             table.add_row(f"{person.name}\n{person.phone}", states, routes, escape(answer[:40]),
                           person.expect, mark)  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import os
 import socket
 import ssl
@@ -23,7 +22,6 @@ from typing import Any
 import aiosmtplib
 
 from gateway.config import ConfigError, ImapSettings, ServerSettings, load_settings
-from gateway.domain.carriers import CarrierStatus
 from gateway.domain.delivery import AUTH_HINT
 from gateway.store.db import DatabaseError, make_engine, require_current, utcnow
 from gateway.transport.imap import ImapError, ImapServer, sign_in
@@ -297,8 +295,6 @@ async def check_imap(imap: ImapSettings) -> list[Step]:
 
 # --- the whole check, as `gateway doctor` runs it ------------------------------------------------
 
-ENDING_SOON = dt.timedelta(days=90)
-
 
 async def diagnose(config: str | Path | None, send_to: str | None = None) -> list[Step]:
     """Every check in order: configuration, database, own server, relay, mailbox, carriers.
@@ -399,54 +395,39 @@ def _safe(url: str) -> str:
 
 async def _check_carriers(runtime: Any, database_ok: bool) -> list[Step]:
     steps = _Steps()
-    book: list[Any] = []
 
     async def table() -> str:
-        book.append(runtime.carriers)
-        return f"{len(list(runtime.carriers))} carriers from {runtime.carriers_path}"
+        book = runtime.carriers  # loading it checks the file and the [gateways] provider ids
+        providers = runtime.settings.gateways.named()
+        using = ", ".join(f"{key} = {value}" for key, value in providers) or "no provider set"
+        return (
+            f"{len(book)} carriers and {len(book.providers)} providers from "
+            f"{runtime.carriers_path}; {using}"
+        )
 
     async def contacts() -> str:
-        from sqlalchemy import func, select
-
-        from gateway.store.outbox import contacts as table
+        from gateway.services.carrier_report import at_risk
 
         today = utcnow().date()
         if not database_ok:
             return "contacts not looked at (the database is not ready)"
         try:
-            with runtime.engine.connect() as conn:
-                counts = dict(
-                    conn.execute(
-                        select(table.c.carrier, func.count())
-                        .where(table.c.carrier.is_not(None), table.c.opted_out.is_(False))
-                        .group_by(table.c.carrier)
-                    ).all()
-                )
+            risks = at_risk(runtime, runtime.engine, today)
         except Exception:
             return "no contacts to look at (the database is not ready)"
-        retired, ending = [], []
-        for carrier_id, count in sorted(counts.items()):
-            carrier = book[0].find(carrier_id)
-            if carrier is None:
-                continue
-            status = carrier.status_on(today)
-            if status is CarrierStatus.RETIRED:
-                retired.append(f"{carrier.name} ({count})")
-            elif carrier.ends_on and carrier.ends_on - today <= ENDING_SOON:
-                ending.append(f"{carrier.name} on {carrier.ends_on} ({count})")
-        if retired or ending:
-            parts = []
-            if retired:
-                parts.append("contacts on retired gateways, whose texts are not sent: "
-                             + ", ".join(retired))  # fmt: skip
-            if ending:
-                parts.append("contacts on gateways closing soon: " + ", ".join(ending))
+        stranded = [risk for risk in risks if risk.provider is None]
+        if stranded:
+            count = sum(risk.contacts for risk in stranded)
             raise _Warning(
-                "; ".join(parts),
-                "ask these contacts for their carrier again, or route them through an "
-                "email-to-SMS provider (carriers.yaml)",
+                f"{count} contact{'s' if count != 1 else ''} on carriers that closed or close "
+                "within 60 days, with no email-to-SMS provider to take them: "
+                + "; ".join(risk.describe(today) for risk in stranded),
+                "set [gateways] provider to a provider in carriers.yaml (`gateway carriers "
+                "list` shows them), or ask these contacts for their carrier again",
             )
-        return f"{sum(counts.values())} contacts, none on a retired or closing gateway"
+        if risks:
+            return "; ".join(risk.describe(today) for risk in risks)
+        return "no contacts on a retired or closing gateway"
 
     if await steps.run("carriers.yaml", table):
         await steps.run("contacts' carriers", contacts)

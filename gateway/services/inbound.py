@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from gateway.domain.bounces import Recipient
 from gateway.domain.inbound import InboundMail, Keyword, Kind, MailError, keyword_of, parse_mail
+from gateway.domain.providers import ReportStatus as ProviderReport
 from gateway.domain.threading import NO_MATCH, Match, Rule, ids_to_look_up, match
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
@@ -208,8 +209,11 @@ class Ingest:
         since = now - self.window
         ids = {ref for one in fresh for ref in ids_to_look_up(one.mail, domain)}
         by_id = inbox.sent_by_message_id(conn, sorted(ids))
-        replies = [one for one in fresh if one.mail.kind is Kind.REPLY and one.mail.phone]
-        phones = sorted({one.mail.phone.e164 for one in replies if one.mail.phone})
+        # A reply names its sender's phone; so does a provider's delivery report.
+        phones = sorted(
+            {one.mail.phone.e164 for one in fresh if one.mail.phone
+             and (_by_phone(one.mail) or one.mail.provider)}
+        )  # fmt: skip
         to_phone = inbox.latest_sent_to(conn, "to_phone", phones, since)
         addresses = sorted(
             {one.mail.recipients[0].address for one in fresh if one.mail.kind is Kind.BOUNCE
@@ -227,13 +231,15 @@ class Ingest:
         for one in fresh:
             mail = one.mail
             latest = None
-            if mail.kind is Kind.REPLY and mail.phone is not None:
+            if mail.phone is not None and _by_phone(mail):
                 latest = to_phone.get(mail.phone.e164)
             elif mail.kind is Kind.BOUNCE and mail.recipients:
                 latest = to_address.get(mail.recipients[0].address)
             found = match(mail, domain, sents, latest.sent if latest else None, now, self.window)
             thread = _thread_of(found, by_id, latest)
             contact = thread.contact if thread else None
+            if contact is None and mail.provider and mail.phone and mail.kind is not Kind.REPLY:
+                contact = contact_of.get(mail.phone.e164)  # a report on a text not matched
             conversation = thread.conversation if thread else None
             keyword = keyword_of(mail.text) if mail.kind is Kind.REPLY else None
             if mail.kind is Kind.REPLY and mail.phone is not None:
@@ -281,12 +287,20 @@ class Ingest:
             inbox.mark_delivered(conn, thread.sent.id, now)
         elif mail.kind is Kind.BOUNCE and thread is not None and mail.recipients:
             failed = mail.recipients[0]
-            inbox.mark_bounced(conn, thread.sent.id, bounce_reason(failed), now)
+            reason = bounce_reason(failed)
+            if mail.provider and mail.provider_report:
+                reason = f"bounced: {mail.provider} reported {mail.provider_report.value}"
+                reason += f": {mail.text[:300]}" if mail.text else ""
+            inbox.mark_bounced(conn, thread.sent.id, reason, now)
             gateway = thread.gateway
             on_gateway = gateway is not None and failed.address.endswith("@" + gateway)
-            if failed.permanent and on_gateway and contact is not None:
+            if failed.permanent and on_gateway and contact is not None and not mail.provider:
                 why = f"{gateway} said the address is bad: {failed.reason}"
                 inbox.doubt_carrier(conn, contact, why, now)
+        if mail.provider_report is ProviderReport.OPTED_OUT and contact is not None:
+            # The provider will refuse this number from now on: record it as an opt-out, so
+            # texts are held as `opted_out` instead of failing one by one.
+            inbox.set_opted_out(conn, contact, True, now)
         if keyword is not None and contact is not None and mail.phone is not None:
             self._answer(conn, keyword, contact, mail.phone.e164, key, now, stats)
 
@@ -322,6 +336,14 @@ class Ingest:
             log.warning("no answer to %s from %s: %s", keyword.value, phone, exc)
             return
         stats.answers += 1
+
+
+def _by_phone(mail: InboundMail) -> bool:
+    """Threaded by its phone number: a reply, or a provider's delivery report (a carrier's
+    bounce names the address that failed instead)."""
+    return mail.kind is Kind.REPLY or (
+        mail.provider is not None and mail.kind is Kind.DELIVERY_REPORT
+    )
 
 
 def _thread_of(

@@ -15,9 +15,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
 
-from gateway.domain.carriers import GatewayAddress, Unreachable, resolve_gateway
+from gateway.domain.carriers import GatewayAddress, Unreachable
 from gateway.domain.delivery import State
 from gateway.domain.email_out import check_field, message_id_for
+from gateway.domain.gateways import choose_gateway
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.quiet import next_allowed, recipient_zones, zone
 from gateway.domain.routing import Route
@@ -148,14 +149,14 @@ def enqueue(
         conversation_id = ensure_conversation(conn, contact_id, order_id, now)
 
         due_at, stale = _when(runtime, conn, request, phone.e164, contact_id, order_id, now)
-        target = resolve_gateway(phone, carrier, now.date())
+        target = choose_gateway(phone, carrier, runtime.carriers, runtime.provider_plan, now.date())
         if opted_out and not request.answers_keyword:
             target = Unreachable("opted_out", f"{phone.e164} has opted out of texts")
         if isinstance(target, GatewayAddress):
             mode = LongText(settings.policy.long_text)
-            parts = fit(text, target.carrier.max_length, mode)
+            parts = fit(text, target.max_length, mode)
             state, reason = State.QUEUED, None
-            address, gateway, why = target.address, target.gateway, _why(target)
+            address, gateway, why = target.address, target.gateway, target.why
         else:
             parts = [text]
             state, reason = State.SUPPRESSED, target.reason
@@ -244,9 +245,3 @@ def _part_keys(key: str | None) -> list[str]:
     if key is None:
         return []
     return [key] + [f"{key}#{index}" for index in range(2, 10)]
-
-
-def _why(target: GatewayAddress) -> str:
-    carrier = target.carrier
-    why = f"contact's carrier {carrier.name} ({carrier.id}): {target.gateway}"
-    return f"{why}; warning: {target.warning}" if target.warning else why

@@ -13,9 +13,11 @@ from typing import Any, Literal
 from sqlalchemy import Engine
 
 from gateway.config import ConfigError, ServerSettings, Settings, locate, with_changes
-from gateway.domain.carriers import CarrierBook, CarrierFileError, load_carriers
+from gateway.domain.carriers import CarrierBook, CarrierFileError
+from gateway.domain.carriers_file import load_carriers
 from gateway.domain.delivery import RetryPolicy
 from gateway.domain.email_out import Mailbox
+from gateway.domain.gateways import ProviderPlan
 from gateway.domain.inbound import Identity
 from gateway.domain.quiet import zone
 from gateway.domain.routing import Route
@@ -53,9 +55,23 @@ class Runtime:
                 f"carriers file {str(path)!r} cannot be read: {exc.strerror}"
             ) from None
         try:
-            return load_carriers(text, str(path))
+            book = load_carriers(text, str(path))
         except CarrierFileError as exc:
             raise ConfigError(str(exc)) from None
+        for key, provider_id in self.settings.gateways.named():
+            if book.provider(provider_id) is None:
+                known = ", ".join(p.id for p in book.providers) or "none"
+                raise ConfigError(
+                    f"{key} = {provider_id!r} is not a provider in {path} (providers: {known})"
+                )
+        return book
+
+    @property
+    def provider_plan(self) -> ProviderPlan:
+        gateways = self.settings.gateways
+        return ProviderPlan(
+            gateways.provider, dict(gateways.providers_by_country), gateways.leave_ending_days
+        )
 
     @cached_property
     def templates_path(self) -> Path:

@@ -369,6 +369,17 @@ def set_thread(
     )
 
 
+def contacts_per_carrier(engine: Engine) -> dict[str, int]:
+    """Contacts who may still be texted (not opted out), per carrier id."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(contacts.c.carrier, func.count())
+            .where(contacts.c.carrier.is_not(None), contacts.c.opted_out.is_(False))
+            .group_by(contacts.c.carrier)
+        ).all()
+    return {row[0]: row[1] for row in rows}
+
+
 def gateway_counts(engine: Engine, since: dt.datetime) -> dict[str, dict[str, int]]:
     """Per gateway domain since `since`: texts sent, bounced, and replies received."""
     counts: dict[str, dict[str, int]] = {}

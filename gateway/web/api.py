@@ -255,8 +255,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get(f"{API}/carriers", tags=["carriers"])
     async def get_carriers(token: Token) -> Response:
-        keys = ("id", "name", "kind", "countries", "sms", "mms", "status", "ends_on",
-                "retired_on", "source")  # fmt: skip
+        keys = ("id", "name", "kind", "countries", "sms", "mms", "address", "status",
+                "ends_on", "retired_on", "source")  # fmt: skip
         rows = [{k: row[k] for k in keys} for row in carrier_rows(runtime, utcnow().date())]
         return JSONResponse(_jsonable({"carriers": rows}))
 

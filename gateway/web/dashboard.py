@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from gateway.domain.routing import Route
 from gateway.domain.sms import LongText, fit, measure, normalise
 from gateway.domain.templates import TemplateError
 from gateway.services import live_settings
-from gateway.services.carrier_report import carrier_rows, health_rows
+from gateway.services.carrier_report import at_risk, carrier_rows, health_rows
 from gateway.services.doctor import check_imap, check_smtp
 from gateway.services.inbound import Ingest, manual_thread
 from gateway.services.orders import OrderError, Orders
@@ -42,6 +43,7 @@ MAX_FORM = 64 * 1024
 LIVE_POLL_SECONDS = 0.5  # how often the event stream looks for news
 LIVE_POLL_LISTENING_SECONDS = 3.0  # and on PostgreSQL, where NOTIFY wakes it (a safety net)
 LIVE_PING_SECONDS = 15.0  # a comment line keeps proxies from closing a quiet stream
+ALERT_SECONDS = 60.0  # how long the count of unreachable contacts is reused
 
 
 def _when(value: Any) -> str:
@@ -75,6 +77,25 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
     templates = make_templates()
     orders_service = Orders(runtime)
 
+    alert: dict[str, Any] = {"at": -ALERT_SECONDS, "text": None}
+
+    def gateway_alert() -> str | None:
+        """Contacts whose texts will not go (their carrier closed or closes within 60 days, and
+        no provider takes them), said on every page; counted once a minute."""
+        if time.monotonic() - alert["at"] >= ALERT_SECONDS:
+            risks = [r for r in at_risk(runtime, engine(), utcnow().date()) if r.provider is None]
+            count = sum(r.contacts for r in risks)
+            names = ", ".join(r.carrier.name for r in risks)
+            alert["text"] = (
+                f"{count} contact{'s' if count != 1 else ''} on carriers whose email-to-SMS "
+                f"gateway is closed or closes within 60 days ({names}), and no email-to-SMS "
+                "provider is configured to reach them ([gateways] provider)."
+                if risks
+                else None
+            )
+            alert["at"] = time.monotonic()
+        return alert["text"]  # type: ignore[no-any-return]
+
     def page(request: Request, name: str, user: access.SignedIn | None, **context: Any) -> Any:
         live = getattr(request.state, "live_after", None)
         return templates.TemplateResponse(
@@ -84,6 +105,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
                 "user": user,
                 "csrf": user.csrf if user else "",
                 "live_after": f"{live[0]}.{live[1]}" if live else "",
+                "gateway_alert": gateway_alert() if user else None,
                 **context,
             },
         )

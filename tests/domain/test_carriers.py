@@ -8,9 +8,9 @@ from gateway.domain.carriers import (
     CarrierStatus,
     GatewayAddress,
     Unreachable,
-    load_carriers,
     resolve_gateway,
 )
+from gateway.domain.carriers_file import load_carriers
 from gateway.domain.phone import parse_phone
 
 SHIPPED = Path(__file__).resolve().parents[2] / "carriers.yaml"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.carriers import load_carriers
+from gateway.domain.carriers_file import load_carriers
 from gateway.domain.inbound import (
     Identity,
     Keyword,
