@@ -123,11 +123,12 @@ def test_every_placeholder_renders(template, phone, address):
 
 def test_shipped_providers_load_with_their_sources(shipped):
     ids = [p.id for p in shipped.providers]
-    assert ids == ["textapp", "worldtext", "generic"]
+    assert ids == ["textapp", "worldtext", "gatewayapi", "generic"]
     textapp = shipped.provider("textapp")
     assert textapp.address_for(UK) == "+447400123456@sms.textapp.net"
     assert textapp.authorise_sender and textapp.max_length == 918 and textapp.replies
     assert shipped.provider("worldtext").address_for(UK) == "447400123456@sms.world-text.com"
+    assert shipped.provider("gatewayapi").address_for(UK) == "447400123456@smtp.gatewayapi.com"
     assert all(p.source for p in shipped.providers)
     assert shipped.find("textapp") is None  # a provider is no carrier a contact is on
 
