@@ -163,6 +163,42 @@ async def test_own_down_relay_takes_over_then_traffic_returns_after_the_cooldown
     assert load_breakers(runtime.engine)["own"].state.value == "closed"
 
 
+async def test_a_breaker_one_worker_opens_holds_in_a_worker_already_running(
+    db_url, relay_server
+):
+    """Breakers are shared through the database: a worker that started with the own route
+    closed stops trying it within a refresh (1 s) of another worker opening its breaker."""
+    from gateway.domain.delivery import AttemptOutcome, OutcomeKind
+    from gateway.domain.routing import Route
+    from gateway.services.carrier_sim import free_port
+
+    runtime = runtime_for(db_url, free_port(), relay_server.port)  # nothing listens on own
+    stop = asyncio.Event()
+    running = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy,
+                     batch_size=20, idle_poll=0.05)  # fmt: skip
+    task = asyncio.create_task(running.run(stop))
+    try:
+        await asyncio.sleep(0.3)  # it has read the breakers: all closed
+        other = runtime.route_book()  # another process's sender
+        other.load(runtime.engine, utcnow())
+        refused = AttemptOutcome(OutcomeKind.NETWORK, "connection refused", phase="connect")
+        for _ in range(3):
+            other.observe(Route.OWN, refused, utcnow())
+        other.save(runtime.engine, utcnow())
+        await asyncio.sleep(1.5)
+        ids = fill(runtime, 3)
+        for _ in range(200):
+            if all(rows(runtime)[i].state == "sent" for i in ids):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    tried = [a.route for i in ids for a in history(runtime, i)]
+    assert tried == ["relay"] * 3  # never the own server, whose breaker the other opened
+    assert len(relay_server.received) == 3
+
+
 async def test_both_down_all_wait_none_lost_then_all_sent(sqlite_url):
     from gateway.services.carrier_sim import free_port
 

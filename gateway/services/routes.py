@@ -166,10 +166,18 @@ class RouteBook:
     # --- sharing with the database (other workers, `gateway routes`) -------------------------
 
     def load(self, engine: Engine, now: dt.datetime) -> None:
-        stored = load_breakers(engine)
-        for route in Route:
-            if route.value in stored:
-                self.breakers[route] = stored[route.value]
+        self.dirty = False
+        self.refresh(engine, now)
+
+    def refresh(self, engine: Engine, now: dt.datetime) -> None:
+        """Breakers and counts as the database holds them: what every worker saw and sent, so
+        a breaker one process opens holds in all of them within a refresh. A breaker changed
+        here and not yet saved is kept (callers save first)."""
+        if not self.dirty:
+            stored = load_breakers(engine)
+            for route in Route:
+                if route.value in stored:
+                    self.breakers[route] = stored[route.value]
         self.refresh_counts(engine, now)
 
     def wrote(self, routes: list[Route]) -> None:

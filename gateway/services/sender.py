@@ -394,9 +394,10 @@ class Sender:
             if self.routes.dirty:
                 await asyncio.to_thread(self.routes.save, self.engine, now)
             if now - self._counted_at >= COUNT_EVERY:
-                # Other workers send too: take the routes' 24-hour counts from the database.
+                # Other workers send and fail too: take the routes' 24-hour counts and breakers
+                # from the database.
                 self._counted_at = now
-                await asyncio.to_thread(self.routes.refresh_counts, self.engine, now)
+                await asyncio.to_thread(self.routes.refresh, self.engine, now)
         except Exception:  # route state is shared best effort; it is written again next time
             log.exception("sharing route state failed")
 
