@@ -690,7 +690,12 @@ async def _report_progress(stats: SenderStats) -> None:
 
 def _describe_stats(stats: SenderStats) -> str:
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_outcome.items())) or "none"
-    return f"attempts {stats.attempted}: {outcomes}"
+    recovered = (
+        f"; {stats.recovered} taken over from a dead worker (each may have gone twice)"
+        if stats.recovered
+        else ""
+    )
+    return f"attempts {stats.attempted}: {outcomes}{recovered}"
 
 
 def run_async(main: Callable[[], Any]) -> None:

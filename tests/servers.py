@@ -26,6 +26,13 @@ class Faults:
     drop_after: str | None = None  # "mail", "rcpt" or "data" (after the final ".")
     data_delay: float = 0.0
     by_recipient: dict[str, str] = field(default_factory=dict)  # rcpt address -> RCPT reply
+    # Stop at a phase until the test sets `release`, having set `reached`: "mail" (MAIL sent,
+    # no reply yet), "rcpt" (RCPT sent, no reply), "data" (the final "." in, no reply), or
+    # "accepted" (the message taken, its 250 about to go). A client gone by then is not
+    # answered, and its message not taken: the server queues only what it says 250 to.
+    hold_at: str | None = None
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -33,6 +40,18 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     content: bytes
+
+
+async def _held(faults: Faults, phase: str, server: Any) -> bool:
+    """Hold at `phase` if asked; True when the client is still there afterwards."""
+    if faults.hold_at != phase:
+        return True
+    faults.reached.set()
+    for _ in range(3000):  # 30 s at most
+        if faults.release.is_set():
+            break
+        await asyncio.sleep(0.01)
+    return not server.transport.is_closing()
 
 
 class RecordingHandler:
@@ -56,6 +75,8 @@ class RecordingHandler:
         if self.faults.drop_after == "mail":
             server.transport.abort()
             return "250 OK"
+        if not await _held(self.faults, "mail", server):
+            return "421 4.4.2 the client went away"
         if self.faults.mail_reply:
             return self.faults.mail_reply
         envelope.mail_from = address
@@ -71,6 +92,8 @@ class RecordingHandler:
         reply = self.faults.by_recipient.get(address) or self.faults.rcpt_reply
         if reply:
             return reply
+        if not await _held(self.faults, "rcpt", server):
+            return "421 4.4.2 the client went away"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -79,6 +102,9 @@ class RecordingHandler:
             await asyncio.sleep(self.faults.data_delay)
         if self.faults.data_reply:
             return self.faults.data_reply
+        for phase in ("data", "accepted"):
+            if not await _held(self.faults, phase, server):
+                return "421 4.4.2 the client went away"  # never taken, never answered
         with self.lock:
             self.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)

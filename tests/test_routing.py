@@ -163,9 +163,7 @@ async def test_own_down_relay_takes_over_then_traffic_returns_after_the_cooldown
     assert load_breakers(runtime.engine)["own"].state.value == "closed"
 
 
-async def test_a_breaker_one_worker_opens_holds_in_a_worker_already_running(
-    db_url, relay_server
-):
+async def test_a_breaker_one_worker_opens_holds_in_a_worker_already_running(db_url, relay_server):
     """Breakers are shared through the database: a worker that started with the own route
     closed stops trying it within a refresh (1 s) of another worker opening its breaker."""
     from gateway.domain.delivery import AttemptOutcome, OutcomeKind

@@ -63,6 +63,7 @@ log = logging.getLogger("gateway.sender")
 # A row is not started this close to the end of its lease (another worker may take it then):
 # this long, or a quarter of a short lease.
 LEASE_MARGIN = dt.timedelta(seconds=5)
+RECOVERED_NOTE = "; taken over from a dead worker's lease: its attempt may have been delivered"
 RECORD_EVERY = 0.05  # seconds: how long an outcome may wait to be written with others
 COUNT_EVERY = dt.timedelta(seconds=1)  # how often the routes' counts are read again
 COPY_BACKLOG = 10_000  # Sent-folder copies waiting at most; past that, copies are skipped
@@ -76,6 +77,8 @@ class SenderStats:
     released: int = 0
     copied: int = 0  # copies in the Sent folder
     copies_failed: int = 0
+    # Texts taken over from a dead worker's expired lease: each may reach its phone twice.
+    recovered: int = 0
     by_outcome: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -179,6 +182,14 @@ class Sender:
                 claim_due, self.engine, self.worker, self.clock(), self.lease, self.batch_size
             )
             self.stats.claimed += len(rows)
+            recovered = sum(1 for row in rows if row.recovered)
+            if recovered:
+                self.stats.recovered += recovered
+                log.warning(
+                    "took over %d texts whose worker died holding them: any the server had "
+                    "already accepted goes out twice, with the same Message-ID",
+                    recovered,
+                )
             for row in rows:
                 self._queue.put_nowait(row)
             if rows:
@@ -250,7 +261,7 @@ class Sender:
                     number=number,
                     worker=self.worker,
                     route=choice.route.value,
-                    route_reason=choice.reason,
+                    route_reason=choice.reason + (RECOVERED_NOTE if row.recovered else ""),
                     outcome=outcome,
                     decision=decision,
                     started_at=now,

@@ -77,6 +77,10 @@ class Claimed:
     quiet: bool = False
     to_phone: str = ""
     order_zone: str | None = None
+    # Taken from a lease that ran out: the worker that held it died or stalled, perhaps after
+    # the server took the text and before the outcome was written. Sending it again may
+    # deliver it twice (with the same Message-ID); that possibility is counted and recorded.
+    recovered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +336,7 @@ def claim_due(
     """
     lease_until = now + lease
     claimed: list[Any] = []
+    recovered: set[int] = set()
     with engine.begin() as conn:
         cancel_stale(conn, now)
         for condition, order in (
@@ -371,6 +376,8 @@ def claim_due(
                     messages.c.pinned_route,
                 )
             ).all()
+            if order is messages.c.lease_until:
+                recovered = {r.id for r in claimed}  # what the expired leases gave
         # Retries need their history to choose a route; first attempts (nearly all) have none.
         retried = [r.id for r in claimed if r.attempts > 0]
         histories: dict[int, list[tuple[str, str, str | None]]] = {}
@@ -404,6 +411,7 @@ def claim_due(
             quiet=bool(r.respect_quiet_hours),
             to_phone=r.to_phone,
             order_zone=zones.get(r.order_id) if r.order_id else None,
+            recovered=r.id in recovered,
         )
         for r in claimed
     ]
