@@ -17,10 +17,11 @@ import os
 import random
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from gateway.domain.delivery import (
     AttemptOutcome,
@@ -59,11 +60,13 @@ from gateway.store.routes import give_back_quota, take_quota
 from gateway.transport.imap import ImapError, SentFolder
 
 log = logging.getLogger("gateway.sender")
+T = TypeVar("T")
 
 # A row is not started this close to the end of its lease (another worker may take it then):
 # this long, or a quarter of a short lease.
 LEASE_MARGIN = dt.timedelta(seconds=5)
 RECOVERED_NOTE = "; taken over from a dead worker's lease: its attempt may have been delivered"
+DATABASE_BACKOFF_CAP = 30.0  # seconds between tries while the database refuses every write
 RECORD_EVERY = 0.05  # seconds: how long an outcome may wait to be written with others
 COUNT_EVERY = dt.timedelta(seconds=1)  # how often the routes' counts are read again
 COPY_BACKLOG = 10_000  # Sent-folder copies waiting at most; past that, copies are skipped
@@ -129,6 +132,7 @@ class Sender:
         # Daily-limit grants held by this worker: route -> [reservation id, sends left].
         self._allowance: dict[Route, list[Any]] = {}
         self._allowance_lock = asyncio.Lock()
+        self._database_failures = 0  # in a row: how long to wait before the next try
         self._connections = sum(pool.server.connections for pool in pools) or 1
 
     async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> SenderStats:
@@ -178,9 +182,12 @@ class Sender:
             if self._queue.qsize() >= low_water:
                 await _wait(stop, 0.005)
                 continue
-            rows = await asyncio.to_thread(
-                claim_due, self.engine, self.worker, self.clock(), self.lease, self.batch_size
-            )
+            rows = await self._database(
+                stop, "claiming texts", claim_due,
+                self.engine, self.worker, self.clock(), self.lease, self.batch_size,
+            )  # fmt: skip
+            if rows is None:
+                continue  # the database refused; _database waited before giving it back
             self.stats.claimed += len(rows)
             recovered = sum(1 for row in rows if row.recovered)
             if recovered:
@@ -202,10 +209,30 @@ class Sender:
                 # Outcomes not yet written may still make rows due; write them, then ask once
                 # more before calling it idle.
                 await self._flush()
-                if await asyncio.to_thread(count_due, self.engine, self.clock()) == 0:
+                due = await self._database(
+                    stop, "counting due texts", count_due, self.engine, self.clock()
+                )
+                if due == 0:
                     return
                 continue
             await _wait(stop, self.idle_poll)
+
+    async def _database(self, stop: asyncio.Event, what: str, work: Callable[..., T],
+                        *args: Any) -> T | None:  # fmt: skip
+        """`work(*args)` in a thread; None, after a growing wait, when the database refuses
+        (locked past its busy timeout, its disk full, or away): the loop goes on, and resumes
+        by itself when the database does."""
+        try:
+            result = await asyncio.to_thread(work, *args)
+        except (OperationalError, InterfaceError) as exc:
+            self._database_failures += 1
+            wait = min(DATABASE_BACKOFF_CAP, 0.5 * 2 ** (self._database_failures - 1))
+            reason = str(exc.orig) if exc.orig is not None else str(exc)
+            log.warning("%s failed (%s); trying again in %.1f s", what, reason, wait)
+            await _wait(stop, wait)
+            return None
+        self._database_failures = 0
+        return result
 
     async def _send_loop(self) -> None:
         while True:

@@ -1,0 +1,152 @@
+"""The database in trouble: locked for longer than the busy timeout, and a disk that fills up
+(a small tmpfs). The API answers 503 and writes nothing; the sender backs off and resumes when
+the database is writable again; no text is lost, sent twice, or left half-written (a text is
+`sent` exactly when its attempt is stored)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import errno
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select
+
+from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.runtime import Runtime
+from gateway.services.sender import Sender
+from gateway.store.access import create_token
+from gateway.store.db import utcnow
+from gateway.store.outbox import attempts, messages
+from gateway.web.app import create_app
+from tests.conftest import make_runtime
+
+MESSAGE = {"to": "+12025550199", "carrier": "verizon", "text": "Your order is on its way"}
+
+
+def fill(runtime: Runtime, count: int) -> list[int]:
+    return [
+        enqueue(runtime, SendRequest(f"+1202555{n:04d}", "verizon", text=f"Order {n}"),
+                utcnow()).ids[0]
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def consistent(runtime: Runtime) -> dict[str, int]:
+    """The states, after checking nothing is half-written: every text `sent` has its attempt
+    stored, and no attempt belongs to a text still waiting."""
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(select(messages.c.id, messages.c.state, messages.c.attempts)).all()
+        tried = dict(
+            conn.execute(
+                select(attempts.c.message_id, func.count()).group_by(attempts.c.message_id)
+            ).all()
+        )
+    for row in rows:
+        assert tried.get(row.id, 0) == row.attempts, row
+        assert (row.state == "sent") == (row.attempts == 1), row
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row.state] = states.get(row.state, 0) + 1
+    return states
+
+
+async def until(predicate, seconds: float) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_locked_past_the_busy_timeout_the_sender_backs_off_and_resumes(tmp_path, smtp_server):
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    runtime = make_runtime(url, smtp_server.port)
+    fill(runtime, 20)
+    # A sender whose database gives up on a lock after 0.2 s, while another writer holds it 3 s.
+    impatient = create_engine(url, connect_args={"timeout": 0.2})
+    sender = Sender(impatient, runtime.route_book(), runtime.retry_policy, idle_poll=0.05)
+    holder = sqlite3.connect(tmp_path / "gw.db", timeout=5, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await asyncio.sleep(3)
+        assert not task.done(), "the sender gave up on a locked database"
+        assert not smtp_server.received  # it could claim nothing, so it sent nothing
+    finally:
+        holder.rollback()
+        holder.close()
+    try:
+        assert await until(lambda: consistent(runtime) == {"sent": 20}, 30)
+    finally:
+        stop.set()
+        await task
+        impatient.dispose()
+    assert len(smtp_server.received) == 20  # each once
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "4m"):
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_the_disk(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+async def test_a_full_disk_gives_503_and_the_sender_resumes_when_there_is_room(
+    tmp_path, smtp_server
+):
+    with small_disk(tmp_path / "small") as disk:
+        url = f"sqlite:///{disk / 'gw.db'}"
+        runtime = make_runtime(url, smtp_server.port)
+        token = create_token(runtime.engine, "erp", utcnow())
+        fill(runtime, 20)
+        with runtime.engine.connect() as conn:  # the WAL emptied: every write now needs room
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        filler = fill_the_disk(disk)
+
+        api = TestClient(create_app(runtime), raise_server_exceptions=False)
+        api.headers["Authorization"] = f"Bearer {token}"
+        answer = api.post("/api/v1/messages", json=MESSAGE)
+        assert answer.status_code == 503 and answer.json()["error"] == "database_unavailable"
+        assert consistent(runtime) == {"queued": 20}  # the API wrote nothing, not even a part
+
+        sender = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy,
+                        idle_poll=0.05, lease=dt.timedelta(seconds=120))  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        try:
+            await asyncio.sleep(2)
+            assert not task.done(), "the sender gave up on a full disk"
+            assert set(consistent(runtime)) <= {"queued", "sent"}
+            filler.unlink()  # room again
+            assert await until(lambda: consistent(runtime) == {"sent": 20}, 30)
+        finally:
+            stop.set()
+            await task
+        assert len(smtp_server.received) == 20  # none twice, none lost
+        assert api.post("/api/v1/messages", json=MESSAGE).status_code == 201
+        runtime.engine.dispose()
