@@ -21,6 +21,7 @@ BENCHMARKS = [
     "inbound.py",
     "dashboard.py",
     "scale_out.py",
+    "memory.py",
 ]
 
 TARGETS = {
@@ -36,6 +37,9 @@ TARGETS = {
     ("inbound", "idle_latency_p50_s"): ("<=", 1.0),
     ("dashboard", "list_p95_ms"): ("<=", 100),
     ("dashboard", "thread_p95_ms"): ("<=", 100),
+    ("dashboard", "sse_lag_p50_s"): ("<=", 1.0),
+    ("dashboard", "sse_lag_p95_s"): ("<=", 1.5),
+    ("memory", "rss_mb"): ("<=", 200),
     # A flat line is fine on 2 cores; a drop is not.
     ("scale_out", "min_ratio_to_one"): (">=", 0.9),
 }
