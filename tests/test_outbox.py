@@ -239,6 +239,35 @@ def test_concurrent_claimers_never_share_a_row(runtime):
     assert len(ids) == len(set(ids)) == 200
 
 
+def test_concurrent_texts_to_one_new_number_make_one_contact_and_conversation(runtime):
+    """Eight writers enqueue to the same new number at once: one contact (the losers of the
+    insert find the winner's row) and one conversation, every text stored."""
+    from sqlalchemy import func, select
+
+    from gateway.store.outbox import contacts, conversations
+
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        start.wait()
+        try:
+            enqueue(runtime, SendRequest("+12025550188", "verizon", text=f"text {n}"), NOW)
+        except BaseException as exc:  # a thread cannot raise into the test: kept, asserted
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with runtime.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(contacts)).scalar() == 1
+        assert conn.execute(select(func.count()).select_from(conversations)).scalar() == 1
+    assert len(rows(runtime)) == 8
+
+
 def test_utcnow_is_aware():
     assert utcnow().tzinfo is not None
 

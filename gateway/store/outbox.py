@@ -107,36 +107,39 @@ def upsert_contact(
     conn: Connection, phone: str, carrier: str | None, carrier_source: str, now: dt.datetime
 ) -> tuple[int, str | None, bool]:
     """The contact for `phone` (created if new; its carrier updated when one is given).
-    Returns its id, its carrier and whether it opted out."""
-    row = conn.execute(
-        select(contacts.c.id, contacts.c.carrier, contacts.c.opted_out).where(
-            contacts.c.phone == phone
-        )
-    ).first()
+    Returns its id, its carrier and whether it opted out.
+
+    Every enqueue runs this, so it talks to the driver directly (as record_attempts does):
+    building the statements through SQLAlchemy was most of an enqueue's time. A contact that
+    a concurrent writer creates first is found by ON CONFLICT DO NOTHING, with no savepoint."""
+    mark, time_param = _driver_style(conn)
+    at = time_param(now)
+    row = conn.exec_driver_sql(_placeholders(_CONTACT_FIND, mark), (phone,)).first()
     if row is None:
-        new_id = insert_once(
-            conn,
-            insert(contacts)
-            .values(
-                phone=phone,
-                carrier=carrier,
-                carrier_source=carrier_source if carrier else None,
-                opted_out=False,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(contacts.c.id),
-            select(contacts.c.id).where(contacts.c.phone == phone),
+        made = conn.exec_driver_sql(
+            _placeholders(_CONTACT_INSERT, mark),
+            (phone, carrier, carrier_source if carrier else None, False, at, at),
+        ).scalar()
+        if made is not None:
+            return int(made), carrier, False
+        row = conn.exec_driver_sql(_placeholders(_CONTACT_FIND, mark), (phone,)).one()
+    contact_id, known, opted_out = int(row[0]), row[1], bool(row[2])
+    if carrier is not None and carrier != known:
+        conn.exec_driver_sql(
+            _placeholders(_CONTACT_CARRIER, mark), (carrier, carrier_source, at, contact_id)
         )
-        return new_id, carrier, False
-    if carrier is not None and carrier != row.carrier:
-        conn.execute(
-            update(contacts)
-            .where(contacts.c.id == row.id)
-            .values(carrier=carrier, carrier_source=carrier_source, updated_at=now)
-        )
-        return row.id, carrier, row.opted_out
-    return row.id, row.carrier, row.opted_out
+        return contact_id, carrier, opted_out
+    return contact_id, known, opted_out
+
+
+_CONTACT_FIND = "SELECT id, carrier, opted_out FROM contacts WHERE phone = ?"
+_CONTACT_INSERT = (
+    "INSERT INTO contacts (phone, carrier, carrier_source, opted_out, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (phone) DO NOTHING RETURNING id"
+)
+_CONTACT_CARRIER = (
+    "UPDATE contacts SET carrier = ?, carrier_source = ?, updated_at = ? WHERE id = ?"
+)
 
 
 def ensure_order(conn: Connection, ref: str, customer_id: int, now: dt.datetime) -> int:
@@ -170,29 +173,38 @@ def insert_once(conn: Connection, statement: Any, find: Any) -> int:
 def ensure_conversation(
     conn: Connection, contact_id: int, order_id: int | None, now: dt.datetime
 ) -> int:
-    found = conn.execute(
-        select(conversations.c.id)
-        .where(
-            conversations.c.contact_id == contact_id,
-            conversations.c.order_id.is_(None)
-            if order_id is None
-            else conversations.c.order_id == order_id,
-        )
-        .order_by(conversations.c.id)
-        .limit(1)
-    ).scalar()
+    """The conversation with the contact about the order (or about no order), its last message
+    time moved to `now`; created when there is none. Driver SQL, as in upsert_contact."""
+    mark, time_param = _driver_style(conn)
+    at = time_param(now)
+    if order_id is None:
+        found = conn.exec_driver_sql(
+            _placeholders(_CONVERSATION_BARE, mark), (contact_id,)
+        ).scalar()
+    else:
+        found = conn.exec_driver_sql(
+            _placeholders(_CONVERSATION_OF_ORDER, mark), (contact_id, order_id)
+        ).scalar()
     if found is not None:
-        conn.execute(
-            update(conversations).where(conversations.c.id == found).values(last_message_at=now)
-        )
+        conn.exec_driver_sql(_placeholders(_CONVERSATION_TOUCH, mark), (at, found))
         return int(found)
-    return int(
-        conn.execute(
-            insert(conversations)
-            .values(contact_id=contact_id, order_id=order_id, created_at=now, last_message_at=now)
-            .returning(conversations.c.id)
-        ).scalar_one()
-    )
+    made = conn.exec_driver_sql(
+        _placeholders(_CONVERSATION_NEW, mark), (contact_id, order_id, at, at, 0)
+    ).scalar_one()
+    return int(made)
+
+
+_CONVERSATION_BARE = (
+    "SELECT id FROM conversations WHERE contact_id = ? AND order_id IS NULL ORDER BY id LIMIT 1"
+)
+_CONVERSATION_OF_ORDER = (
+    "SELECT id FROM conversations WHERE contact_id = ? AND order_id = ? ORDER BY id LIMIT 1"
+)
+_CONVERSATION_TOUCH = "UPDATE conversations SET last_message_at = ? WHERE id = ?"
+_CONVERSATION_NEW = (
+    "INSERT INTO conversations (contact_id, order_id, created_at, last_message_at, "
+    "read_inbound_id) VALUES (?, ?, ?, ?, ?) RETURNING id"
+)
 
 
 def find_by_key(conn: Connection, keys: Sequence[str]) -> list[dict[str, Any]]:
