@@ -1,0 +1,58 @@
+"""The mailbox at its worst, against a real Dovecot: a 50 MB literal read whole and one past
+`max_bytes` kept as its head. (The server restarting mid-IDLE, going silent, a UIDVALIDITY
+change, the same message delivered twice and unreadable mail are in tests/test_imap_inbound.)
+No message is lost or stored twice, and the worker's memory stays bounded by what it keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+
+import pytest
+from sqlalchemy import select
+
+from gateway.store.inbox import inbound, quarantine
+from gateway.transport.mailsource import HEAD_BYTES
+from tests.test_imap_inbound import count, drain, folder_in, reply, runtime_for
+
+pytestmark = pytest.mark.slow
+FIFTY_MB = 50_000_000
+
+
+def fifty_megabytes(n: int) -> bytes:
+    # A reply with a 50 MB body: what a phone's MMS, forwarded and re-encoded, can grow to.
+    return reply(n, body="On my way\r\n" + ("y" * 76 + "\r\n") * (FIFTY_MB // 78))
+
+
+async def test_a_50_mb_literal_is_read_whole_and_stored_once(sqlite_url, smtp_server, dovecot):
+    folder = folder_in(dovecot)
+    runtime = runtime_for(sqlite_url, smtp_server, dovecot, folder, timeout_seconds=60,
+                          inbound={"max_bytes": 64_000_000})  # fmt: skip
+    await asyncio.to_thread(dovecot.append, fifty_megabytes(1), folder)
+    dovecot.append(reply(2, body="and the next one"), folder)
+    stats = await drain(runtime)
+    assert (stats.stored, stats.quarantined) == (2, 0)
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(select(inbound.c.size, inbound.c.text).order_by(inbound.c.uid)).all()
+    assert rows[0].size > FIFTY_MB and rows[0].text.startswith("On my way")
+    assert len(rows[0].text) <= 2000  # what a person typed is kept short
+    assert rows[1].text == "and the next one"
+    assert (await drain(runtime)).stored == 0 and count(runtime) == 2  # never twice
+
+
+async def test_a_50_mb_message_past_max_bytes_keeps_its_head(sqlite_url, smtp_server, dovecot):
+    folder = folder_in(dovecot)
+    runtime = runtime_for(sqlite_url, smtp_server, dovecot, folder)  # max_bytes: the default
+    await asyncio.to_thread(dovecot.append, fifty_megabytes(1), folder)
+    dovecot.append(reply(2, body="after the big one"), folder)
+    tracemalloc.start()
+    try:
+        stats = await drain(runtime)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (stats.stored, stats.quarantined) == (1, 1)
+    with runtime.engine.connect() as conn:
+        (held,) = conn.execute(select(quarantine)).all()
+    assert held.size > FIFTY_MB and len(held.raw) == HEAD_BYTES  # 64 KB kept, not 50 MB
+    assert peak < 20_000_000  # the worker never held the 50 MB message, only its head
