@@ -1,6 +1,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.domain.templates import SUFFIX, TemplateBook, TemplateError
 
@@ -85,3 +87,48 @@ def test_variables_are_reported():
         "driver_name",
         "eta",
     }
+
+
+# --- hostile variables ------------------------------------------------------------------------
+
+HOSTILE = st.one_of(
+    st.text(max_size=300),
+    st.sampled_from([
+        "{{ 7 * 7 }}", "{% for x in range(10**9) %}x{% endfor %}", "{{ ''.__class__.__mro__ }}",
+        "{{ self.__init__.__globals__ }}", "\r\nBcc: x@y.example", "\x00\x1b[31m", "🚚" * 100,
+        "</script><script>alert(1)</script>", "{#", "{%", "}}", "%s%s%s%n", "\\u0000",
+    ]),
+)  # fmt: skip
+
+
+@given(name=HOSTILE, ref=HOSTILE, driver=HOSTILE, eta=HOSTILE)
+def test_hostile_variables_are_text_never_template_code(name, ref, driver, eta):
+    """Whatever a variable holds (Jinja syntax, attribute walks, control characters), it is
+    put in as text: never evaluated, never an exception other than TemplateError."""
+    variables = {"customer_name": name, "order_ref": ref, "driver_name": driver, "eta": eta}
+    text = BOOK.render("out_for_delivery", variables)
+    for value in variables.values():
+        assert value in text  # as given, not rendered again
+    assert "49" not in text or "49" in "".join(variables.values())
+
+
+@given(st.text(max_size=400))
+def test_a_hostile_template_source_is_refused_or_rendered_in_the_sandbox(source):
+    try:
+        book = TemplateBook({"typed": source})
+        book.render("typed", {})
+    except TemplateError as exc:
+        assert str(exc)  # refused with a reason
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ ''.__class__.__mro__[1].__subclasses__() }}", "{{ cycler.__init__.__globals__ }}",
+     "{{ self._TemplateReference__context }}", "{{ range(10**10) | list }}"],
+)  # fmt: skip
+def test_sandbox_escapes_are_refused_with_the_template_named(source):
+    with pytest.raises(TemplateError, match="typed"):
+        TemplateBook({"typed": source}).render("typed", {})
+
+
+BOOK = shipped()

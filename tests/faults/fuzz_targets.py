@@ -1,0 +1,93 @@
+"""Fuzz targets for atheris (coverage-guided): `python fuzz_targets.py TARGET -runs=N`.
+
+Each target feeds the fuzzer's bytes to a parser that takes input from strangers. A rejection
+with a reason (MailError, PhoneError, ValueError from a header check) is the expected answer to
+bad input; any other exception escapes, and atheris reports it as a crash with the input that
+caused it. tests/faults/test_fuzz.py runs each briefly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+import atheris
+
+with atheris.instrument_imports():
+    from gateway.domain.carriers_file import load_carriers
+    from gateway.domain.email_out import Mailbox, OutboundEmail, build_email
+    from gateway.domain.inbound import Identity, MailError, keyword_of, parse_mail
+    from gateway.domain.phone import PhoneError, parse_phone
+    from gateway.domain.sms import LongText, fit, measure, normalise
+
+REPO = Path(__file__).resolve().parents[2]
+BOOK = load_carriers((REPO / "carriers.yaml").read_text())
+IDENTITY = Identity(frozenset({"dispatch@example.com"}), "example.com")
+
+
+def inbound_mail(data: bytes) -> None:
+    try:
+        mail = parse_mail(data, BOOK, IDENTITY)
+    except MailError as exc:
+        assert str(exc)
+        return
+    keyword_of(mail.text)
+    assert len(mail.text) <= 2000
+
+
+def phone_number(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    try:
+        phone = parse_phone(text, "US")
+    except PhoneError as exc:
+        assert exc.reason
+        return
+    assert phone.e164.startswith("+")
+
+
+def sms_text(data: bytes) -> None:
+    text = normalise(data.decode("utf-8", "replace"))
+    if not text:
+        return
+    measure(text)
+    for mode in LongText:
+        parts = fit(text, 160, mode)
+        assert all(measure(part).segments >= 1 for part in parts)
+
+
+OURS = (b"From:", b"To:", b"Subject:", b"Date:", b"Message-ID:", b"Reply-To:",
+        b"MIME-Version:", b"Content-Type:", b"Content-Transfer-Encoding:")  # fmt: skip
+WHEN = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
+
+
+def email_headers(data: bytes) -> None:
+    """Every field that reaches a header, from the fuzzer: refused with a reason, or a message
+    whose header lines are ours alone (a line break never starts a header of its own)."""
+    to, sender, subject, reply_to, body = (data.decode("utf-8", "replace").split("\x1f")
+                                           + [""] * 5)[:5]  # fmt: skip
+    try:
+        raw = build_email(OutboundEmail(
+            sender=Mailbox.parse(sender or "Dispatch <dispatch@example.com>", "From"),
+            to=to or "2025550143@vtext.com", message_id="<a@example.com>", date=WHEN,
+            body=body, subject=subject,
+            reply_to=Mailbox.parse(reply_to, "Reply-To") if reply_to else None,
+        ))  # fmt: skip
+    except ValueError as exc:
+        assert str(exc)
+        return
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n"):
+        assert line.startswith(OURS) or line[:1] in (b" ", b"\t"), line
+
+
+TARGETS = {
+    "inbound_mail": inbound_mail,
+    "phone_number": phone_number,
+    "sms_text": sms_text,
+    "email_headers": email_headers,
+}
+
+if __name__ == "__main__":
+    target = TARGETS[sys.argv[1]]
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    atheris.Fuzz()
