@@ -29,8 +29,23 @@ from tests.conftest import gateway_folder
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "correct horse battery"
 PHONE, ADDRESS = "+12025550143", "2025550143@vtext.com"
-HOSTILE = (
-    '<script>window.hacked=1</script><img src=x onerror="window.hacked=2"> tap javascript:alert(1)'
+# Each would set window.hacked if the page ever treated a reply as markup; the htmx one would
+# make the page fetch on its own (htmx processes attributes of anything inserted).
+HOSTILE = "\n".join([
+    "<script>window.hacked=1</script>",
+    '<img src=x onerror="window.hacked=2"> tap javascript:alert(1)',
+    '<svg onload="window.hacked=3"><circle r="1"/></svg>',
+    '<iframe srcdoc="<script>parent.hacked=4</script>"></iframe>',
+    '<a href="javascript:window.hacked=5">open</a>',
+    '"><body onload="window.hacked=6">',
+    "<math><mtext><table><mglyph><style><img src=x onerror=window.hacked=7>",
+    "{{constructor.constructor('window.hacked=8')()}}",
+    '<div hx-get="/logout" hx-trigger="load">x</div>',
+    "<style>body{display:none}</style>",
+])  # fmt: skip
+INJECTED = (
+    "#messages li.in :is(script, img, svg, iframe, style, math, body, a[href^='javascript'], "
+    "[onload], [onerror], [hx-get])"
 )
 
 
@@ -221,9 +236,11 @@ def test_a_dispatcher_day_in_the_browser(gateway, browser, smtp_server, relay_se
     # A hostile reply is text on the screen, and nothing of it runs.
     gateway.reply(message_id, HOSTILE)
     item = page.wait_for_selector("#messages li.in >> text=window.hacked", timeout=20_000)
-    assert "<script>" in item.inner_text()
+    shown = item.inner_text()
+    for payload in HOSTILE.split("\n"):
+        assert payload.split(">")[0] in shown  # each one there, as the characters it is
     assert page.evaluate("window.hacked") is None
-    assert page.locator("#messages script, #messages img").count() == 0
+    assert page.locator(INJECTED).count() == 0
     assert page.evaluate("window.sameDocument") is True
     assert errors == []
 
