@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import quopri
 import re
 from dataclasses import dataclass
@@ -58,7 +59,19 @@ class Mailbox:
     def header(self) -> str:
         if not self.name:
             return self.address
-        return email.utils.formataddr((self.name, self.address), charset="utf-8")
+        return _named_address(self.name, self.address)
+
+
+# The sender writes the same From and, within a second, the same Date on every message:
+# formatting them each time was about 8% of its time (py-spy on bench/send_throughput.py).
+@functools.lru_cache(maxsize=64)
+def _named_address(name: str, address: str) -> str:
+    return email.utils.formataddr((name, address), charset="utf-8")
+
+
+@functools.lru_cache(maxsize=8)
+def _date_header(second: dt.datetime) -> str:
+    return email.utils.format_datetime(second)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +125,7 @@ def build_email(mail: OutboundEmail) -> bytes:
         f"From: {sender}",
         f"To: {mail.to}",
         f"Subject: {_encode_words(mail.subject)}",
-        f"Date: {email.utils.format_datetime(mail.date)}",
+        f"Date: {_date_header(mail.date.replace(microsecond=0))}",
         f"Message-ID: {mail.message_id}",
     ]
     if mail.reply_to is not None:
