@@ -191,6 +191,9 @@ class FixedRoute(RouteBook):
     def refresh_counts(self, engine: Engine, now: dt.datetime) -> None:
         pass
 
+    def refresh(self, engine: Engine, now: dt.datetime) -> None:
+        pass
+
     def save(self, engine: Engine, now: dt.datetime) -> None:
         pass
 

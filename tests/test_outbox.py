@@ -361,3 +361,34 @@ def test_a_foreign_key_error_is_raised_not_retried_forever(runtime):
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     with pytest.raises(IntegrityError), runtime.engine.begin() as conn:
         ensure_order(conn, "A-404", customer_id=999_999, now=NOW)
+
+
+def test_sends_recorded_against_a_reservation_count_it_down(runtime):
+    """A daily-limit grant is counted down by the attempts that used it, in their own
+    transaction (several in one batch), and what it holds counts against the limit."""
+    from sqlalchemy import select
+
+    from gateway.domain.delivery import AttemptOutcome, Decision, OutcomeKind
+    from gateway.store.outbox import AttemptRecord, claim_due, record_attempts
+    from gateway.store.routes import reservations, take_quota
+
+    queue(runtime, 3)
+    claimed = claim_due(runtime.engine, "w1", NOW, LEASE, 10)
+    grant, granted = take_quota(runtime.engine, "own", 12, 10, "w1", NOW, NOW + LEASE)
+    assert granted == 10
+    # Another worker may have only what is left of the limit: 12 - 10 held.
+    assert take_quota(runtime.engine, "own", 12, 10, "w2", NOW, NOW + LEASE)[1] == 2
+    sent = Decision(State.SENT, None, "sent")
+    record_attempts(runtime.engine, [
+        AttemptRecord(message=c.id, number=1, worker="w1", route="own", route_reason="test",
+                      outcome=AttemptOutcome(OutcomeKind.ACCEPTED, "250 ok", 250),
+                      decision=sent, started_at=NOW, finished_at=NOW, reservation=grant)
+        for c in claimed
+    ])  # fmt: skip
+    with runtime.engine.connect() as conn:
+        left = conn.execute(
+            select(reservations.c.remaining).where(reservations.c.id == grant)
+        ).scalar_one()
+    assert left == 7
+    # The three sends now count as sent, the rest of the grant as held: the limit is full.
+    assert take_quota(runtime.engine, "own", 12, 10, "w3", NOW, NOW + LEASE) == (None, 0)

@@ -320,7 +320,10 @@ class Sender:
             held = self._allowance.get(choice.route)
             if held is None or held[1] <= 0:
                 room = limit - self.routes.sent_24h(choice.route)
-                want = max(1, min(self.batch_size, room // 10))
+                # A tenth of what is left at a time, so workers share the last sends of the
+                # day; with room to spare, blocks of up to ten batches keep the trips rare
+                # (each holds the route's row lock while it counts the day's attempts).
+                want = max(1, min(10 * self.batch_size, room // 10))
                 async with self._allowance_lock:
                     held = self._allowance.get(choice.route)
                     if held is None or held[1] <= 0:

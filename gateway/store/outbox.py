@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -489,14 +490,17 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
         if updates:
             conn.exec_driver_sql(update_sql, updates)
         conn.exec_driver_sql(insert_sql, history)
-        used = [(r.reservation,) for r in records if r.reservation is not None]
+        used = Counter(r.reservation for r in records if r.reservation is not None)
         if used:
-            # In the same transaction as the attempts: the send moves from reserved to counted.
-            conn.exec_driver_sql(_placeholders(_USE_QUOTA, mark), used)
+            # In the same transaction as the attempts: the sends move from reserved to counted
+            # (one statement per reservation, not per send: a batch nearly always has one).
+            conn.exec_driver_sql(
+                _placeholders(_USE_QUOTA, mark), [(n, rid) for rid, n in used.items()]
+            )
         live.notify(conn)
 
 
-_USE_QUOTA = "UPDATE quota_reservations SET remaining = remaining - 1 WHERE id = ?"
+_USE_QUOTA = "UPDATE quota_reservations SET remaining = remaining - ? WHERE id = ?"
 _RECORD_UPDATE = (
     "UPDATE messages SET state = ?, reason = ?, due_at = COALESCE(?, due_at), route = ?, "
     "last_reply = ?, attempts = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?, "
