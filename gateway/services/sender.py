@@ -348,7 +348,10 @@ class Sender:
         self._allowance.clear()
         if ids:
             await self._flush()  # the used ones are counted down first
-            await asyncio.to_thread(give_back_quota, self.engine, ids)
+            try:
+                await asyncio.to_thread(give_back_quota, self.engine, ids)
+            except (OperationalError, InterfaceError) as exc:  # they expire with the lease
+                log.warning("handing back reserved sends failed (%s); they expire", exc.orig)
 
     async def _attempt(self, lane: Lane, row: Claimed, now: dt.datetime) -> AttemptOutcome:
         try:
