@@ -150,3 +150,43 @@ async def test_a_full_disk_gives_503_and_the_sender_resumes_when_there_is_room(
         assert len(smtp_server.received) == 20  # none twice, none lost
         assert api.post("/api/v1/messages", json=MESSAGE).status_code == 201
         runtime.engine.dispose()
+
+
+async def test_a_full_disk_holds_inbound_mail_until_there_is_room(tmp_path, smtp_server):
+    """The mailbox reader cannot store: it keeps the batch (nothing marked done, nothing
+    quarantined) and stores each message once when the disk has room again."""
+    from gateway.services.inbound import Ingest, Receiver
+    from gateway.store.inbox import inbound, quarantine
+    from gateway.transport.mailsource import deliver_to_maildir
+
+    maildir = tmp_path / "Maildir"
+    for n in range(5):
+        raw = (f"From: 202555010{n}@vtext.com\r\nTo: dispatch@example.com\r\nSubject: \r\n"
+               f"Message-ID: <full{n}@vtext.com>\r\n\r\nreply {n}\r\n").encode()  # fmt: skip
+        deliver_to_maildir(maildir, raw, f"full{n}.host")
+    with small_disk(tmp_path / "small") as disk:
+        runtime = make_runtime(f"sqlite:///{disk / 'gw.db'}", smtp_server.port,
+                               inbound={"maildir": str(maildir)})  # fmt: skip
+        with runtime.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        filler = fill_the_disk(disk)
+
+        def stored() -> int:
+            with runtime.engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(inbound)).scalar_one()
+
+        receiver = Receiver(Ingest(runtime, runtime.engine), runtime.mail_source(runtime.engine))
+        stop = asyncio.Event()
+        task = asyncio.create_task(receiver.run(stop))
+        try:
+            await asyncio.sleep(1.5)
+            assert not task.done() and stored() == 0
+            assert len(list((maildir / "new").iterdir())) == 5  # still waiting, none taken
+            filler.unlink()
+            assert await until(lambda: stored() == 5, 20)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+        with runtime.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(quarantine)).scalar_one() == 0
+        runtime.engine.dispose()
