@@ -6,6 +6,8 @@ No message is lost or stored twice, and the worker's memory stays bounded by wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import tracemalloc
 
 import pytest
@@ -14,6 +16,8 @@ from sqlalchemy import select
 from gateway.store.inbox import inbound, quarantine
 from gateway.transport.mailsource import HEAD_BYTES
 from tests.test_imap_inbound import count, drain, folder_in, reply, runtime_for
+
+_LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
 
 pytestmark = pytest.mark.slow
 FIFTY_MB = 50_000_000
@@ -56,3 +60,58 @@ async def test_a_50_mb_message_past_max_bytes_keeps_its_head(sqlite_url, smtp_se
         (held,) = conn.execute(select(quarantine)).all()
     assert held.size > FIFTY_MB and len(held.raw) == HEAD_BYTES  # 64 KB kept, not 50 MB
     assert peak < 20_000_000  # the worker never held the 50 MB message, only its head
+
+
+class DoublingProxy:
+    """A relay to the server that sends every untagged FETCH response twice, literal and all,
+    as a buggy server or middlebox might: the same UID served twice in one answer."""
+
+    async def __aenter__(self) -> DoublingProxy:
+        self.doubled = 0
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def upstream() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    up_writer.write(data)
+                    await up_writer.drain()
+
+        async def downstream() -> None:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while line := await up_reader.readline():
+                    response = line
+                    while found := _LITERAL.search(line):  # the literal, then what follows
+                        response += await up_reader.readexactly(int(found.group(1)))
+                        line = await up_reader.readline()
+                        response += line
+                    copies = 2 if re.match(rb"\* \d+ FETCH ", response) else 1
+                    self.doubled += copies - 1
+                    writer.write(response * copies)
+                    await writer.drain()
+
+        await asyncio.gather(upstream(), downstream())
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+
+async def test_the_same_uid_served_twice_is_stored_once(sqlite_url, smtp_server, dovecot):
+    folder = folder_in(dovecot)
+    for n in range(3):
+        dovecot.append(reply(n, body=f"reply {n}"), folder)
+    async with DoublingProxy(dovecot.port) as proxy:
+        runtime = runtime_for(sqlite_url, smtp_server, dovecot, folder, port=proxy.port)
+        stats = await drain(runtime)
+    assert proxy.doubled >= 3  # every message's FETCH came twice
+    assert stats.stored == 3 and count(runtime) == 3, stats  # each once
+    with runtime.engine.connect() as conn:
+        texts = sorted(conn.execute(select(inbound.c.text)).scalars())
+    assert texts == ["reply 0", "reply 1", "reply 2"]
