@@ -230,6 +230,8 @@ def test_a_dispatcher_day_in_the_browser(gateway, browser, smtp_server, relay_se
     # A reply dropped into the mailbox shows up in the open thread, no reload.
     gateway.reply(message_id, "Thanks, gate code is 4411")
     page.wait_for_selector("#messages li.in >> text=Thanks, gate code is 4411", timeout=20_000)
+    # The conversation list follows too (its refresh waits 300 ms to take bursts at once).
+    page.wait_for_selector("[data-live-list] >> text=Thanks, gate code is 4411", timeout=10_000)
     assert page.evaluate("window.sameDocument") is True
     shoot(page, "conversations")
 
