@@ -376,6 +376,8 @@ def test_every_page_warns_of_contacts_no_gateway_reaches(db_url, smtp_server):
         enqueue(runtime, SendRequest(phone, "att", text="hi"), utcnow())
     page = client_for(runtime, "dana").get("/conversations").text
     assert 'role="alert"' in page and "2 contacts on carriers whose email-to-SMS" in page
+    failures = client_for(runtime, "dana").get("/failures").text  # why, in words
+    assert "AT&amp;T closed its email-to-SMS gateway on 2025-06-17; configure" in failures
     assert "(AT&amp;T)" in page and "[gateways] provider" in page
     covered = make_runtime(db_url, smtp_server.port, gateways={"provider": "generic"})
     page = client_for(covered, "dana").get("/failures").text

@@ -270,6 +270,7 @@ def failures(conn: Connection, limit: int = 200) -> dict[str, list[dict[str, Any
         dict(row._mapping)
         for row in conn.execute(
             select(*MESSAGE_FIELDS, messages.c.contact_id, messages.c.updated_at,
+                   messages.c.gateway_reason,
                    contacts.c.carrier_doubt, contacts.c.opted_out)
             .select_from(
                 messages.outerjoin(orders, orders.c.id == messages.c.order_id)
