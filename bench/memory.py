@@ -18,22 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.send_throughput import Sink, fill
-from gateway.config import load_settings
-from gateway.services.runtime import Runtime
-from gateway.store.db import upgrade
-from gateway.store.outbox import messages
+from bench.workers import count, folder_for, start, stop
 
 
 def rss_mb(pid: int) -> float:
@@ -43,53 +35,14 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def count(runtime: Runtime, state: str) -> int:
-    with runtime.engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.count()).select_from(messages).where(messages.c.state == state)
-            ).scalar_one()
-        )
-
-
-def folder_for(sink_port: int) -> tuple[Path, Runtime]:
-    folder = Path(tempfile.mkdtemp(prefix="gw-memory-"))
-    (folder / "gateway.toml").write_text(
-        f'[database]\nurl = "sqlite:///{folder / "gw.db"}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {sink_port}\nsecurity = "none"\nconnections = 8\n'
-        'from_address = "Dispatch <dispatch@example.com>"\n'
-        "[policy]\nquiet_hours = false\n[sender]\nbatch_size = 200\nidle_poll_seconds = 0.05\n"
-    )
-    runtime = Runtime(load_settings(folder / "gateway.toml"))
-    upgrade(runtime.engine)
-    return folder, runtime
-
-
-def start(folder: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run"],
-        cwd=folder,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    process.wait(30)
-
-
 def idle_rss(sink_port: int) -> float:
-    folder, runtime = folder_for(sink_port)
+    folder, runtime = folder_for(None, sink_port, "gw-memory-")
     process = start(folder)
     try:
         time.sleep(4)  # imported, migrated, workers started and polling
         return rss_mb(process.pid)
     finally:
-        stop(process)
+        stop([process])
         runtime.engine.dispose()
 
 
@@ -101,7 +54,7 @@ def main() -> None:
     try:
         idle = idle_rss(sink.port)
         print(f"idle gateway run: {idle:.0f} MB")
-        folder, runtime = folder_for(sink.port)
+        folder, runtime = folder_for(None, sink.port, "gw-memory-")
         for start_at in range(0, args.queued, 20_000):
             fill(runtime, min(20_000, args.queued - start_at))
         print(f"queued {count(runtime, 'queued'):,} texts")
@@ -120,7 +73,7 @@ def main() -> None:
                 time.sleep(0.1)
             took = time.perf_counter() - started
         finally:
-            stop(process)
+            stop([process])
             runtime.engine.dispose()
     finally:
         sink.stop()

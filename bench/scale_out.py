@@ -23,9 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -36,9 +34,10 @@ from sqlalchemy import func, select, update
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.send_throughput import Sink, fill
-from gateway.config import load_settings
+from bench.workers import count as sent
+from bench.workers import folder_for, start, stop
 from gateway.services.runtime import Runtime
-from gateway.store.db import upgrade, utcnow
+from gateway.store.db import utcnow
 from gateway.store.heartbeats import heartbeats
 from gateway.store.outbox import messages
 
@@ -64,15 +63,6 @@ def drop_database(name: str) -> None:
     admin.dispose()
 
 
-def sent(runtime: Runtime) -> int:
-    with runtime.engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.count()).select_from(messages).where(messages.c.state == "sent")
-            ).scalar_one()
-        )
-
-
 def alive(runtime: Runtime) -> int:
     with runtime.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(heartbeats)).scalar_one())
@@ -80,31 +70,12 @@ def alive(runtime: Runtime) -> int:
 
 def drain(processes: int, count: int, sink_port: int) -> float:
     name, url = fresh_database()
-    folder = Path(tempfile.mkdtemp(prefix="gw-scale-"))
-    (folder / "gateway.toml").write_text(
-        f'[database]\nurl = "{url}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {sink_port}\nsecurity = "none"\nconnections = 8\n'
-        'from_address = "Dispatch <dispatch@example.com>"\n'
-        "[policy]\nquiet_hours = false\n[sender]\nbatch_size = 200\nidle_poll_seconds = 0.05\n"
-    )
-    runtime = Runtime(load_settings(folder / "gateway.toml"))
-    upgrade(runtime.engine)
+    folder, runtime = folder_for(url, sink_port, "gw-scale-")
     fill(runtime, count)
     later = utcnow() + dt.timedelta(days=1)
     with runtime.engine.begin() as conn:  # not due until every process is up
         conn.execute(update(messages).values(due_at=later))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run"],
-            cwd=folder,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(processes)
-    ]
+    workers = [start(folder) for _ in range(processes)]
     try:
         waited = time.perf_counter()
         while alive(runtime) < processes:
@@ -114,16 +85,13 @@ def drain(processes: int, count: int, sink_port: int) -> float:
         with runtime.engine.begin() as conn:
             conn.execute(update(messages).values(due_at=utcnow()))
         started = time.perf_counter()
-        while sent(runtime) < count:
+        while sent(runtime, "sent") < count:
             if time.perf_counter() - started > 600:
                 raise SystemExit(f"{processes} processes did not drain {count} texts in 10 min")
             time.sleep(0.02)
         took = time.perf_counter() - started
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.wait(30)
+        stop(workers)
         runtime.engine.dispose()
         drop_database(name)
     return count / took
