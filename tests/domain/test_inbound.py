@@ -150,6 +150,65 @@ def test_any_header_text_gives_a_result_or_mail_error(text):
         parse_mail(f"From: {text}\nSubject: {text}\n\n{text}".encode(), CARRIERS, US)
 
 
+# --- structured hostile MIME ----------------------------------------------------------------
+
+CHARSETS = st.sampled_from(["utf-8", "us-ascii", "iso-8859-1", "utf-16", "utf-7", "shift_jis",
+                            "x-no-such-charset", "", "utf-8\"; boundary=x", "koi8-r"])  # fmt: skip
+ENCODINGS = st.sampled_from(["7bit", "8bit", "base64", "quoted-printable", "x-uuencode",
+                             "binary", "base-64", ""])  # fmt: skip
+JUNK = st.binary(max_size=300)
+
+
+@st.composite
+def mime_part(draw, depth: int = 0) -> bytes:
+    """A MIME part as a stranger's mail client (or a fuzzer) might write it: nested multiparts
+    with missing or lying boundaries, charsets that do not exist or do not match the bytes,
+    broken transfer encodings, attached messages, encoded words that do not decode."""
+    kind = draw(st.sampled_from(["text/plain", "text/html", "image/jpeg", "message/rfc822"]
+                                + (["multipart/mixed", "multipart/alternative",
+                                    "multipart/related"] if depth < 4 else [])))  # fmt: skip
+    headers = [f'Content-Type: {kind}; charset="{draw(CHARSETS)}"']
+    headers.append(f"Content-Transfer-Encoding: {draw(ENCODINGS)}")
+    if draw(st.booleans()):
+        headers.append(f'Content-Disposition: attachment; filename="{draw(st.text(max_size=30))}"')
+    if kind.startswith("multipart/"):
+        boundary = draw(st.sampled_from(["b1", "", "b1\r\n--b1", "a" * 80, "=_x"]))
+        headers[0] = f'Content-Type: {kind}; boundary="{boundary}"'
+        children = draw(st.lists(mime_part(depth + 1), max_size=4))
+        closing = draw(st.sampled_from([f"--{boundary}--", "", f"--{boundary}"]))
+        body = b"".join(f"--{boundary}\r\n".encode() + child + b"\r\n" for child in children)
+        body += closing.encode() + b"\r\n"
+    elif kind == "message/rfc822":
+        body = draw(mime_message(depth + 1)) if depth < 4 else draw(JUNK)
+    else:
+        body = draw(JUNK)
+    return ("\r\n".join(headers) + "\r\n\r\n").encode(errors="replace") + body
+
+
+@st.composite
+def mime_message(draw, depth: int = 0) -> bytes:
+    subject = draw(st.sampled_from(["", "=?utf-8?B?!!not-base64?=", "=?x-nope?Q?hi?=",
+                                    "Re: =?utf-8?Q?caf=C3=A9?=", "\x00"]))  # fmt: skip
+    sender = draw(st.sampled_from(["2065550143@vtext.com", "+447400123456@sms.textapp.net",
+                                   "reports@provider.example", "<>", "a@b@c", ""]))  # fmt: skip
+    head = (f"From: {sender}\r\nTo: dispatch@example.com\r\nSubject: {subject}\r\n"
+            "MIME-Version: 1.0\r\n")  # fmt: skip
+    return head.encode(errors="replace") + draw(mime_part(depth))
+
+
+@settings(max_examples=300, deadline=None)
+@given(mime_message())
+def test_hostile_mime_gives_a_result_or_mail_error(raw):
+    """Nested multiparts, broken boundaries, bad charsets and encodings, attached messages:
+    a result with bounded text, or a refusal that says why, never another exception."""
+    try:
+        found = parse_mail(raw, CARRIERS, US)
+    except MailError as exc:
+        assert str(exc)
+        return
+    assert found.kind in set(Kind) and len(found.text) <= 2000
+
+
 @pytest.mark.parametrize(
     ("text", "keyword"),
     [
