@@ -18,7 +18,6 @@ from gateway.domain.carriers import (
     CarrierStatus,
     lookup_key,
 )
-from gateway.domain.phone import Phone
 from gateway.domain.providers import (
     PLACEHOLDERS,
     Locator,
@@ -43,8 +42,6 @@ _REPLIES_KEYS = ({"from", "phone", "text"}, {"subject"})
 _REPORTS_KEYS = ({"from", "phone", "status", "delivered", "failed"}, {"subject", "opted_out",
                  "reason"})  # fmt: skip
 _LOCATOR_KEYS = ({"in"}, {"label", "until", "pattern", "number"})
-# A number every template is tried with: a placeholder the template may not use shows here.
-_SAMPLE = Phone(e164="+12025550143", national="2025550143", region="US")
 
 T = TypeVar("T")
 
@@ -419,8 +416,3 @@ def _reports(fields: Fields) -> ReportFormat:
         reason=_locator(fields, "reason") if "reason" in fields else None,
         subject=fields.regex("subject"),
     )
-
-
-def sample_address(provider: Provider) -> str:
-    """The address a US test number would get: how `carriers list` shows a template."""
-    return provider.address_for(_SAMPLE)

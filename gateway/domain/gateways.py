@@ -112,8 +112,6 @@ class AtRisk:
 
     carrier: Carrier
     contacts: int
-    closing: dt.date | None
-    retired: bool
     provider: Provider | None  # who takes their texts over; None: nobody, they go unsent
 
     def describe(self, today: dt.date) -> str:
@@ -143,5 +141,5 @@ def contacts_at_risk(
             continue
         region = carrier.countries[0] if carrier.countries else None
         provider, _ = provider_for(region, book, plan)
-        found.append(AtRisk(carrier, count, closing, status is CarrierStatus.RETIRED, provider))
+        found.append(AtRisk(carrier, count, provider))
     return found

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+from sqlalchemy.exc import DBAPIError
 
 from gateway.config import ConfigError, ImapSettings, ServerSettings, load_settings
 from gateway.domain.delivery import AUTH_HINT
@@ -413,7 +414,7 @@ async def _check_carriers(runtime: Any, database_ok: bool) -> list[Step]:
             return "contacts not looked at (the database is not ready)"
         try:
             risks = at_risk(runtime, runtime.engine, today)
-        except Exception:
+        except DBAPIError:  # a bug is not the database's fault: only its errors are excused
             return "no contacts to look at (the database is not ready)"
         stranded = [risk for risk in risks if risk.provider is None]
         if stranded:
