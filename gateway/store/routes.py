@@ -76,19 +76,25 @@ def take_quota(
                 conn.execute(
                     update(routes).where(routes.c.name == route).values(quota_checked_at=now)
                 )
-        sent = conn.execute(
-            select(func.count()).where(
+        # Sent and held are read in one statement, so from one snapshot: recording a send
+        # moves it from held to sent in one commit, and on PostgreSQL (read committed) two
+        # statements could see either side of that commit and count it nowhere.
+        sent_today = (
+            select(func.count())
+            .where(
                 attempts.c.route == route,
                 attempts.c.finished_at > now - WINDOW,
                 attempts.c.outcome.in_(COUNTED),
             )
-        ).scalar_one()
-        held = conn.execute(
-            select(func.coalesce(func.sum(reservations.c.remaining), 0)).where(
-                reservations.c.route == route, reservations.c.expires_at > now
-            )
-        ).scalar_one()
-        granted = min(want, limit - sent - int(held))
+            .scalar_subquery()
+        )
+        held_now = (
+            select(func.coalesce(func.sum(reservations.c.remaining), 0))
+            .where(reservations.c.route == route, reservations.c.expires_at > now)
+            .scalar_subquery()
+        )
+        sent, held = conn.execute(select(sent_today, held_now)).one()
+        granted = min(want, limit - int(sent) - int(held))
         conn.execute(delete(reservations).where(reservations.c.expires_at <= now))
         if granted <= 0:
             return None, 0
