@@ -85,7 +85,10 @@ def test_three_processes_send_each_text_once_and_survive_a_kill(
     now = utcnow()
     for n in range(count):
         enqueue(runtime, SendRequest(f"+1202555{n:04d}", "verizon", text=f"Order {n} is out"), now)
-    smtp_server.faults.data_delay = 0.002  # a real server takes a moment per message
+    # A real server takes a moment per message; 10 ms keeps each leased batch of 50 in flight
+    # for about a quarter second, long enough to be seen (at 2 ms the test could look only
+    # between batches and time out with the backlog gone).
+    smtp_server.faults.data_delay = 0.01
     processes = [start(tmp_path, "run") for _ in range(3)]
     try:
         victim = processes[0]

@@ -688,7 +688,7 @@ def payload_text(part: email.message.Message) -> str:
     charset = part.get_content_charset() or "utf-8"
     try:
         return data.decode(charset, "replace")
-    except LookupError:
+    except (LookupError, ValueError):  # no such codec, or a name no codec can have (a NUL)
         return data.decode("utf-8", "replace")
 
 

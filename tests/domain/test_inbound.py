@@ -136,6 +136,14 @@ def test_bytes_that_are_not_a_message_are_refused(raw):
         parse_mail(raw, CARRIERS, US)
 
 
+@pytest.mark.parametrize("charset", ['"utf\x00-8"', "x-no-such-charset", '"\x00"'])
+def test_a_charset_no_codec_can_have_is_read_as_utf8(charset):
+    # Found by the fuzz run (tests/faults/test_fuzz.py): a NUL in the charset name made
+    # bytes.decode raise ValueError, which nothing caught.
+    raw = f"From: 2065550143@vtext.com\nContent-Type: text/plain; charset={charset}\n\nok".encode()
+    assert parse_mail(raw, CARRIERS, US).text == "ok"
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=3000))
 def test_any_bytes_give_a_result_or_mail_error(data):
