@@ -14,6 +14,7 @@ a text is never read as a reply to itself. What is left is a reply when it comes
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.errors
 import email.header
@@ -282,7 +283,7 @@ def reply_text(message: email.message.Message) -> str:
         # Picture-message pages are layout around a <pre> holding what was typed (Sprint);
         # any other page with pictures is a carrier's wrapper with nothing typed in it.
         reader = _HtmlText()
-        reader.feed(page[:200_000])
+        reader.read(page)
         wrapper = reader.saw_pre or has_media or notice_seen
         typed = reader.preformatted if wrapper else reader.text
         cleaned = clean_text("\n".join(typed))
@@ -307,6 +308,13 @@ def clean_text(text: str) -> str:
 
 
 class _HtmlText(HTMLParser):
+    def read(self, page: str) -> None:
+        """Feed at most 200,000 characters of `page`. The standard parser raises
+        AssertionError on some malformed markup (a marked section such as `<![Type`, found by
+        the fuzz run): what was read before it is kept, and the rest is left unread."""
+        with contextlib.suppress(AssertionError, ValueError):
+            self.feed(page[:200_000])
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.text: list[str] = []
@@ -342,7 +350,7 @@ def _html_text(message: email.message.Message) -> str:
     for part in message.walk():
         if part.get_content_type() == "text/html":
             reader = _HtmlText()
-            reader.feed(payload_text(part)[:200_000])
+            reader.read(payload_text(part))
             return "".join(reader.text)
     return ""
 

@@ -136,6 +136,15 @@ def test_bytes_that_are_not_a_message_are_refused(raw):
         parse_mail(raw, CARRIERS, US)
 
 
+def test_markup_the_html_parser_chokes_on_is_read_up_to_there():
+    # Found by the fuzz run: html.parser raises AssertionError on a marked section such as
+    # "<![Type x]>"; the text before it is the reply.
+    raw = (b"From: 2065550143@vtext.com\nContent-Type: text/html\n\n"
+           b"<p>Leave it at the door</p><![Type x]><p>never read</p>")  # fmt: skip
+    found = parse_mail(raw, CARRIERS, US)
+    assert (found.kind, found.text) == (Kind.REPLY, "Leave it at the door")
+
+
 @pytest.mark.parametrize("charset", ['"utf\x00-8"', "x-no-such-charset", '"\x00"'])
 def test_a_charset_no_codec_can_have_is_read_as_utf8(charset):
     # Found by the fuzz run (tests/faults/test_fuzz.py): a NUL in the charset name made
