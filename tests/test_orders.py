@@ -215,14 +215,21 @@ def test_preview_a_template_for_a_real_order(tmp_path, smtp_server):
 
 def test_a_dispatcher_sees_and_cancels_a_scheduled_text(tmp_path, smtp_server):
     gateway_folder(tmp_path, smtp_server.port)
-    start = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(microsecond=0)
+    # Noon tomorrow in New York: the reminder half an hour before falls inside the allowed hours
+    # whatever the time of day the test runs (at night it would be held, then go stale).
+    new_york = dt.timezone(dt.timedelta(hours=-5))
+    tomorrow = dt.datetime.now(new_york).date() + dt.timedelta(days=1)
+    start = dt.datetime.combine(tomorrow, dt.time(12, 0), new_york).astimezone(dt.UTC)
     run_gateway("orders", "upsert", "--ref", "S-1", "--customer", CUSTOMER, "--carrier", "verizon",
-                "--window-start", start.isoformat(), "--window-end",
-                (start + dt.timedelta(hours=2)).isoformat(), cwd=tmp_path)  # fmt: skip
+                "--timezone", "America/New_York", "--window-start", start.isoformat(),
+                "--window-end", (start + dt.timedelta(hours=2)).isoformat(), cwd=tmp_path)  # fmt: skip
     run_gateway("orders", "status", "S-1", "confirmed", cwd=tmp_path)
     listed = json.loads(run_gateway("outbox", "list", "--format", "json", cwd=tmp_path).stdout)
+    reminder_due = start - dt.timedelta(minutes=30)
     (reminder,) = [
-        r for r in listed if r["state"] == "queued" and r["due_at"] > start.isoformat()[:10]
+        r
+        for r in listed
+        if r["state"] == "queued" and dt.datetime.fromisoformat(r["due_at"]) == reminder_due
     ]
     cancelled = run_gateway("outbox", "cancel", str(reminder["id"]), "--reason", "customer called",
                             cwd=tmp_path)  # fmt: skip
