@@ -32,12 +32,23 @@ _RCPT_TO = re.compile(
 )
 _MESSAGE_ID = re.compile(r"^message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 
-# The refusal came in answer to DATA (after the message was seen), not to RCPT.
+# The phase of the SMTP session a refusal came in, as reports word it: in answer to DATA (after
+# the message was seen), to RCPT (the recipient), or to MAIL (our own sender address).
 _AT_DATA = re.compile(
     r"end of data|after data|>>> data|in reply to data|reply to end of data|"
     r"after end of data|data command|during data",
     re.IGNORECASE,
 )
+_AT_MAIL = re.compile(r"after mail from|in reply to mail from|mail from command", re.IGNORECASE)
+# An enhanced code right after the reply code is the remote server's own, where a reporter puts
+# its own category first ("5.1.0 - Unknown address error 550-'5.7.1 ... Access denied'").
+_PAIRED_STATUS = re.compile(r"(?<![\d.])[245]\d\d[ \-]'?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+# A refusal whose address slot is empty ("550 : User unknown"): no mailbox was looked up, so the
+# words are a filter's, not a directory's.
+_NO_ADDRESS = re.compile(r"(?<![\d.])[45]\d\d(?:[ \-][245]\.\d{1,3}\.\d{1,3})? +: ")
+# Mailing-list services that refuse a post (no such group, no permission to post) in the
+# sender's language and with no code: a refusal by the list, not a bad address.
+_LIST_DOMAINS = ("googlegroups.com",)
 
 # Where the returned original starts in a text report; the report text is what comes before.
 _ORIGINAL_MARKERS = re.compile(
@@ -163,6 +174,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "user does not exist",
             "user not exist",
             "not listed in",
+            "ディレクトリには見つかりません",  # Notes in Japanese: "not found in the directory"
             "doesn't have a",
             "no such address",
         ),
@@ -224,6 +236,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "aborted after",
             # In a final report, a connection that kept timing out was retried until it expired.
             "connection timed out",
+            "did not accept our requests to connect",
         ),
     ),
     (
@@ -231,6 +244,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "no route to host",
             "connection refused",
+            "connection reset",
             "network is unreachable",
             "timed out",
             "network error",
@@ -250,6 +264,8 @@ _REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     # "example.com does not exist": a domain, not a mailbox (no "@" before it).
     ("hostunknown", re.compile(r"(?<![@\w.\-])(?:[a-z0-9\-]+\.)+[a-z]{2,}>? does not exist")),
     ("hostunknown", re.compile(r"\bhost [a-z0-9.\-]+ not found\b(?!, try again)")),
+    # "Delivery failed 20 attempts": retried until the queue gave up.
+    ("expired", re.compile(r"\bfailed (?:after )?\d+ attempts\b")),
 )
 
 # What an enhanced status code says when the words said nothing: (class.)subject.detail.
@@ -300,13 +316,15 @@ def reason_of(status: str, smtp_code: str, text: str) -> str:
     address bad is the costlier mistake, since it sends a dispatcher to fix a number that works.
     """
     lowered = " ".join(text.lower().split())
-    by_words = next(
-        (reason for reason, pattern in _REASON_PATTERNS if pattern.search(lowered)), None
-    )
-    by_words = by_words or next(
-        (reason for reason, words in _REASON_WORDS if any(word in lowered for word in words)),
-        None,
-    )
+    by_words = _reason_by_words(lowered)
+    refused = _RECIPIENT_REFUSED.search(lowered)
+    if refused:
+        # Postfix's "Recipient address rejected: <why>": the words after it say why; with none,
+        # or only the access map's "Access denied", the recipient itself was refused.
+        why = refused.group(1).strip(" .")
+        plain = not why or why.startswith("access denied")
+        by_words = "userunknown" if plain else _reason_by_words(why)
+        by_words = by_words or "userunknown"
     by_status = _status_reason(status)
     if by_words in ADDRESS_REASONS and by_status in _STATUS_OUTRANKS_WORDS:
         return by_status
@@ -321,6 +339,19 @@ def reason_of(status: str, smtp_code: str, text: str) -> str:
     if by_status:
         return by_status
     return "undefined" if smtp_code.startswith("4") or not status else "onhold"
+
+
+_RECIPIENT_REFUSED = re.compile(r"recipient address rejected\b:?([^;]{0,200})")
+
+
+def _reason_by_words(lowered: str) -> str | None:
+    by_pattern = next(
+        (reason for reason, pattern in _REASON_PATTERNS if pattern.search(lowered)), None
+    )
+    return by_pattern or next(
+        (reason for reason, words in _REASON_WORDS if any(word in lowered for word in words)),
+        None,
+    )
 
 
 # Specific codes that say the address was fine and something else failed: they outrank words
@@ -348,7 +379,16 @@ def _status_reason(status: str) -> str | None:
 
 
 _TEMPORARY_WORDS = ("has been delayed", "warning message only", "retry timeout exceeded")
-_PIPELINED = re.compile(r"<<< ?503|rcpt commands were rejected", re.IGNORECASE)
+_PIPELINED = re.compile(r"<<< ?503|rcpt commands were rejected|no valid recipients", re.IGNORECASE)
+
+
+def _phase(diagnostic: str, context: str) -> str | None:
+    """The SMTP command a refusal answered (MAIL, RCPT or DATA), where the report says."""
+    if _AT_MAIL.search(diagnostic):
+        return "MAIL"
+    if _AT_DATA.search(diagnostic):
+        return "DATA"
+    return _command_before(context, diagnostic)
 
 
 def _command_before(transcript: str, reply: str) -> str | None:
@@ -378,21 +418,28 @@ def recipient(
     SMTP phase the refusal came in."""
     if not status or status.endswith(".0.0"):
         # The server's own words often carry a more specific code than the report's x.0.0.
-        found = _STATUS.search(diagnostic)
-        if found and not found.group(0).endswith(".0.0"):
+        found = _PAIRED_STATUS.search(diagnostic) or _STATUS.search(diagnostic)
+        if found and (not status or found.groups()[1:] != ("0", "0")):
             status = ".".join(found.groups())
-        elif not status and found:
-            status = found.group(0)
     if not code:
         found_code = _REPLY_CODE.search(diagnostic)
         code = found_code.group(1) if found_code else ""
     reason = reason_of(status, code, diagnostic)
-    if reason == "userunknown" and (
-        _AT_DATA.search(diagnostic) or _command_before(context, diagnostic) == "DATA"
+    phase = _phase(diagnostic, context)
+    if phase == "MAIL" and reason in ADDRESS_REASONS | {"filtered"}:
+        # Refused before any recipient was named: the words are about our sender address.
+        reason = "rejected"
+    elif (
+        reason == "userunknown"
+        and (phase == "DATA" or _NO_ADDRESS.search(diagnostic))
+        and status.split(".")[1:2] != ["1"]
     ):
-        # A recipient refused only after the message was seen is a content filter's refusal
-        # worded as an unknown user: the address itself was accepted at RCPT.
+        # A recipient refused only after the message was seen, or with no address looked up, is
+        # a filter's refusal worded as an unknown user; an addressing code (x.1.x, "bad
+        # destination mailbox") still says the mailbox itself was the trouble.
         reason = "filtered"
+    if reason in ("undefined", "onhold") and address.lower().endswith(_LIST_DOMAINS):
+        reason = "rejected"
     if not status and reason in _PSEUDO_STATUS:
         # A delivery given up after temporary errors lasted too long keeps their class.
         lowered = " ".join(diagnostic.lower().split())
@@ -528,8 +575,12 @@ def _failed_addresses(message: email.message.Message, text: str) -> list[str]:
         local, _, domain = address.partition("@")
         return address in reporter or (local in _ROBOTS and domain in reporter_domains)
 
-    # A report that quotes the envelope names the failed recipient after RCPT TO.
-    envelope = [a.lower() for a in _RCPT_TO.findall(text) if not robot(a.lower())]
+    # A report that quotes the envelope names the failed recipient after RCPT TO; Sendmail's
+    # transcript also gives a verdict line for each recipient it gave up on ("554 <a@b>... why"),
+    # including those refused before any RCPT (an unknown host). In the order the text names them.
+    named = [(m.start(), m.group(1)) for m in _RCPT_TO.finditer(text)]
+    named += [(m.start(), m.group(1)) for m in _VERDICT.finditer(text)]
+    envelope = [a.lower() for _, a in sorted(named) if not robot(a.lower())]
     if envelope:
         return list(dict.fromkeys(envelope))
     # A list of failures, one a line, each line starting with its address. The original's
@@ -549,6 +600,10 @@ _FAILURE_WORDS = (
     "could not be delivered", "couldn't be delivered", "was not delivered", "undeliverable",
     "delivery has failed", "delivery failed", "permanent error", "unable to deliver",
 )  # fmt: skip
+_VERDICT = re.compile(
+    r"^[45]\d\d <([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])>\.\.\. ",
+    re.MULTILINE,
+)
 _ROBOTS = frozenset({"mailer-daemon", "postmaster", "root", "noreply"})
 _LEADING_ADDRESS = re.compile(
     r"^[ \t]*[<\"']?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])[>\"']?:?"
@@ -565,6 +620,10 @@ def _near(text: str, address: str, others: list[str]) -> str:
     at = lowered.find(address.lower())
     if at < 0:
         return text[:1000]
+    for verdict in _VERDICT.finditer(text):
+        if verdict.group(1).lower() == address.lower():
+            # A transcript's verdict on this recipient is whole in its line.
+            return text[verdict.start() : text.find("\n", verdict.start()) % (len(text) + 1)]
     line_start = text.rfind("\n", 0, at) + 1
     end = at + 700
     for other in others:
@@ -579,8 +638,11 @@ def _near(text: str, address: str, others: list[str]) -> str:
 def _with_boundary(message: email.message.Message) -> email.message.Message:
     """`message` again with its parts, when its multipart boundary was lost on the way (a
     parameter folded without indentation): the boundary is read from the body's first
-    delimiter line."""
-    if message.get_content_maintype() != "multipart" or message.is_multipart():
+    delimiter line. A delimiter written indented is not one to the email package, which then
+    reads the parts after it as the text before it: those lines are unindented."""
+    if message.is_multipart():
+        return _with_delimiters_unindented(message)
+    if message.get_content_maintype() != "multipart":
         return message
     body = message.get_payload()
     if not isinstance(body, str):
@@ -592,6 +654,19 @@ def _with_boundary(message: email.message.Message) -> email.message.Message:
     kind = message.get_content_type()
     rebuilt = f'{head}Content-Type: {kind}; boundary="{found.group(1)}"\n\n{body}'
     return email.message_from_string(rebuilt, policy=email.policy.compat32)
+
+
+def _with_delimiters_unindented(message: email.message.Message) -> email.message.Message:
+    boundary = message.get_boundary()
+    if not boundary:
+        return message
+    indented = re.compile(rf"^[ \t]+(--{re.escape(boundary)}(?:--)?[ \t]*)$", re.MULTILINE)
+    for part in message.walk():
+        payload = part.get_payload()
+        if isinstance(payload, str) and indented.search(payload):
+            text = indented.sub(r"\1", message.as_string())
+            return email.message_from_string(text, policy=email.policy.compat32)
+    return message
 
 
 def _returned_recipients(message: email.message.Message) -> list[str]:
@@ -698,12 +773,23 @@ def _status_blocks(part: email.message.Message) -> list[dict[str, str]]:
     payload = part.get_payload()
     if isinstance(payload, list):  # the email package parses each block into a header-only part
         return [
-            {str(k).lower(): " ".join(str(v).split()) for k, v in block.items()}
+            {str(k).lower(): _from_jis(" ".join(str(v).split())) for k, v in block.items()}
             for block in payload
             if isinstance(block, email.message.Message)
         ]
-    text = payload_text(part)
+    text = _from_jis(payload_text(part))
     return [_fields(b) for b in re.split(r"\r?\n\s*\r?\n", text) if b.strip()]
+
+
+def _from_jis(value: str) -> str:
+    """`value` with its ISO-2022-JP runs read: Japanese systems write them, escape sequences and
+    all, into fields that are meant to be ASCII (a Notes Diagnostic-Code)."""
+    if "\x1b$" not in value:
+        return value
+    try:
+        return value.encode("latin-1").decode("iso-2022-jp")
+    except (UnicodeError, LookupError):
+        return value
 
 
 def _fields(block: str) -> dict[str, str]:
