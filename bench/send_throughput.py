@@ -6,7 +6,9 @@ Prints human lines, then one JSON object on the last line:
   gateway_per_s         enqueued outbox rows drained by `Sender` (claim, build, send, record)
   ratio                 gateway_per_s / baseline_per_s           (target >= 0.15)
   pooled_vs_per_message pooled drain / one connection per message (target >= 3)
-  enqueue_per_s, enqueue_vs_send  the enqueue service's rate, and it over the drain rate
+  enqueue_per_s         the enqueue service one text a transaction (`gateway send`, POST /messages)
+  enqueue_batch_per_s   its bulk path, 500 texts a transaction (POST /messages/batch)
+  enqueue_vs_send       the bulk path over the drain rate, median of per-round pairs (target >= 2)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from gateway.domain.email_out import message_id_for
 from gateway.domain.routing import OWN_SERVER, Choice, History, Route
 from gateway.domain.sms import measure
 from gateway.services.carrier_sim import free_port
-from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.outbound import SendRequest, enqueue, enqueue_many
 from gateway.services.routes import RouteBook
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
@@ -136,6 +138,19 @@ def measure_enqueue(runtime: Runtime, count: int) -> float:
     started = time.perf_counter()
     for i in range(count):
         enqueue(runtime, SendRequest(f"+1202555{i % 10000:04d}", "uscellular", text=TEXT), utcnow())
+    return count / (time.perf_counter() - started)
+
+
+def measure_enqueue_batches(runtime: Runtime, count: int, batch: int) -> float:
+    """The enqueue service's bulk path, as `POST /messages/batch` uses it: `batch` texts a
+    transaction, each to a number new to the database."""
+    requests = [
+        SendRequest(f"+1312555{i % 10000:04d}", "uscellular", text=TEXT) for i in range(count)
+    ]
+    runtime.migrated_engine()
+    started = time.perf_counter()
+    for start in range(0, count, batch):
+        enqueue_many(runtime, requests[start : start + batch], utcnow())
     return count / (time.perf_counter() - started)
 
 
@@ -242,6 +257,8 @@ def main() -> None:
         help="messages in each connection-per-message run",
     )
     parser.add_argument("--enqueue-count", type=int, default=2000)
+    parser.add_argument("--batch-count", type=int, default=10000, help="texts a batch round")
+    parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args()
 
     sink = Sink()
@@ -250,6 +267,8 @@ def main() -> None:
     single_rates: list[float] = []
     pairs: list[float] = []
     routing_pairs: list[float] = []
+    batch_rates: list[float] = []
+    enqueue_pairs: list[float] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -263,9 +282,17 @@ def main() -> None:
             # The machine is shared: each pooled run is paired with a per-message run right
             # after it, and the ratio is taken per pair, so load that comes and goes hits both.
             for number in range(1, args.rounds + 1):
+                batch_rt = runtime_for(folder, f"batch-{number}", sink.port, args.connections)
+                batched = measure_enqueue_batches(batch_rt, args.batch_count, args.batch_size)
                 pooled_rt = runtime_for(folder, f"pooled-{number}", sink.port, args.connections)
                 fill(pooled_rt, args.messages)
                 pooled, connects = drain(pooled_rt)
+                batch_rates.append(batched)
+                enqueue_pairs.append(batched / pooled)
+                print(
+                    f"round {number}: enqueue in batches of {args.batch_size} {batched:,.0f}/s, "
+                    f"drained {pooled:,.0f}/s: {batched / pooled:.2f}x"
+                )
                 single_rt = runtime_for(
                     folder, f"single-{number}", sink.port, args.connections, per_connection=1
                 )
@@ -310,7 +337,10 @@ def main() -> None:
         "pooled_vs_per_message_min": round(min(pairs), 2),
         "routing_vs_fixed": round(statistics.median(routing_pairs), 3),
         "enqueue_per_s": round(enqueue_rate),
-        "enqueue_vs_send": round(enqueue_rate / gateway_rate, 3),
+        "enqueue_one_vs_send": round(enqueue_rate / gateway_rate, 3),
+        "enqueue_batch_per_s": round(statistics.median(batch_rates)),
+        "enqueue_vs_send": round(statistics.median(enqueue_pairs), 2),
+        "enqueue_vs_send_min": round(min(enqueue_pairs), 2),
     }
     print(json.dumps(figures))
 

@@ -67,6 +67,42 @@ def test_the_same_key_and_body_gives_the_first_answer(api):
     assert count(api.runtime) == 1
 
 
+def test_a_batch_answers_each_message_in_order_and_stores_those_that_pass(api):
+    batch = {
+        "messages": [
+            MESSAGE,
+            {"to": "not a number", "carrier": "verizon", "text": "x"},
+            {**MESSAGE, "text": "second for the same number", "order_ref": "A-9"},
+            {"to": "+13125550199", "carrier": "uscellular", "text": "word " * 80},
+        ]
+    }
+    made = api.post("/api/v1/messages/batch", json=batch)
+    assert made.status_code == 200
+    body = made.json()
+    assert (body["accepted"], body["refused"]) == (3, 1)
+    first, bad, second, long = body["results"]
+    assert [r["index"] for r in body["results"]] == [0, 1, 2, 3]
+    assert bad["error"] == "invalid_message" and "not a phone number" in bad["message"]
+    assert (first["state"], first["to_address"]) == ("queued", "2025550143@vtext.com")
+    assert len(long["parts"]) == 3 and long["id"] == long["parts"][0]
+    shown = api.get(f"/api/v1/messages/{second['id']}").json()
+    assert (shown["text"], shown["order_ref"]) == ("second for the same number", "A-9")
+    assert count(api.runtime) == 5  # three texts, one of them in three parts
+
+
+def test_a_batch_is_idempotent_and_bounded(api):
+    batch = {"messages": [MESSAGE, {**MESSAGE, "text": "two"}]}
+    headers = {"Idempotency-Key": "morning-run"}
+    first = api.post("/api/v1/messages/batch", json=batch, headers=headers)
+    again = api.post("/api/v1/messages/batch", json=batch, headers=headers)
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert count(api.runtime) == 2
+    for too in ({"messages": []}, {"messages": [MESSAGE] * 1001}):
+        refused = api.post("/api/v1/messages/batch", json=too)
+        assert refused.status_code == 422 and refused.json()["error"] == "invalid_request"
+    assert count(api.runtime) == 2
+
+
 def test_the_same_key_with_another_body_is_refused(api):
     headers = {"Idempotency-Key": "k-1"}
     assert api.post("/api/v1/messages", json=MESSAGE, headers=headers).status_code == 201

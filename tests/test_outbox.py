@@ -13,7 +13,7 @@ from sqlmodel import SQLModel
 
 from gateway.config import load_settings
 from gateway.domain.delivery import State
-from gateway.services.outbound import EnqueueError, SendRequest, enqueue
+from gateway.services.outbound import EnqueueError, SendRequest, enqueue, enqueue_many
 from gateway.services.runtime import Runtime
 from gateway.store.db import DatabaseError, make_engine, require_current, upgrade, utcnow
 from gateway.store.outbox import claim_due, contacts, list_messages, messages, release
@@ -181,6 +181,93 @@ def test_order_is_created_bare_and_linked(runtime):
     enqueue(runtime, SendRequest("+12025550143", "verizon", text="hi", order_ref="A-7"), NOW)
     [listed] = list_messages(runtime.engine)
     assert listed["order_ref"] == "A-7"
+
+
+# --- a batch ----------------------------------------------------------------------------------------
+
+BATCH = [
+    SendRequest("+12025550143", "verizon", text="one", order_ref="B-1"),
+    SendRequest("not a number", "verizon", text="x"),
+    SendRequest("+12025550143", text="two", order_ref="B-1"),  # the contact's carrier, learnt
+    SendRequest("+13125550199", "uscellular", text="word " * 80, idempotency_key="long"),
+    SendRequest("+13125550199", "uscellular", text="again", idempotency_key="long"),
+    SendRequest("+12025550143", "att", text="closed"),
+    SendRequest("+14155550100", "verizon", text="quiet", respect_quiet_hours=True),
+    SendRequest("+12025550143", "verizon", template="nope"),
+    SendRequest("+14155550100", "verizon", text="bare"),
+]
+
+
+def shape(runtime):
+    """What the rows say, with the ids and tokens a second database would number differently."""
+    stored = rows(runtime)
+    conversations = {}
+    for row in stored:
+        conversations.setdefault(row["conversation_id"], len(conversations))
+    return [
+        (r["to_phone"], r["carrier"], r["to_address"], r["body"], r["state"], r["reason"],
+         r["part"], r["parts"], r["idempotency_key"], r["due_at"], conversations[r["conversation_id"]],
+         r["order_id"] is not None)
+        for r in stored
+    ]  # fmt: skip
+
+
+def test_a_batch_stores_what_the_same_requests_one_by_one_store(runtime, tmp_path):
+    one_by_one = Runtime(load_settings(None, database={"url": f"sqlite:///{tmp_path / 'ref.db'}"}))
+    upgrade(one_by_one.engine)
+    expected = []
+    for request in BATCH:
+        try:
+            made = enqueue(one_by_one, request, NOW)
+            expected.append((made.state, len(made.ids), made.existing))
+        except EnqueueError as exc:
+            expected.append(str(exc))
+    results = enqueue_many(runtime, BATCH, NOW)
+    got = [
+        str(r) if isinstance(r, EnqueueError) else (r.state, len(r.ids), r.existing)
+        for r in results
+    ]
+    assert got == expected
+    assert shape(runtime) == shape(one_by_one)
+    # The repeated key answers with the first request's rows, as a later request would.
+    assert results[4].ids == results[3].ids and results[4].existing
+    stored = {row["id"] for row in rows(runtime)}
+    assert {i for r in results if not isinstance(r, EnqueueError) for i in r.ids} == stored
+
+
+def test_a_key_seen_before_the_batch_replays_its_rows(runtime):
+    first = enqueue(
+        runtime, SendRequest("+12025550143", "verizon", text="a", idempotency_key="k"), NOW
+    )
+    [again, fresh] = enqueue_many(
+        runtime,
+        [SendRequest("+12025550143", "verizon", text="b", idempotency_key="k"),
+         SendRequest("+12025550143", "verizon", text="c")],
+        NOW,
+    )  # fmt: skip
+    assert (again.ids, again.existing) == (first.ids, True)
+    assert not fresh.existing and len(rows(runtime)) == 2
+
+
+def test_a_batch_of_only_bad_requests_stores_nothing(runtime):
+    results = enqueue_many(runtime, [BATCH[1], BATCH[7]], NOW)
+    assert all(isinstance(r, EnqueueError) for r in results) and rows(runtime) == []
+
+
+def test_the_per_contact_cap_counts_the_texts_earlier_in_the_batch(db_url):
+    settings = load_settings(
+        None, database={"url": db_url}, policy={"max_per_contact_hour": 2, "quiet_hours": False}
+    )
+    runtime = Runtime(settings)
+    upgrade(runtime.engine)
+    requests = [
+        SendRequest("+12025550143", "verizon", text=f"rule text {i}", automated=True, rule="r")
+        for i in range(3)
+    ]
+    results = enqueue_many(runtime, requests, NOW)
+    due = [row["due_at"].replace(tzinfo=dt.UTC) for row in rows(runtime)]
+    assert [r.state for r in results] == [State.QUEUED] * 3
+    assert due[:2] == [NOW, NOW] and due[2] == NOW + dt.timedelta(hours=1)
 
 
 # --- claiming --------------------------------------------------------------------------------------

@@ -8,18 +8,20 @@ is stored as `suppressed` with its reason, so it shows among failures and can be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
 
-from gateway.domain.carriers import GatewayAddress, Unreachable
+from gateway.domain.carriers import Carrier, GatewayAddress, Unreachable
 from gateway.domain.delivery import State
 from gateway.domain.email_out import check_field, message_id_for
 from gateway.domain.gateways import choose_gateway
-from gateway.domain.phone import PhoneError, parse_phone
+from gateway.domain.phone import Phone, PhoneError, parse_phone
 from gateway.domain.quiet import next_allowed, recipient_zones, zone
 from gateway.domain.routing import Route
 from gateway.domain.rules import throttled
@@ -29,12 +31,13 @@ from gateway.services.runtime import Runtime
 from gateway.store.outbox import (
     NewMessage,
     automated_times,
-    ensure_conversation,
+    ensure_conversations,
     ensure_order,
     find_by_key,
     insert_messages,
     order_zone,
-    upsert_contact,
+    set_carriers,
+    upsert_contacts,
 )
 
 MAX_TEXT = 5000  # characters a dispatcher or template may produce before shaping
@@ -81,11 +84,65 @@ def enqueue(
     runtime: Runtime, request: SendRequest, now: dt.datetime, conn: Connection | None = None
 ) -> Enqueued:
     """Validate `request` and store its text; in `conn`'s transaction when one is given."""
-    settings = runtime.settings
-    try:
-        phone = parse_phone(request.to, settings.carriers.default_region)
-    except PhoneError as exc:
-        raise EnqueueError(exc.reason) from None
+    [result] = enqueue_many(runtime, [request], now, conn)
+    if isinstance(result, EnqueueError):
+        raise result
+    return result
+
+
+def enqueue_many(
+    runtime: Runtime,
+    requests: Sequence[SendRequest],
+    now: dt.datetime,
+    conn: Connection | None = None,
+) -> list[Enqueued | EnqueueError]:
+    """Validate each request and store the texts of those that pass, all in one transaction
+    (`conn`'s when one is given): a result per request, in order, an EnqueueError in the place
+    of one that cannot become a text (it stores nothing; the others are stored).
+
+    One transaction and a few statements for the whole batch, where a request at a time costs a
+    commit and half a dozen statements each: the bulk path of the API and of imports."""
+    parsed: dict[str, Phone | EnqueueError] = {}
+    checked: list[_Checked | EnqueueError] = []
+    for request in requests:
+        try:
+            checked.append(_check(runtime, request, parsed))
+        except EnqueueError as exc:
+            checked.append(exc)
+    valid = [item for item in checked if isinstance(item, _Checked)]
+    if valid:
+        transaction = (
+            contextlib.nullcontext(conn) if conn is not None else runtime.migrated_engine().begin()
+        )
+        with transaction as conn:
+            stored = iter(_store(runtime, conn, valid, now))
+        return [next(stored) if isinstance(item, _Checked) else item for item in checked]
+    return [item for item in checked if isinstance(item, EnqueueError)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    request: SendRequest
+    phone: Phone
+    carrier: Carrier | None
+    text: str
+    keys: list[str]
+
+
+def _check(
+    runtime: Runtime, request: SendRequest, parsed: dict[str, Phone | EnqueueError]
+) -> _Checked:
+    """Everything about a request that needs no database, or EnqueueError saying what to fix.
+    `parsed` remembers numbers already read: a batch often texts one number several times."""
+    phone = parsed.get(request.to)
+    if phone is None:
+        try:
+            phone = parse_phone(request.to, runtime.settings.carriers.default_region)
+        except PhoneError as exc:
+            phone = EnqueueError(exc.reason)
+        parsed[request.to] = phone
+    if isinstance(phone, EnqueueError):
+        raise EnqueueError(str(phone))
 
     carrier = None
     if request.carrier is not None:
@@ -119,93 +176,195 @@ def enqueue(
                 check_field(label, value)
             except ValueError as exc:
                 raise EnqueueError(str(exc)) from None
+    return _Checked(request, phone, carrier, text, _part_keys(request.idempotency_key))
 
-    keys = _part_keys(request.idempotency_key)
-    transaction = (
-        contextlib.nullcontext(conn) if conn is not None else runtime.migrated_engine().begin()
+
+def _store(
+    runtime: Runtime, conn: Connection, items: Sequence[_Checked], now: dt.datetime
+) -> list[Enqueued]:
+    """Store the texts of checked requests: contacts, orders and conversations first, for the
+    whole batch at once, then every row in one insert."""
+    seen = find_by_key(conn, [key for item in items for key in item.keys])
+    earlier = {
+        item.keys[0]: _replay([row for row in seen if row["idempotency_key"] in item.keys])
+        for item in items
+        if item.keys and any(row["idempotency_key"] == item.keys[0] for row in seen)
+    }
+    fresh: list[_Checked] = []  # the requests that make rows: not a key seen before or above
+    keys_made: set[str] = set()
+    for item in items:
+        key = item.keys[0] if item.keys else None
+        if key is None or (key not in earlier and key not in keys_made):
+            fresh.append(item)
+            if key is not None:
+                keys_made.add(key)
+
+    # Each text uses the carrier known for its number when its turn comes, as one request at a
+    # time would: the first request for a number sets it, a later one naming another changes it
+    # from there on, and the contact keeps the last.
+    first_given: dict[str, str | None] = {}
+    for item in fresh:
+        first_given.setdefault(item.phone.e164, item.carrier.id if item.carrier else None)
+    contacts = upsert_contacts(conn, first_given, "dispatcher", now) if first_given else {}
+    running = {phone: found[1] for phone, found in contacts.items()}
+    carrier_known: dict[int, str | None] = {}
+    for item in fresh:
+        if item.carrier is not None:
+            running[item.phone.e164] = item.carrier.id
+        carrier_known[id(item)] = running[item.phone.e164]
+    set_carriers(
+        conn,
+        {contacts[p][0]: c for p, c in running.items() if c is not None and c != contacts[p][1]},
+        "dispatcher",
+        now,
     )
-    with transaction as conn:
-        existing = find_by_key(conn, keys)
-        if existing:
-            first = existing[0]
-            return Enqueued(
-                ids=[row["id"] for row in existing],
-                state=State(first["state"]),
-                to_address=first["to_address"],
-                message_ids=[row["message_id"] for row in existing],
-                reason=first["gateway_reason"] if first["reason"] else None,
-                warning=None,
-                existing=True,
-            )
 
-        contact_id, carrier_id, opted_out = upsert_contact(
-            conn, phone.e164, carrier.id if carrier else None, "dispatcher", now
+    order_ids: dict[str, int] = {}
+    for item in fresh:
+        ref = item.request.order_ref
+        if ref is not None and ref not in order_ids:
+            order_ids[ref] = ensure_order(conn, ref, contacts[item.phone.e164][0], now)
+
+    def pair(item: _Checked) -> tuple[int, int | None]:
+        ref = item.request.order_ref
+        return contacts[item.phone.e164][0], order_ids[ref] if ref is not None else None
+
+    conversations = ensure_conversations(conn, [pair(item) for item in fresh], now)
+
+    # A result, or which planned request's result (and whether as a replay of it).
+    slots: list[Enqueued | tuple[int, bool]] = []
+    rows: list[NewMessage] = []
+    planned: list[tuple[int, Enqueued]] = []  # (where its rows start, its result without ids)
+    planned_by_key: dict[str, int] = {}
+    pending: dict[int, list[dt.datetime]] = {}  # automated texts of this batch, per contact
+    for item in items:
+        key = item.keys[0] if item.keys else None
+        if key is not None and key in earlier:
+            slots.append(earlier[key])
+            continue
+        if key is not None and key in planned_by_key:  # the same key twice in one batch
+            slots.append((planned_by_key[key], True))
+            continue
+        contact_id, _, opted_out = contacts[item.phone.e164]
+        known_carrier = carrier_known[id(item)]
+        order_id = pair(item)[1]
+        start = len(rows)
+        result = _rows(
+            runtime, conn, item, now, contact_id, known_carrier, opted_out, order_id,
+            conversations[(contact_id, order_id)], pending, rows,
+        )  # fmt: skip
+        slots.append((len(planned), False))
+        if key is not None:
+            planned_by_key[key] = len(planned)
+        planned.append((start, result))
+    ids = insert_messages(conn, rows, now)
+    for start, result in planned:
+        result.ids.extend(ids[start : start + len(result.message_ids)])
+    return [
+        slot
+        if isinstance(slot, Enqueued)
+        else (
+            dataclasses.replace(planned[slot[0]][1], existing=True)
+            if slot[1]
+            else planned[slot[0]][1]
         )
-        if carrier is None and carrier_id is not None:
-            carrier = runtime.carriers.find(carrier_id)
-        order_id = (
-            ensure_order(conn, request.order_ref, contact_id, now) if request.order_ref else None
-        )
-        conversation_id = ensure_conversation(conn, contact_id, order_id, now)
+        for slot in slots
+    ]
 
-        due_at, stale = _when(runtime, conn, request, phone.e164, contact_id, order_id, now)
-        target = choose_gateway(phone, carrier, runtime.carriers, runtime.provider_plan, now.date())
-        if opted_out and not request.answers_keyword:
-            target = Unreachable("opted_out", f"{phone.e164} has opted out of texts")
-        if isinstance(target, GatewayAddress):
-            mode = LongText(settings.policy.long_text)
-            parts = fit(text, target.max_length, mode)
-            state, reason = State.QUEUED, None
-            address, gateway, why = target.address, target.gateway, target.why
-        else:
-            parts = [text]
-            state, reason = State.SUPPRESSED, target.reason
-            address, gateway, why = None, None, target.message
-        if stale and state is State.QUEUED:
-            # Held past its freshness deadline (quiet hours, the cap): it would arrive as old news.
-            state, reason = State.CANCELLED, "stale"
 
-        rows = []
-        for index, body in enumerate(parts, 1):
-            shape = measure(body)
-            rows.append(
-                NewMessage(
-                    to_phone=phone.e164,
-                    carrier=carrier.id if carrier else carrier_id,
-                    to_address=address,
-                    gateway=gateway,
-                    gateway_reason=why,
-                    body=body,
-                    template=request.template,
-                    encoding=shape.encoding.value,
-                    segments=shape.segments,
-                    part=index,
-                    parts=len(parts),
-                    message_id=message_id_for(runtime.new_message_token(), runtime.company_domain),
-                    idempotency_key=keys[index - 1] if keys else None,
-                    state=state,
-                    reason=reason,
-                    due_at=due_at,
-                    contact_id=contact_id,
-                    order_id=order_id,
-                    conversation_id=conversation_id,
-                    automated=request.automated,
-                    rule=request.rule,
-                    event_id=request.event_id,
-                    fresh_until=request.fresh_until,
-                    respect_quiet_hours=request.automated or request.respect_quiet_hours,
-                    pinned_route=request.via.value if request.via else None,
-                )
-            )
-        ids = insert_messages(conn, rows, now)
-    warning = target.warning if isinstance(target, GatewayAddress) else None
+def _replay(rows: list[dict[str, Any]]) -> Enqueued:
+    # The rows an earlier request with the same key created: its result again.
+    first = rows[0]
     return Enqueued(
-        ids=ids,
+        ids=[row["id"] for row in rows],
+        state=State(first["state"]),
+        to_address=first["to_address"],
+        message_ids=[row["message_id"] for row in rows],
+        reason=first["gateway_reason"] if first["reason"] else None,
+        warning=None,
+        existing=True,
+    )
+
+
+def _rows(
+    runtime: Runtime,
+    conn: Connection,
+    item: _Checked,
+    now: dt.datetime,
+    contact_id: int,
+    known_carrier: str | None,
+    opted_out: bool,
+    order_id: int | None,
+    conversation_id: int,
+    pending: dict[int, list[dt.datetime]],
+    rows: list[NewMessage],
+) -> Enqueued:
+    """The rows of one request appended to `rows`, and its result (ids filled in later)."""
+    request, phone = item.request, item.phone
+    carrier = item.carrier
+    if carrier is None and known_carrier is not None:
+        carrier = runtime.carriers.find(known_carrier)
+    due_at, stale = _when(
+        runtime, conn, request, phone.e164, contact_id, order_id, now, pending.get(contact_id, [])
+    )
+    target = choose_gateway(phone, carrier, runtime.carriers, runtime.provider_plan, now.date())
+    if opted_out and not request.answers_keyword:
+        target = Unreachable("opted_out", f"{phone.e164} has opted out of texts")
+    if isinstance(target, GatewayAddress):
+        mode = LongText(runtime.settings.policy.long_text)
+        parts = fit(item.text, target.max_length, mode)
+        state, reason = State.QUEUED, None
+        address, gateway, why = target.address, target.gateway, target.why
+    else:
+        parts = [item.text]
+        state, reason = State.SUPPRESSED, target.reason
+        address, gateway, why = None, None, target.message
+    if stale and state is State.QUEUED:
+        # Held past its freshness deadline (quiet hours, the cap): it would arrive as old news.
+        state, reason = State.CANCELLED, "stale"
+    if request.automated and state is State.QUEUED:
+        pending.setdefault(contact_id, []).extend([due_at] * len(parts))
+
+    message_ids = []
+    for index, body in enumerate(parts, 1):
+        shape = measure(body)
+        message_ids.append(message_id_for(runtime.new_message_token(), runtime.company_domain))
+        rows.append(
+            NewMessage(
+                to_phone=phone.e164,
+                carrier=carrier.id if carrier else known_carrier,
+                to_address=address,
+                gateway=gateway,
+                gateway_reason=why,
+                body=body,
+                template=request.template,
+                encoding=shape.encoding.value,
+                segments=shape.segments,
+                part=index,
+                parts=len(parts),
+                message_id=message_ids[-1],
+                idempotency_key=item.keys[index - 1] if item.keys else None,
+                state=state,
+                reason=reason,
+                due_at=due_at,
+                contact_id=contact_id,
+                order_id=order_id,
+                conversation_id=conversation_id,
+                automated=request.automated,
+                rule=request.rule,
+                event_id=request.event_id,
+                fresh_until=request.fresh_until,
+                respect_quiet_hours=request.automated or request.respect_quiet_hours,
+                pinned_route=request.via.value if request.via else None,
+            )
+        )
+    return Enqueued(
+        ids=[],
         state=state,
         to_address=address,
-        message_ids=[row.message_id for row in rows],
+        message_ids=message_ids,
         reason=why if state is State.SUPPRESSED else None,
-        warning=warning,
+        warning=target.warning if isinstance(target, GatewayAddress) else None,
         existing=False,
     )
 
@@ -218,9 +377,11 @@ def _when(
     contact_id: int,
     order_id: int | None,
     now: dt.datetime,
+    batch: Sequence[dt.datetime] = (),
 ) -> tuple[dt.datetime, bool]:
     """When the text may go (after send_at, the recipient's quiet hours and the per-contact
-    cap), and whether that is past its freshness deadline."""
+    cap, counting the contact's automated texts stored and those earlier in this `batch`),
+    and whether that is past its freshness deadline."""
     policy = runtime.settings.policy
     due = max(request.send_at or now, now)
     quiet = policy.quiet_hours and (request.automated or request.respect_quiet_hours)
@@ -228,11 +389,11 @@ def _when(
     if quiet:
         order_tz = order_zone(conn, order_id) if order_id is not None else None
         zones = recipient_zones(order_tz, e164, zone(policy.timezone))
-    hours = policy.hours()
+    hours = policy.hours() if quiet else None
     cap = policy.max_per_contact_hour if request.automated else None
-    others = automated_times(conn, contact_id, due, dt.timedelta(hours=1)) if cap else []
+    others = [*automated_times(conn, contact_id, due, dt.timedelta(hours=1)), *batch] if cap else []
     for _ in range(10):  # each step only moves later; both settle within a step or two
-        held = next_allowed(due, zones, hours) if quiet else due
+        held = next_allowed(due, zones, hours) if hours else due
         held = throttled(others, held, cap)
         if held == due:
             break

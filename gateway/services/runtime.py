@@ -37,6 +37,7 @@ from gateway.transport.smtp import SmtpPool, SmtpServer
 class Runtime:
     settings: Settings
     _schema_checked: bool = dataclasses.field(default=False, repr=False)
+    _tokens: list[str] = dataclasses.field(default_factory=list, repr=False)
     # The settings from the file and the environment, before the dashboard's changes.
     _base: Settings | None = dataclasses.field(default=None, repr=False)
     _overrides_seen: tuple[int, Any] = dataclasses.field(default=(0, None), repr=False)
@@ -266,4 +267,14 @@ class Runtime:
         )
 
     def new_message_token(self) -> str:
-        return secrets.token_hex(12)
+        """96 random bits for a Message-ID. Drawn from the system's generator 256 at a time: one
+        call for each was a twentieth of a bulk enqueue. A token is handed out once, whichever
+        thread asks."""
+        tokens = self._tokens
+        if not tokens:
+            raw = secrets.token_bytes(12 * 256)
+            tokens = self._tokens = [raw[i : i + 12].hex() for i in range(0, len(raw), 12)]
+        try:
+            return tokens.pop()
+        except IndexError:  # another thread took the last one
+            return secrets.token_hex(12)

@@ -104,39 +104,79 @@ class AttemptRecord:
 # --- enqueue ----------------------------------------------------------------------------------
 
 
+def upsert_contacts(
+    conn: Connection, wanted: dict[str, str | None], carrier_source: str, now: dt.datetime
+) -> dict[str, tuple[int, str | None, bool]]:
+    """The contacts for the phones of `wanted` (phone -> carrier given, or None), created when
+    new, their carrier updated when one is given: phone -> (id, carrier, opted out).
+
+    Every enqueue runs this, so it talks to the driver directly (as record_attempts does):
+    building the statements through SQLAlchemy was most of an enqueue's time. Contacts that a
+    concurrent writer creates first are found by ON CONFLICT DO NOTHING, with no savepoint."""
+    mark, time_param = _driver_style(conn)
+    at = time_param(now)
+    found = _contacts_by_phone(conn, list(wanted), mark)
+    missing = [phone for phone in wanted if phone not in found]
+    if missing:
+        conn.exec_driver_sql(
+            _placeholders(_CONTACT_INSERT, mark),
+            [(p, wanted[p], carrier_source if wanted[p] else None, False, at, at) for p in missing],
+        )
+        found.update(_contacts_by_phone(conn, missing, mark))
+    changed = {
+        phone: carrier
+        for phone, carrier in wanted.items()
+        if carrier is not None and carrier != found[phone][1]
+    }
+    set_carriers(conn, {found[phone][0]: c for phone, c in changed.items()}, carrier_source, now)
+    for phone, carrier in changed.items():
+        contact_id, _, opted_out = found[phone]
+        found[phone] = (contact_id, carrier, opted_out)
+    return found
+
+
+def set_carriers(
+    conn: Connection, carriers: dict[int, str], carrier_source: str, now: dt.datetime
+) -> None:
+    """Set each contact's carrier (contact id -> carrier id)."""
+    if not carriers:
+        return
+    mark, time_param = _driver_style(conn)
+    at = time_param(now)
+    conn.exec_driver_sql(
+        _placeholders(_CONTACT_CARRIER, mark),
+        [(carrier, carrier_source, at, contact_id) for contact_id, carrier in carriers.items()],
+    )
+
+
 def upsert_contact(
     conn: Connection, phone: str, carrier: str | None, carrier_source: str, now: dt.datetime
 ) -> tuple[int, str | None, bool]:
-    """The contact for `phone` (created if new; its carrier updated when one is given).
-    Returns its id, its carrier and whether it opted out.
-
-    Every enqueue runs this, so it talks to the driver directly (as record_attempts does):
-    building the statements through SQLAlchemy was most of an enqueue's time. A contact that
-    a concurrent writer creates first is found by ON CONFLICT DO NOTHING, with no savepoint."""
-    mark, time_param = _driver_style(conn)
-    at = time_param(now)
-    row = conn.exec_driver_sql(_placeholders(_CONTACT_FIND, mark), (phone,)).first()
-    if row is None:
-        made = conn.exec_driver_sql(
-            _placeholders(_CONTACT_INSERT, mark),
-            (phone, carrier, carrier_source if carrier else None, False, at, at),
-        ).scalar()
-        if made is not None:
-            return int(made), carrier, False
-        row = conn.exec_driver_sql(_placeholders(_CONTACT_FIND, mark), (phone,)).one()
-    contact_id, known, opted_out = int(row[0]), row[1], bool(row[2])
-    if carrier is not None and carrier != known:
-        conn.exec_driver_sql(
-            _placeholders(_CONTACT_CARRIER, mark), (carrier, carrier_source, at, contact_id)
-        )
-        return contact_id, carrier, opted_out
-    return contact_id, known, opted_out
+    """The contact for `phone`, as upsert_contacts: its id, its carrier, whether it opted out."""
+    return upsert_contacts(conn, {phone: carrier}, carrier_source, now)[phone]
 
 
-_CONTACT_FIND = "SELECT id, carrier, opted_out FROM contacts WHERE phone = ?"
+def _contacts_by_phone(
+    conn: Connection, phones: Sequence[str], mark: str
+) -> dict[str, tuple[int, str | None, bool]]:
+    found: dict[str, tuple[int, str | None, bool]] = {}
+    for chunk in _chunks(phones):
+        sql = _CONTACT_FIND.format(marks=", ".join([mark] * len(chunk)))
+        for phone, contact_id, carrier, opted_out in conn.exec_driver_sql(sql, tuple(chunk)):
+            found[phone] = (int(contact_id), carrier, bool(opted_out))
+    return found
+
+
+def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    # Bounded IN lists: SQLite and PostgreSQL drivers both cap the parameters of a statement.
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_CONTACT_FIND = "SELECT phone, id, carrier, opted_out FROM contacts WHERE phone IN ({marks})"
 _CONTACT_INSERT = (
     "INSERT INTO contacts (phone, carrier, carrier_source, opted_out, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (phone) DO NOTHING RETURNING id"
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (phone) DO NOTHING"
 )
 _CONTACT_CARRIER = (
     "UPDATE contacts SET carrier = ?, carrier_source = ?, updated_at = ? WHERE id = ?"
@@ -171,40 +211,62 @@ def insert_once(conn: Connection, statement: Any, find: Any) -> int:
         return int(found)
 
 
+def ensure_conversations(
+    conn: Connection, pairs: Iterable[tuple[int, int | None]], now: dt.datetime
+) -> dict[tuple[int, int | None], int]:
+    """The conversation with each contact about each order (or about no order), its last
+    message time moved to `now`; created where there is none: (contact, order) -> id. Driver
+    SQL, as in upsert_contacts."""
+    mark, time_param = _driver_style(conn)
+    at = time_param(now)
+    wanted = list(dict.fromkeys(pairs))
+    found = _conversations_of(conn, wanted, mark)
+    missing = [pair for pair in wanted if pair not in found]
+    if missing:
+        conn.exec_driver_sql(
+            _placeholders(_CONVERSATION_NEW, mark),
+            [(contact_id, order_id, at, at, 0) for contact_id, order_id in missing],
+        )
+        found.update(_conversations_of(conn, missing, mark))
+    made = set(missing)
+    touched = [found[pair] for pair in wanted if pair not in made]
+    for chunk in _chunks(touched):
+        sql = _placeholders(_CONVERSATION_TOUCH, mark).format(marks=", ".join([mark] * len(chunk)))
+        conn.exec_driver_sql(sql, (at, *chunk))
+    return found
+
+
 def ensure_conversation(
     conn: Connection, contact_id: int, order_id: int | None, now: dt.datetime
 ) -> int:
-    """The conversation with the contact about the order (or about no order), its last message
-    time moved to `now`; created when there is none. Driver SQL, as in upsert_contact."""
-    mark, time_param = _driver_style(conn)
-    at = time_param(now)
-    if order_id is None:
-        found = conn.exec_driver_sql(
-            _placeholders(_CONVERSATION_BARE, mark), (contact_id,)
-        ).scalar()
-    else:
-        found = conn.exec_driver_sql(
-            _placeholders(_CONVERSATION_OF_ORDER, mark), (contact_id, order_id)
-        ).scalar()
-    if found is not None:
-        conn.exec_driver_sql(_placeholders(_CONVERSATION_TOUCH, mark), (at, found))
-        return int(found)
-    made = conn.exec_driver_sql(
-        _placeholders(_CONVERSATION_NEW, mark), (contact_id, order_id, at, at, 0)
-    ).scalar_one()
-    return int(made)
+    """The conversation with the contact about the order, as ensure_conversations."""
+    return ensure_conversations(conn, [(contact_id, order_id)], now)[(contact_id, order_id)]
 
 
-_CONVERSATION_BARE = (
-    "SELECT id FROM conversations WHERE contact_id = ? AND order_id IS NULL ORDER BY id LIMIT 1"
+def _conversations_of(
+    conn: Connection, pairs: Sequence[tuple[int, int | None]], mark: str
+) -> dict[tuple[int, int | None], int]:
+    # The oldest conversation of each pair is the one texts go to (a concurrent writer may have
+    # made a second one).
+    wanted = set(pairs)
+    found: dict[tuple[int, int | None], int] = {}
+    for chunk in _chunks(sorted({contact_id for contact_id, _ in pairs})):
+        sql = _CONVERSATIONS_FIND.format(marks=", ".join([mark] * len(chunk)))
+        for contact_id, order_id, first in conn.exec_driver_sql(sql, tuple(chunk)):
+            pair = (int(contact_id), None if order_id is None else int(order_id))
+            if pair in wanted:
+                found[pair] = int(first)
+    return found
+
+
+_CONVERSATIONS_FIND = (
+    "SELECT contact_id, order_id, MIN(id) FROM conversations WHERE contact_id IN ({marks}) "
+    "GROUP BY contact_id, order_id"
 )
-_CONVERSATION_OF_ORDER = (
-    "SELECT id FROM conversations WHERE contact_id = ? AND order_id = ? ORDER BY id LIMIT 1"
-)
-_CONVERSATION_TOUCH = "UPDATE conversations SET last_message_at = ? WHERE id = ?"
+_CONVERSATION_TOUCH = "UPDATE conversations SET last_message_at = ? WHERE id IN ({marks})"
 _CONVERSATION_NEW = (
     "INSERT INTO conversations (contact_id, order_id, created_at, last_message_at, "
-    "read_inbound_id) VALUES (?, ?, ?, ?, ?) RETURNING id"
+    "read_inbound_id) VALUES (?, ?, ?, ?, ?)"
 )
 
 
@@ -220,6 +282,7 @@ def find_by_key(conn: Connection, keys: Sequence[str]) -> list[dict[str, Any]]:
             messages.c.message_id,
             messages.c.reason,
             messages.c.gateway_reason,
+            messages.c.idempotency_key,
         )
         .where(messages.c.idempotency_key.in_(list(keys)))
         .order_by(messages.c.part, messages.c.id)
@@ -228,47 +291,53 @@ def find_by_key(conn: Connection, keys: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def insert_messages(conn: Connection, rows: Iterable[NewMessage], now: dt.datetime) -> list[int]:
-    values = [_row_values(row, now) for row in rows]
+    """Insert the rows; their ids, in order. Driver SQL, as in upsert_contacts: SQLAlchemy
+    inserts one row a statement on SQLite when it must return ids in order, and building each
+    was most of a bulk enqueue. The ids are read back by Message-ID, which is unique."""
+    mark, time_param = _driver_style(conn)
+    times: dict[dt.datetime, object] = {}  # a batch shares a few times: convert each once
+
+    def at(value: dt.datetime | None) -> object:
+        if value is None:
+            return None
+        if value not in times:
+            times[value] = time_param(value)
+        return times[value]
+
+    created = at(now)
+    values = [
+        (
+            row.conversation_id, row.contact_id, row.order_id, row.to_phone, row.carrier,
+            row.to_address, row.gateway, row.gateway_reason, row.body, row.template,
+            row.encoding, row.segments, row.part, row.parts, row.message_id,
+            row.idempotency_key, row.state.value, row.reason, 0, at(row.due_at), at(row.due_at),
+            created, created, row.automated, row.rule, row.event_id, at(row.fresh_until),
+            row.respect_quiet_hours, row.pinned_route,
+        )
+        for row in rows
+    ]  # fmt: skip
     if not values:
         return []
-    result = conn.execute(
-        insert(messages).returning(messages.c.id, sort_by_parameter_order=True), values
-    )
-    return [int(r) for r in result.scalars()]
+    marks = ", ".join([mark] * len(_MESSAGE_COLUMNS))
+    conn.exec_driver_sql(f"INSERT INTO messages ({_MESSAGE_COLUMNS_SQL}) VALUES ({marks})", values)
+    wanted = [row[14] for row in values]  # message_id
+    ids: dict[str, int] = {}
+    for chunk in _chunks(wanted):
+        marks = ", ".join([mark] * len(chunk))
+        found = conn.exec_driver_sql(_IDS_BY_MESSAGE_ID.format(marks=marks), tuple(chunk))
+        ids.update((key, int(row_id)) for key, row_id in found)
+    return [ids[key] for key in wanted]
 
 
-def _row_values(row: NewMessage, now: dt.datetime) -> dict[str, Any]:
-    return {
-        "conversation_id": row.conversation_id,
-        "contact_id": row.contact_id,
-        "order_id": row.order_id,
-        "to_phone": row.to_phone,
-        "carrier": row.carrier,
-        "to_address": row.to_address,
-        "gateway": row.gateway,
-        "gateway_reason": row.gateway_reason,
-        "body": row.body,
-        "template": row.template,
-        "encoding": row.encoding,
-        "segments": row.segments,
-        "part": row.part,
-        "parts": row.parts,
-        "message_id": row.message_id,
-        "idempotency_key": row.idempotency_key,
-        "state": row.state.value,
-        "reason": row.reason,
-        "attempts": 0,
-        "due_at": row.due_at,
-        "first_due_at": row.due_at,
-        "created_at": now,
-        "updated_at": now,
-        "automated": row.automated,
-        "rule": row.rule,
-        "event_id": row.event_id,
-        "fresh_until": row.fresh_until,
-        "respect_quiet_hours": row.respect_quiet_hours,
-        "pinned_route": row.pinned_route,
-    }
+_MESSAGE_COLUMNS = (
+    "conversation_id", "contact_id", "order_id", "to_phone", "carrier", "to_address", "gateway",
+    "gateway_reason", "body", "template", "encoding", "segments", "part", "parts", "message_id",
+    "idempotency_key", "state", "reason", "attempts", "due_at", "first_due_at", "created_at",
+    "updated_at", "automated", "rule", "event_id", "fresh_until", "respect_quiet_hours",
+    "pinned_route",
+)  # fmt: skip
+_MESSAGE_COLUMNS_SQL = ", ".join(_MESSAGE_COLUMNS)
+_IDS_BY_MESSAGE_ID = "SELECT message_id, id FROM messages WHERE message_id IN ({marks})"
 
 
 def automated_times(

@@ -23,7 +23,13 @@ from gateway.domain.delivery import State
 from gateway.domain.routing import BreakerState
 from gateway.services.carrier_report import carrier_rows
 from gateway.services.orders import OrderError, OrderInput, Orders
-from gateway.services.outbound import EnqueueError, SendRequest, enqueue
+from gateway.services.outbound import (
+    Enqueued,
+    EnqueueError,
+    SendRequest,
+    enqueue,
+    enqueue_many,
+)
 from gateway.services.runtime import Runtime
 from gateway.store import access, heartbeats, views
 from gateway.store.db import DatabaseError, utcnow
@@ -51,6 +57,35 @@ class MessageIn(_Body):
     order_ref: str | None = Field(None, max_length=100)
     send_at: dt.datetime | None = None
     respect_quiet_hours: bool = False
+
+
+class BatchIn(_Body):
+    messages: list[MessageIn] = Field(min_length=1, max_length=1000)
+
+
+def _send_request(body: MessageIn) -> SendRequest:
+    return SendRequest(
+        to=body.to,
+        carrier=body.carrier,
+        text=body.text,
+        template=body.template,
+        variables=body.variables,
+        order_ref=body.order_ref,
+        send_at=body.send_at,
+        respect_quiet_hours=body.respect_quiet_hours,
+    )
+
+
+def _enqueued(result: Enqueued) -> dict[str, Any]:
+    return {
+        "id": result.ids[0],
+        "state": result.state.value,
+        "message_id": result.message_ids[0],
+        "to_address": result.to_address,
+        "parts": result.ids,
+        "reason": result.reason if result.state is State.SUPPRESSED else None,
+        "warning": result.warning,
+    }
 
 
 class OrderIn(_Body):
@@ -162,31 +197,34 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.post(f"{API}/messages", status_code=201, tags=["messages"])
     async def post_message(body: MessageIn, token: Token, key: Key = None) -> Response:
         async def work(conn: Any) -> tuple[int, dict[str, Any]]:
-            request = SendRequest(
-                to=body.to,
-                carrier=body.carrier,
-                text=body.text,
-                template=body.template,
-                variables=body.variables,
-                order_ref=body.order_ref,
-                send_at=body.send_at,
-                respect_quiet_hours=body.respect_quiet_hours,
-            )
             try:
-                result = enqueue(runtime, request, utcnow(), conn=conn)
+                result = enqueue(runtime, _send_request(body), utcnow(), conn=conn)
             except EnqueueError as exc:
                 raise ApiError(422, "invalid_message", str(exc)) from None
-            return 201, {
-                "id": result.ids[0],
-                "state": result.state.value,
-                "message_id": result.message_ids[0],
-                "to_address": result.to_address,
-                "parts": result.ids,
-                "reason": result.reason if result.state is State.SUPPRESSED else None,
-                "warning": result.warning,
-            }
+            return 201, _enqueued(result)
 
         return await idempotent(token, key, "POST /messages", body.model_dump(mode="json"), work)
+
+    @app.post(f"{API}/messages/batch", tags=["messages"])
+    async def post_messages(body: BatchIn, token: Token, key: Key = None) -> Response:
+        """Up to 1,000 texts in one request and one transaction. Each is checked on its own: the
+        answer has a result per message, in order, either as `POST /messages` answers or an
+        error with what to fix; the messages that pass are stored even when others do not."""
+
+        async def work(conn: Any) -> tuple[int, dict[str, Any]]:
+            requests = [_send_request(message) for message in body.messages]
+            results = []
+            for index, result in enumerate(enqueue_many(runtime, requests, utcnow(), conn)):
+                if isinstance(result, EnqueueError):
+                    error = {"error": "invalid_message", "message": str(result)}
+                    results.append({"index": index, **error})
+                else:
+                    results.append({"index": index, **_enqueued(result)})
+            refused = sum(1 for result in results if "error" in result)
+            return 200, {"accepted": len(results) - refused, "refused": refused, "results": results}
+
+        dumped = body.model_dump(mode="json")
+        return await idempotent(token, key, "POST /messages/batch", dumped, work)
 
     @app.get(f"{API}/messages/{{message_id}}", tags=["messages"])
     async def get_message(message_id: int, token: Token) -> Response:

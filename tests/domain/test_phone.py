@@ -1,8 +1,9 @@
+import phonenumbers
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.domain.phone import PhoneError, parse_phone
+from gateway.domain.phone import _CANNOT_TEXT, PhoneError, parse_phone
 
 
 @pytest.mark.parametrize(
@@ -57,3 +58,22 @@ def test_any_input_parses_or_is_refused_with_a_reason(text):
         assert exc.reason
     else:
         assert phone.e164.startswith("+") and phone.national.isdigit()
+
+
+@given(
+    st.sampled_from(sorted(phonenumbers.SUPPORTED_REGIONS)),
+    st.text(alphabet="0123456789", min_size=4, max_size=13),
+)
+def test_a_number_is_accepted_exactly_when_the_plan_calls_it_valid(region, digits):
+    # parse_phone asks the plan for the number's type once instead of also asking is_valid_number.
+    try:
+        number = phonenumbers.parse(digits, region)
+    except phonenumbers.NumberParseException:
+        return
+    valid = phonenumbers.is_valid_number(number)
+    try:
+        parse_phone(digits, region)
+        accepted = True
+    except PhoneError:
+        accepted = False
+    assert accepted == (valid and phonenumbers.number_type(number) not in _CANNOT_TEXT)

@@ -8,10 +8,12 @@ from gateway.domain.sms import (
     MAX_PARTS,
     Encoding,
     LongText,
+    char_units,
     encoding_of,
     fit,
     measure,
     normalise,
+    normalise_any,
     part_limit,
     segment_texts,
     units_of,
@@ -126,3 +128,25 @@ def test_segments_rebuild_the_text(text):
 @pytest.mark.parametrize("ch", sorted(GSM7_EXTENSION))
 def test_extension_characters_cost_two(ch):
     assert measure(ch).units == 2 and measure(ch).encoding is Encoding.GSM7
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from(sorted(GSM7_BASIC | GSM7_EXTENSION)) | st.characters(),
+        max_size=400,
+    )
+)
+def test_counting_agrees_with_the_definition_character_by_character(text):
+    # The counts are made by regular expressions for speed; they must mean the rule itself.
+    gsm7 = all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text)
+    assert encoding_of(text) is (Encoding.GSM7 if gsm7 else Encoding.UCS2)
+    encoding = encoding_of(text)
+    assert units_of(text, encoding) == sum(char_units(ch, encoding) for ch in text)
+    single = 160 if gsm7 else 70
+    assert measure(text).segments == max(1, len(segment_texts(text)))
+    assert (measure(text).segments == 1) == (units_of(text, encoding) <= single)
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=300))
+def test_the_plain_ascii_shortcut_normalises_as_the_general_path_does(text):
+    assert normalise(text) == normalise_any(text)
