@@ -73,6 +73,14 @@ COPY_BACKLOG = 10_000  # Sent-folder copies waiting at most; past that, copies a
 COPY_DRAIN_SECONDS = 30.0  # at shutdown, how long waiting copies may still take
 
 
+@dataclasses.dataclass(slots=True)
+class _Grant:
+    """Sends of a route's daily limit the database reserved for this worker."""
+
+    reservation: int
+    left: int
+
+
 @dataclasses.dataclass
 class SenderStats:
     claimed: int = 0
@@ -129,8 +137,8 @@ class Sender:
         self._counted_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         pools = [lane.pool for lane in routes.lanes.values() if lane.pool is not None]
         self._pools = pools
-        # Daily-limit grants held by this worker: route -> [reservation id, sends left].
-        self._allowance: dict[Route, list[Any]] = {}
+        # Daily-limit grants held by this worker, by route.
+        self._allowance: dict[Route, _Grant] = {}
         self._allowance_lock = asyncio.Lock()
         self._database_failures = 0  # in a row: how long to wait before the next try
         self._connections = sum(pool.server.connections for pool in pools) or 1
@@ -318,7 +326,7 @@ class Sender:
             if limit is None:
                 return choice, None
             held = self._allowance.get(choice.route)
-            if held is None or held[1] <= 0:
+            if held is None or held.left <= 0:
                 room = limit - self.routes.sent_24h(choice.route)
                 # A tenth of what is left at a time, so workers share the last sends of the
                 # day; with room to spare, blocks of up to ten batches keep the trips rare
@@ -326,25 +334,25 @@ class Sender:
                 want = max(1, min(10 * self.batch_size, room // 10))
                 async with self._allowance_lock:
                     held = self._allowance.get(choice.route)
-                    if held is None or held[1] <= 0:
-                        found = await asyncio.to_thread(
+                    if held is None or held.left <= 0:
+                        reservation, granted = await asyncio.to_thread(
                             take_quota, self.engine, choice.route.value, limit, want,
                             self.worker, now, now + self.lease,
                         )  # fmt: skip
-                        held = [found[0], found[1]] if found[0] is not None else None
+                        held = None if reservation is None else _Grant(reservation, granted)
                         if held is None:
                             self._allowance.pop(choice.route, None)
                         else:
                             self._allowance[choice.route] = held
-            if held is not None and held[1] > 0:
-                held[1] -= 1
-                return choice, held[0]
+            if held is not None and held.left > 0:
+                held.left -= 1
+                return choice, held.reservation
             self.routes.at_limit(choice.route)
         return Choice(None, "every route is at its daily limit"), None
 
     async def _give_back(self) -> None:
         """Reserved sends not made are handed back, for other workers to use."""
-        ids = [held[0] for held in self._allowance.values() if held[0] is not None]
+        ids = [held.reservation for held in self._allowance.values()]
         self._allowance.clear()
         if ids:
             await self._flush()  # the used ones are counted down first

@@ -1,7 +1,7 @@
 """Requests from someone who should not get in: every route of the app, found by walking its
 routing table (so a route added later is covered without anyone remembering to), refused
 without a session or token; a forged or wrong token refused; a session id planted before
-sign-in not adopted."""
+sign-in not adopted, nor an attacker's own live one."""
 
 from __future__ import annotations
 
@@ -27,7 +27,10 @@ OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oaut
 def app(sqlite_url, smtp_server):
     runtime = make_runtime(sqlite_url, smtp_server.port)
     access.add_user(runtime.engine, "dana", "dispatcher", PASSWORD, utcnow())
-    return create_app(runtime)
+    access.add_user(runtime.engine, "eve", "dispatcher", PASSWORD, utcnow())
+    app = create_app(runtime)
+    app.state.engine = runtime.engine
+    return app
 
 
 def all_routes(routes, prefix: str = "") -> list[tuple[str, APIRoute]]:
@@ -87,3 +90,20 @@ def test_a_session_id_planted_before_sign_in_is_not_adopted(app):
     attacker = TestClient(app, follow_redirects=False)
     attacker.cookies.set(security.SESSION_COOKIE, planted)
     assert attacker.get("/conversations").status_code == 303  # the planted id opens nothing
+
+
+def test_an_attackers_own_session_planted_in_a_browser_is_replaced_at_sign_in(app):
+    # Fixation with a live id: the attacker signs in as themselves and plants that cookie; the
+    # victim's sign-in must issue a new id, and the attacker's id must stay the attacker's.
+    attacker = TestClient(app, follow_redirects=False)
+    assert sign_in(attacker, "eve").status_code == 303
+    live = attacker.cookies.get(security.SESSION_COOKIE)
+    victim = TestClient(app, follow_redirects=False)
+    victim.cookies.set(security.SESSION_COOKIE, live)
+    signed_in = sign_in(victim, "dana")
+    assert signed_in.status_code == 303
+    issued = re.search(rf"{security.SESSION_COOKIE}=([^;]+)", signed_in.headers["set-cookie"])[1]
+    assert issued != live
+    with app.state.engine.connect() as conn:
+        assert access.session_user(conn, live, utcnow()).name == "eve"
+        assert access.session_user(conn, issued, utcnow()).name == "dana"
