@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.send_throughput import Sink, fill
 from bench.workers import count as sent
-from bench.workers import folder_for, start, stop
+from bench.workers import folder_for, start, stop, why_not_up
 from gateway.services.runtime import Runtime
 from gateway.store.db import utcnow
 from gateway.store.heartbeats import heartbeats
@@ -80,7 +80,10 @@ def drain(processes: int, count: int, sink_port: int) -> float:
         waited = time.perf_counter()
         while alive(runtime) < processes:
             if time.perf_counter() - waited > 60:
-                raise SystemExit(f"{processes} processes did not start within 60 s")
+                raise SystemExit(
+                    f"{processes} processes did not start within 60 s "
+                    f"({why_not_up(folder, workers)})"
+                )
             time.sleep(0.05)
         with runtime.engine.begin() as conn:
             conn.execute(update(messages).values(due_at=utcnow()))

@@ -33,15 +33,28 @@ def folder_for(db_url: str | None, sink_port: int, prefix: str) -> tuple[Path, R
 
 
 def start(folder: Path) -> subprocess.Popen[bytes]:
+    """`gateway run` in `folder`, its output in a log file there (read by `why_not_up`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run"],
-        cwd=folder,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with tempfile.NamedTemporaryFile(dir=folder, prefix="run-", suffix=".log", delete=False) as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run"],
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def why_not_up(folder: Path, processes: list[subprocess.Popen[bytes]]) -> str:
+    """What the processes that exited said: the last lines of each one's log."""
+    said = []
+    for log in sorted(folder.glob("run-*.log")):
+        lines = log.read_text(errors="replace").strip().splitlines()
+        if lines:
+            said.append(f"{log.name}: " + " | ".join(lines[-5:]))
+    exited = [p.returncode for p in processes if p.poll() is not None]
+    return f"exited: {exited or 'none'}; " + ("; ".join(said) or "no output")
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -155,3 +155,38 @@ def test_two_schedulers_on_one_database_fire_each_job_once(workdir):
     for process in processes:
         assert process.wait(30) == 0, process.stderr.read() if process.stderr else ""
     assert runs(runtime) == 1 and len(summaries(runtime)) == 1
+
+
+def test_gateways_starting_together_on_a_new_postgresql_database_all_start(
+    postgres_url, smtp_server
+):
+    """APScheduler creates its job table when it starts; several `gateway run` at once on a new
+    database all tried, and on PostgreSQL the slower ones died ("duplicate key ... pg_type")."""
+    import asyncio
+    import threading
+
+    from gateway.services.scheduler import Scheduler
+
+    runtime = make_runtime(postgres_url, smtp_server.port)
+    rules = Orders(runtime).rules
+    together = threading.Barrier(6)
+    failures: list[BaseException] = []
+
+    def one() -> None:
+        async def main() -> None:
+            scheduler = Scheduler(runtime, runtime.engine, rules)
+            together.wait()
+            scheduler.start()
+            scheduler.shutdown()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # whatever escaped, reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []

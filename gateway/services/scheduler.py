@@ -19,7 +19,8 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from gateway.config import ConfigError
 from gateway.domain.quiet import zone
@@ -141,8 +142,10 @@ class Scheduler:
         # Tests and tools may give a rule another trigger (a date, seconds); the crontab
         # otherwise.
         self.triggers = triggers or {}
+        self._store = SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)
+        self._engine = engine
         self._scheduler = AsyncIOScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)},
+            jobstores={"default": self._store},
             job_defaults={
                 # A job missed while no gateway ran still fires if this little late, once.
                 "misfire_grace_time": misfire_grace_seconds,
@@ -154,6 +157,7 @@ class Scheduler:
 
     def start(self) -> None:
         _running["current"] = self.recurring
+        self._create_job_table()
         self._scheduler.start()
         wanted = set()
         for name, rule in self.recurring.rules.items():
@@ -170,6 +174,17 @@ class Scheduler:
         for job in self._scheduler.get_jobs():
             if job.id.startswith(JOB_PREFIX) and job.id not in wanted:
                 job.remove()  # its rule was deleted from rules.yaml
+
+    def _create_job_table(self) -> None:
+        """APScheduler creates its job table when it starts, if the table is missing. Several
+        gateways starting at once on a new database all try; on PostgreSQL all but one then
+        fail ("duplicate key ... pg_type"). Whoever made it, the table is there: that is all
+        that start needs."""
+        try:
+            self._store.jobs_t.create(self._engine, checkfirst=True)
+        except (IntegrityError, ProgrammingError):
+            if not inspect(self._engine).has_table(JOB_TABLE):
+                raise
 
     def jobs(self) -> list[tuple[str, dt.datetime | None]]:
         return [(job.id, job.next_run_time) for job in self._scheduler.get_jobs()]
