@@ -157,9 +157,7 @@ def test_two_schedulers_on_one_database_fire_each_job_once(workdir):
     assert runs(runtime) == 1 and len(summaries(runtime)) == 1
 
 
-def test_gateways_starting_together_on_a_new_postgresql_database_all_start(
-    postgres_url, smtp_server
-):
+def test_gateways_starting_together_on_a_new_database_all_start(db_url, smtp_server):
     """APScheduler creates its job table when it starts; several `gateway run` at once on a new
     database all tried, and on PostgreSQL the slower ones died ("duplicate key ... pg_type")."""
     import asyncio
@@ -167,7 +165,7 @@ def test_gateways_starting_together_on_a_new_postgresql_database_all_start(
 
     from gateway.services.scheduler import Scheduler
 
-    runtime = make_runtime(postgres_url, smtp_server.port)
+    runtime = make_runtime(db_url, smtp_server.port)
     rules = Orders(runtime).rules
     together = threading.Barrier(6)
     failures: list[BaseException] = []

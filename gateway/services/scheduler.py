@@ -20,7 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine, inspect
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from gateway.config import ConfigError
 from gateway.domain.quiet import zone
@@ -182,7 +182,7 @@ class Scheduler:
         that start needs."""
         try:
             self._store.jobs_t.create(self._engine, checkfirst=True)
-        except (IntegrityError, ProgrammingError):
+        except (IntegrityError, ProgrammingError, OperationalError):  # SQLite: "already exists"
             if not inspect(self._engine).has_table(JOB_TABLE):
                 raise
 
