@@ -320,11 +320,11 @@ def reason_of(status: str, smtp_code: str, text: str) -> str:
     refused = _RECIPIENT_REFUSED.search(lowered)
     if refused:
         # Postfix's "Recipient address rejected: <why>": the words after it say why; with none,
-        # or only the access map's "Access denied", the recipient itself was refused.
+        # or only the access map's "Access denied", the recipient itself was refused. A why
+        # with no words we know (a greylist) says nothing about the address.
         why = refused.group(1).strip(" .")
         plain = not why or why.startswith("access denied")
-        by_words = "userunknown" if plain else _reason_by_words(why)
-        by_words = by_words or "userunknown"
+        by_words = "userunknown" if plain else _reason_by_words(why) or by_words
     by_status = _status_reason(status)
     if by_words in ADDRESS_REASONS and by_status in _STATUS_OUTRANKS_WORDS:
         return by_status

@@ -320,7 +320,7 @@ def insert_messages(conn: Connection, rows: Iterable[NewMessage], now: dt.dateti
         return []
     marks = ", ".join([mark] * len(_MESSAGE_COLUMNS))
     conn.exec_driver_sql(f"INSERT INTO messages ({_MESSAGE_COLUMNS_SQL}) VALUES ({marks})", values)
-    wanted = [row[14] for row in values]  # message_id
+    wanted = [str(row[_MESSAGE_ID_COLUMN]) for row in values]
     ids: dict[str, int] = {}
     for chunk in _chunks(wanted):
         marks = ", ".join([mark] * len(chunk))
@@ -337,6 +337,7 @@ _MESSAGE_COLUMNS = (
     "pinned_route",
 )  # fmt: skip
 _MESSAGE_COLUMNS_SQL = ", ".join(_MESSAGE_COLUMNS)
+_MESSAGE_ID_COLUMN = _MESSAGE_COLUMNS.index("message_id")
 _IDS_BY_MESSAGE_ID = "SELECT message_id, id FROM messages WHERE message_id IN ({marks})"
 
 

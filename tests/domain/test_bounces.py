@@ -365,6 +365,10 @@ def test_corpus_figures_do_not_fall():
          "mailererror", False),
         ("452 4.2.2 <a@b.example>: Recipient address rejected: Mailbox full", "4.2.2",
          "mailboxfull", False),
+        ("450 4.7.1 <a@b.example>: Recipient address rejected: Greylisted for 300 seconds",
+         "4.7.1", "rejected", False),
+        ("550 <a@b.example>: Recipient address rejected: try the next MX", "5.0.0", "rejected",
+         False),
         # No address looked up: a filter's words.
         ("550 : User unknown", "5.0.0", "filtered", False),
         # Refused at MAIL FROM: about our sender, not the recipient.
