@@ -479,3 +479,20 @@ def test_sends_recorded_against_a_reservation_count_it_down(runtime):
     assert left == 7
     # The three sends now count as sent, the rest of the grant as held: the limit is full.
     assert take_quota(runtime.engine, "own", 12, 10, "w3", NOW, NOW + LEASE) == (None, 0)
+
+
+def test_message_tokens_are_never_handed_out_twice_even_across_a_fork(runtime):
+    import os
+
+    first = [runtime.new_message_token() for _ in range(600)]  # more than one draw of 256
+    assert len(set(first)) == 600 and all(len(token) == 24 for token in first)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its next tokens, to the parent
+        os.write(write, ",".join(runtime.new_message_token() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    theirs = set(os.read(read, 4096).decode().split(","))
+    ours = {runtime.new_message_token() for _ in range(300)}
+    assert len(theirs) == 5 and not theirs & ours

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import os
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -37,7 +38,7 @@ from gateway.transport.smtp import SmtpPool, SmtpServer
 class Runtime:
     settings: Settings
     _schema_checked: bool = dataclasses.field(default=False, repr=False)
-    _tokens: list[str] = dataclasses.field(default_factory=list, repr=False)
+    _tokens: tuple[int, list[str]] = dataclasses.field(default_factory=lambda: (0, []), repr=False)
     # The settings from the file and the environment, before the dashboard's changes.
     _base: Settings | None = dataclasses.field(default=None, repr=False)
     _overrides_seen: tuple[int, Any] = dataclasses.field(default=(0, None), repr=False)
@@ -269,11 +270,13 @@ class Runtime:
     def new_message_token(self) -> str:
         """96 random bits for a Message-ID. Drawn from the system's generator 256 at a time: one
         call for each was a twentieth of a bulk enqueue. A token is handed out once, whichever
-        thread asks."""
-        tokens = self._tokens
-        if not tokens:
+        thread asks, and a forked process draws its own (it would otherwise hand out the
+        parent's, and the two would make the same Message-IDs)."""
+        pid, tokens = self._tokens
+        if not tokens or pid != os.getpid():
             raw = secrets.token_bytes(12 * 256)
-            tokens = self._tokens = [raw[i : i + 12].hex() for i in range(0, len(raw), 12)]
+            tokens = [raw[i : i + 12].hex() for i in range(0, len(raw), 12)]
+            self._tokens = (os.getpid(), tokens)
         try:
             return tokens.pop()
         except IndexError:  # another thread took the last one
