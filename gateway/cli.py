@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -862,31 +862,41 @@ def orders_import(
     file: Annotated[Path, typer.Argument(help="CSV with a header: ref, customer, carrier, …")],
 ) -> None:
     """Create or update orders from a CSV file; bad rows are reported, good rows kept."""
-    from rich.progress import Progress
-
     from gateway.services.orders import OrderError, Orders
 
     with user_errors():
         runtime = state.runtime()
         try:
-            text = file.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            fail(f"cannot read {str(file)!r}: {exc}")
-        with Progress(console=err, transient=True) as bar:
-            task = bar.add_task("importing", total=None)
-            try:
-                report = Orders(runtime).import_csv(
-                    text,
-                    utcnow(),
-                    lambda done, total: bar.update(task, completed=done, total=total),
-                )
-            except OrderError as exc:
-                fail(str(exc))
+            report = _with_progress(
+                "importing",
+                lambda progress: Orders(runtime).import_csv(_csv_text(file), utcnow(), progress),
+            )
+        except OrderError as exc:
+            fail(str(exc))
     for line, why in report.problems:
         err.print(f"{file}:{line}: {why}", markup=False)
     err.print(f"imported {report.imported} of {report.total} rows", markup=False)
     if report.problems:
         raise typer.Exit(1)
+
+
+T = TypeVar("T")
+
+
+def _csv_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark, if any
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {str(file)!r}: {exc}")
+
+
+def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], T]) -> T:
+    """`work(progress)` under a progress bar on stderr; progress(done, total) moves it."""
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        return work(lambda done, total: bar.update(task, completed=done, total=total))
 
 
 @rules_app.command("check")
@@ -1006,6 +1016,38 @@ def _mail_row(file: str, mail: Any) -> dict[str, Any]:
             for r in mail.recipients
         ],
     }
+
+
+@outbox_app.command("import")
+def outbox_import(
+    file: Annotated[
+        Path, typer.Argument(help="CSV with a header: to, carrier, text or template, var.NAME, …")
+    ],
+) -> None:
+    """Put a text in the outbox for each row of a CSV file, 500 a transaction; rows that cannot
+    be sent are reported with their line, the others kept. A `key` column makes re-importing
+    the same file safe."""
+    from gateway.services.texts_import import TextsFileError, import_texts
+
+    with user_errors():
+        runtime = state.runtime()
+        try:
+            report = _with_progress(
+                "queueing",
+                lambda progress: import_texts(runtime, _csv_text(file), utcnow(), progress),
+            )
+        except TextsFileError as exc:
+            fail(str(exc))
+    for line, why in report.problems:
+        err.print(f"{file}:{line}: {why}", markup=False)
+    for line, why in report.not_sent:
+        err.print(f"{file}:{line}: stored, not sent: {why}", markup=False)
+    summary = f"queued {report.queued} of {report.total} rows"
+    if report.repeated:
+        summary += f" ({report.repeated} already queued by an earlier import: their key was seen)"
+    err.print(summary, markup=False)
+    if report.problems or report.not_sent:
+        raise typer.Exit(1)
 
 
 @outbox_app.command("cancel")
