@@ -74,3 +74,15 @@ def test_a_large_file_goes_in_batches_with_progress(sqlite_url, smtp_server, mon
     assert len(rows(runtime)) == 99
     with pytest.raises(TextsFileError):
         import_texts(runtime, "", utcnow())
+
+
+def test_a_cell_too_big_for_the_csv_reader_is_a_clear_error_not_a_crash(sqlite_url, smtp_server):
+    runtime = make_runtime(sqlite_url, smtp_server.port)
+    huge = 'to,text\n+12025550143,"' + "a" * 200_000 + '"\n'
+    with pytest.raises(TextsFileError, match="line 2: field larger than field limit"):
+        import_texts(runtime, huge, utcnow())
+    from gateway.services.orders import OrderError, Orders
+
+    with pytest.raises(OrderError, match="line 2: field larger than field limit"):
+        Orders(runtime).import_csv('ref,customer\nA-1,"' + "a" * 200_000 + '"\n', utcnow())
+    assert rows(runtime) == []

@@ -293,8 +293,11 @@ def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     unknown = [name for name in reader.fieldnames if name not in CSV_COLUMNS]
     if unknown:
         raise OrderError(f"unknown CSV column {unknown[0]!r} (known: {', '.join(CSV_COLUMNS)})")
-    for row in reader:
-        yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}
+    try:
+        for row in reader:
+            yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}
+    except csv.Error as exc:  # a cell past the csv module's limit (128 KiB), say
+        raise OrderError(f"line {reader.line_num + 1}: {exc}") from None
 
 
 def _order_from_row(row: dict[str, str]) -> OrderInput:

@@ -76,21 +76,25 @@ def _rows(text: str) -> Iterator[tuple[int, SendRequest]]:
             f"unknown CSV column {unknown[0]!r} (known: {', '.join(COLUMNS)}, "
             f"{VARIABLE_PREFIX}NAME)"
         )
-    for row in reader:
-        cells = {k: (v or "").strip() for k, v in row.items() if k}
-        yield (
-            reader.line_num,
-            SendRequest(
-                to=cells.get("to", ""),
-                carrier=cells.get("carrier") or None,
-                text=cells.get("text") or None,
-                template=cells.get("template") or None,
-                variables={
-                    name[len(VARIABLE_PREFIX) :]: value
-                    for name, value in cells.items()
-                    if name.startswith(VARIABLE_PREFIX) and value
-                },
-                order_ref=cells.get("order_ref") or None,
-                idempotency_key=cells.get("key") or None,
-            ),
-        )
+    try:
+        for row in reader:
+            yield reader.line_num, _request(row)
+    except csv.Error as exc:  # a cell past the csv module's limit (128 KiB), say
+        raise TextsFileError(f"line {reader.line_num + 1}: {exc}") from None
+
+
+def _request(row: dict[str, str | None]) -> SendRequest:
+    cells = {k: (v or "").strip() for k, v in row.items() if k}
+    return SendRequest(
+        to=cells.get("to", ""),
+        carrier=cells.get("carrier") or None,
+        text=cells.get("text") or None,
+        template=cells.get("template") or None,
+        variables={
+            name[len(VARIABLE_PREFIX) :]: value
+            for name, value in cells.items()
+            if name.startswith(VARIABLE_PREFIX) and value
+        },
+        order_ref=cells.get("order_ref") or None,
+        idempotency_key=cells.get("key") or None,
+    )
