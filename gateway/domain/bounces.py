@@ -378,6 +378,7 @@ def _status_reason(status: str) -> str | None:
     return None
 
 
+_PHASE_MATTERS = ADDRESS_REASONS | {"filtered"}
 _TEMPORARY_WORDS = ("has been delayed", "warning message only", "retry timeout exceeded")
 _PIPELINED = re.compile(r"<<< ?503|rcpt commands were rejected|no valid recipients", re.IGNORECASE)
 
@@ -425,8 +426,10 @@ def recipient(
         found_code = _REPLY_CODE.search(diagnostic)
         code = found_code.group(1) if found_code else ""
     reason = reason_of(status, code, diagnostic)
-    phase = _phase(diagnostic, context)
-    if phase == "MAIL" and reason in ADDRESS_REASONS | {"filtered"}:
+    # The phase matters only to refusals that name the address; reading a transcript for it
+    # is left to them.
+    phase = _phase(diagnostic, context) if reason in _PHASE_MATTERS else None
+    if phase == "MAIL":
         # Refused before any recipient was named: the words are about our sender address.
         reason = "rejected"
     elif (

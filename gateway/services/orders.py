@@ -4,9 +4,7 @@ its event. The same event reported twice (the order system retrying) is recorded
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,6 +28,7 @@ from gateway.domain.rules import (
     superseded,
     variables,
 )
+from gateway.services.csv_rows import csv_rows
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store import orders as store
@@ -285,19 +284,15 @@ CSV_COLUMNS = (
 
 
 def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "ref" not in reader.fieldnames:
+    names, rows = csv_rows(text, OrderError)
+    if "ref" not in names:
         raise OrderError(
             f"the CSV needs a header line with at least `ref` ({', '.join(CSV_COLUMNS)})"
         )
-    unknown = [name for name in reader.fieldnames if name not in CSV_COLUMNS]
+    unknown = [name for name in names if name not in CSV_COLUMNS]
     if unknown:
         raise OrderError(f"unknown CSV column {unknown[0]!r} (known: {', '.join(CSV_COLUMNS)})")
-    try:
-        for row in reader:
-            yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}
-    except csv.Error as exc:  # a cell past the csv module's limit (128 KiB), say
-        raise OrderError(f"line {reader.line_num + 1}: {exc}") from None
+    yield from rows
 
 
 def _order_from_row(row: dict[str, str]) -> OrderInput:

@@ -185,19 +185,23 @@ def _store(
     """Store the texts of checked requests: contacts, orders and conversations first, for the
     whole batch at once, then every row in one insert."""
     seen = find_by_key(conn, [key for item in items for key in item.keys])
-    earlier = {
-        item.keys[0]: _replay([row for row in seen if row["idempotency_key"] in item.keys])
-        for item in items
-        if item.keys and any(row["idempotency_key"] == item.keys[0] for row in seen)
-    }
-    fresh: list[_Checked] = []  # the requests that make rows: not a key seen before or above
-    keys_made: set[str] = set()
+    seen_keys = {row["idempotency_key"] for row in seen}
+    # What each request answers with: the rows an earlier request with its key made, or the
+    # result of a request of this batch (its own, or the first with its key, as a replay).
+    answers: list[Enqueued | tuple[int, bool]] = []
+    fresh: list[_Checked] = []  # the requests that make rows
+    fresh_by_key: dict[str, int] = {}
     for item in items:
         key = item.keys[0] if item.keys else None
-        if key is None or (key not in earlier and key not in keys_made):
-            fresh.append(item)
+        if key is not None and key in seen_keys:
+            answers.append(_replay([row for row in seen if row["idempotency_key"] in item.keys]))
+        elif key is not None and key in fresh_by_key:
+            answers.append((fresh_by_key[key], True))
+        else:
             if key is not None:
-                keys_made.add(key)
+                fresh_by_key[key] = len(fresh)
+            answers.append((len(fresh), False))
+            fresh.append(item)
 
     # Each text uses the carrier known for its number when its turn comes, as one request at a
     # time would: the first request for a number sets it, a later one naming another changes it
@@ -207,11 +211,11 @@ def _store(
         first_given.setdefault(item.phone.e164, item.carrier.id if item.carrier else None)
     contacts = upsert_contacts(conn, first_given, "dispatcher", now) if first_given else {}
     running = {phone: found[1] for phone, found in contacts.items()}
-    carrier_known: dict[int, str | None] = {}
+    carrier_known: list[str | None] = []  # for each fresh request
     for item in fresh:
         if item.carrier is not None:
             running[item.phone.e164] = item.carrier.id
-        carrier_known[id(item)] = running[item.phone.e164]
+        carrier_known.append(running[item.phone.e164])
     set_carriers(
         conn,
         {contacts[p][0]: c for p, c in running.items() if c is not None and c != contacts[p][1]},
@@ -224,51 +228,40 @@ def _store(
         ref = item.request.order_ref
         if ref is not None and ref not in order_ids:
             order_ids[ref] = ensure_order(conn, ref, contacts[item.phone.e164][0], now)
+    pairs = [
+        (
+            contacts[item.phone.e164][0],
+            None if item.request.order_ref is None else order_ids[item.request.order_ref],
+        )
+        for item in fresh
+    ]
+    conversations = ensure_conversations(conn, pairs, now)
 
-    def pair(item: _Checked) -> tuple[int, int | None]:
-        ref = item.request.order_ref
-        return contacts[item.phone.e164][0], order_ids[ref] if ref is not None else None
-
-    conversations = ensure_conversations(conn, [pair(item) for item in fresh], now)
-
-    # A result, or which planned request's result (and whether as a replay of it).
-    slots: list[Enqueued | tuple[int, bool]] = []
     rows: list[NewMessage] = []
-    planned: list[tuple[int, Enqueued]] = []  # (where its rows start, its result without ids)
-    planned_by_key: dict[str, int] = {}
+    made: list[tuple[int, Enqueued]] = []  # per fresh request: where its rows start, its result
     pending: dict[int, list[dt.datetime]] = {}  # automated texts of this batch, per contact
-    for item in items:
-        key = item.keys[0] if item.keys else None
-        if key is not None and key in earlier:
-            slots.append(earlier[key])
-            continue
-        if key is not None and key in planned_by_key:  # the same key twice in one batch
-            slots.append((planned_by_key[key], True))
-            continue
-        contact_id, _, opted_out = contacts[item.phone.e164]
-        known_carrier = carrier_known[id(item)]
-        order_id = pair(item)[1]
+    for item, known_carrier, (contact_id, order_id) in zip(
+        fresh, carrier_known, pairs, strict=True
+    ):
+        opted_out = contacts[item.phone.e164][2]
         start = len(rows)
         result = _rows(
             runtime, conn, item, now, contact_id, known_carrier, opted_out, order_id,
             conversations[(contact_id, order_id)], pending, rows,
         )  # fmt: skip
-        slots.append((len(planned), False))
-        if key is not None:
-            planned_by_key[key] = len(planned)
-        planned.append((start, result))
+        made.append((start, result))
     ids = insert_messages(conn, rows, now)
-    for start, result in planned:
+    for start, result in made:
         result.ids.extend(ids[start : start + len(result.message_ids)])
     return [
-        slot
-        if isinstance(slot, Enqueued)
+        answer
+        if isinstance(answer, Enqueued)
         else (
-            dataclasses.replace(planned[slot[0]][1], existing=True)
-            if slot[1]
-            else planned[slot[0]][1]
+            dataclasses.replace(made[answer[0]][1], existing=True)
+            if answer[1]
+            else made[answer[0]][1]
         )
-        for slot in slots
+        for answer in answers
     ]
 
 

@@ -8,13 +8,12 @@ same file can be imported again without sending anything twice.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gateway.domain.delivery import State
+from gateway.services.csv_rows import csv_rows
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue_many
 from gateway.services.runtime import Runtime
 
@@ -63,9 +62,8 @@ def import_texts(
 
 
 def _rows(text: str) -> Iterator[tuple[int, SendRequest]]:
-    reader = csv.DictReader(io.StringIO(text))
-    names = reader.fieldnames
-    if names is None or "to" not in names or not {"text", "template"} & set(names):
+    names, rows = csv_rows(text, TextsFileError)
+    if "to" not in names or not {"text", "template"} & set(names):
         raise TextsFileError(
             "the CSV needs a header line with `to` and `text` or `template` (columns: "
             f"{', '.join(COLUMNS)}, and {VARIABLE_PREFIX}NAME for each template variable)"
@@ -76,15 +74,11 @@ def _rows(text: str) -> Iterator[tuple[int, SendRequest]]:
             f"unknown CSV column {unknown[0]!r} (known: {', '.join(COLUMNS)}, "
             f"{VARIABLE_PREFIX}NAME)"
         )
-    try:
-        for row in reader:
-            yield reader.line_num, _request(row)
-    except csv.Error as exc:  # a cell past the csv module's limit (128 KiB), say
-        raise TextsFileError(f"line {reader.line_num + 1}: {exc}") from None
+    for line, cells in rows:
+        yield line, _request(cells)
 
 
-def _request(row: dict[str, str | None]) -> SendRequest:
-    cells = {k: (v or "").strip() for k, v in row.items() if k}
+def _request(cells: dict[str, str]) -> SendRequest:
     return SendRequest(
         to=cells.get("to", ""),
         carrier=cells.get("carrier") or None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,18 +159,23 @@ def upsert_contact(
 def _contacts_by_phone(
     conn: Connection, phones: Sequence[str], mark: str
 ) -> dict[str, tuple[int, str | None, bool]]:
-    found: dict[str, tuple[int, str | None, bool]] = {}
-    for chunk in _chunks(phones):
-        sql = _CONTACT_FIND.format(marks=", ".join([mark] * len(chunk)))
-        for phone, contact_id, carrier, opted_out in conn.exec_driver_sql(sql, tuple(chunk)):
-            found[phone] = (int(contact_id), carrier, bool(opted_out))
-    return found
+    return {
+        phone: (int(contact_id), carrier, bool(opted_out))
+        for phone, contact_id, carrier, opted_out in _select_in(conn, _CONTACT_FIND, phones, mark)
+    }
 
 
-def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+def _select_in(conn: Connection, sql: str, items: Sequence[Any], mark: str) -> Iterator[Any]:
+    """The rows of `sql`, whose `{marks}` is an IN list, over `items` in bounded chunks."""
+    for statement, chunk in _in_lists(sql, items, mark):
+        yield from conn.exec_driver_sql(statement, tuple(chunk))
+
+
+def _in_lists(sql: str, items: Sequence[Any], mark: str) -> Iterator[tuple[str, Sequence[Any]]]:
     # Bounded IN lists: SQLite and PostgreSQL drivers both cap the parameters of a statement.
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    for start in range(0, len(items), 500):
+        chunk = items[start : start + 500]
+        yield _placeholders(sql, mark).format(marks=", ".join([mark] * len(chunk))), chunk
 
 
 _CONTACT_FIND = "SELECT phone, id, carrier, opted_out FROM contacts WHERE phone IN ({marks})"
@@ -230,9 +235,8 @@ def ensure_conversations(
         found.update(_conversations_of(conn, missing, mark))
     made = set(missing)
     touched = [found[pair] for pair in wanted if pair not in made]
-    for chunk in _chunks(touched):
-        sql = _placeholders(_CONVERSATION_TOUCH, mark).format(marks=", ".join([mark] * len(chunk)))
-        conn.exec_driver_sql(sql, (at, *chunk))
+    for statement, chunk in _in_lists(_CONVERSATION_TOUCH, touched, mark):
+        conn.exec_driver_sql(statement, (at, *chunk))
     return found
 
 
@@ -250,12 +254,11 @@ def _conversations_of(
     # made a second one).
     wanted = set(pairs)
     found: dict[tuple[int, int | None], int] = {}
-    for chunk in _chunks(sorted({contact_id for contact_id, _ in pairs})):
-        sql = _CONVERSATIONS_FIND.format(marks=", ".join([mark] * len(chunk)))
-        for contact_id, order_id, first in conn.exec_driver_sql(sql, tuple(chunk)):
-            pair = (int(contact_id), None if order_id is None else int(order_id))
-            if pair in wanted:
-                found[pair] = int(first)
+    contact_ids = sorted({contact_id for contact_id, _ in pairs})
+    for contact_id, order_id, first in _select_in(conn, _CONVERSATIONS_FIND, contact_ids, mark):
+        pair = (int(contact_id), None if order_id is None else int(order_id))
+        if pair in wanted:
+            found[pair] = int(first)
     return found
 
 
@@ -321,11 +324,7 @@ def insert_messages(conn: Connection, rows: Iterable[NewMessage], now: dt.dateti
     marks = ", ".join([mark] * len(_MESSAGE_COLUMNS))
     conn.exec_driver_sql(f"INSERT INTO messages ({_MESSAGE_COLUMNS_SQL}) VALUES ({marks})", values)
     wanted = [str(row[_MESSAGE_ID_COLUMN]) for row in values]
-    ids: dict[str, int] = {}
-    for chunk in _chunks(wanted):
-        marks = ", ".join([mark] * len(chunk))
-        found = conn.exec_driver_sql(_IDS_BY_MESSAGE_ID.format(marks=marks), tuple(chunk))
-        ids.update((key, int(row_id)) for key, row_id in found)
+    ids = {key: int(row_id) for key, row_id in _select_in(conn, _IDS_BY_MESSAGE_ID, wanted, mark)}
     return [ids[key] for key in wanted]
 
 
