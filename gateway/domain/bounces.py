@@ -9,6 +9,11 @@ failed: ..."), so the same facts are also read from the report's text.
 reputation fails that message but says nothing about the number; only reasons that mean the
 address is wrong (unknown user or host, moved, accepts no mail) make it permanent, and only then
 should a contact's carrier or number be questioned.
+
+"User unknown" alone does not show that: filters (Japanese carriers' sender filters, content
+filters after DATA) word their refusals the same way. It is read as a bad address only where the
+report shows the mailbox was looked up: refused at RCPT, under an addressing code (x.1.x), in a
+directory's words, by the recipient's own mail system, or in the reporter's own category field.
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ _AT_DATA = re.compile(
     re.IGNORECASE,
 )
 _AT_MAIL = re.compile(r"after mail from|in reply to mail from|mail from command", re.IGNORECASE)
+_AT_RCPT = re.compile(
+    r"(?:after|in reply to|like our|smtp:) ?rcpt\b|rcpt(?: to)? command|\[rcpt_to\]|"
+    r"server has rejected (?:the )?(?:address|recipient)|recipient address rejected",
+    re.IGNORECASE,
+)
 # An enhanced code right after the reply code is the remote server's own, where a reporter puts
 # its own category first ("5.1.0 - Unknown address error 550-'5.7.1 ... Access denied'").
 _PAIRED_STATUS = re.compile(r"(?<![\d.])[245]\d\d[ \-]'?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -140,6 +150,21 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "unrouteable address",
         ),
     ),
+    # Before an unknown user: servers answer "user unknown" for a disabled account too, and
+    # a report that also says the account is disabled has said the more specific thing.
+    (
+        "suspend",
+        (
+            "suspended",
+            "account disabled",
+            "is disabled",
+            "deactivated",
+            "inactive",
+            "account has been disabled",
+            "mailbox disabled",
+            "account is locked",
+        ),
+    ),
     (
         "userunknown",
         (
@@ -177,19 +202,8 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "ディレクトリには見つかりません",  # Notes in Japanese: "not found in the directory"
             "doesn't have a",
             "no such address",
-        ),
-    ),
-    (
-        "suspend",
-        (
-            "suspended",
-            "account disabled",
-            "is disabled",
-            "deactivated",
-            "inactive",
-            "account has been disabled",
-            "mailbox disabled",
-            "account is locked",
+            "name is not recognized",
+            "name is not recognised",
         ),
     ),
     ("virusdetected", ("virus",)),
@@ -380,43 +394,87 @@ def _status_reason(status: str) -> str | None:
 
 _PHASE_MATTERS = ADDRESS_REASONS | {"filtered"}
 _TEMPORARY_WORDS = ("has been delayed", "warning message only", "retry timeout exceeded")
-_PIPELINED = re.compile(r"<<< ?503|rcpt commands were rejected|no valid recipients", re.IGNORECASE)
 
 
-def _phase(diagnostic: str, context: str) -> str | None:
-    """The SMTP command a refusal answered (MAIL, RCPT or DATA), where the report says."""
-    if _AT_MAIL.search(diagnostic):
-        return "MAIL"
-    if _AT_DATA.search(diagnostic):
-        return "DATA"
-    return _command_before(context, diagnostic)
+# Reasons a policy code (x.7.x) gives that some servers pair with every refused recipient.
+_FILED_AS_POLICY = frozenset({"rejected", "securityerror", "blocked"})
+# Words of a directory lookup by the system that holds the mailbox (Notes, Exchange): the address
+# was looked up and is not there, whatever the session phase.
+_DIRECTORY_LOOKUP = re.compile(
+    r"not listed in .{0,40}director|ディレクトリには見つかりません|"
+    r"recipient name is not recogni[sz]ed|not found in (?:the )?(?:address book|directory)"
+)
 
 
-def _command_before(transcript: str, reply: str) -> str | None:
+def _looked_up(
+    status: str, phase: str | None, diagnostic: str, about: str, address: str, reporter: str
+) -> bool:
+    """Whether a refusal worded as an unknown user came from looking the mailbox up, rather
+    than from a filter that words its refusals so. A lookup shows as a refusal at RCPT with an
+    address in it, an addressing code (x.1.x, "bad destination mailbox"), a directory's words,
+    or a report from the recipient's own mail system, which knows its users; after DATA, or
+    where a relay does not say, the words alone do not show it."""
+    if phase == "RCPT" and not _NO_ADDRESS.search(diagnostic):
+        return True
+    if status.split(".")[1:2] == ["1"]:
+        return True
+    if _same_organisation(address.rpartition("@")[2].lower(), reporter):
+        return True
+    return bool(_DIRECTORY_LOOKUP.search(" ".join(f"{diagnostic} {about}".lower().split())))
+
+
+def _same_organisation(domain: str, other: str) -> bool:
+    """Whether two domains are one, or one is under the other (mx.example.jp, example.jp)."""
+    if not domain or not other or "." not in domain or "." not in other:
+        return False
+    return domain == other or domain.endswith(f".{other}") or other.endswith(f".{domain}")
+
+
+def _phase(address: str, diagnostic: str, about: str, transcript: str) -> str | None:
+    """The SMTP command a refusal answered (MAIL, RCPT or DATA), where the report says: in the
+    server's words, in the report's words about the recipient ("... (in reply to RCPT TO
+    command)"), or in a session transcript."""
+    for wording, phase in ((_AT_MAIL, "MAIL"), (_AT_DATA, "DATA"), (_AT_RCPT, "RCPT")):
+        if wording.search(diagnostic) or wording.search(about):
+            return phase
+    return _command_before(transcript, diagnostic, address)
+
+
+def _command_before(transcript: str, reply: str, address: str) -> str | None:
     """The command a session transcript shows answered by `reply` (">>> DATA" then
-    "<<< 550 ..."): the phase the refusal came in, or None when the transcript does not show
-    that reply."""
+    "<<< 550 ..."), or refused right after naming `address` (">>> RCPT To:<a@b>" then a 4xx or
+    5xx): the phase the refusal came in, or None when the transcript does not show it."""
     wanted = " ".join(reply.lower().split())[:40]
-    if len(wanted) < 8 or _PIPELINED.search(transcript):
-        # A pipelining client sends RCPT and DATA together, so the transcript shows the RCPT
-        # refusal after ">>> DATA"; the server's 503 for DATA says there was no recipient.
-        return None
-    command = None
+    command = named = None
     for line in transcript.splitlines():
         stripped = line.strip()
         sent = re.match(r">>> ?([A-Za-z]+)", stripped)
         if sent:
             command = sent.group(1).upper()
-        elif stripped.startswith("<<<") and wanted in " ".join(stripped[3:].lower().split()):
-            return command
+            named = address.lower() in stripped.lower() if address else False
+        elif stripped.startswith("<<<"):
+            answer = " ".join(stripped[3:].lower().split())
+            if len(wanted) >= 8 and wanted in answer:
+                return command
+            if named and command == "RCPT" and answer[:1] in ("4", "5"):
+                return command
     return None
 
 
 def recipient(
-    address: str, status: str, code: str, diagnostic: str, context: str = ""
+    address: str,
+    status: str,
+    code: str,
+    diagnostic: str,
+    context: str = "",
+    about: str = "",
+    verdict: str | None = None,
+    reporter: str = "",
 ) -> Recipient:
-    """One failed recipient; `context` is the report's own text about it, read only for the
-    SMTP phase the refusal came in."""
+    """One failed recipient. `context` is the report's whole text and `about` what it says of
+    this recipient (when `diagnostic` is the server's words alone); both are read only for how
+    the refusal came, as is `reporter`, the domain the report came from. `verdict` is a reason
+    the reporting system states in a field of its own, which outranks any reading of words."""
     if not status or status.endswith(".0.0"):
         # The server's own words often carry a more specific code than the report's x.0.0.
         found = _PAIRED_STATUS.search(diagnostic) or _STATUS.search(diagnostic)
@@ -426,26 +484,32 @@ def recipient(
         found_code = _REPLY_CODE.search(diagnostic)
         code = found_code.group(1) if found_code else ""
     reason = reason_of(status, code, diagnostic)
-    # The phase matters only to refusals that name the address; reading a transcript for it
-    # is left to them.
-    phase = _phase(diagnostic, context) if reason in _PHASE_MATTERS else None
-    if phase == "MAIL":
+    lowered = " ".join(diagnostic.lower().split())
+    unknown_user = _reason_by_words(lowered) == "userunknown"
+    # How the refusal came matters only to refusals that could be about the address; reading
+    # a transcript for it is left to them.
+    phase = None
+    if reason in _PHASE_MATTERS or unknown_user:
+        phase = _phase(address, diagnostic, about, context)
+    if verdict:
+        reason = verdict
+    elif phase == "MAIL":
         # Refused before any recipient was named: the words are about our sender address.
         reason = "rejected"
-    elif (
-        reason == "userunknown"
-        and (phase == "DATA" or _NO_ADDRESS.search(diagnostic))
-        and status.split(".")[1:2] != ["1"]
+    elif phase == "RCPT" and unknown_user and reason in _FILED_AS_POLICY:
+        # Refused as soon as it was named, in words of an unknown user: a policy code beside
+        # them (5.7.1) is how that server files every refusal of a recipient.
+        reason = "userunknown"
+    elif reason == "userunknown" and not _looked_up(
+        status, phase, diagnostic, about, address, reporter
     ):
-        # A recipient refused only after the message was seen, or with no address looked up, is
-        # a filter's refusal worded as an unknown user; an addressing code (x.1.x, "bad
-        # destination mailbox") still says the mailbox itself was the trouble.
+        # Japanese carriers, content filters after DATA and reporters summing up any failure
+        # word their refusals as an unknown user too.
         reason = "filtered"
     if reason in ("undefined", "onhold") and address.lower().endswith(_LIST_DOMAINS):
         reason = "rejected"
     if not status and reason in _PSEUDO_STATUS:
         # A delivery given up after temporary errors lasted too long keeps their class.
-        lowered = " ".join(diagnostic.lower().split())
         temporary = code.startswith("4") or any(words in lowered for words in _TEMPORARY_WORDS)
         status = f"{'4' if temporary else '5'}.0.{_PSEUDO_STATUS[reason]}"
     return Recipient(
@@ -483,7 +547,10 @@ def read_report(message: email.message.Message) -> Report | None:
         returned = _returned_recipients(message)
         if returned:
             text = _human_text(message)
-            failed = tuple(recipient(a, "", "", _near(text, a, returned)) for a in returned)
+            reporter = _reporter_domain(message)
+            failed = tuple(
+                recipient(a, "", "", _near(text, a, returned), reporter=reporter) for a in returned
+            )
             return Report("bounce", failed, original_message_id=_original_id(message))
     if _is_auto_reply(message):
         return Report("auto_reply")
@@ -511,10 +578,20 @@ def _is_auto_reply(message: email.message.Message) -> bool:
     )  # fmt: skip
 
 
+# Reporting systems that file each failure under a category of their own, in a field of the
+# recipient's block (PowerMTA's X-PowerMTA-BounceCategory): the categories that name the reason.
+_REPORTER_CATEGORIES = {
+    "bad-mailbox": "userunknown", "bad-domain": "hostunknown", "inactive-mailbox": "suspend",
+    "quota-issues": "mailboxfull", "message-expired": "expired", "spam-related": "spamdetected",
+    "virus-related": "virusdetected", "relaying-issues": "norelaying",
+}  # fmt: skip
+
+
 def _from_status_part(message: email.message.Message, part: email.message.Message) -> Report | None:
     failed: list[Recipient] = []
     delivered = 0
     human = _human_text(message)
+    reporter = _reporter_domain(message)
     blocks = _status_blocks(part)
     block_addresses = [
         found
@@ -525,6 +602,7 @@ def _from_status_part(message: email.message.Message, part: email.message.Messag
         address = _address_field(fields.get("final-recipient") or fields.get("original-recipient"))
         if not address:
             continue
+        near = _near(human, address, block_addresses)
         action = fields.get("action", "").lower()
         status_found = _STATUS.search(fields.get("status", ""))
         status = ".".join(status_found.groups()) if status_found else ""
@@ -539,8 +617,15 @@ def _from_status_part(message: email.message.Message, part: email.message.Messag
                 address,
                 status,
                 code_found.group(1) if code_found else "",
-                diagnostic or _near(human, address, block_addresses),
+                # With no Diagnostic-Code, a letter about one recipient is about it throughout
+                # ("The user's account is disabled" before the address).
+                diagnostic or (human[:2000] if len(set(block_addresses)) <= 1 else near),
                 human,
+                # The Status field's comment ("5.0.0 (Remote SMTP server has rejected address)")
+                # is the reporter's own word on how the refusal came.
+                f"{fields.get('status', '')} {near}",
+                _REPORTER_CATEGORIES.get(fields.get("x-powermta-bouncecategory", "").lower()),
+                reporter,
             )
         )
     if failed:
@@ -556,12 +641,14 @@ def _from_text(message: email.message.Message) -> Report | None:
     if not addresses:
         return None
     failed = []
+    reporter = _reporter_domain(message)
     for address in addresses:
-        found = recipient(address, "", "", _near(text, address, addresses))
+        near = _near(text, address, addresses)
+        found = recipient(address, "", "", near, text, reporter=reporter)
         if found.reason in ("undefined", "onhold"):
             # Some letters give the server's words before naming the address (Verizon's
             # "Error message below: 550 ... / RCPT TO: ..."): read the whole letter.
-            found = recipient(address, "", "", text[:2000])
+            found = recipient(address, "", "", text[:2000], text, reporter=reporter)
         failed.append(found)
     return Report("bounce", tuple(failed), original_message_id=_original_id(message))
 
@@ -645,7 +732,10 @@ def _with_boundary(message: email.message.Message) -> email.message.Message:
     reads the parts after it as the text before it: those lines are unindented."""
     if message.is_multipart():
         return _with_delimiters_unindented(message)
-    if message.get_content_maintype() != "multipart":
+    # A MIME report whose top headers lost their Content-Type (Sendmail's, pasted under an mbox
+    # "From " line) defaults to text/plain: its delimiter lines still say it is a multipart.
+    lost = message.get("Content-Type") is None and message.get("MIME-Version") is None
+    if message.get_content_maintype() != "multipart" and not lost:
         return message
     body = message.get_payload()
     if not isinstance(body, str):
@@ -653,8 +743,10 @@ def _with_boundary(message: email.message.Message) -> email.message.Message:
     found = re.search(r"^--([^\s]{1,70})\s*$", body, re.MULTILINE)
     if found is None or f"--{found.group(1)}--" not in body:
         return message
+    if lost and found.start() > 300:
+        return message  # a letter that quotes a MIME original, not a MIME report itself
     head = "".join(f"{k}: {v}\n" for k, v in message.items() if k.lower() != "content-type")
-    kind = message.get_content_type()
+    kind = "multipart/mixed" if lost else message.get_content_type()
     rebuilt = f'{head}Content-Type: {kind}; boundary="{found.group(1)}"\n\n{body}'
     return email.message_from_string(rebuilt, policy=email.policy.compat32)
 
@@ -710,12 +802,12 @@ def _human_text(message: email.message.Message) -> str:
     for part in message.walk():
         if part.is_multipart():
             continue
-        if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
+        if content_type(part) in ("message/rfc822", "text/rfc822-headers"):
             break
         # A multipart whose boundary parameter was lost (folded without indentation) arrives
         # as one text: read it as the report's text rather than finding nothing.
         if (
-            part.get_content_type() == "text/plain"
+            content_type(part) == "text/plain"
             or part is message
             or (part.get_content_maintype() == "multipart")
         ):
@@ -723,6 +815,12 @@ def _human_text(message: email.message.Message) -> str:
             marker = _ORIGINAL_MARKERS.search(text)
             return text[: marker.start()] if marker and marker.start() > 40 else text
     return ""
+
+
+def _reporter_domain(message: email.message.Message) -> str:
+    """The domain the report came from (its From), lower case; "" when it names none."""
+    found = _ADDRESS.search(str(message.get("From", "")))
+    return found.group(0).rpartition("@")[2].lower() if found else ""
 
 
 def _original_id(message: email.message.Message) -> str | None:
@@ -745,9 +843,16 @@ def _original_id(message: email.message.Message) -> str | None:
 
 def _part(message: email.message.Message, *types: str) -> email.message.Message | None:
     for part in message.walk():
-        if part.get_content_type() in types:
+        if content_type(part) in types:
             return part
     return None
+
+
+def content_type(part: email.message.Message) -> str:
+    """A part's content type, also where its header lost the ";" before the parameters
+    ("text/plain<newline>  charset=..."), which the email package reads as one long type."""
+    kind = part.get_content_type()
+    return kind.split(None, 1)[0] if kind else kind
 
 
 def payload_text(part: email.message.Message) -> str:

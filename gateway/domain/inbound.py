@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from html.parser import HTMLParser
 
-from gateway.domain.bounces import Recipient, payload_text, read_report
+from gateway.domain.bounces import Recipient, content_type, payload_text, read_report
 from gateway.domain.carriers import CarrierBook
 from gateway.domain.phone import Phone, sender_phone
 from gateway.domain.providers import ProviderMail, from_a_provider, read_provider_mail
@@ -89,7 +89,7 @@ def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> Inbound
     in_reply_to = _first_id(_header(message, "In-Reply-To"))
     referenced = _referenced_ids(message)
     attachments = tuple(
-        part.get_content_type()
+        content_type(part)
         for part in message.walk()
         if part.get_content_maintype() not in ("multipart", "text", "message")
     )
@@ -114,7 +114,7 @@ def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> Inbound
     )
 
     providers = carriers.providers
-    if from_a_provider(providers, sender) and message.get_content_type() != "multipart/report":
+    if from_a_provider(providers, sender) and content_type(message) != "multipart/report":
         body = _first_text(message) or _html_text(message)
         found = read_provider_mail(providers, sender, subject, body)
         if found is not None:
@@ -266,7 +266,7 @@ def reply_text(message: email.message.Message) -> str:
     html_parts: list[email.message.Message] = []
     notice_seen = False
     for part in message.walk():
-        kind = part.get_content_type()
+        kind = content_type(part)
         if kind == "text/plain":
             raw = payload_text(part)
             cleaned = clean_text(raw)
@@ -348,7 +348,7 @@ class _HtmlText(HTMLParser):
 
 def _html_text(message: email.message.Message) -> str:
     for part in message.walk():
-        if part.get_content_type() == "text/html":
+        if content_type(part) == "text/html":
             reader = _HtmlText()
             reader.read(payload_text(part))
             return "".join(reader.text)
@@ -357,7 +357,7 @@ def _html_text(message: email.message.Message) -> str:
 
 def _first_text(message: email.message.Message) -> str:
     for part in message.walk():
-        if part.get_content_type() == "text/plain":
+        if content_type(part) == "text/plain":
             return payload_text(part)
     return ""
 

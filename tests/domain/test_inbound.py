@@ -145,6 +145,31 @@ def test_markup_the_html_parser_chokes_on_is_read_up_to_there():
     assert (found.kind, found.text) == (Kind.REPLY, "Leave it at the door")
 
 
+def test_a_content_type_that_lost_its_semicolon_still_gives_the_typed_text():
+    # "text/plain<newline>  charset=...": the email package reads the whole value as the type.
+    raw = mail(
+        """From: 2065550143@vzwpix.com
+To: dispatch@example.com
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b"
+""",
+        """--b
+Content-Type: text/plain
+   charset="utf-8"
+
+Gate code is 4412
+--b
+Content-Type: image/jpeg
+   name="IMAGE_0.jpg"
+Content-Transfer-Encoding: base64
+
+/9j/4AAQSkZJRg==
+--b--""",
+    )
+    found = parse_mail(raw, CARRIERS, US)
+    assert (found.text, found.attachments) == ("Gate code is 4412", ("image/jpeg",))
+
+
 @pytest.mark.parametrize("charset", ['"utf\x00-8"', "x-no-such-charset", '"\x00"'])
 def test_a_charset_no_codec_can_have_is_read_as_utf8(charset):
     # Found by the fuzz run (tests/faults/test_fuzz.py): a NUL in the charset name made
