@@ -602,13 +602,13 @@ def _from_status_part(message: email.message.Message, part: email.message.Messag
         address = _address_field(fields.get("final-recipient") or fields.get("original-recipient"))
         if not address:
             continue
-        near = _near(human, address, block_addresses)
         action = fields.get("action", "").lower()
         status_found = _STATUS.search(fields.get("status", ""))
         status = ".".join(status_found.groups()) if status_found else ""
         if action in ("delivered", "relayed", "expanded") or status.startswith("2."):
             delivered += 1
             continue
+        near = _near(human, address, block_addresses)
         diagnostic = fields.get("diagnostic-code", "")
         diagnostic = re.sub(r"^\s*(smtp|x-[\w\-]+)\s*;\s*", "", diagnostic, flags=re.IGNORECASE)
         code_found = _REPLY_CODE.search(diagnostic + " ")
@@ -851,8 +851,7 @@ def _part(message: email.message.Message, *types: str) -> email.message.Message 
 def content_type(part: email.message.Message) -> str:
     """A part's content type, also where its header lost the ";" before the parameters
     ("text/plain<newline>  charset=..."), which the email package reads as one long type."""
-    kind = part.get_content_type()
-    return kind.split(None, 1)[0] if kind else kind
+    return part.get_content_type().split(None, 1)[0]  # never empty: it always holds a "/"
 
 
 def payload_text(part: email.message.Message) -> str:
