@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TEST_DEBS := dovecot-imapd chromium
 BENCH_DEBS := postfix dovecot-imapd
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: $(VENV)/.installed-test lint
 bench: $(VENV)/.installed-test
 	scripts/debian-packages $(BENCH_DEBS)
 	$(BIN)/python bench/run_all.py
+
+# Coverage-guided exploration of the parsers (FUZZ_SECONDS per target); what it finds joins the
+# corpus that `make test` replays.
+fuzz: $(VENV)/.installed-test
+	PYTHON=$(BIN)/python scripts/fuzz
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,7 @@ import email.message
 import email.policy
 import re
 from dataclasses import dataclass
+from typing import Any
 
 # Reasons (the corpus's vocabulary) that mean the address itself is bad.
 ADDRESS_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
@@ -737,7 +738,7 @@ def _with_boundary(message: email.message.Message) -> email.message.Message:
     lost = message.get("Content-Type") is None and message.get("MIME-Version") is None
     if message.get_content_maintype() != "multipart" and not lost:
         return message
-    body = message.get_payload()
+    body = _payload(message)
     if not isinstance(body, str):
         return message
     found = re.search(r"^--([^\s]{1,70})\s*$", body, re.MULTILINE)
@@ -757,7 +758,7 @@ def _with_delimiters_unindented(message: email.message.Message) -> email.message
         return message
     indented = re.compile(rf"^[ \t]+(--{re.escape(boundary)}(?:--)?[ \t]*)$", re.MULTILINE)
     for part in message.walk():
-        payload = part.get_payload()
+        payload = _payload(part)
         if isinstance(payload, str) and indented.search(payload):
             text = indented.sub(r"\1", message.as_string())
             return email.message_from_string(text, policy=email.policy.compat32)
@@ -767,7 +768,7 @@ def _with_delimiters_unindented(message: email.message.Message) -> email.message
 def _returned_recipients(message: email.message.Message) -> list[str]:
     for part in message.walk():
         if part.get_content_type() == "message/rfc822":
-            inner = part.get_payload()
+            inner = _payload(part)
             if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
                 to = str(inner[0].get("To", ""))
                 return list(dict.fromkeys(a.lower() for a in _ADDRESS.findall(to)))[:5]
@@ -828,7 +829,7 @@ def _original_id(message: email.message.Message) -> str | None:
     for part in message.walk():
         kind = part.get_content_type()
         if kind == "message/rfc822":
-            inner = part.get_payload()
+            inner = _payload(part)
             if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
                 found = str(inner[0].get("Message-ID", "")).strip()
                 if found:
@@ -857,7 +858,7 @@ def content_type(part: email.message.Message) -> str:
 def payload_text(part: email.message.Message) -> str:
     """A part's content as text, whatever its transfer encoding or charset claims."""
     if part.is_multipart():
-        inner = part.get_payload()
+        inner = _payload(part)
         if isinstance(inner, list):
             return "\n\n".join(
                 payload_text(p) for p in inner if isinstance(p, email.message.Message)
@@ -865,7 +866,7 @@ def payload_text(part: email.message.Message) -> str:
         return ""
     data = part.get_payload(decode=True)
     if not isinstance(data, bytes):
-        payload = part.get_payload()
+        payload = _payload(part)
         return payload if isinstance(payload, str) else ""
     charset = part.get_content_charset() or "utf-8"
     try:
@@ -874,10 +875,21 @@ def payload_text(part: email.message.Message) -> str:
         return data.decode("utf-8", "replace")
 
 
+def _payload(part: email.message.Message) -> Any:
+    """A part's payload as the email package holds it (a list of parts, or the undecoded text).
+    The package decodes stray 8-bit text by the part's charset name and raises ValueError when
+    that name holds a NUL (LookupError is caught inside it): such text is read as UTF-8."""
+    try:
+        return part.get_payload()
+    except ValueError:
+        data = part.get_payload(decode=True)
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else ""
+
+
 def _status_blocks(part: email.message.Message) -> list[dict[str, str]]:
     """The field blocks of a delivery-status part: the first is about the message, the rest
     are one per recipient."""
-    payload = part.get_payload()
+    payload = _payload(part)
     if isinstance(payload, list):  # the email package parses each block into a header-only part
         return [
             {str(k).lower(): _from_jis(" ".join(str(v).split())) for k, v in block.items()}

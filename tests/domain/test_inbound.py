@@ -178,6 +178,18 @@ def test_a_charset_no_codec_can_have_is_read_as_utf8(charset):
     assert parse_mail(raw, CARRIERS, US).text == "ok"
 
 
+def test_eight_bit_text_under_a_charset_with_a_nul_is_read():
+    # Found by the fuzz run on another machine: for 8-bit text the email package decodes the
+    # undecoded payload by the part's charset name itself, and a NUL in that name raised
+    # ValueError out of get_payload() (in the bounce reader's search for indented delimiters).
+    raw = (
+        b"From: MAILER-DAEMON@example.net\r\nSubject: undeliverable\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; boundary="b"\r\n\r\n--b\r\n'
+        b'Content-Type: text/plain; charset="a\x00b"\r\n\r\n  --b\r\nhello \xff\xfe\r\n--b--\r\n'
+    )
+    assert "hello" in parse_mail(raw, CARRIERS, US).text  # it raised ValueError before
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=3000))
 def test_any_bytes_give_a_result_or_mail_error(data):

@@ -1,9 +1,13 @@
-"""Fuzz targets for atheris (coverage-guided): `python fuzz_targets.py TARGET -runs=N`.
+"""Fuzz targets: each feeds bytes to a parser that takes input from strangers. A rejection with
+a reason (MailError, PhoneError, ValueError from a header check) is the expected answer to bad
+input; any other exception escapes.
 
-Each target feeds the fuzzer's bytes to a parser that takes input from strangers. A rejection
-with a reason (MailError, PhoneError, ValueError from a header check) is the expected answer to
-bad input; any other exception escapes, and atheris reports it as a crash with the input that
-caused it. tests/faults/test_fuzz.py runs each briefly."""
+Two uses:
+- tests/faults/test_fuzz.py imports TARGETS and replays the saved corpus (tests/data/fuzz/)
+  and every past crasher through them, in process and deterministically: no atheris needed.
+- `python tests/faults/fuzz_targets.py TARGET [libFuzzer flags] DIR...` explores with atheris
+  (coverage-guided); `make fuzz` runs it for each target, adding what it finds to the corpus and
+  any crash to tests/data/fuzz/crashers/, which the replay then holds for ever."""
 
 from __future__ import annotations
 
@@ -11,14 +15,11 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-import atheris
-
-with atheris.instrument_imports():
-    from gateway.domain.carriers_file import load_carriers
-    from gateway.domain.email_out import Mailbox, OutboundEmail, build_email
-    from gateway.domain.inbound import Identity, MailError, keyword_of, parse_mail
-    from gateway.domain.phone import PhoneError, parse_phone
-    from gateway.domain.sms import LongText, fit, measure, normalise
+from gateway.domain.carriers_file import load_carriers
+from gateway.domain.email_out import Mailbox, OutboundEmail, build_email
+from gateway.domain.inbound import Identity, MailError, keyword_of, parse_mail
+from gateway.domain.phone import PhoneError, parse_phone
+from gateway.domain.sms import LongText, fit, measure, normalise
 
 REPO = Path(__file__).resolve().parents[2]
 BOOK = load_carriers((REPO / "carriers.yaml").read_text())
@@ -88,6 +89,12 @@ TARGETS = {
 }
 
 if __name__ == "__main__":
+    import atheris
+
+    atheris.instrument_all()  # the gateway's modules are imported above: instrument them now
     target = TARGETS[sys.argv[1]]
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    # libFuzzer runs argv[0] through the shell for -merge and -fork: name the interpreter and
+    # the target with it, so those runs come back here.
+    self = f"{sys.executable} {Path(__file__).resolve()} {sys.argv[1]}"
+    atheris.Setup([self, *sys.argv[2:]], target)
     atheris.Fuzz()
