@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian packages the tests need (Dovecot, a real IMAP server; Chromium, the dashboard's browser) and
-# the benchmarks need (Postfix's smtp-sink and smtp-source, run directly; no Postfix daemon is started).
-TEST_DEBS := dovecot-imapd chromium
+# Debian packages the tests need (Postfix and Dovecot, private instances a company's mail servers
+# stand for, over TLS; Chromium, the dashboard's browser) and the benchmarks need (Postfix's
+# smtp-sink and smtp-source, run directly).
+TEST_DEBS := postfix dovecot-imapd chromium
 BENCH_DEBS := postfix dovecot-imapd
 
 .PHONY: demo test lint bench fuzz clean

@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import trustme
 from sqlalchemy import func, select, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -76,8 +77,9 @@ def make_runtime(folder: Path, server: dovecot_fixture.Dovecot, mailbox: str) ->
         database={"url": f"sqlite:///{folder / 'bench.db'}"},
         smtp={"host": "127.0.0.1", "port": 2525, "security": "none",
               "from_address": "Dispatch <dispatch@example.com>"},
-        imap={"enabled": True, "host": "127.0.0.1", "port": server.port, "security": "none",
-              "username": server.user, "password": server.password, "folder": mailbox},
+        imap={"enabled": True, "host": "127.0.0.1", "port": server.port, "security": "tls",
+              "ca_file": str(server.ca_file), "username": server.user,
+              "password": server.password, "folder": mailbox},
         inbound={"fetch_chunk": 200},
     )  # fmt: skip
     runtime = Runtime(settings)
@@ -177,7 +179,16 @@ def main() -> None:
     reason = dovecot_fixture.available()
     if reason:
         sys.exit(reason)
-    server = dovecot_fixture.start()
+    with tempfile.TemporaryDirectory(prefix="gw-bench-ca-") as ca_dir:
+        # Over TLS, as company mailboxes are read: the baseline (imaplib) too.
+        authority = trustme.CA()
+        ca_file = Path(ca_dir) / "ca.pem"
+        authority.cert_pem.write_to_path(str(ca_file))
+        server = dovecot_fixture.start(authority.issue_cert("127.0.0.1", "localhost"), ca_file)
+        run(server, args)
+
+
+def run(server: dovecot_fixture.Dovecot, args: argparse.Namespace) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="gw-bench-inbound-") as tmp:
             folder = Path(tmp)

@@ -508,8 +508,8 @@ def run(
 ) -> None:
     """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit):
     the sender, and the inbound worker when a mailbox is configured."""
-    from gateway.services.heartbeat import pulse
-    from gateway.services.inbound import Ingest, MailboxLease, Receiver
+    from gateway.services.heartbeat import MailboxView, pulse
+    from gateway.services.inbound import Ingest, MailboxLease, Receiver, keep_reading
     from gateway.services.orders import Orders
     from gateway.services.scheduler import Scheduler
     from gateway.services.webhooks import Webhooks
@@ -551,19 +551,23 @@ def run(
                     **runtime.quiet(),
                 )
 
-            def mailbox_lag_reader(self) -> Callable[[], float | None] | None:
+            def mailbox_view(self) -> MailboxView | None:
                 receiver = self.receiver
                 if receiver is None:
                     return None
-                return lambda: receiver.source.lag(time.time())
+                source = receiver.source
+                return lambda: (source.lag(time.time()), source.health)
 
             async def receive(self, stop: asyncio.Event) -> None:
                 if self.receiver is None:
                     return
                 lease = MailboxLease(self.receiver, engine, worker,
                                      runtime.settings.inbound.mailbox_lease_seconds)  # fmt: skip
+                if not until_idle:  # a long run: the reader never ends before stop
+                    await keep_reading(lease, stop)
+                    return
                 try:
-                    stats = await lease.run(stop, until_idle=until_idle)
+                    stats = await lease.run(stop, until_idle=True)
                 except ImapError as exc:
                     problems.append(f"inbound: {exc}")
                     return
@@ -604,7 +608,7 @@ def run(
                         watcher = asyncio.create_task(_watch_settings(runtime, stop, ending))
                         inbound = asyncio.create_task(workers.receive(ending))
                         beating = asyncio.create_task(
-                            pulse(engine, worker, workers.mailbox_lag_reader(), ending)
+                            pulse(engine, worker, workers.mailbox_view(), ending)
                         )
                     progress = asyncio.create_task(_report_progress(workers.sender.stats))
                     try:
@@ -1140,24 +1144,45 @@ def serve() -> None:
 
 @app.command("status")
 def status(fmt: FormatOption = Format.table) -> None:
-    """The gateway processes alive (several may share one database), what each holds, and the
-    texts due now."""
+    """The gateway processes alive (several may share one database), what each holds, whether
+    the mailbox is read and the routes send, and the texts due now."""
+    from gateway.services.health import overview
     from gateway.store import heartbeats
     from gateway.store.outbox import count_due
 
     with user_errors():
-        engine = state.runtime().migrated_engine()
+        runtime = state.runtime()
+        engine = runtime.migrated_engine()
         now = utcnow()
         with engine.connect() as conn:
             rows = heartbeats.processes(conn, now)
+            seen = overview(conn, runtime.settings, now)
         due = count_due(engine, now)
+    sending = seen.sending
     if fmt is Format.json:
-        out.print_json(json.dumps({"processes": rows, "queue_depth": due},
-                                  default=_json_default))  # fmt: skip
+        report = {
+            "processes": rows, "queue_depth": due,
+            "mailbox": seen.mailbox.as_json() if seen.mailbox else None,
+            "sending": sending.as_json() if sending else None,
+            "routes": [{"name": name, **part.as_json()} for name, part in seen.routes.items()],
+            "problems": seen.problems(now),
+        }  # fmt: skip
+        out.print_json(json.dumps(report, default=_json_default))
         return
     emit(rows, fmt, ["process", "started_at", "seen_at", "texts_leased", "mailboxes",
                      "mailbox_lag_seconds"], "gateway run processes alive")  # fmt: skip
     out.print(f"texts due now: {due}" + ("" if rows else " (no process is running to send them)"))
+    parts = [("mailbox", seen.mailbox)] + [(f"route {n}", p) for n, p in seen.routes.items()]
+    for name, part in parts:
+        if part is None:
+            out.print(f"{name}: not read by any running process", markup=False)
+        elif part.ok:
+            out.print(f"{name}: ok", markup=False)
+        else:
+            since = f" since {part.since:%Y-%m-%d %H:%M:%S} UTC" if part.since else ""
+            out.print(f"{name}: failing{since}: {part.error}", markup=False)
+    for problem in seen.problems(now):
+        err.print(f"problem: {problem}", markup=False)
 
 
 @app.command("doctor")
@@ -1177,7 +1202,8 @@ def doctor(
     failed = [step for step in report if not step.ok]
     if fmt is Format.json:
         rows = [
-            {"section": s.section, "check": s.name, "ok": s.ok, "warning": s.warning,
+            {"section": s.section, "name": s.name, "check": s.name, "ok": s.ok,
+             "warning": s.warning,
              "seconds": round(s.seconds, 3), "detail": s.detail, "hint": s.hint}
             for s in report
         ]  # fmt: skip

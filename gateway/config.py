@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 import tomllib
 from collections.abc import Callable
 from functools import partial
@@ -17,7 +18,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.domain.email_out import AddressError, Mailbox
@@ -60,6 +69,36 @@ SECRET_SOURCES = (
 )
 
 
+def check_ca_file(path: Path | None) -> Path | None:
+    """`path` when it holds certificates TLS can trust; ValueError saying what is wrong."""
+    if path is None:
+        return None
+    if not path.exists():
+        raise ValueError(f"{str(path)!r} does not exist (a PEM file of the CA's certificates)")
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder; name the PEM file of the CA's certificates")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:  # before OSError, of which it is a kind
+        raise ValueError(f"{str(path)!r} holds no PEM certificate") from None
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    return path
+
+
+def check_readable_file(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder, not a file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    return path
+
+
 class Endpoint(_Section):
     """A server the gateway signs in to: where it is, how it is secured, which secret to use."""
 
@@ -67,23 +106,35 @@ class Endpoint(_Section):
     port: int = Field(587, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "starttls"
     username: str | None = None  # no username: no sign-in
+    # "oauth2": XOAUTH2 with an access token, from oauth2_token_file or oauth2_token_command
+    # when given, else from the [oauth2] sign-in (`gateway auth microsoft|google`).
+    auth: Literal["password", "oauth2"] = "password"
     password: SecretStr | None = None
     password_env: str | None = None
     password_file: Path | None = None
-    # OAuth2 (XOAUTH2) instead of a password: a file an outside agent keeps fresh, or a command
-    # that prints a current access token. Read or run again for every new connection.
+    # OAuth2 (XOAUTH2) from outside: a file an outside agent keeps fresh, or a command that
+    # prints a current access token. Read or run again for every new connection.
     oauth2_token_file: Path | None = None
     oauth2_token_command: str | None = None
     allow_insecure: bool = False
     ca_file: Path | None = None
+
+    _ca_file_holds_certificates = field_validator("ca_file")(check_ca_file)
+    _token_file_readable = field_validator("oauth2_token_file")(check_readable_file)
 
     @model_validator(mode="after")
     def _check_endpoint(self) -> Endpoint:
         sources = [k for k in SECRET_SOURCES if getattr(self, k) is not None]
         if len(sources) > 1:
             raise ValueError(f"give one of {', '.join(sources)}, not several")
-        if sources and sources[0].startswith("oauth2") and not self.username:
-            raise ValueError(f"{sources[0]} needs a username (the mailbox that signs in)")
+        if sources and sources[0].startswith("oauth2") and self.auth == "password":
+            self.auth = "oauth2"  # a token source given before `auth` existed still means OAuth2
+        if self.auth == "oauth2" and sources and not sources[0].startswith("oauth2"):
+            raise ValueError(
+                f"auth = 'oauth2' signs in with an access token, not {sources[0]}: remove it"
+            )
+        if self.auth == "oauth2" and not self.username:
+            raise ValueError("auth = 'oauth2' needs a username (the mailbox that signs in)")
         if self.security == "none" and not self.allow_insecure and not is_loopback(self.host):
             raise ValueError(
                 f"security = 'none' would send passwords and texts in the clear to {self.host}; "
@@ -170,10 +221,10 @@ class RelaySettings(ServerSettings):
 
 
 class ImapSettings(Endpoint):
-    """The company mailbox: watched for replies (a later part) and given a copy of what is sent."""
+    """The company mailbox: watched for replies and bounces, and given a copy of what is sent."""
 
     enabled: bool = False
-    port: int = Field(993, ge=1, le=65535)
+    port: int = Field(993, ge=1, le=65535)  # 143 when security = "starttls" and no port is set
     security: Literal["tls", "starttls", "none"] = "tls"
     folder: str = "INBOX"
     idle: bool = True
@@ -186,16 +237,14 @@ class ImapSettings(Endpoint):
     # do; plain servers do not): each text sent is also appended to sent_folder.
     save_to_sent: bool = False
     timeout_seconds: float = Field(30.0, gt=0, le=600)
+    # A reader failing for longer than this makes /readyz answer 503 (a restart or a blip of
+    # the server's is not an outage).
+    ready_grace_seconds: float = Field(60.0, ge=0, le=86_400)
 
     @model_validator(mode="after")
     def _check_imap(self) -> ImapSettings:
-        if self.security == "starttls":
-            raise ValueError(
-                "security = 'starttls' is not supported for IMAP (the IMAP library cannot "
-                "upgrade a connection); use 'tls' on port 993"
-            )
-        if self.oauth2_token_file is not None or self.oauth2_token_command is not None:
-            raise ValueError("OAuth2 sign-in to the mailbox is not supported yet; use a password")
+        if self.security == "starttls" and "port" not in self.model_fields_set:
+            self.port = 143
         return self
 
 

@@ -223,21 +223,23 @@ def _dovecot_or_skip() -> None:
 
 
 @pytest.fixture(scope="session")
-def dovecot():
+def dovecot(server_cert, ca_file):
+    """The company mailbox: Dovecot with TLS required, shared by the session's tests (each
+    works in a folder of its own)."""
     from tests import dovecot as server
 
     _dovecot_or_skip()
-    running = server.start()
+    running = server.start(server_cert, ca_file)
     yield running
     running.stop()
 
 
 @pytest.fixture
-def own_dovecot():
+def own_dovecot(server_cert, ca_file):
     """A Dovecot of the test's own, for tests that stop, restart or renumber it."""
     from tests import dovecot as server
 
     _dovecot_or_skip()
-    running = server.start()
+    running = server.start(server_cert, ca_file)
     yield running
     running.stop()

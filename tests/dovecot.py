@@ -1,5 +1,9 @@
-"""A real Dovecot IMAP server for tests: a throwaway configuration under a temporary folder,
-listening on a loopback port, stopped when the test session ends."""
+"""A real Dovecot IMAP server for tests, configured as company mailboxes are: TLS required
+(`ssl = required`, a certificate from the tests' own CA), an implicit-TLS listener (`port`, as
+993) and a STARTTLS one (`starttls_port`, as 143), a passwd-file for passwords, an `oauth2`
+passdb for XOAUTH2 when given a token server to ask, and an auth socket Postfix's submission
+service signs its users in through (Dovecot SASL). A throwaway configuration under a temporary
+folder, loopback ports, stopped when the test session ends."""
 
 from __future__ import annotations
 
@@ -9,11 +13,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import trustme
 
 from gateway.services.carrier_sim import free_port
 
@@ -26,9 +33,11 @@ base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
+ssl = required
+ssl_cert = <{root}/cert.pem
+ssl_key = <{root}/key.pem
+ssl_min_protocol = TLSv1.2
+auth_mechanisms = plain login{oauth2_mechanisms}
 default_login_user = dovenull
 default_internal_user = dovecot
 mail_location = maildir:{root}/mail/%u
@@ -38,7 +47,7 @@ first_valid_uid = 1
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/users
-}}
+}}{oauth2_passdb}
 userdb {{
   driver = static
   args = uid=dovecot gid=dovecot home={root}/mail/%u
@@ -46,9 +55,19 @@ userdb {{
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
+    port = {starttls_port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
     port = {port}
+    ssl = yes
   }}
   chroot =
+}}
+service auth {{
+  unix_listener auth-postfix {{
+    mode = 0666
+  }}
 }}
 service anvil {{
   chroot =
@@ -63,13 +82,32 @@ namespace inbox {{
 """
 
 
+# Dovecot's oauth2 passdb asks the token server whether a bearer token is live (RFC 7662
+# introspection, POSTed) and takes the mailbox's name from the answer.
+OAUTH2 = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
+force_introspection = yes
+"""
+
+
 @dataclass
 class Dovecot:
     root: Path
-    port: int
+    port: int  # implicit TLS, as 993
+    starttls_port: int  # STARTTLS, as 143
     process: subprocess.Popen
+    ca_file: Path
     user: str = USER
     password: str = PASSWORD
+
+    @property
+    def sasl_socket(self) -> Path:
+        """Where Postfix's smtpd asks Dovecot to check a sign-in."""
+        return self.root / "run" / "auth-postfix"
 
     def maildir(self, folder: str = "INBOX") -> Path:
         base = self.root / "mail" / self.user
@@ -104,6 +142,10 @@ class Dovecot:
         self.stop(keep=True)
         self.process = _launch(self.root, self.port)
 
+    def add_user(self, user: str, password: str) -> None:
+        with (self.root / "users").open("a") as users:
+            users.write(f"{user}:{{PLAIN}}{password}\n")
+
     def renumber(self, folder: str = "INBOX") -> None:
         """Make the server give `folder` a new UIDVALIDITY, as after a restore or a migration:
         stopped, its UID list and indexes removed, started again."""
@@ -113,9 +155,11 @@ class Dovecot:
         time.sleep(1.1)  # UIDVALIDITY is taken from the clock, in seconds
         self.process = _launch(self.root, self.port)
 
-    def client(self) -> imaplib.IMAP4:
-        client = imaplib.IMAP4("127.0.0.1", self.port)
-        client.login(self.user, self.password)
+    def client(self, user: str | None = None, password: str | None = None) -> imaplib.IMAP4:
+        """A signed-in client of the standard library's, over TLS (for setting up tests)."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        client = imaplib.IMAP4_SSL("127.0.0.1", self.port, ssl_context=context)
+        client.login(user or self.user, password or self.password)
         return client
 
     def append(self, raw: bytes, folder: str = "INBOX") -> None:
@@ -153,16 +197,31 @@ def available() -> str | None:
     return None
 
 
-def start() -> Dovecot:
+def start(cert: trustme.LeafCert, ca_file: Path, introspection_url: str | None = None) -> Dovecot:
+    """A running Dovecot with `cert` for 127.0.0.1 and localhost; with `introspection_url`, it
+    also takes XOAUTH2 and OAUTHBEARER sign-ins, asking that URL whether the token is live."""
     root = Path(tempfile.mkdtemp(prefix="gw-dovecot-"))
     root.chmod(0o755)  # Dovecot's unprivileged processes must reach the mail folder
     for folder in ("run", "state", "mail"):
         (root / folder).mkdir()
     shutil.chown(root / "mail", "dovecot", "dovecot")
     (root / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
-    port = free_port()
-    (root / "dovecot.conf").write_text(CONFIG.format(root=root, port=port))
-    return Dovecot(root, port, _launch(root, port))
+    cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(root / "key.pem"))
+    port, starttls_port = free_port(), free_port()
+    oauth2_passdb = oauth2_mechanisms = ""
+    if introspection_url:
+        (root / "oauth2.conf").write_text(OAUTH2.format(url=introspection_url))
+        oauth2_mechanisms = " xoauth2 oauthbearer"
+        oauth2_passdb = (
+            "\npassdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+            f"  args = {root}/oauth2.conf\n}}"
+        )
+    (root / "dovecot.conf").write_text(
+        CONFIG.format(root=root, port=port, starttls_port=starttls_port,
+                      oauth2_passdb=oauth2_passdb, oauth2_mechanisms=oauth2_mechanisms)
+    )  # fmt: skip
+    return Dovecot(root, port, starttls_port, _launch(root, port), ca_file)
 
 
 def _launch(root: Path, port: int) -> subprocess.Popen:

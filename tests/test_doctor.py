@@ -106,8 +106,9 @@ async def test_relay_denied_on_the_test_message(smtp_server):
 async def test_imap_sign_in_folder_and_idle(dovecot):
     from gateway.config import ImapSettings
 
-    good = ImapSettings(enabled=True, host="127.0.0.1", port=dovecot.port, security="none",
-                        username=dovecot.user, password=dovecot.password)  # fmt: skip
+    good = ImapSettings(enabled=True, host="127.0.0.1", port=dovecot.port, security="tls",
+                        ca_file=dovecot.ca_file, username=dovecot.user,
+                        password=dovecot.password)  # fmt: skip
     steps = await check_imap(good)
     assert all(step.ok for step in steps) and "IDLE" in steps[-1].detail
     assert "messages" in steps[-1].detail

@@ -35,7 +35,8 @@ def runtime_for(url, smtp_server, server, folder, **imap):
         "enabled": True,
         "host": "127.0.0.1",
         "port": server.port,
-        "security": "none",
+        "security": "tls",
+        "ca_file": str(server.ca_file),
         "username": server.user,
         "password": server.password,
         "folder": folder,
@@ -224,7 +225,7 @@ async def test_many_messages_in_chunks_and_nothing_marked_read(sqlite_url, smtp_
 
 async def test_wrong_password_says_what_to_check(sqlite_url, smtp_server, dovecot):
     runtime = runtime_for(sqlite_url, smtp_server, dovecot, "INBOX", password="wrong")
-    with pytest.raises(ImapError, match="app password"):
+    with pytest.raises(ImapError, match=r"AUTHENTICATIONFAILED.*app password"):
         await drain(runtime)
 
 

@@ -96,8 +96,10 @@ async def test_failing_token_command_says_so_without_its_output(sqlite_url, oaut
     assert "exited with status 3" in tried[0].reply and "ya29" not in tried[0].reply
 
 
-def test_oauth2_and_a_password_together_are_refused():
+def test_oauth2_and_a_password_together_are_refused(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("ya29.x")
     with pytest.raises(ConfigError, match="not several"):
-        load_settings(None, smtp={"username": "u", "password": "p", "oauth2_token_file": "/tmp/t"})
+        load_settings(None, smtp={"username": "u", "password": "p", "oauth2_token_file": token})
     with pytest.raises(ConfigError, match="needs a username"):
         load_settings(None, smtp={"oauth2_token_command": "get-token"})

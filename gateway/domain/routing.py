@@ -39,6 +39,9 @@ class Breaker:
     failures: int = 0  # consecutive failures of the route itself
     opened_at: dt.datetime | None = None
     last_error: str | None = None
+    # The first of the consecutive failures: how long the route has been failing (opened_at
+    # moves with every probe that fails, so it cannot say).
+    failing_since: dt.datetime | None = None
 
 
 # Outcomes that say the route is broken (not the message): they count towards the breaker and
@@ -78,10 +81,11 @@ def breaker_after(
         # The server answered this message (250, or a 4xx/5xx about it): the route works.
         return Breaker(BreakerState.CLOSED, 0, None, breaker.last_error)
     failures = breaker.failures + 1
+    since = breaker.failing_since or now
     probing = breaker_state(breaker, policy, now) is BreakerState.HALF_OPEN
     if probing or failures >= policy.threshold:
-        return Breaker(BreakerState.OPEN, failures, now, reply)
-    return replace(breaker, failures=failures, last_error=reply)
+        return Breaker(BreakerState.OPEN, failures, now, reply, since)
+    return replace(breaker, failures=failures, last_error=reply, failing_since=since)
 
 
 # --- the per-minute rate: a token bucket -----------------------------------------------------

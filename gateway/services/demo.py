@@ -217,7 +217,7 @@ class _Demo:
             asyncio.create_task(sender.run(stop)),
             asyncio.create_task(receiver.run(stop)),
             asyncio.create_task(
-                pulse(engine, sender.worker, lambda: source.lag(time.time()), stop)
+                pulse(engine, sender.worker, lambda: (source.lag(time.time()), source.health), stop)
             ),
         ]
         user, _, password = LOGINS[0]

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from gateway.config import ConfigError, ImapSettings, ServerSettings, load_settings
 from gateway.domain.delivery import AUTH_HINT
 from gateway.store.db import DatabaseError, make_engine, require_current, utcnow
-from gateway.transport.imap import ImapError, ImapServer, sign_in
+from gateway.transport.imap import ImapError, authenticate, connect
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,32 +239,43 @@ def _tls_hint(server: ServerSettings) -> str:
 
 
 async def check_imap(imap: ImapSettings) -> list[Step]:
-    """DNS, TCP, sign-in, the folder and its message count, IDLE support."""
+    """DNS, TCP, TLS or STARTTLS and the certificate, the sign-in, the folder and its message
+    count, IDLE support: the same connection code as the mailbox reader and the Sent copy."""
+    from gateway.services.runtime import imap_server
+
     steps = _Steps()
     if not await _reach(imap, steps, "IMAP"):
         return steps.done
     client: Any = None
+    security = {"tls": "TLS", "starttls": "STARTTLS", "none": "no TLS"}[imap.security]
+
+    async def secure() -> str:
+        nonlocal client
+        server = imap_server(imap, "imap", timeout=min(imap.timeout_seconds, 15.0))
+        try:
+            client = await connect(server)
+        except ImapError as exc:
+            raise _Failed(str(exc), exc.hint) from None
+        except (OSError, TimeoutError) as exc:
+            raise _Failed(
+                f"no IMAP greeting from {imap.host}:{imap.port}: {exc or type(exc).__name__}",
+                "993 speaks TLS from the start (security = 'tls'); 143 wants 'starttls'",
+            ) from None
+        offered = " ".join(sorted(client.protocol.capabilities))
+        return f"{security}; the server offers {offered}"
 
     async def login() -> str:
-        nonlocal client
         if not imap.username:
             raise _Failed("imap.username is not set", "give the mailbox's user name")
-        server = ImapServer(
-            host=imap.host,
-            port=imap.port,
-            security="tls" if imap.security == "tls" else "none",
-            username=imap.username,
-            password=imap.resolve_password("imap") or "",
-            ca_file=imap.ca_file,
-            timeout=min(imap.timeout_seconds, 15.0),
-        )
+        server = imap_server(imap, "imap", timeout=min(imap.timeout_seconds, 15.0))
         try:
-            client = await sign_in(server)
+            await authenticate(client, server)
         except ImapError as exc:
-            raise _Failed(str(exc), AUTH_HINT) from None
+            raise _Failed(str(exc), exc.hint) from None
         except (OSError, TimeoutError) as exc:
             raise _Failed(f"the sign-in failed: {exc or type(exc).__name__}") from None
-        return f"signed in as {imap.username}"
+        how = "OAuth2 (XOAUTH2)" if imap.auth == "oauth2" else "password"
+        return f"signed in as {imap.username} ({how})"
 
     async def folder() -> str:
         response = await client.select(imap.folder)
@@ -285,12 +296,16 @@ async def check_imap(imap: ImapSettings) -> list[Step]:
         return f"{imap.folder}: {count.decode()} messages; {idle}"
 
     try:
-        if await steps.run(f"sign in as {imap.username or '?'}", login):
+        if await steps.run(f"{security} and greeting", secure) and await steps.run(
+            f"sign in as {imap.username or '?'}", login
+        ):
             await steps.run(f"folder {imap.folder}", folder)
     finally:
         if client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.logout(), 5)
+            with contextlib.suppress(Exception):
+                client.protocol.transport.close()
     return steps.done
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from gateway.domain.bounces import Recipient
+from gateway.domain.health import backoff
 from gateway.domain.inbound import InboundMail, Keyword, Kind, MailError, keyword_of, parse_mail
 from gateway.domain.providers import ReportStatus as ProviderReport
 from gateway.domain.threading import NO_MATCH, Match, Rule, ids_to_look_up, match
@@ -542,6 +543,25 @@ class MailboxLease:
                 log.warning("%s is now read by %s; stopping here", self.mailbox, other)
                 reading.set()
                 return
+
+
+async def keep_reading(lease: MailboxLease, stop: asyncio.Event) -> InboundStats:
+    """Read the mailbox until `stop` is set, whatever happens: the source retries what the
+    server and the network do by itself; anything else that ends the reader (a fault of the
+    gateway's own) is logged once, shown in the source's health, and the reader started again
+    after a capped backoff. A dead reader must never pass for a live one."""
+    health = lease.receiver.source.health
+    failures = 0
+    while not stop.is_set():
+        try:
+            return await lease.run(stop)
+        except Exception as exc:
+            failures += 1
+            error = f"the mailbox reader stopped: {type(exc).__name__}: {exc}"
+            if health.failing(error, utcnow()):
+                log.exception("%s; starting it again", error)
+            await _wait(stop, backoff(failures))
+    return lease.receiver.stats
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

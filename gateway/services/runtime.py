@@ -9,11 +9,18 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Engine
 
-from gateway.config import ConfigError, ServerSettings, Settings, locate, with_changes
+from gateway.config import (
+    ConfigError,
+    ImapSettings,
+    ServerSettings,
+    Settings,
+    locate,
+    with_changes,
+)
 from gateway.domain.carriers import CarrierBook, CarrierFileError
 from gateway.domain.carriers_file import load_carriers
 from gateway.domain.delivery import RetryPolicy
@@ -223,19 +230,7 @@ class Runtime:
         )
 
     def _imap_server(self, needed_by: str) -> ImapServer:
-        imap = self.settings.imap
-        if not imap.username:
-            raise ConfigError(f"{needed_by} needs imap.username and its password")
-        security: Literal["tls", "none"] = "tls" if imap.security == "tls" else "none"
-        return ImapServer(
-            host=imap.host,
-            port=imap.port,
-            security=security,
-            username=imap.username,
-            password=imap.resolve_password("imap") or "",
-            ca_file=imap.ca_file,
-            timeout=imap.timeout_seconds,
-        )
+        return imap_server(self.settings.imap, needed_by)
 
     def _server(self, server: ServerSettings, section: str) -> SmtpServer:
         return SmtpServer(
@@ -281,3 +276,23 @@ class Runtime:
             return tokens.pop()
         except IndexError:  # another thread took the last one
             return secrets.token_hex(12)
+
+
+def imap_server(imap: ImapSettings, needed_by: str, timeout: float | None = None) -> ImapServer:
+    """The mailbox as the transport signs in to it, from `[imap]`: every IMAP connection (the
+    reader, the Sent copy, the doctor) is described by this one function."""
+    if not imap.username:
+        raise ConfigError(f"{needed_by} needs imap.username and its password")
+    oauth2 = imap.auth == "oauth2"
+    return ImapServer(
+        host=imap.host,
+        port=imap.port,
+        security=imap.security,
+        username=imap.username,
+        password=None if oauth2 else imap.resolve_password("imap") or "",
+        oauth2_token=token_source(imap.oauth2_token_file, imap.oauth2_token_command)
+        if oauth2
+        else None,
+        ca_file=imap.ca_file,
+        timeout=timeout or imap.timeout_seconds,
+    )

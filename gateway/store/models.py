@@ -194,6 +194,7 @@ class RouteState(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_type=Text)
     updated_at: dt.datetime
     quota_checked_at: dt.datetime | None = None  # written to lock the row while quota is taken
+    failing_since: dt.datetime | None = None  # the first of its consecutive failures
 
 
 class QuotaReservation(SQLModel, table=True):
@@ -437,3 +438,7 @@ class WorkerHeartbeat(SQLModel, table=True):
     started_at: dt.datetime
     seen_at: dt.datetime
     mailbox_lag_seconds: float | None = None  # None: no mailbox, or not looked yet
+    # How its mailbox reader fares (None: it reads none): working or failing, why, since when.
+    mailbox_ok: bool | None = None
+    mailbox_error: str | None = Field(default=None, sa_type=Text)
+    mailbox_since: dt.datetime | None = None

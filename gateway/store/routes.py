@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.routing import COUNTS_AGAINST_LIMIT, Breaker, BreakerState
@@ -21,12 +21,17 @@ WINDOW = dt.timedelta(hours=24)
 
 def load_breakers(engine: Engine) -> dict[str, Breaker]:
     with engine.connect() as conn:
-        return {
-            row.name: Breaker(
-                BreakerState(row.breaker), row.failures, row.opened_at, row.last_error
-            )
-            for row in conn.execute(select(routes))
-        }
+        return breakers_in(conn)
+
+
+def breakers_in(conn: Connection) -> dict[str, Breaker]:
+    return {
+        row.name: Breaker(
+            BreakerState(row.breaker), row.failures, row.opened_at, row.last_error,
+            row.failing_since,
+        )
+        for row in conn.execute(select(routes))
+    }  # fmt: skip
 
 
 def save_breakers(engine: Engine, breakers: Mapping[str, Breaker], now: dt.datetime) -> None:
@@ -37,6 +42,7 @@ def save_breakers(engine: Engine, breakers: Mapping[str, Breaker], now: dt.datet
                 "failures": breaker.failures,
                 "opened_at": breaker.opened_at,
                 "last_error": breaker.last_error,
+                "failing_since": breaker.failing_since,
                 "updated_at": now,
             }
             changed = conn.execute(update(routes).where(routes.c.name == name).values(**values))

@@ -10,14 +10,18 @@ What real servers and aioimaplib do, and what this does about it:
   answer that DONE within the timeout is taken for dead;
 - aioimaplib leaves a command waiting forever when the connection drops: every command races
   the connection-lost signal and a timeout;
-- BYE, a refused connection, a restart: reconnect with backoff, starting again from the UID
-  committed in the database.
+- BYE, a refused connection, a restart, a refused sign-in, anything else: reconnect with a
+  capped backoff, starting again from the UID committed in the database. The reader never ends
+  on its own; each change of state is logged once (the error in the server's words when it
+  begins, a line when it works again) and kept in `health` for /readyz, `gateway status`,
+  /metrics and the dashboard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import re
 import time
@@ -26,6 +30,7 @@ from typing import Any, TypeVar
 
 import aioimaplib
 
+from gateway.domain.health import Health, backoff
 from gateway.transport.imap import ImapError, ImapServer, sign_in
 from gateway.transport.mailsource import HEAD_BYTES, Batch, Fetched, wait
 
@@ -78,16 +83,19 @@ class ImapSource:
         # now, when the server tells of new mail the moment it comes: the mailbox lag.
         self.caught_up_at: float | None = None
         self.idling = False
+        self.health = Health()
 
     # --- the source ---------------------------------------------------------------------------
 
     async def batches(self, stop: asyncio.Event, *, drain: bool) -> AsyncIterator[Batch]:
-        delay = 1.0
+        failures = 0
         while not stop.is_set():
             try:
                 await self._open()
-                delay = 1.0
                 last = await self._start_position()
+                failures = 0
+                if self.health.working(_now()):
+                    log.warning("%s: reading again", self._where())  # the recovery, once
                 while not stop.is_set():
                     uids = await self._new_uids(last)
                     for start in range(0, len(uids), self.chunk):
@@ -103,19 +111,27 @@ class ImapSource:
                     if drain:
                         return
                     await self._wait_for_news(stop)
-            except (ConnectionLost, OSError, TimeoutError, aioimaplib.AioImapException) as exc:
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
                 await self.close()
+                error = _describe(exc)
+                if not isinstance(exc, ImapError):  # its words name the mailbox already
+                    error = f"{self._where()}: {error}"
                 if drain:
-                    raise ImapError(f"{self._where()}: {_describe(exc)}") from None
-                log.warning("%s: %s; reconnecting in %.0f s", self._where(), _describe(exc), delay)
+                    self.health.failing(error, _now())
+                    raise ImapError(error) from None
+                failures += 1
+                delay = backoff(failures, cap=self.max_backoff)
+                if self.health.failing(error, _now()):
+                    # Once, with the server's words; a traceback only for what is not the
+                    # server's doing (a fault of the gateway's own must be seen to be mended).
+                    expected = isinstance(exc, _EXPECTED)
+                    log.error("%s; trying again, waiting up to %.0f s between tries", error,
+                              self.max_backoff, exc_info=None if expected else exc)  # fmt: skip
+                else:
+                    log.debug("still failing: %s; next try in %.0f s", error, delay)
                 await wait(stop, delay)
-                delay = min(delay * 2, self.max_backoff)
-            except ImapError as exc:
-                await self.close()
-                if drain:
-                    raise
-                log.error("%s; trying again in %.0f s", exc, self.max_backoff)
-                await wait(stop, self.max_backoff)
 
     async def done(self, batch: Batch) -> None:
         return None  # the position is committed with the batch
@@ -141,6 +157,7 @@ class ImapSource:
     # --- connection ---------------------------------------------------------------------------
 
     async def _open(self) -> None:
+        await self.close()
         self._lost = asyncio.Event()
         lost = self._lost
 
@@ -320,4 +337,14 @@ def _words(lines: list[Any]) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ImapError):
+        return f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
     return str(exc) or type(exc).__name__
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# Failures that are the server's or the network's doing: logged without a traceback.
+_EXPECTED = (ConnectionLost, OSError, TimeoutError, aioimaplib.AioImapException, ImapError)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from gateway.domain.health import Health
 
 HEAD_BYTES = 65_536  # what is kept of a message too large to read
 
@@ -34,6 +37,7 @@ class Batch:
 
 class MailSource(Protocol):
     mailbox: str
+    health: Health  # whether reading works, for /readyz, `gateway status` and the dashboard
 
     def batches(self, stop: asyncio.Event, *, drain: bool) -> AsyncIterator[Batch]:
         """New mail, a batch at a time, until `stop` is set (or, with `drain`, until nothing
@@ -71,6 +75,7 @@ class MaildirSource:
         for sub in ("new", "cur", "tmp"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         self.caught_up_at: float | None = None
+        self.health = Health()
 
     def lag(self, now: float) -> float | None:
         return None if self.caught_up_at is None else max(0.0, now - self.caught_up_at)
@@ -84,6 +89,7 @@ class MaildirSource:
                     yield Batch(self.mailbox, None, tuple(items))
                     continue
             self.caught_up_at = time.time()
+            self.health.working(dt.datetime.now(dt.UTC))
             if drain:
                 return
             await wait(stop, self.poll_seconds)

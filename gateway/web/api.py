@@ -22,6 +22,7 @@ from gateway.config import ConfigError
 from gateway.domain.delivery import State
 from gateway.domain.routing import BreakerState
 from gateway.services.carrier_report import carrier_rows
+from gateway.services.health import overview
 from gateway.services.orders import OrderError, OrderInput, Orders
 from gateway.services.outbound import (
     Enqueued,
@@ -306,25 +307,38 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> Response:
-        """Ready when the database answers and at least one `gateway run` is alive."""
+        """Ready when the database answers, at least one `gateway run` is alive, its mailbox
+        reader has not been failing for longer than `[imap] ready_grace_seconds`, and not every
+        route has been failing that long."""
+        now = utcnow()
         try:
             with engine().connect() as conn:
                 conn.execute(text("SELECT 1"))
-                alive = heartbeats.workers(conn, utcnow())
+                seen = overview(conn, runtime.settings, now)
         except (OperationalError, InterfaceError, ApiError) as exc:
             message = exc.message if isinstance(exc, ApiError) else "the database is unreachable"
             return JSONResponse({"ok": False, "database": message, "workers": None}, 503)
-        body = {"ok": alive.alive > 0, "database": "ok", "workers": alive.alive,
-                "mailbox_lag_seconds": alive.mailbox_lag_seconds}  # fmt: skip
-        if not alive.alive:
-            body["problem"] = "no `gateway run` process has been heard from in the last minute"
-        return JSONResponse(body, 200 if alive.alive else 503)
+        problems = seen.problems(now)
+        if not seen.workers:
+            problems.insert(0, "no `gateway run` process has been heard from in the last minute")
+        sending = seen.sending
+        body: dict[str, Any] = {
+            "ok": not problems, "database": "ok", "workers": seen.workers,
+            "mailbox_lag_seconds": seen.mailbox_lag_seconds,
+            "mailbox": seen.mailbox.as_json() if seen.mailbox else None,
+            "sending": sending.as_json() if sending else None,
+            "routes": [{"name": name, **state.as_json()} for name, state in seen.routes.items()],
+        }  # fmt: skip
+        if problems:
+            body["problem"] = "; ".join(problems)
+        return JSONResponse(body, 503 if problems else 200)
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
         with engine().connect() as conn:
             found = views.counts(conn, utcnow())
             alive = heartbeats.workers(conn, utcnow())
+            seen = overview(conn, runtime.settings, utcnow())
         breakers = load_breakers(engine())
         lines = [
             "# HELP gateway_messages Outbound texts by state.",
@@ -349,6 +363,18 @@ def create_app(runtime: Runtime) -> FastAPI:
             "# TYPE gateway_workers_alive gauge",
             f"gateway_workers_alive {alive.alive}",
         ]
+        if seen.mailbox is not None:
+            lines += [
+                "# HELP gateway_mailbox_up 1 while the mailbox reader works, 0 while it fails.",
+                "# TYPE gateway_mailbox_up gauge",
+                f"gateway_mailbox_up {int(seen.mailbox.ok)}",
+            ]
+        if seen.sending is not None:
+            lines += [
+                "# HELP gateway_sending_up 1 while some route can send, 0 while every one fails.",
+                "# TYPE gateway_sending_up gauge",
+                f"gateway_sending_up {int(seen.sending.ok)}",
+            ]
         if alive.mailbox_lag_seconds is not None:
             lines += [
                 "# HELP gateway_imap_lag_seconds How far behind the mailbox the gateway may be "

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from gateway.domain.delivery import State
 from gateway.domain.phone import PhoneError, parse_phone
@@ -27,6 +28,7 @@ from gateway.domain.templates import TemplateError
 from gateway.services import live_settings
 from gateway.services.carrier_report import at_risk, carrier_rows, health_rows
 from gateway.services.doctor import check_imap, check_smtp
+from gateway.services.health import overview
 from gateway.services.inbound import Ingest, manual_thread
 from gateway.services.orders import OrderError, Orders
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
@@ -96,6 +98,15 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
             alert["at"] = time.monotonic()
         return alert["text"]  # type: ignore[no-any-return]
 
+    def health_alerts() -> list[str]:
+        """What is down (the mailbox reader, every route), said on every page while it lasts."""
+        now = utcnow()
+        try:
+            with engine().connect() as conn:
+                return overview(conn, runtime.settings, now).problems(now)
+        except (OperationalError, InterfaceError):
+            return ["the database cannot be reached"]
+
     def page(request: Request, name: str, user: access.SignedIn | None, **context: Any) -> Any:
         live = getattr(request.state, "live_after", None)
         return templates.TemplateResponse(
@@ -106,6 +117,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
                 "csrf": user.csrf if user else "",
                 "live_after": f"{live[0]}.{live[1]}" if live else "",
                 "gateway_alert": gateway_alert() if user else None,
+                "health_alerts": health_alerts() if user else [],
                 **context,
             },
         )

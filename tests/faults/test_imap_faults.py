@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
 import tracemalloc
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import select
 
 from gateway.store.inbox import inbound, quarantine
 from gateway.transport.mailsource import HEAD_BYTES
+from tests.servers import server_tls_context
 from tests.test_imap_inbound import count, drain, folder_in, reply, runtime_for
 
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
@@ -64,19 +66,26 @@ async def test_a_50_mb_message_past_max_bytes_keeps_its_head(sqlite_url, smtp_se
 
 class DoublingProxy:
     """A relay to the server that sends every untagged FETCH response twice, literal and all,
-    as a buggy server or middlebox might: the same UID served twice in one answer."""
+    as a buggy server or middlebox might: the same UID served twice in one answer. It speaks
+    TLS on both sides (with the server's certificate), as the mailbox does."""
 
     async def __aenter__(self) -> DoublingProxy:
         self.doubled = 0
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(
+            self._serve, "127.0.0.1", 0, ssl=server_tls_context(self.cert)
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, cert, ca_file) -> None:
         self.target_port = target_port
+        self.cert = cert
+        self.upstream_tls = ssl.create_default_context(cafile=str(ca_file))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port, ssl=self.upstream_tls
+        )
 
         async def upstream() -> None:
             with contextlib.suppress(ConnectionError):
@@ -103,11 +112,13 @@ class DoublingProxy:
         self.server.close()
 
 
-async def test_the_same_uid_served_twice_is_stored_once(sqlite_url, smtp_server, dovecot):
+async def test_the_same_uid_served_twice_is_stored_once(
+    sqlite_url, smtp_server, dovecot, server_cert
+):
     folder = folder_in(dovecot)
     for n in range(3):
         dovecot.append(reply(n, body=f"reply {n}"), folder)
-    async with DoublingProxy(dovecot.port) as proxy:
+    async with DoublingProxy(dovecot.port, server_cert, dovecot.ca_file) as proxy:
         runtime = runtime_for(sqlite_url, smtp_server, dovecot, folder, port=proxy.port)
         stats = await drain(runtime)
     assert proxy.doubled >= 3  # every message's FETCH came twice

@@ -1,0 +1,33 @@
+"""health: the mailbox reader's state in each heartbeat, and since when a route fails
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-06 12:00:00
+"""
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0013'
+down_revision = '0012'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('worker_heartbeats', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('mailbox_ok', sa.Boolean(), nullable=True))
+        batch_op.add_column(sa.Column('mailbox_error', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('mailbox_since', sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table('routes', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('failing_since', sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('routes', schema=None) as batch_op:
+        batch_op.drop_column('failing_since')
+    with op.batch_alter_table('worker_heartbeats', schema=None) as batch_op:
+        batch_op.drop_column('mailbox_since')
+        batch_op.drop_column('mailbox_error')
+        batch_op.drop_column('mailbox_ok')
