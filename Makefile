@@ -8,19 +8,31 @@ BIN := $(VENV)/bin
 TEST_DEBS := postfix dovecot-imapd chromium
 BENCH_DEBS := postfix dovecot-imapd
 
-.PHONY: demo test lint bench fuzz clean
+.PHONY: demo test lint bench fuzz lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# constraints.txt pins every package to the version CI ran (`make lock` writes it again from a
+# fresh environment, after a change of pyproject.toml's ranges).
+$(VENV)/.installed-run: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.installed-run
+
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[test]'
+	( echo "# The versions CI ran, written by \`make lock\` from a fresh environment. Installed with"; \
+	  echo "# pip's -c by make test, make demo and deploy/Containerfile."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable ) > constraints.txt
+	rm -rf .venv-lock
 
 demo: $(VENV)/.installed-run
 	$(BIN)/gateway demo

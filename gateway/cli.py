@@ -971,6 +971,105 @@ def inbox_quarantine(
     emit(rows, fmt, ["id", "mailbox", "uid", "size", "error"], "Quarantine (newest first)")
 
 
+@inbox_app.command("import")
+def inbox_import(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="only mail dated from this day on (YYYY-MM-DD)", metavar="DATE"
+        ),
+    ] = None,
+) -> None:
+    """Read the mail the mailbox held before the gateway first looked at it: stored, classified
+    and threaded like new mail, but nothing is sent (no STOP, START or HELP answers) and no
+    webhook is called. An old STOP still opts its contact out."""
+    from gateway.services.inbound import Ingest
+    from gateway.transport.imap import ImapError
+    from gateway.transport.imap_source import ImapSource
+
+    day = None
+    if since is not None:
+        try:
+            day = dt.date.fromisoformat(since)
+        except ValueError:
+            fail(f"--since {since!r} is not a date like 2026-11-30")
+    with user_errors():
+        runtime = state.runtime()
+        engine = runtime.migrated_engine()
+        source = runtime.mail_source(engine)
+        if not isinstance(source, ImapSource):
+            fail("inbox import reads an IMAP mailbox: set [imap] enabled = true (a Maildir's "
+                 "old mail is read by `gateway run` itself)")  # fmt: skip
+        ingest = Ingest(runtime, engine)
+
+    async def main() -> None:
+        from rich.progress import Progress
+
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("importing", total=None)
+            async for batch in source.history(day):
+                await asyncio.to_thread(ingest.store, batch, utcnow(), history=True)
+                bar.advance(task, len(batch.items))
+
+    try:
+        run_async(main)
+    except ImapError as exc:
+        fail(str(exc))
+    err.print(f"done: {ingest.stats.describe()}; nothing was sent", markup=False)
+
+
+@app.command("auth")
+def auth(
+    provider: Annotated[str, typer.Argument(help="microsoft, google or custom")],
+) -> None:
+    """Sign in to the company mailbox with OAuth2, once, as a person: Microsoft's device code
+    (type a code on any device), Google's sign-in page (paste the address it ends on back here
+    when the browser is on another machine), or a custom provider's device code. The refresh
+    token is kept in [oauth2] token_file (mode 0600) and never shown; `gateway run` and
+    `gateway serve` then get access tokens by themselves."""
+    from gateway.services.oauth2 import (
+        TokenError,
+        save_sign_in,
+        sign_in_device,
+        sign_in_google,
+        sign_in_microsoft,
+    )
+
+    if provider not in ("microsoft", "google", "custom"):
+        fail(f"no such provider {provider!r}: microsoft, google or custom")
+    with user_errors():
+        settings = state.runtime().settings.oauth2
+        if settings.provider not in (None, provider):
+            fail(f"[oauth2] provider is {settings.provider!r}, not {provider!r}")
+        settings = settings.model_copy(update={"provider": provider})
+        if settings.client_id is None:
+            fail("set [oauth2] client_id: the app registration's client id (the README's "
+                 "\"Connect your mailbox\" says how to make one)")  # fmt: skip
+
+    def say(text: str) -> None:
+        err.print(text, markup=False, soft_wrap=True)
+
+    def pasted() -> str | None:
+        try:
+            return input()
+        except EOFError:
+            return None
+
+    try:
+        if provider == "microsoft":
+            signed = sign_in_microsoft(settings, say)
+        elif provider == "google":
+            signed = sign_in_google(settings, say, pasted)
+        else:
+            signed = sign_in_device(settings, say)
+        save_sign_in(settings.token_file, signed)
+    except (TokenError, ConfigError) as exc:
+        fail(str(exc))
+    who = f" as {signed.account}" if signed.account else ""
+    err.print(f"signed in{who}; the refresh token is in {settings.token_file} (mode 0600). "
+              "`gateway doctor` checks the mailbox with it.", markup=False)  # fmt: skip
+
+
 @app.command("parse")
 def parse(
     files: Annotated[list[Path], typer.Argument(help="message files (.eml), one message each")],

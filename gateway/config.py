@@ -144,25 +144,26 @@ class Endpoint(_Section):
 
     def resolve_password(self, section: str = "smtp") -> str | None:
         """The password, read from where the config points; raises ConfigError if it is absent."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_env is not None:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(
-                    f"{section}.password_env names {self.password_env}, "
-                    "but that variable is not set"
-                )
-            return value
-        if self.password_file is not None:
-            try:
-                return self.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"{section}.password_file {str(self.password_file)!r} cannot be read: "
-                    f"{exc.strerror}"
-                ) from None
-        return None
+        plain = self.password.get_secret_value() if self.password is not None else None
+        return read_secret(f"{section}.password", plain, self.password_env, self.password_file)
+
+
+def read_secret(key: str, plain: str | None, env: str | None, file: Path | None) -> str | None:
+    """A secret given one of three ways (`key`, `key_env`, `key_file`), read only when it is
+    needed; ConfigError naming the key when the variable is not set or the file is unreadable."""
+    if plain is not None:
+        return plain
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{key}_env names {env}, but that variable is not set")
+        return value
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}_file {str(file)!r} cannot be read: {exc.strerror}") from None
+    return None
 
 
 class ServerSettings(Endpoint):
@@ -208,16 +209,35 @@ class SmtpSettings(ServerSettings):
     """The company's own mail server (route `own`)."""
 
 
+# Relays known to refuse mail to carriers' email-to-SMS gateways, with where that is said: such a
+# relay is never given a text to a carrier's gateway unless `delivers_to_gateways = true`.
+RELAYS_REFUSING_GATEWAYS: dict[str, str] = {
+    "smtp.sendgrid.net": (
+        "Twilio SendGrid drops all mail to carrier email-to-SMS gateways since 2024-07-31 "
+        "and still counts it against the plan (SendGrid's announcement of that date)"
+    ),
+}
+
+
 class RelaySettings(ServerSettings):
     """The hosted relay (route `relay`): used when the own server cannot send."""
 
     enabled: bool = False
+    # Whether the relay delivers mail to carriers' gateways; unset: yes, unless the host is
+    # known to refuse it (RELAYS_REFUSING_GATEWAYS). Texts to providers go either way.
+    delivers_to_gateways: bool | None = None
     from_address: str = "Dispatch via relay <relay@example.com>"
     reply_to: str | None = None  # default: the own server's from_address, so replies come home
     bcc: str | None = None  # an archive copy to the company mailbox (envelope only)
     return_path: str | None = None  # envelope sender; default: the relay's from_address
 
     _address_keys: ClassVar[tuple[str, ...]] = ("from_address", "reply_to", "bcc", "return_path")
+
+    @property
+    def takes_gateway_mail(self) -> bool:
+        if self.delivers_to_gateways is not None:
+            return self.delivers_to_gateways
+        return self.host.lower().rstrip(".") not in RELAYS_REFUSING_GATEWAYS
 
 
 class ImapSettings(Endpoint):
@@ -246,6 +266,85 @@ class ImapSettings(Endpoint):
         if self.security == "starttls" and "port" not in self.model_fields_set:
             self.port = 143
         return self
+
+
+# What each provider's sign-in asks for, by default: reading the mailbox over IMAP and sending
+# over SMTP. (MSAL adds offline_access itself, and refuses it as a scope.)
+OAUTH2_SCOPES: dict[str, list[str]] = {
+    "microsoft": [
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+        "https://outlook.office.com/SMTP.Send",
+    ],
+    "google": ["https://mail.google.com/"],
+}
+MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
+GOOGLE_AUTHORIZATION_URL = "https://accounts.google.com/o/oauth2/auth"
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+
+
+class OAuth2Settings(_Section):
+    """The built-in OAuth2 sign-in (`gateway auth microsoft|google|custom`): the company's own
+    app registration, and where the refresh token it yields is kept (a file of mode 0600)."""
+
+    provider: Literal["microsoft", "google", "custom"] | None = None
+    client_id: str | None = None
+    # Google's "desktop app" clients come with a secret; Microsoft's public clients have none.
+    client_secret: SecretStr | None = None
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    tenant: str = "organizations"  # Microsoft: the directory (its id or domain), or this
+    token_file: Path = Path("oauth2-token.json")
+    # Endpoints: the provider's own by default; a custom provider names its own.
+    authority: str = MICROSOFT_AUTHORITY  # Microsoft's sign-in host (another cloud's, say)
+    authorization_url: str | None = None
+    token_url: str | None = None
+    device_authorization_url: str | None = None
+    scopes: list[str] = []  # default: the provider's IMAP and SMTP scopes
+
+    _token_file_readable = field_validator("token_file")(
+        lambda path: check_readable_file(path) if path.exists() else path
+    )
+
+    @model_validator(mode="after")
+    def _check_oauth2(self) -> OAuth2Settings:
+        secrets = [k for k in ("client_secret", "client_secret_env", "client_secret_file")
+                   if getattr(self, k) is not None]  # fmt: skip
+        if len(secrets) > 1:
+            raise ValueError(f"give one of {', '.join(secrets)}, not several")
+        if self.provider == "custom":
+            missing = [k for k in ("token_url", "device_authorization_url", "scopes")
+                       if not getattr(self, k)]  # fmt: skip
+            if missing:
+                raise ValueError(f"provider = 'custom' needs {', '.join(missing)}")
+        for key in ("authority", "authorization_url", "token_url", "device_authorization_url"):
+            url = getattr(self, key)
+            if url is not None and not url.startswith("https://"):
+                raise ValueError(f"{key} must be an https:// URL (tokens never go in the clear)")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.provider is not None and self.client_id is not None
+
+    def scopes_asked(self) -> list[str]:
+        return self.scopes or OAUTH2_SCOPES.get(self.provider or "", [])
+
+    def endpoints(self) -> tuple[str, str | None, str | None]:
+        """(token URL, device authorization URL, authorization URL) of the provider."""
+        if self.provider == "microsoft":
+            base = f"{self.authority.rstrip('/')}/{self.tenant}/oauth2/v2.0"
+            return (self.token_url or f"{base}/token",
+                    self.device_authorization_url or f"{base}/devicecode",
+                    self.authorization_url or f"{base}/authorize")  # fmt: skip
+        if self.provider == "google":
+            return (self.token_url or GOOGLE_TOKEN_URL, None,
+                    self.authorization_url or GOOGLE_AUTHORIZATION_URL)  # fmt: skip
+        return self.token_url or "", self.device_authorization_url, self.authorization_url
+
+    def resolve_client_secret(self) -> str | None:
+        plain = self.client_secret.get_secret_value() if self.client_secret else None
+        return read_secret("oauth2.client_secret", plain, self.client_secret_env,
+                           self.client_secret_file)  # fmt: skip
 
 
 class InboundSettings(_Section):
@@ -377,19 +476,10 @@ class WebhookSettings(_Section):
         return self
 
     def resolve_secret(self) -> str:
-        if self.secret_env:
-            value = os.environ.get(self.secret_env)
-            if not value:
-                raise ConfigError(f"webhooks.secret_env names {self.secret_env}, which is not set")
-            return value
-        if self.secret_file:
-            try:
-                return self.secret_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"webhooks.secret_file cannot be read: {exc.strerror}") from None
-        if self.secret:
-            return self.secret
-        raise ConfigError("webhooks.urls is set: give webhooks.secret_env (or secret_file)")
+        found = read_secret("webhooks.secret", self.secret, self.secret_env, self.secret_file)
+        if not found:
+            raise ConfigError("webhooks.urls is set: give webhooks.secret_env (or secret_file)")
+        return found
 
 
 class WebSettings(_Section):
@@ -419,9 +509,23 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     sender: SenderSettings = SenderSettings()
     web: WebSettings = WebSettings()
+    oauth2: OAuth2Settings = OAuth2Settings()
 
     # Where the settings came from, for `config check`; not a key.
     source_file: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _oauth2_has_a_source(self) -> Settings:
+        for name in ("smtp", "relay", "imap"):
+            section: Endpoint = getattr(self, name)
+            external = section.oauth2_token_file or section.oauth2_token_command
+            enabled = getattr(section, "enabled", True)
+            if enabled and section.auth == "oauth2" and not external and not self.oauth2.configured:
+                raise ValueError(
+                    f"{name}.auth = 'oauth2' needs the [oauth2] section (provider and client_id, "
+                    f"then `gateway auth ...`) or {name}.oauth2_token_command"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -508,6 +612,8 @@ def _checked(build: Callable[[], _T], where: str, prefix: str = "") -> _T:
 def _describe(error: Any) -> str:
     key = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not key:  # a rule across sections: its words name the keys
+        return message
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"{key}: unknown key (check its spelling; `gateway config check` lists the keys)"
@@ -527,6 +633,8 @@ def masked(settings: Settings) -> dict[str, Any]:
             data[section]["password"] = SECRET_MASK
     if data["webhooks"].get("secret") is not None:
         data["webhooks"]["secret"] = SECRET_MASK
+    if data["oauth2"].get("client_secret") is not None:
+        data["oauth2"]["client_secret"] = SECRET_MASK
     return data
 
 

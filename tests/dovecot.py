@@ -162,11 +162,13 @@ class Dovecot:
         client.login(user or self.user, password or self.password)
         return client
 
-    def append(self, raw: bytes, folder: str = "INBOX") -> None:
-        """Deliver a message the way a mail client files one: IMAP APPEND."""
+    def append(self, raw: bytes, folder: str = "INBOX", arrived: float | None = None) -> None:
+        """Deliver a message the way a mail client files one: IMAP APPEND (`arrived`: the
+        arrival time the server keeps, as a Unix time; now when None)."""
         client = self.client()
         try:
-            status, answer = client.append(folder, None, None, raw)
+            when = imaplib.Time2Internaldate(arrived) if arrived is not None else None
+            status, answer = client.append(folder, None, when, raw)
             assert status == "OK", answer
         finally:
             client.logout()

@@ -85,7 +85,7 @@ MASTER_CF = """\
   -o smtpd_reject_unlisted_recipient=no
   -o smtpd_client_restrictions=permit_sasl_authenticated,reject
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
-  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject{submission_extra}
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -165,7 +165,11 @@ def available() -> str | None:
     return None
 
 
-def start(cert: trustme.LeafCert, ca_file: Path, dovecot: Dovecot) -> Postfix:
+def start(
+    cert: trustme.LeafCert, ca_file: Path, dovecot: Dovecot, idle_timeout: str | None = None
+) -> Postfix:
+    """A running Postfix delivering to `dovecot`'s mailboxes. `idle_timeout` (e.g. "3s"):
+    how soon submission drops a client that says nothing (Postfix's default is 300s)."""
     root = Path(tempfile.mkdtemp(prefix="gw-postfix-"))
     root.chmod(0o755)
     for folder in ("data", "spool"):
@@ -185,9 +189,9 @@ def start(cert: trustme.LeafCert, ca_file: Path, dovecot: Dovecot) -> Postfix:
     (root / "main.cf").write_text(MAIN_CF.format(
         root=root, mail=mail, uid=uid, gid=gid, sasl=dovecot.sasl_socket,
         gateway_domain=GATEWAY_DOMAIN))  # fmt: skip
-    (root / "master.cf").write_text(
-        MASTER_CF.format(smtp_port=smtp_port, submission_port=submission_port)
-    )
+    extra = f"\n  -o smtpd_timeout={idle_timeout}" if idle_timeout else ""
+    (root / "master.cf").write_text(MASTER_CF.format(
+        smtp_port=smtp_port, submission_port=submission_port, submission_extra=extra))  # fmt: skip
     _postfix(root, "start")
     server = Postfix(root, smtp_port, submission_port, dovecot, ca_file)
     deadline = time.monotonic() + 20

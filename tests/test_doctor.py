@@ -77,21 +77,63 @@ async def test_535_explains_app_passwords_and_oauth2(auth_server):
     assert all(step.ok for step in await check_smtp(right, "smtp"))
 
 
-async def test_smtp_auth_disabled_for_the_mailbox_says_so():
+async def refused_with(reply: str):
+    """The failed step when a server refuses every sign-in with `reply`."""
+
     def refuse(server, session, envelope, mechanism, data):
         assert isinstance(data, LoginPassword)
-        return AuthResult(success=False, handled=False, message=(
-            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled "
-            "for the Mailbox."))  # fmt: skip
+        return AuthResult(success=False, handled=False, message=reply)
 
     server = SmtpTestServer(authenticator=refuse, auth_require_tls=False)
     server.start()
     try:
         settings = smtp(server.port, username="dispatch@contoso.example", password="pw")
-        step = failed(await check_smtp(settings, "smtp"))
+        return failed(await check_smtp(settings, "smtp"))
     finally:
         server.stop()
+
+
+async def test_smtp_auth_disabled_for_the_mailbox_says_so():
+    step = await refused_with("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication "
+                              "is disabled for the Mailbox.")  # fmt: skip
     assert "SMTP AUTH is disabled for this mailbox" in step.hint
+
+
+async def test_basic_auth_switched_off_names_oauth2_and_the_command():
+    step = await refused_with(
+        "550 5.7.30 Basic authentication is not supported for Client Submission."
+    )
+    assert "5.7.30" in step.detail
+    assert 'auth = "oauth2"' in step.hint and "gateway auth microsoft" in step.hint
+
+
+async def test_a_server_that_offers_no_auth_is_told_so(smtp_server):
+    # The plain test server advertises no AUTH at all (as port 25 of most servers).
+    settings = smtp(smtp_server.port, username="dispatch", password="pw")
+    step = failed(await check_smtp(settings, "smtp"))
+    assert step.name == "AUTH as dispatch" and "offers no AUTH" in step.detail
+    assert "587" in step.hint and "app password" not in step.hint
+
+
+def test_a_relay_that_refuses_carrier_gateways_is_a_warning(tmp_path, smtp_server, relay_server):
+    gateway_folder(
+        tmp_path,
+        smtp_server.port,
+        extra=f"""
+[relay]
+enabled = true
+host = "127.0.0.1"
+port = {relay_server.port}
+security = "none"
+from_address = "Relay <relay@example.net>"
+delivers_to_gateways = false
+""",
+    )
+    done = run_gateway("doctor", "--format", "json", cwd=tmp_path)
+    report = json.loads(done.stdout)
+    step = next(c for c in report["checks"] if c["name"] == "carrier gateways")
+    assert step["ok"] and step["warning"] and "texts to carriers' gateways" in step["detail"]
+    assert done.returncode == 0  # a warning, not a failure
 
 
 async def test_relay_denied_on_the_test_message(smtp_server):
@@ -114,7 +156,10 @@ async def test_imap_sign_in_folder_and_idle(dovecot):
     assert "messages" in steps[-1].detail
     bad = ImapSettings(**{**good.model_dump(), "password": "wrong"})
     step = failed(await check_imap(bad))
-    assert step.name.startswith("sign in") and "app password" in step.hint
+    assert step.name.startswith("sign in") and "AUTHENTICATIONFAILED" in step.detail
+    # IMAP advice for an IMAP refusal: nothing about SMTP AUTH being disabled.
+    assert "imap.username" in step.hint and "app password" in step.hint
+    assert "SMTP" not in step.hint
 
 
 # --- the command ----------------------------------------------------------------------------

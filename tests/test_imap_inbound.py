@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.services.inbound import Ingest, Receiver
-from gateway.store.inbox import inbound, quarantine, read_position
+from gateway.store.db import utcnow
+from gateway.store.inbox import inbound, quarantine, read_position, save_position
 from gateway.transport.imap import ImapError
 from gateway.transport.mailsource import HEAD_BYTES
 from tests.conftest import make_runtime
@@ -30,7 +31,9 @@ def reply(n: int, body: str | None = None, message_id: str | None = None) -> byt
     return ("\r\n".join(lines) + "\r\n\r\n" + (body or f"reply {n}") + "\r\n").encode()
 
 
-def runtime_for(url, smtp_server, server, folder, **imap):
+def runtime_for(url, smtp_server, server, folder, *, first_look=False, **imap):
+    """A runtime reading `folder`. Unless `first_look`, its database has read the folder before,
+    up to what it holds now (a first look leaves what is there unread)."""
     settings = {
         "enabled": True,
         "host": "127.0.0.1",
@@ -45,7 +48,24 @@ def runtime_for(url, smtp_server, server, folder, **imap):
     }
     inbound_settings = imap.pop("inbound", {})
     settings.pop("inbound", None)
-    return make_runtime(url, smtp_server.port, imap=settings, inbound=inbound_settings)
+    runtime = make_runtime(url, smtp_server.port, imap=settings, inbound=inbound_settings)
+    if not first_look:
+        read_up_to_now(runtime, server, folder)
+    return runtime
+
+
+def read_up_to_now(runtime, server, folder) -> None:
+    """Record the folder's present end as read, as a database that has watched it would."""
+    client = server.client()
+    try:
+        client.select(folder, readonly=True)
+        validity = int(client.response("UIDVALIDITY")[1][0])
+        uidnext = int(client.response("UIDNEXT")[1][0])
+    finally:
+        client.logout()
+    source = runtime.mail_source(runtime.engine)
+    with runtime.engine.begin() as conn:
+        save_position(conn, source.mailbox, validity, uidnext - 1, utcnow())
 
 
 def folder_in(server) -> str:

@@ -179,3 +179,40 @@ async def test_the_sent_copy_over_tls_and_starttls(dovecot, security):
         await folder.close()
     assert len(dovecot.messages("Sent")) == before + 1
     assert any(f"copy over {security}".encode() in m for m in dovecot.messages("Sent"))
+
+
+@pytest.mark.parametrize(
+    ("ca_file", "says"),
+    [("missing.pem", "does not exist"), (".", "is a folder"), ("gateway.toml", "no PEM")],
+)
+def test_a_ca_file_that_cannot_work_is_refused_by_every_command(tmp_path, ca_file, says):
+    from tests.conftest import gateway_folder, run_gateway
+
+    folder = gateway_folder(tmp_path, 2525, extra=f"""
+[imap]
+enabled = true
+host = "127.0.0.1"
+username = "dispatch@example.com"
+password = "x"
+ca_file = "{tmp_path / ca_file}"
+""")  # fmt: skip
+    for command in (["config", "check"], ["doctor"], ["run", "--until-idle"], ["status"]):
+        done = run_gateway(*command, cwd=folder)
+        said = done.stdout + done.stderr
+        assert done.returncode == 1, (command, said)
+        assert "imap.ca_file" in said and says in said, (command, said)
+        assert "Traceback" not in said, (command, said)
+
+
+def test_a_token_file_that_cannot_be_read_is_refused(tmp_path):
+    from tests.conftest import gateway_folder, run_gateway
+
+    folder = gateway_folder(tmp_path, 2525, extra=f"""
+[imap]
+enabled = true
+username = "dispatch@example.com"
+oauth2_token_file = "{tmp_path}"
+""")  # fmt: skip
+    done = run_gateway("config", "check", cwd=folder)
+    assert done.returncode == 1 and "imap.oauth2_token_file" in done.stderr
+    assert "is a folder" in done.stderr and "Traceback" not in done.stderr

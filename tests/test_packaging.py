@@ -62,3 +62,28 @@ def test_installed_wheel_uses_its_shipped_carriers_and_templates(tmp_path):
     address = run("address", "+12025550143", "--carrier", "verizon")
     assert address.returncode == 0 and address.stdout.strip() == "2025550143@vtext.com"
     assert run("templates", "check").returncode == 0
+
+
+def test_constraints_pin_what_the_ranges_allow_and_every_dependency():
+    """constraints.txt (the versions CI ran) pins each dependency, inside pyproject's range,
+    and the installed versions are those pins: the suite runs what it says it runs."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            pins[name.lower().replace("_", "-")] = pinned
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    for text in wanted:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in constraints.txt (make lock)"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+        assert version(requirement.name) == pins[name], f"{name}: installed {version(name)}"

@@ -10,6 +10,7 @@ as Postfix's own report and the text is bounced; STOP opts out; the mailbox serv
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
@@ -44,18 +45,19 @@ providers: []
 """
 
 
-@pytest.fixture(scope="module")
-def mail(server_cert, ca_file) -> Iterator[postfix_server.Postfix]:
-    """Postfix and Dovecot of this module's own (a test restarts Dovecot)."""
+@contextlib.contextmanager
+def company_servers(cert, ca_file, introspection_url=None, idle_timeout=None):
+    """A private Dovecot (with an `oauth2` passdb asking `introspection_url`, when given) and a
+    Postfix delivering to it."""
     _dovecot_or_skip()
     reason = postfix_server.available()
     if reason is not None:
         if os.environ.get("GATEWAY_TEST_REQUIRE_DOVECOT") == "1":
             pytest.fail(reason + " (make test installs it, so these tests must run)")
         pytest.skip(reason)
-    dovecot = dovecot_server.start(server_cert, ca_file)
+    dovecot = dovecot_server.start(cert, ca_file, introspection_url)
     try:
-        postfix = postfix_server.start(server_cert, ca_file, dovecot)
+        postfix = postfix_server.start(cert, ca_file, dovecot, idle_timeout)
         try:
             yield postfix
         finally:
@@ -64,13 +66,24 @@ def mail(server_cert, ca_file) -> Iterator[postfix_server.Postfix]:
         dovecot.stop()
 
 
-def company(folder: Path, mail: postfix_server.Postfix, extra: str = "") -> Path:
+@pytest.fixture(scope="module")
+def mail(server_cert, ca_file) -> Iterator[postfix_server.Postfix]:
+    """Postfix and Dovecot of this module's own (a test restarts Dovecot)."""
+    with company_servers(server_cert, ca_file) as postfix:
+        yield postfix
+
+
+def company(folder: Path, mail: postfix_server.Postfix, extra: str = "",
+            sign_in: str | None = None, imap_extra: str = "") -> Path:  # fmt: skip
     """A working folder as the README's "From the demo to your own mailbox" leaves it:
-    gateway.toml for the own server and the mailbox, passwords in files, `db upgrade` run."""
+    gateway.toml for the own server and the mailbox, passwords in files (or `sign_in` lines
+    for both, such as OAuth2's), `db upgrade` run. `extra` adds sections."""
     dovecot = mail.dovecot
     (folder / "smtp-password").write_text(dovecot.password)
     (folder / "imap-password").write_text(dovecot.password)
     (folder / "carriers.yaml").write_text(CARRIERS)
+    smtp_sign_in = sign_in or f'password_file = "{folder / "smtp-password"}"'
+    imap_sign_in = sign_in or f'password_file = "{folder / "imap-password"}"'
     (folder / "gateway.toml").write_text(f"""\
 [database]
 url = "sqlite:///{folder / "gateway.db"}"
@@ -80,7 +93,7 @@ host = "127.0.0.1"
 port = {mail.submission_port}
 security = "starttls"
 username = "{dovecot.user}"
-password_file = "{folder / "smtp-password"}"
+{smtp_sign_in}
 from_address = "Dispatch <{dovecot.user}>"
 ca_file = "{mail.ca_file}"
 
@@ -90,11 +103,11 @@ host = "127.0.0.1"
 port = {dovecot.port}
 security = "tls"
 username = "{dovecot.user}"
-password_file = "{folder / "imap-password"}"
+{imap_sign_in}
 ca_file = "{mail.ca_file}"
 sent_folder = "Sent"
 save_to_sent = true
-
+{imap_extra}
 [carriers]
 file = "carriers.yaml"
 
@@ -112,10 +125,11 @@ idle_poll_seconds = 0.2
 class GatewayRun:
     """`gateway run` in the background, as the systemd unit runs it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, extra_env: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.log = folder / "run.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env.update(extra_env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run"], cwd=folder, env=env,
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -344,3 +344,79 @@ def test_presets_give_limits_that_explicit_values_override():
     )
     assert settings.smtp.limits() == (10000, 30)
     assert settings.relay.limits() == (100, None)
+
+
+def test_both_routes_refusing_leaves_every_text_deferred_never_sending(tmp_path):
+    """Issue 20, point 1: with both routes refusing connections, each claim ends with a final
+    decision for every text it tried (two texts: each tried on both routes, and the own server
+    looked usable again after the relay failed), then one route comes back and both go."""
+    from gateway.services.carrier_sim import free_port
+    from tests.conftest import gateway_folder
+
+    own_port, relay_port = free_port(), free_port()
+    folder = gateway_folder(tmp_path, own_port, extra=f"""
+[relay]
+enabled = true
+host = "127.0.0.1"
+port = {relay_port}
+security = "none"
+from_address = "Relay <relay@example.net>"
+""")  # fmt: skip
+    for n in range(2):
+        sent = run_gateway("send", "--to", f"+1202555014{n}", "--carrier", "verizon", "--text",
+                           f"text {n}", cwd=folder)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+    done = run_gateway("run", "--until-idle", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    runtime = Runtime(load_settings(folder / "gateway.toml"))
+    stored = rows(runtime)
+    assert {r.state for r in stored.values()} == {"deferred"}, [
+        (r.state, r.attempts) for r in stored.values()
+    ]
+    assert all((r.attempts == 2 and r.lease_until is None) or r.lease_until <= utcnow()
+               for r in stored.values())  # fmt: skip
+    assert all(r.due_at > utcnow() for r in stored.values())
+    listed = run_gateway("outbox", "list", "--state", "sending", "--format", "json", cwd=folder)
+    assert listed.stdout.strip() == "[]"
+    relay = SmtpTestServer(port=relay_port)
+    relay.start()
+    try:
+        with runtime.engine.begin() as conn:  # their retry is due (time has passed)
+            conn.execute(messages.update().values(due_at=utcnow() - dt.timedelta(seconds=1)))
+        again = run_gateway("run", "--until-idle", cwd=folder)
+        assert again.returncode == 0, again.stderr
+    finally:
+        relay.stop()
+    assert {r.state for r in rows(runtime).values()} == {"sent"}
+    assert len(relay.received) == 2
+
+
+async def test_a_relay_that_refuses_carrier_gateways_never_gets_a_carrier_text(
+    sqlite_url, relay_server
+):
+    """Issue 19, part 6: the own server is down; the relay does not deliver to carriers'
+    gateways, so a text to a carrier waits (deferred, saying why) and one to an email-to-SMS
+    provider goes by the relay."""
+    from gateway.services.carrier_sim import free_port
+
+    runtime = runtime_for(sqlite_url, free_port(), relay_server.port,
+                          relay={"delivers_to_gateways": False})  # fmt: skip
+    runtime.settings.gateways.provider = "generic"
+    carrier_text = fill(runtime, 1)[0]
+    provider_text = enqueue(runtime, SendRequest("+14155550100", "att", text="via provider"),
+                            utcnow()).ids[0]  # fmt: skip
+    await drain(runtime)
+    stored = rows(runtime)
+    assert stored[carrier_text].state == "deferred"
+    assert {a.route for a in history(runtime, carrier_text)} == {"own"}  # never the relay
+    assert stored[provider_text].state == "sent" and stored[provider_text].route == "relay"
+    assert [r.rcpt_tos[0] for r in relay_server.received] == [stored[provider_text].to_address]
+
+
+def test_relays_known_to_refuse_carrier_gateways():
+    from gateway.config import RelaySettings
+
+    assert RelaySettings(host="smtp.sendgrid.net").takes_gateway_mail is False
+    assert RelaySettings(host="SMTP.SendGrid.net.").takes_gateway_mail is False
+    assert RelaySettings(host="smtp.sendgrid.net", delivers_to_gateways=True).takes_gateway_mail
+    assert RelaySettings(host="smtp.relay.example").takes_gateway_mail is True

@@ -107,6 +107,30 @@ AUTH_HINT = (
 )
 
 
+def auth_hint(reply: str) -> str:
+    """What to do about an SMTP server's refusal of the sign-in, read from its words: Microsoft
+    365's refusals of password sign-in name OAuth2, a plain 535 names app passwords."""
+    lowered = reply.lower()
+    if "5.7.30" in reply or "basic authentication is not supported" in lowered:
+        return (
+            'Microsoft 365 no longer takes a password for SMTP: set auth = "oauth2" in this '
+            "section and run `gateway auth microsoft`"
+        )
+    if "5.7.139" in reply or "smtpclientauthentication" in lowered:
+        return (
+            "SMTP AUTH is disabled for this mailbox: an administrator turns on Authenticated "
+            'SMTP for it in Microsoft 365, or sign in with OAuth2 (auth = "oauth2", then '
+            "`gateway auth microsoft`)"
+        )
+    if "5.7.8" in reply or reply.startswith("535"):
+        return (
+            "the user name or password was refused: with two-step sign-in on, the account "
+            "needs an app password; Google Workspace and Microsoft 365 may require OAuth2 "
+            '(auth = "oauth2", then `gateway auth google` or `gateway auth microsoft`)'
+        )
+    return AUTH_HINT
+
+
 def decide(
     outcome: AttemptOutcome,
     attempts: int,
@@ -132,7 +156,7 @@ def decide(
             f"the server answered ({outcome.reply}); it will be tried again later on the same route"
         )
     elif outcome.kind is OutcomeKind.AUTH:
-        reason = f"sign-in refused: {outcome.reply} ({AUTH_HINT})"
+        reason = f"sign-in refused: {outcome.reply} ({auth_hint(outcome.reply)})"
     elif outcome.kind is OutcomeKind.TLS:
         reason = f"TLS failed: {outcome.reply}"
     elif outcome.kind is OutcomeKind.TEMPORARY:

@@ -15,6 +15,7 @@ a text is never read as a reply to itself. What is left is a reply when it comes
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import email
 import email.errors
 import email.header
@@ -74,6 +75,18 @@ class InboundMail:
     attachments: tuple[str, ...] = ()  # content types of the non-text parts
     provider: str | None = None  # the email-to-SMS provider whose reply or report this is
     provider_report: ProviderReport | None = None  # what a provider's report says
+    sent_at: dt.datetime | None = None  # its Date header, when it has a readable one
+
+
+def _date(value: str) -> dt.datetime | None:
+    """A Date header as an aware time; None when it is missing or cannot be read."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 _ANGLE_ID = re.compile(r"<[^<>\s]{1,250}>")
@@ -111,6 +124,7 @@ def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> Inbound
         referenced_ids=referenced,
         plus_tokens=_plus_tokens(message, identity.domain),
         attachments=attachments,
+        sent_at=_date(_header(message, "Date")),
     )
 
     providers = carriers.providers

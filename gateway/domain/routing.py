@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from gateway.domain.delivery import AUTH_HINT, OutcomeKind
+from gateway.domain.delivery import OutcomeKind, auth_hint
 
 
 class Route(StrEnum):
@@ -122,11 +122,17 @@ class RouteStatus:
     daily_limit: int | None
     rate_ok: bool = True  # the per-minute bucket has a token
     last_error: str | None = None
+    # The server refuses mail to carriers' email-to-SMS gateways (some relays do, and bill the
+    # attempts all the same): it never takes a text addressed to one.
+    refuses_gateways: bool = False
 
-    def unavailable_because(self) -> str | None:
-        """Why this route cannot take a text now ("is disabled", ...), or None when it can."""
+    def unavailable_because(self, to_carrier: bool = False) -> str | None:
+        """Why this route cannot take a text now ("is disabled", ...), or None when it can.
+        `to_carrier`: the text is addressed to a carrier's gateway (not a provider's)."""
         if not self.enabled:
             return "is disabled"
+        if to_carrier and self.refuses_gateways:
+            return "does not deliver to carrier gateways (delivers_to_gateways = false)"
         if self.breaker is BreakerState.OPEN:
             return f"is failing: {self.last_error or 'circuit open'}"
         if self.daily_limit is not None and self.sent_24h >= self.daily_limit:
@@ -172,12 +178,17 @@ def plain_choice(own: RouteStatus, history: History) -> Choice | None:
 
 
 def choose_route(
-    own: RouteStatus, relay: RouteStatus, history: History, policy: RoutingPolicy
+    own: RouteStatus,
+    relay: RouteStatus,
+    history: History,
+    policy: RoutingPolicy,
+    to_carrier: bool = False,
 ) -> Choice:
-    """The route for a message's next attempt, and why (stored with the attempt)."""
+    """The route for a message's next attempt, and why (stored with the attempt). `to_carrier`:
+    the text is addressed to a carrier's gateway, which some relays refuse."""
     statuses = {Route.OWN: own, Route.RELAY: relay}
     if history.pinned is not None:
-        blocked = statuses[history.pinned].unavailable_because()
+        blocked = statuses[history.pinned].unavailable_because(to_carrier)
         if blocked is None:
             return Choice(history.pinned, f"{history.pinned.value}, as the dispatcher asked")
         return Choice(None, f"waiting for the {history.pinned.value} route the dispatcher asked "
@@ -187,7 +198,7 @@ def choose_route(
         return plain
     if history.last_kind is OutcomeKind.AMBIGUOUS and history.last_route is not None:
         status = statuses[history.last_route]
-        blocked = status.unavailable_because()
+        blocked = status.unavailable_because(to_carrier)
         if blocked is None:
             return Choice(history.last_route, "same route as the ambiguous attempt before")
         return Choice(
@@ -211,7 +222,7 @@ def choose_route(
     if own_blocked is None:
         return OWN_SERVER
 
-    relay_out = relay.unavailable_because()
+    relay_out = relay.unavailable_because(to_carrier)
     if relay_out is None:
         return Choice(Route.RELAY, f"relay, because the own server {own_blocked}")
     if own_out is None:
@@ -240,5 +251,5 @@ def explain_route_error(reply: str | None) -> str | None:
     if reply is None:
         return None
     if reply[:3] in ("535", "534", "530") or "sign-in" in reply or "AUTH" in reply:
-        return f"{reply} ({AUTH_HINT})"
+        return f"{reply} ({auth_hint(reply)})"
     return reply

@@ -23,7 +23,7 @@ import aiosmtplib
 from sqlalchemy.exc import DBAPIError
 
 from gateway.config import ConfigError, ImapSettings, ServerSettings, load_settings
-from gateway.domain.delivery import AUTH_HINT
+from gateway.domain.delivery import auth_hint
 from gateway.store.db import DatabaseError, make_engine, require_current, utcnow
 from gateway.transport.imap import ImapError, authenticate, connect
 
@@ -118,10 +118,13 @@ def _usual_ports(role: str) -> str:
 
 
 async def check_smtp(
-    server: ServerSettings, section: str, send_to: str | None = None
+    server: ServerSettings,
+    section: str,
+    send_to: str | None = None,
+    token: Callable[[], Awaitable[str]] | None = None,
 ) -> list[Step]:
-    """DNS, TCP, TLS or STARTTLS with EHLO, AUTH when a username is set, and with `send_to` a
-    test message to that address."""
+    """DNS, TCP, TLS or STARTTLS with EHLO, AUTH when a username is set (XOAUTH2 with a token
+    from `token` when auth = "oauth2"), and with `send_to` a test message to that address."""
     steps = _Steps()
     if not await _reach(server, steps, "SMTP"):
         return steps.done
@@ -162,8 +165,26 @@ async def check_smtp(
         return f"{security}; the server offers {', '.join(offered) or 'nothing beyond SMTP'}"
 
     async def auth() -> str:
-        if server.oauth2_token_file or server.oauth2_token_command:
-            return "OAuth2 is configured: the token is checked when the first text is sent"
+        if not client.supports_extension("auth"):
+            raise _Failed(
+                f"{server.host}:{server.port} offers no AUTH (sign-in) on this connection",
+                "port 25 rarely offers it: use the submission port (587 with STARTTLS, 465 "
+                f"with TLS), or remove {section}.username if the server takes mail unsigned",
+            )
+        if server.auth == "oauth2":
+            if token is None:
+                raise _Failed(f"{section}.auth = 'oauth2' but no token source is configured")
+            try:
+                access = await token()
+            except Exception as exc:  # the token source's failure, in its words
+                raise _Failed(f"no OAuth2 access token: {exc}") from None
+            try:
+                await client.auth_xoauth2(server.username or "", access)
+            except aiosmtplib.SMTPException as exc:
+                words = str(exc)
+                raise _Failed(f"the server refused the OAuth2 sign-in: {words}",
+                              auth_hint(words)) from None  # fmt: skip
+            return f"signed in as {server.username} (OAuth2)"
         password = server.resolve_password(section)
         if password is None:
             raise _Failed(
@@ -175,16 +196,9 @@ async def check_smtp(
             await client.login(server.username or "", password)
         except aiosmtplib.SMTPAuthenticationError as exc:
             words = f"{exc.code} {exc.message}"
-            disabled = "smtpclientauthentication" in words.lower() or "5.7.139" in words
-            hint = (
-                "SMTP AUTH is disabled for this mailbox: an administrator turns it on per "
-                "mailbox (Microsoft 365), or use OAuth2"
-                if disabled
-                else AUTH_HINT
-            )
-            raise _Failed(f"the server refused the sign-in: {words}", hint) from None
+            raise _Failed(f"the server refused the sign-in: {words}", auth_hint(words)) from None
         except aiosmtplib.SMTPException as exc:
-            raise _Failed(f"AUTH failed: {exc}", AUTH_HINT) from None
+            raise _Failed(f"AUTH failed: {exc}", auth_hint(str(exc))) from None
         return f"signed in as {server.username}"
 
     async def test_message() -> str:
@@ -232,13 +246,29 @@ async def check_smtp(
     return steps.done
 
 
+def _refuses_gateways(relay: Any) -> Step:
+    from gateway.config import RELAYS_REFUSING_GATEWAYS
+
+    why = RELAYS_REFUSING_GATEWAYS.get(relay.host.lower().rstrip("."), "relay.delivers_to_gateways"
+                                       " = false")  # fmt: skip
+    return Step(
+        "carrier gateways", True, 0.0,
+        f"the relay {relay.host} is not given texts to carriers' gateways ({why}); they wait "
+        "for the own server, and only texts to an email-to-SMS provider go by the relay",
+        "for a fallback that reaches carriers, use another relay or set [gateways] provider",
+        warning=True, section="relay",
+    )  # fmt: skip
+
+
 def _tls_hint(server: ServerSettings) -> str:
     if server.security == "tls":
         return "port 465 speaks TLS from the start; port 587 wants security = 'starttls'"
     return "check security and port: 587 with 'starttls', 465 with 'tls'"
 
 
-async def check_imap(imap: ImapSettings) -> list[Step]:
+async def check_imap(
+    imap: ImapSettings, token: Callable[[], Awaitable[str]] | None = None
+) -> list[Step]:
     """DNS, TCP, TLS or STARTTLS and the certificate, the sign-in, the folder and its message
     count, IDLE support: the same connection code as the mailbox reader and the Sent copy."""
     from gateway.services.runtime import imap_server
@@ -251,14 +281,14 @@ async def check_imap(imap: ImapSettings) -> list[Step]:
 
     async def secure() -> str:
         nonlocal client
-        server = imap_server(imap, "imap", timeout=min(imap.timeout_seconds, 15.0))
+        server = imap_server(imap, "imap", timeout=min(imap.timeout_seconds, 15.0), token=token)
         try:
             client = await connect(server)
         except ImapError as exc:
             raise _Failed(str(exc), exc.hint) from None
         except (OSError, TimeoutError) as exc:
             raise _Failed(
-                f"no IMAP greeting from {imap.host}:{imap.port}: {exc or type(exc).__name__}",
+                f"no IMAP greeting from {imap.host}:{imap.port}: {str(exc) or type(exc).__name__}",
                 "993 speaks TLS from the start (security = 'tls'); 143 wants 'starttls'",
             ) from None
         offered = " ".join(sorted(client.protocol.capabilities))
@@ -267,13 +297,19 @@ async def check_imap(imap: ImapSettings) -> list[Step]:
     async def login() -> str:
         if not imap.username:
             raise _Failed("imap.username is not set", "give the mailbox's user name")
-        server = imap_server(imap, "imap", timeout=min(imap.timeout_seconds, 15.0))
+        server = imap_server(imap, "imap", timeout=min(imap.timeout_seconds, 15.0), token=token)
         try:
             await authenticate(client, server)
         except ImapError as exc:
             raise _Failed(str(exc), exc.hint) from None
-        except (OSError, TimeoutError) as exc:
-            raise _Failed(f"the sign-in failed: {exc or type(exc).__name__}") from None
+        except TimeoutError:
+            raise _Failed(
+                f"no answer to the sign-in within {server.timeout:g} s",
+                "servers slow their answers after failed sign-ins from the same address; "
+                "try again in a minute",
+            ) from None
+        except OSError as exc:
+            raise _Failed(f"the sign-in failed: {str(exc) or type(exc).__name__}") from None
         how = "OAuth2 (XOAUTH2)" if imap.auth == "oauth2" else "password"
         return f"signed in as {imap.username} ({how})"
 
@@ -351,12 +387,15 @@ async def diagnose(config: str | Path | None, send_to: str | None = None) -> lis
     for section in ("smtp", "relay"):
         server = getattr(settings, section)
         if server.enabled:
-            take(section, await check_smtp(server, section, send_to))
+            token = runtime.oauth2_token(server)
+            take(section, await check_smtp(server, section, send_to, token))
+            if section == "relay" and not server.takes_gateway_mail:
+                report.append(_refuses_gateways(server))
         else:
             report.append(Step("enabled", True, 0.0, f"{section}.enabled = false: not checked",
                                section=section))  # fmt: skip
     if settings.imap.enabled:
-        take("imap", await check_imap(settings.imap))
+        take("imap", await check_imap(settings.imap, runtime.oauth2_token(settings.imap)))
     elif settings.inbound.maildir:
         report.append(Step("mailbox", True, 0.0, f"a Maildir: {settings.inbound.maildir}",
                            section="imap"))  # fmt: skip

@@ -85,13 +85,16 @@ class Ingest:
         self.window = dt.timedelta(hours=self.settings.reply_window_hours)
         self.stats = InboundStats()
 
-    def store(self, batch: Batch, now: dt.datetime) -> None:
+    def store(self, batch: Batch, now: dt.datetime, *, history: bool = False) -> None:
+        """Store `batch`. With `history` (older mail, `gateway inbox import`) each message is
+        threaded as of its own date, sends nothing (no keyword answers) and is marked imported
+        (no webhook); what it says still counts (an old STOP opts its contact out)."""
         stats = InboundStats()
         with self.engine.begin() as conn:
             read = [r for item in batch.items if (r := self._read(conn, batch, item, now, stats))]
             try:
                 with conn.begin_nested():
-                    self._store(conn, batch, read, now, stats)
+                    self._store(conn, batch, read, now, stats, history)
             except (OperationalError, InterfaceError):
                 raise  # the database is away: the batch is read again later
             except Exception:
@@ -100,7 +103,7 @@ class Ingest:
                 for one in read:
                     try:
                         with conn.begin_nested():
-                            self._store(conn, batch, [one], now, stats)
+                            self._store(conn, batch, [one], now, stats, history)
                     except (OperationalError, InterfaceError):
                         raise
                     except Exception as exc:
@@ -188,6 +191,7 @@ class Ingest:
         read: list[_Read],
         now: dt.datetime,
         stats: InboundStats,
+        history: bool = False,
     ) -> None:
         keys_in, uids_in = inbox.already_in(
             conn,
@@ -207,7 +211,8 @@ class Ingest:
             return
 
         domain = self.identity.domain
-        since = now - self.window
+        dates = [one.mail.sent_at for one in fresh if history and one.mail.sent_at]
+        since = min([now, *dates]) - self.window
         ids = {ref for one in fresh for ref in ids_to_look_up(one.mail, domain)}
         by_id = inbox.sent_by_message_id(conn, sorted(ids))
         # A reply names its sender's phone; so does a provider's delivery report.
@@ -236,7 +241,8 @@ class Ingest:
                 latest = to_phone.get(mail.phone.e164)
             elif mail.kind is Kind.BOUNCE and mail.recipients:
                 latest = to_address.get(mail.recipients[0].address)
-            found = match(mail, domain, sents, latest.sent if latest else None, now, self.window)
+            as_of = mail.sent_at if history and mail.sent_at else now
+            found = match(mail, domain, sents, latest.sent if latest else None, as_of, self.window)
             thread = _thread_of(found, by_id, latest)
             contact = thread.contact if thread else None
             if contact is None and mail.provider and mail.phone and mail.kind is not Kind.REPLY:
@@ -259,6 +265,7 @@ class Ingest:
             if conversation is not None:
                 touched.add(conversation)
             rows.append(_row(batch, one, found, contact, conversation, thread, keyword, now))
+            rows[-1]["imported"] = history
             if mail.kind is not Kind.REPLY or keyword is not None:
                 after.append((mail, thread if found.sent else None, contact, keyword, one.key))
             stats.stored += 1
@@ -270,7 +277,7 @@ class Ingest:
         for carrier_id, contacts in learned.items():
             inbox.learn_carrier(conn, sorted(set(contacts)), carrier_id, now)
         for mail, thread, contact, keyword, key in after:
-            self._effects(conn, mail, thread, contact, keyword, key, now, stats)
+            self._effects(conn, mail, thread, contact, keyword, key, now, stats, history)
 
     def _effects(
         self,
@@ -282,8 +289,10 @@ class Ingest:
         key: str,
         now: dt.datetime,
         stats: InboundStats,
+        history: bool = False,
     ) -> None:
-        """What reports and keywords change beyond their own row (they are few)."""
+        """What reports and keywords change beyond their own row (they are few). History
+        changes the contact's opt-out but answers nothing: the moment has passed."""
         if mail.kind is Kind.DELIVERY_REPORT and thread is not None:
             inbox.mark_delivered(conn, thread.sent.id, now)
         elif mail.kind is Kind.BOUNCE and thread is not None and mail.recipients:
@@ -303,6 +312,10 @@ class Ingest:
             # texts are held as `opted_out` instead of failing one by one.
             inbox.set_opted_out(conn, contact, True, now)
         if keyword is not None and contact is not None and mail.phone is not None:
+            if history:
+                if keyword in (Keyword.STOP, Keyword.START):
+                    inbox.set_opted_out(conn, contact, keyword is Keyword.STOP, now)
+                return
             self._answer(conn, keyword, contact, mail.phone.e164, key, now, stats)
 
     def _answer(

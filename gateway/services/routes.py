@@ -52,6 +52,8 @@ class Lane:
     # Address replies (and, on our own server, bounces) to mailbox+TOKEN@domain, TOKEN being the
     # text's Message-ID token, so the answer names the text it answers.
     plus_addressing: bool = False
+    # False for a relay that refuses mail to carriers' gateways ([relay] delivers_to_gateways).
+    carrier_gateways: bool = True
 
     def email(self, to: str, message_id: str, body: str, now: dt.datetime) -> OutboundEmail:
         sender, reply_to = self.sender, self.reply_to
@@ -94,6 +96,8 @@ class RouteBook:
     counted: dict[Route, int] = field(default_factory=dict)
     buckets: dict[Route, Bucket] = field(default_factory=dict)
     dirty: bool = False
+    # Email-to-SMS providers' domains: a text to any other gateway domain is to a carrier's.
+    provider_domains: frozenset[str] = frozenset()
 
     def status(self, route: Route, now: dt.datetime) -> RouteStatus:
         lane = self.lanes[route]
@@ -109,6 +113,7 @@ class RouteBook:
             daily_limit=lane.daily_limit,
             rate_ok=rate_ok,
             last_error=breaker.last_error,
+            refuses_gateways=not lane.carrier_gateways,
         )
 
     def sent_24h(self, route: Route) -> int:
@@ -119,13 +124,16 @@ class RouteBook:
             + self.counted.get(route, 0)
         )
 
-    def choose(self, history: History, now: dt.datetime) -> Choice:
+    def choose(self, history: History, now: dt.datetime, to_address: str = "") -> Choice:
         own = self.status(Route.OWN, now)
         # Most texts are first attempts with the own server working: no need to weigh the relay.
         plain = plain_choice(own, history)
         if plain is not None:
             return plain
-        return choose_route(own, self.status(Route.RELAY, now), history, self.routing_policy)
+        domain = to_address.rpartition("@")[2].lower()
+        to_carrier = bool(domain) and domain not in self.provider_domains
+        return choose_route(own, self.status(Route.RELAY, now), history, self.routing_policy,
+                            to_carrier)  # fmt: skip
 
     def at_limit(self, route: Route) -> None:
         """The database says the route has no send left today (other workers used it): treat

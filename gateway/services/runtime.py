@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy import Engine
 
 from gateway.config import (
     ConfigError,
+    Endpoint,
     ImapSettings,
     ServerSettings,
     Settings,
@@ -30,7 +32,7 @@ from gateway.domain.inbound import Identity
 from gateway.domain.quiet import zone
 from gateway.domain.routing import Route
 from gateway.domain.templates import SUFFIX, TemplateBook
-from gateway.services.oauth2 import token_source
+from gateway.services.oauth2 import TokenKeeper, token_source
 from gateway.services.routes import Lane, RouteBook
 from gateway.store import overrides
 from gateway.store.db import make_engine, require_current
@@ -39,6 +41,8 @@ from gateway.transport.imap import ImapServer, SentFolder
 from gateway.transport.imap_source import ImapSource
 from gateway.transport.mailsource import MaildirSource, MailSource
 from gateway.transport.smtp import SmtpPool, SmtpServer
+
+TokenSource = Callable[[], Awaitable[str]]
 
 
 @dataclasses.dataclass
@@ -49,6 +53,7 @@ class Runtime:
     # The settings from the file and the environment, before the dashboard's changes.
     _base: Settings | None = dataclasses.field(default=None, repr=False)
     _overrides_seen: tuple[int, Any] = dataclasses.field(default=(0, None), repr=False)
+    _keeper: TokenKeeper | None = dataclasses.field(default=None, repr=False)
 
     @cached_property
     def carriers_path(self) -> Path:
@@ -190,9 +195,11 @@ class Runtime:
                 daily_limit=relay_daily,
                 per_minute=relay_rate,
                 plus_addressing=self.settings.inbound.plus_addressing,
+                carrier_gateways=relay.takes_gateway_mail,
             ),
         }
-        return RouteBook(lanes)
+        providers = frozenset(provider.domain for provider in self.carriers.providers)
+        return RouteBook(lanes, provider_domains=providers)
 
     def sent_folder(self) -> SentFolder | None:
         """Where copies of sent texts go, when imap.save_to_sent asks for them."""
@@ -230,7 +237,21 @@ class Runtime:
         )
 
     def _imap_server(self, needed_by: str) -> ImapServer:
-        return imap_server(self.settings.imap, needed_by)
+        return imap_server(
+            self.settings.imap, needed_by, token=self.oauth2_token(self.settings.imap)
+        )
+
+    def oauth2_token(self, section: Endpoint) -> TokenSource | None:
+        """Where `section`'s XOAUTH2 access tokens come from: its own token file or command,
+        else the built-in sign-in (one keeper per process, shared by every connection)."""
+        if section.auth != "oauth2":
+            return None
+        external = token_source(section.oauth2_token_file, section.oauth2_token_command)
+        if external is not None:
+            return external
+        if self._keeper is None:
+            self._keeper = TokenKeeper(self.settings.oauth2)
+        return self._keeper
 
     def _server(self, server: ServerSettings, section: str) -> SmtpServer:
         return SmtpServer(
@@ -239,7 +260,7 @@ class Runtime:
             security=server.security,
             username=server.username,
             password=server.resolve_password(section) if server.username else None,
-            oauth2_token=token_source(server.oauth2_token_file, server.oauth2_token_command),
+            oauth2_token=self.oauth2_token(server),
             ca_file=server.ca_file,
             connections=server.connections,
             timeout=server.timeout_seconds,
@@ -278,21 +299,27 @@ class Runtime:
             return secrets.token_hex(12)
 
 
-def imap_server(imap: ImapSettings, needed_by: str, timeout: float | None = None) -> ImapServer:
+def imap_server(
+    imap: ImapSettings,
+    needed_by: str,
+    timeout: float | None = None,
+    token: TokenSource | None = None,
+) -> ImapServer:
     """The mailbox as the transport signs in to it, from `[imap]`: every IMAP connection (the
-    reader, the Sent copy, the doctor) is described by this one function."""
+    reader, the Sent copy, the doctor) is described by this one function. `token`: where
+    OAuth2 access tokens come from (auth = "oauth2")."""
     if not imap.username:
         raise ConfigError(f"{needed_by} needs imap.username and its password")
     oauth2 = imap.auth == "oauth2"
+    if oauth2 and token is None:
+        token = token_source(imap.oauth2_token_file, imap.oauth2_token_command)
     return ImapServer(
         host=imap.host,
         port=imap.port,
         security=imap.security,
         username=imap.username,
         password=None if oauth2 else imap.resolve_password("imap") or "",
-        oauth2_token=token_source(imap.oauth2_token_file, imap.oauth2_token_command)
-        if oauth2
-        else None,
+        oauth2_token=token if oauth2 else None,
         ca_file=imap.ca_file,
         timeout=timeout or imap.timeout_seconds,
     )

@@ -269,8 +269,10 @@ class Sender:
         history = row.history
         number = row.attempts
         # At most two attempts per claim: when the route fails (connection, TLS, sign-in), the
-        # other route tries at once, as the user would want, rather than after a backoff.
-        for _ in range(2):
+        # other route tries at once, as the user would want, rather than after a backoff. The
+        # second attempt's decision is final whatever the routes look like then: a claim never
+        # ends with a text left in `sending`.
+        for tries_left in (1, 0):
             now = self.clock()
             choice, reservation = await self._choose(history, row, now)
             if choice.route is None:
@@ -289,7 +291,8 @@ class Sender:
             moving = False
             if decision.state is State.DEFERRED and is_route_failure(outcome.kind, outcome.phase):
                 history = history_after(history, choice.route, outcome.kind, outcome.phase)
-                moving = self.routes.choose(history, finished).route not in (None, choice.route)
+                again = self.routes.choose(history, finished, row.to_address).route
+                moving = tries_left > 0 and again not in (None, choice.route)
             self._results.append(
                 AttemptRecord(
                     message=row.id,
@@ -319,7 +322,7 @@ class Sender:
         every process's sends count, so together they never pass the limit. Grants come in
         blocks (one database trip per block), smaller as the limit nears."""
         for _ in range(len(self.routes.lanes) + 1):
-            choice = self.routes.choose(history, now)
+            choice = self.routes.choose(history, now, row.to_address)
             if choice.route is None:
                 return choice, None
             limit = self.routes.lanes[choice.route].daily_limit

@@ -101,7 +101,7 @@ class Webhooks:
             select(
                 inbound.c.id, inbound.c.kind, inbound.c.phone, inbound.c.text,
                 inbound.c.matched_message_id, inbound.c.match_rule, inbound.c.details,
-                inbound.c.stored_at, orders.c.ref.label("order_ref"),
+                inbound.c.stored_at, inbound.c.imported, orders.c.ref.label("order_ref"),
             )
             .select_from(inbound.outerjoin(orders, orders.c.id == inbound.c.order_id))
             .where(inbound.c.id > cursor.position_id)
@@ -110,7 +110,8 @@ class Webhooks:
         ).all()  # fmt: skip
         events = []
         for row in rows:
-            if row.kind in ("reply", "bounce"):
+            # Old mail read by `gateway inbox import` is history, not news for the order system.
+            if row.kind in ("reply", "bounce") and not row.imported:
                 payload = {
                     "event": row.kind, "inbound_id": row.id, "phone": row.phone,
                     "text": row.text, "message_id": row.matched_message_id,

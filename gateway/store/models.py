@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Index, LargeBinary, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Index, LargeBinary, Text, UniqueConstraint, false, text
 from sqlmodel import Field, SQLModel
 
 from gateway.domain.delivery import DUE_STATES, State
@@ -252,6 +252,9 @@ class InboundMessage(SQLModel, table=True):
     size: int
     raw: bytes = Field(sa_type=LargeBinary)
     stored_at: dt.datetime
+    # Read by `gateway inbox import` (older mail): it changed what it says, sent nothing and
+    # called no webhook.
+    imported: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class QuarantinedMessage(SQLModel, table=True):

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)", re.IGNORECASE)
+_UIDNEXT = re.compile(rb"UIDNEXT (\d+)", re.IGNORECASE)
+_EXISTS = re.compile(rb"^(\d+) EXISTS", re.IGNORECASE)
 _FETCH_START = re.compile(rb"^\d+ FETCH \(", re.IGNORECASE)
 _UID = re.compile(rb"UID (\d+)", re.IGNORECASE)
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)", re.IGNORECASE)
@@ -76,6 +78,8 @@ class ImapSource:
         self.max_backoff = max_backoff
         self.mailbox = f"imap://{server.username}@{server.host}:{server.port}/{folder}"
         self.uidvalidity: int | None = None
+        self.uidnext: int | None = None  # the UID the next message will get, from SELECT
+        self.exists = 0  # messages in the folder, from SELECT
         self.connects = 0  # for tests and `status`: how many times a connection was opened
         self._client: aioimaplib.IMAP4 | None = None
         self._lost = asyncio.Event()
@@ -92,10 +96,14 @@ class ImapSource:
         while not stop.is_set():
             try:
                 await self._open()
-                last = await self._start_position()
+                last, first_look = await self._start_position()
                 failures = 0
                 if self.health.working(_now()):
                     log.warning("%s: reading again", self._where())  # the recovery, once
+                if first_look:
+                    # Committed at once (an empty batch carries the position), so mail that
+                    # arrives while the gateway is down later is still read.
+                    yield Batch(self.mailbox, self.uidvalidity, (), last)
                 while not stop.is_set():
                     uids = await self._new_uids(last)
                     for start in range(0, len(uids), self.chunk):
@@ -132,6 +140,34 @@ class ImapSource:
                 else:
                     log.debug("still failing: %s; next try in %.0f s", error, delay)
                 await wait(stop, delay)
+
+    async def history(self, since: dt.date | None = None) -> AsyncIterator[Batch]:
+        """The mail the reader has not read and will not read: what the folder held before the
+        database first looked at it (or, after a UIDVALIDITY change, all of it), optionally
+        only from `since` on, in chunks. Batches carry no position: the reader's is not moved.
+        ImapError when the mailbox cannot be read."""
+        try:
+            await self._open()
+            stored_validity, last = await self.where_was_i(self.mailbox)
+            if stored_validity is None and last == 0:
+                up_to = (self.uidnext or 1) - 1  # what a first look would leave
+            elif stored_validity != self.uidvalidity:
+                up_to = (self.uidnext or 1) - 1  # renumbered: the reader reads it all anyway
+            else:
+                up_to = last
+            if up_to <= 0:
+                return
+            criteria = [f"UID 1:{up_to}"] + ([f"SINCE {since:%d-%b-%Y}"] if since else [])
+            uids = [uid for uid in await self._search(*criteria) if uid <= up_to]
+            for start in range(0, len(uids), self.chunk):
+                chunk = uids[start : start + self.chunk]
+                yield Batch(self.mailbox, self.uidvalidity, tuple(await self._fetch(chunk)))
+        except ImapError:
+            raise
+        except (ConnectionLost, OSError, TimeoutError, aioimaplib.AioImapException) as exc:
+            raise ImapError(f"{self._where()}: {_describe(exc)}") from None
+        finally:
+            await self.close()
 
     async def done(self, batch: Batch) -> None:
         return None  # the position is committed with the batch
@@ -173,13 +209,27 @@ class ImapSource:
                 f"{self._where()}: cannot open folder {self.folder!r} "
                 f"({_words(response.lines)}); check imap.folder"
             )
-        found = next(
-            (m for line in response.lines if (m := _UIDVALIDITY.search(bytes(line)))), None
-        )
-        self.uidvalidity = int(found.group(1)) if found else None
+        self.uidvalidity = _number(_UIDVALIDITY, response.lines)
+        self.uidnext = _number(_UIDNEXT, response.lines)
+        self.exists = _number(_EXISTS, response.lines) or 0
 
-    async def _start_position(self) -> int:
+    async def _start_position(self) -> tuple[int, bool]:
+        """The UID after which to read, and whether this is the database's first look at the
+        mailbox. A first look starts at the mailbox's end: what a company's mailbox already
+        holds is old, and acting on it (answering a STOP of last year) would be wrong;
+        `gateway inbox import` reads it on request."""
         stored_validity, last = await self.where_was_i(self.mailbox)
+        if stored_validity is None and last == 0:
+            start = (self.uidnext or 1) - 1
+            if self.uidnext is None and self.exists:  # a server that does not say UIDNEXT
+                start = max(await self._new_uids(0), default=0)
+            if self.exists:
+                log.warning(
+                    "%s: first look; the %d message(s) already there are left as they are and "
+                    "only new mail is read (`gateway inbox import` reads older mail)",
+                    self._where(), self.exists,
+                )  # fmt: skip
+            return start, True
         if stored_validity is not None and stored_validity != self.uidvalidity:
             # The server renumbered the folder: read it all again; Message-IDs and digests keep
             # what is already stored from being stored twice.
@@ -189,8 +239,8 @@ class ImapSource:
                 stored_validity,
                 self.uidvalidity,
             )
-            return 0
-        return last
+            return 0, False
+        return last, False
 
     async def _call(self, command: Awaitable[T], seconds: float | None = None) -> T:
         """Run an IMAP command, unless the connection drops or the server goes quiet first."""
@@ -217,8 +267,12 @@ class ImapSource:
     # --- reading ------------------------------------------------------------------------------
 
     async def _new_uids(self, last: int) -> list[int]:
+        # "n:*" always includes the highest UID, even when it is below n.
+        return [uid for uid in await self._search(f"UID {last + 1}:*") if uid > last]
+
+    async def _search(self, *criteria: str) -> list[int]:
         assert self._client is not None
-        response = await self._call(self._client.uid_search(f"UID {last + 1}:*", charset=None))
+        response = await self._call(self._client.uid_search(*criteria, charset=None))
         if response.result != "OK":
             raise ImapError(f"{self._where()}: UID SEARCH refused: {_words(response.lines)}")
         uids: list[int] = []
@@ -229,8 +283,7 @@ class ImapSource:
                 words = words[1:]
             if words and all(word.isdigit() for word in words):
                 uids += [int(word) for word in words]
-        # "n:*" always includes the highest UID, even when it is below n.
-        return sorted(uid for uid in set(uids) if uid > last)
+        return sorted(set(uids))
 
     async def _fetch(self, uids: list[int]) -> list[Fetched]:
         assert self._client is not None
@@ -328,6 +381,13 @@ def parse_fetch(lines: list[Any]) -> list[tuple[int, int | None, bytes | None]]:
             size = int(size_match.group(1))
     flush()
     return found
+
+
+def _number(pattern: re.Pattern[bytes], lines: list[Any]) -> int | None:
+    for line in lines:
+        if isinstance(line, bytes | bytearray) and (found := pattern.search(bytes(line))):
+            return int(found.group(1))
+    return None
 
 
 def _words(lines: list[Any]) -> str:

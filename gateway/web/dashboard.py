@@ -606,9 +606,10 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         security.require_admin(user)
         settings = runtime.settings
         if target == "imap":
-            steps = await check_imap(settings.imap)
+            steps = await check_imap(settings.imap, runtime.oauth2_token(settings.imap))
         elif target in ("smtp", "relay"):
-            steps = await check_smtp(getattr(settings, target), target)
+            server = getattr(settings, target)
+            steps = await check_smtp(server, target, None, runtime.oauth2_token(server))
         else:
             return HTMLResponse("<p class=error>nothing to test by that name</p>", 404)
         return page(request, "_steps.html", user, steps=steps, target=target)

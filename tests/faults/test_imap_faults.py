@@ -116,10 +116,10 @@ async def test_the_same_uid_served_twice_is_stored_once(
     sqlite_url, smtp_server, dovecot, server_cert
 ):
     folder = folder_in(dovecot)
-    for n in range(3):
-        dovecot.append(reply(n, body=f"reply {n}"), folder)
     async with DoublingProxy(dovecot.port, server_cert, dovecot.ca_file) as proxy:
         runtime = runtime_for(sqlite_url, smtp_server, dovecot, folder, port=proxy.port)
+        for n in range(3):
+            dovecot.append(reply(n, body=f"reply {n}"), folder)
         stats = await drain(runtime)
     assert proxy.doubled >= 3  # every message's FETCH came twice
     assert stats.stored == 3 and count(runtime) == 3, stats  # each once

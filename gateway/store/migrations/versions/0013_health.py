@@ -1,4 +1,5 @@
-"""health: the mailbox reader's state in each heartbeat, and since when a route fails
+"""health and history: the mailbox reader's state in each heartbeat, since when a route fails,
+and which inbound mail was imported (older mail read on request)
 
 Revision ID: 0013
 Revises: 0012
@@ -22,9 +23,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('mailbox_since', sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table('routes', schema=None) as batch_op:
         batch_op.add_column(sa.Column('failing_since', sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column('imported', sa.Boolean(), nullable=False, server_default=sa.text('false'))
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
+        batch_op.drop_column('imported')
     with op.batch_alter_table('routes', schema=None) as batch_op:
         batch_op.drop_column('failing_since')
     with op.batch_alter_table('worker_heartbeats', schema=None) as batch_op:
