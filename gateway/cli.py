@@ -1027,13 +1027,7 @@ def auth(
     when the browser is on another machine), or a custom provider's device code. The refresh
     token is kept in [oauth2] token_file (mode 0600) and never shown; `gateway run` and
     `gateway serve` then get access tokens by themselves."""
-    from gateway.services.oauth2 import (
-        TokenError,
-        save_sign_in,
-        sign_in_device,
-        sign_in_google,
-        sign_in_microsoft,
-    )
+    from gateway.services.oauth2 import TokenError, device_sign_in, save_sign_in, sign_in_google
 
     if provider not in ("microsoft", "google", "custom"):
         fail(f"no such provider {provider!r}: microsoft, google or custom")
@@ -1056,12 +1050,12 @@ def auth(
             return None
 
     try:
-        if provider == "microsoft":
-            signed = sign_in_microsoft(settings, say)
-        elif provider == "google":
+        if provider == "google":
             signed = sign_in_google(settings, say, pasted)
         else:
-            signed = sign_in_device(settings, say)
+            flow = device_sign_in(settings)
+            say(flow.prompt)
+            signed = flow.finish()
         save_sign_in(settings.token_file, signed)
     except (TokenError, ConfigError) as exc:
         fail(str(exc))

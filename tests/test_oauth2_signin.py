@@ -132,9 +132,8 @@ def test_microsoft_device_code_sign_in_then_doctor_signs_in_with_xoauth2(
     doctor = run_gateway("doctor", "--format", "json", cwd=folder, env=env_for(ca_file))
     report = json.loads(doctor.stdout)
     assert doctor.returncode == 0 and report["ok"], doctor.stdout + doctor.stderr
-    details = [check["detail"] for check in report["checks"]]
-    assert any("(OAuth2)" in d for d in details)  # SMTP: XOAUTH2 through Dovecot SASL
-    assert any("OAuth2 (XOAUTH2)" in d for d in details)  # IMAP
+    signed = [c["section"] for c in report["checks"] if "with OAuth2 (XOAUTH2)" in c["detail"]]
+    assert signed == ["smtp", "imap"]  # SMTP through Dovecot SASL, and IMAP
     assert oauth.grants.counts["introspect"] >= before + 2  # Dovecot checked both tokens
     assert not refresh_tokens_in(doctor.stdout + doctor.stderr, oauth)
 
@@ -252,3 +251,59 @@ def _no_follow(url: str, ca_file: Path) -> str:
         assert exc.code == 302
         return exc.headers["Location"]
     raise AssertionError("the sign-in page did not redirect")
+
+
+@pytest.mark.parametrize("provider", ["microsoft", "google"])
+def test_an_admin_signs_the_mailbox_in_from_the_dashboard(
+    tmp_path, oauth, ca_file, monkeypatch, provider
+):
+    from fastapi.testclient import TestClient
+
+    from gateway.config import load_settings
+    from gateway.services.runtime import Runtime
+    from gateway.store import access
+    from gateway.store.db import upgrade, utcnow
+    from gateway.web.app import create_app
+    from tests.test_dashboard import csrf_of, sign_in
+
+    for key, value in env_for(ca_file).items():
+        monkeypatch.setenv(key, value)
+    endpoints = (
+        {"authority": oauth.url, "tenant": TENANT} if provider == "microsoft" else
+        {"authorization_url": f"{oauth.url}/g/authorize", "token_url": f"{oauth.url}/g/token",
+         "client_secret": "not-secret"}
+    )  # fmt: skip
+    settings = load_settings(None, database={"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+                             oauth2={"provider": provider, "client_id": CLIENT_ID,
+                                     "token_file": tmp_path / "token.json", **endpoints})  # fmt: skip
+    runtime = Runtime(settings)
+    upgrade(runtime.engine)
+    access.add_user(runtime.engine, "ada", "admin", "correct horse battery", utcnow())
+    access.add_user(runtime.engine, "dana", "dispatcher", "correct horse battery", utcnow())
+    client = TestClient(create_app(runtime), follow_redirects=False)
+    assert sign_in(client, "dana", "correct horse battery").status_code == 303
+    token = csrf_of(client)
+    assert client.post("/settings/oauth2/start", data={"csrf": token}).status_code == 403
+    client = TestClient(create_app(runtime), follow_redirects=False)
+    assert sign_in(client, "ada", "correct horse battery").status_code == 303
+    page = client.get("/settings").text
+    button = {"microsoft": "Sign in with Microsoft", "google": "Sign in with Google"}[provider]
+    assert button in page and "Not signed in" in page
+    token = csrf_of(client, "/settings")
+    started = client.post("/settings/oauth2/start", data={"csrf": token})
+    assert started.status_code == 200, started.text
+    if provider == "microsoft":
+        code = re.search(r'class="code">([0-9A-F]{8})<', started.text).group(1)
+        oauth.approve(code)
+        until(lambda: "Signed in as" in client.get("/settings/oauth2").text, 30, "signed in")
+    else:
+        url = re.search(r'href="(https://[^"]+/authorize[^"]+)"', started.text).group(1)
+        answer = _no_follow(url.replace("&amp;", "&"), ca_file)
+        done = client.post("/settings/oauth2/finish", data={"csrf": token, "answer": answer})
+        assert "Signed in as" in done.text, done.text
+    stored = json.loads((tmp_path / "token.json").read_text())
+    assert stored["refresh_token"] in oauth.grants.refresh
+    assert stat.S_IMODE((tmp_path / "token.json").stat().st_mode) == 0o600
+    page = client.get("/settings").text
+    assert "Signed in as" in page and stored["refresh_token"] not in page
+    assert "oauth2 sign-in" in page  # in the audit log

@@ -184,7 +184,7 @@ async def check_smtp(
                 words = str(exc)
                 raise _Failed(f"the server refused the OAuth2 sign-in: {words}",
                               auth_hint(words)) from None  # fmt: skip
-            return f"signed in as {server.username} (OAuth2)"
+            return f"signed in as {server.username} with OAuth2 (XOAUTH2)"
         password = server.resolve_password(section)
         if password is None:
             raise _Failed(
@@ -310,8 +310,8 @@ async def check_imap(
             ) from None
         except OSError as exc:
             raise _Failed(f"the sign-in failed: {str(exc) or type(exc).__name__}") from None
-        how = "OAuth2 (XOAUTH2)" if imap.auth == "oauth2" else "password"
-        return f"signed in as {imap.username} ({how})"
+        how = "OAuth2 (XOAUTH2)" if imap.auth == "oauth2" else "a password"
+        return f"signed in as {imap.username} with {how}"
 
     async def folder() -> str:
         response = await client.select(imap.folder)

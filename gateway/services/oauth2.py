@@ -237,114 +237,156 @@ class TokenKeeper:
 
 
 # --- signing in, once, as a person ----------------------------------------------------------
+#
+# Each flow is two steps, so the command line and the dashboard share them: start (which says
+# what the person must do: `prompt`, `url`) and finish (which blocks until the provider has the
+# person's answer, and returns what to store).
 
 
-Say = Callable[[str], None]
+Say = Callable[[str], None]  # tells the person what to do
 
 
-def sign_in_microsoft(settings: OAuth2Settings, say: Say) -> StoredSignIn:
-    """Microsoft's device-code flow through MSAL: `say` tells the person where to type which
-    code; returns once they have signed in (or the code ran out)."""
-    import msal
+class MicrosoftDeviceSignIn:
+    """Microsoft's device-code flow through MSAL: a code typed at microsoft.com/devicelogin."""
 
-    if settings.client_id is None:
-        raise TokenError("oauth2.client_id is not set: the app registration's client id")
-    authority = f"{settings.authority.rstrip('/')}/{settings.tenant}"
-    known = settings.authority.rstrip("/") == "https://login.microsoftonline.com"
-    app = msal.PublicClientApplication(
-        settings.client_id, authority=authority, instance_discovery=known or False
-    )  # fmt: skip
-    scopes = settings.scopes_asked()
-    flow = app.initiate_device_flow(scopes=scopes)
-    if "user_code" not in flow:
-        raise TokenError(f"Microsoft refused to start the sign-in: {_said(flow)}")
-    say(
-        str(flow.get("message") or f"Open {flow['verification_uri']} and enter {flow['user_code']}")
-    )
-    result = app.acquire_token_by_device_flow(flow)
-    if "refresh_token" not in result:
-        raise TokenError(f"the sign-in did not complete: {_said(result)}")
-    token_url = app.authority.token_endpoint
-    account = (result.get("id_token_claims") or {}).get("preferred_username")
-    return StoredSignIn("microsoft", settings.client_id, token_url, tuple(scopes),
-                        result["refresh_token"], account)  # fmt: skip
+    def __init__(self, settings: OAuth2Settings) -> None:
+        import msal
+
+        if settings.client_id is None:
+            raise TokenError("oauth2.client_id is not set: the app registration's client id")
+        self.settings = settings
+        authority = f"{settings.authority.rstrip('/')}/{settings.tenant}"
+        known = settings.authority.rstrip("/") == "https://login.microsoftonline.com"
+        try:
+            self.app = msal.PublicClientApplication(
+                settings.client_id, authority=authority, instance_discovery=known or False
+            )  # fmt: skip
+            self.scopes = settings.scopes_asked()
+            self.flow = self.app.initiate_device_flow(scopes=self.scopes)
+        except ValueError as exc:  # MSAL's words for an authority or tenant it cannot use
+            raise TokenError(f"Microsoft's sign-in cannot start: {exc}") from None
+        if "user_code" not in self.flow:
+            raise TokenError(f"Microsoft refused to start the sign-in: {_said(self.flow)}")
+        self.url = str(self.flow.get("verification_uri"))
+        self.code = str(self.flow["user_code"])
+        self.prompt = str(self.flow.get("message") or f"Open {self.url} and enter the code "
+                          f"{self.code}")  # fmt: skip
+
+    def finish(self) -> StoredSignIn:
+        result = self.app.acquire_token_by_device_flow(self.flow)
+        if "refresh_token" not in result:
+            raise TokenError(f"the sign-in did not complete: {_said(result)}")
+        account = (result.get("id_token_claims") or {}).get("preferred_username")
+        return StoredSignIn("microsoft", self.settings.client_id or "",
+                            self.app.authority.token_endpoint, tuple(self.scopes),
+                            result["refresh_token"], account)  # fmt: skip
+
+
+class CustomDeviceSignIn:
+    """The standard device flow (RFC 8628) against a custom provider's endpoints."""
+
+    def __init__(self, settings: OAuth2Settings) -> None:
+        if settings.client_id is None:
+            raise TokenError("oauth2.client_id is not set")
+        self.settings = settings
+        self.token_url, device_url, _ = settings.endpoints()
+        assert device_url is not None
+        self.scopes = settings.scopes_asked()
+        self.client = {"client_id": settings.client_id}
+        secret = settings.resolve_client_secret()
+        if secret:
+            self.client["client_secret"] = secret
+        self.started = post_form(device_url, {**self.client, "scope": " ".join(self.scopes)})
+        if "device_code" not in self.started:
+            raise TokenError(f"the provider refused to start the sign-in: {_said(self.started)}")
+        self.url = str(self.started.get("verification_uri_complete")
+                       or self.started.get("verification_uri"))  # fmt: skip
+        self.code = str(self.started.get("user_code"))
+        self.prompt = f"Open {self.url} and enter the code {self.code}"
+
+    def finish(self) -> StoredSignIn:
+        interval = float(self.started.get("interval", 5))
+        deadline = time.monotonic() + float(self.started.get("expires_in", 900))
+        while time.monotonic() < deadline:
+            time.sleep(interval)
+            answer = post_form(self.token_url, {
+                **self.client, "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+                "device_code": str(self.started["device_code"]),
+            })  # fmt: skip
+            error = answer.get("error")
+            if error == "authorization_pending":
+                continue
+            if error == "slow_down":
+                interval += 5
+                continue
+            if "refresh_token" in answer:
+                refresh = str(answer["refresh_token"])
+                return StoredSignIn("custom", self.client["client_id"], self.token_url,
+                                    tuple(self.scopes), refresh, None)  # fmt: skip
+            raise TokenError(f"the sign-in did not complete: {_said(answer)}")
+        raise TokenError("the code ran out before the sign-in was done; start again")
+
+
+class GoogleSignIn:
+    """Google's installed-app flow through google-auth-oauthlib, redirected to a loopback port of
+    this machine (Google refuses mail scopes in its device flow). A browser on another machine
+    cannot load that last page; the address it shows is pasted back to `finish`."""
+
+    def __init__(self, settings: OAuth2Settings, port: int) -> None:
+        from google_auth_oauthlib.flow import Flow
+
+        if settings.client_id is None:
+            raise TokenError("oauth2.client_id is not set: the OAuth client's id")
+        self.settings = settings
+        self.token_url, _, authorization_url = settings.endpoints()
+        self.scopes = settings.scopes_asked()
+        redirect = f"http://127.0.0.1:{port}/"
+        config = {"installed": {
+            "client_id": settings.client_id,
+            "client_secret": settings.resolve_client_secret() or "",
+            "auth_uri": authorization_url, "token_uri": self.token_url,
+            "redirect_uris": [redirect],
+        }}  # fmt: skip
+        self.flow = Flow.from_client_config(config, scopes=self.scopes, redirect_uri=redirect)
+        self.url, _ = self.flow.authorization_url(access_type="offline", prompt="consent")
+        self.prompt = (
+            f"Open this address in a browser and sign in as the mailbox:\n\n{self.url}\n\n"
+            "If the browser is not on this machine, its last page will not load: copy the "
+            "address it shows and paste it here."
+        )
+
+    def finish(self, answer: str) -> StoredSignIn:
+        if "code=" not in answer:
+            raise TokenError("that address holds no sign-in code (it has '?code=...' in it)")
+        # oauthlib insists on https for the answer; the loopback redirect is http by Google's
+        # own rules for installed apps.
+        secure = "https://" + answer.strip().split("://", 1)[-1]
+        try:
+            self.flow.fetch_token(authorization_response=secure)
+        except Exception as exc:  # oauthlib's and requests' errors: said, without secrets
+            raise TokenError(f"the sign-in did not complete: {type(exc).__name__}: {exc}") from None
+        refresh = self.flow.credentials.refresh_token
+        if not refresh:
+            raise TokenError("Google gave no refresh token; remove the app's access and try again")
+        return StoredSignIn("google", self.settings.client_id or "", self.token_url,
+                            tuple(self.scopes), refresh, None)  # fmt: skip
+
+
+def device_sign_in(settings: OAuth2Settings) -> MicrosoftDeviceSignIn | CustomDeviceSignIn:
+    if settings.provider == "microsoft":
+        return MicrosoftDeviceSignIn(settings)
+    return CustomDeviceSignIn(settings)
 
 
 def sign_in_google(
     settings: OAuth2Settings, say: Say, pasted: Callable[[], str | None]
 ) -> StoredSignIn:
-    """Google's installed-app flow through google-auth-oauthlib, redirected to a loopback port
-    of this machine. A browser on this machine lands there and the sign-in completes by itself;
-    on a server without one, the person pastes the address the browser was sent to (the page
-    itself does not load), read with `pasted()`."""
-    from google_auth_oauthlib.flow import Flow
-
-    if settings.client_id is None:
-        raise TokenError("oauth2.client_id is not set: the OAuth client's id")
-    token_url, _, authorization_url = settings.endpoints()
-    secret = settings.resolve_client_secret()
-    scopes = settings.scopes_asked()
+    """The command line's Google sign-in: a browser on this machine lands on a loopback
+    listener and the sign-in completes by itself; otherwise the person pastes the address."""
     landing = _Landing()
-    redirect = f"http://127.0.0.1:{landing.port}/"
-    config = {"installed": {
-        "client_id": settings.client_id, "client_secret": secret or "",
-        "auth_uri": authorization_url, "token_uri": token_url, "redirect_uris": [redirect],
-    }}  # fmt: skip
-    flow = Flow.from_client_config(config, scopes=scopes, redirect_uri=redirect)
-    url, _ = flow.authorization_url(access_type="offline", prompt="consent")
-    say(f"Open this address in a browser and sign in as the mailbox:\n\n{url}\n\n"
-        "If the browser is not on this machine, its last page will not load: copy the address "
-        "it shows and paste it here.")  # fmt: skip
-    answer = landing.wait(pasted)
-    if "code=" not in answer:
-        raise TokenError("that address holds no sign-in code (it has '?code=...' in it)")
-    # oauthlib insists on https for the answer; the loopback redirect is http by Google's rules.
-    secure = "https://" + answer.split("://", 1)[-1]
-    try:
-        flow.fetch_token(authorization_response=secure)
-    except Exception as exc:  # oauthlib's and requests' errors: say them, without secrets
-        raise TokenError(f"the sign-in did not complete: {type(exc).__name__}: {exc}") from None
-    refresh = flow.credentials.refresh_token
-    if not refresh:
-        raise TokenError("Google gave no refresh token; remove the app's access and try again")
-    return StoredSignIn("google", settings.client_id, token_url, tuple(scopes), refresh, None)
-
-
-def sign_in_device(settings: OAuth2Settings, say: Say) -> StoredSignIn:
-    """The standard device flow (RFC 8628) against a custom provider's endpoints."""
-    if settings.client_id is None:
-        raise TokenError("oauth2.client_id is not set")
-    token_url, device_url, _ = settings.endpoints()
-    assert device_url is not None
-    scopes = settings.scopes_asked()
-    client = {"client_id": settings.client_id}
-    secret = settings.resolve_client_secret()
-    if secret:
-        client["client_secret"] = secret
-    started = post_form(device_url, {**client, "scope": " ".join(scopes)})
-    if "device_code" not in started:
-        raise TokenError(f"the provider refused to start the sign-in: {_said(started)}")
-    where = started.get("verification_uri_complete") or started.get("verification_uri")
-    say(f"Open {where} and enter the code {started.get('user_code')}")
-    interval = float(started.get("interval", 5))
-    deadline = time.monotonic() + float(started.get("expires_in", 900))
-    while time.monotonic() < deadline:
-        time.sleep(interval)
-        answer = post_form(token_url, {
-            **client, "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
-            "device_code": str(started["device_code"]),
-        })  # fmt: skip
-        error = answer.get("error")
-        if error == "authorization_pending":
-            continue
-        if error == "slow_down":
-            interval += 5
-            continue
-        if "refresh_token" in answer:
-            return StoredSignIn("custom", settings.client_id, token_url, tuple(scopes),
-                                str(answer["refresh_token"]), None)  # fmt: skip
-        raise TokenError(f"the sign-in did not complete: {_said(answer)}")
-    raise TokenError("the code ran out before the sign-in was done; run the command again")
+    flow = GoogleSignIn(settings, landing.port)
+    say(flow.prompt)
+    return flow.finish(landing.wait(pasted))
 
 
 class _Landing:

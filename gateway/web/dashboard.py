@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from gateway.config import ConfigError
 from gateway.domain.delivery import State
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.quiet import is_allowed, recipient_zones, zone
@@ -30,6 +32,14 @@ from gateway.services.carrier_report import at_risk, carrier_rows, health_rows
 from gateway.services.doctor import check_imap, check_smtp
 from gateway.services.health import overview
 from gateway.services.inbound import Ingest, manual_thread
+from gateway.services.oauth2 import (
+    GoogleSignIn,
+    StoredSignIn,
+    TokenError,
+    device_sign_in,
+    load_sign_in,
+    save_sign_in,
+)
 from gateway.services.orders import OrderError, Orders
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
@@ -573,8 +583,82 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
             "users": users,
             "roles": access.ROLES,
             "nav": "settings",
+            "oauth2": oauth2_state(),
             **more,
         }
+
+    # --- the mailbox's OAuth2 sign-in, for admins ---------------------------------------------
+    # One sign-in at a time per process: it is short (minutes) and done by one admin.
+
+    signing: dict[str, Any] = {}
+
+    def oauth2_state() -> dict[str, Any]:
+        settings = runtime.settings.oauth2
+        state: dict[str, Any] = {"provider": settings.provider, "ready": settings.configured}
+        if settings.configured:
+            try:
+                stored = load_sign_in(settings.token_file, f"gateway auth {settings.provider}")
+                state["signed_in"] = stored.account or "the mailbox"
+            except TokenError as exc:
+                state["problem"] = str(exc)
+        return {**state, **{k: v for k, v in signing.items() if k != "flow"}}
+
+    @router.post("/settings/oauth2/start")
+    async def oauth2_start(request: Request) -> Response:
+        user, _ = await posted(request)
+        security.require_admin(user)
+        settings = runtime.settings.oauth2
+        if not settings.configured:
+            return HTMLResponse("<p class=error>set [oauth2] provider and client_id first</p>", 400)
+        signing.clear()
+        try:
+            if settings.provider == "google":
+                flow: Any = await asyncio.to_thread(GoogleSignIn, settings, GOOGLE_LOOPBACK_PORT)
+            else:
+                flow = await asyncio.to_thread(device_sign_in, settings)
+        except (TokenError, ConfigError) as exc:
+            signing.update(error=str(exc))
+            return page(request, "_oauth2.html", user, oauth2=oauth2_state())
+        signing.update(flow=flow, url=flow.url, code=getattr(flow, "code", None),
+                       waiting=True, by=user.name)  # fmt: skip
+        if settings.provider != "google":
+
+            def finish() -> None:
+                try:
+                    store(flow.finish())
+                except (TokenError, ConfigError, OSError) as exc:
+                    signing.update(waiting=False, error=str(exc))
+
+            threading.Thread(target=finish, daemon=True).start()
+        return page(request, "_oauth2.html", user, oauth2=oauth2_state())
+
+    def store(signed: StoredSignIn) -> None:
+        settings = runtime.settings.oauth2
+        save_sign_in(settings.token_file, signed)
+        with engine().begin() as conn:
+            overrides.record(conn, signing.get("by", "?"), "oauth2 sign-in",
+                                   {"provider": signed.provider, "account": signed.account},
+                                   utcnow())  # fmt: skip
+        signing.update(waiting=False, done=signed.account or "the mailbox", error=None)
+
+    @router.get("/settings/oauth2")
+    async def oauth2_status(request: Request) -> Response:
+        user = user_of(request)
+        security.require_admin(user)
+        return page(request, "_oauth2.html", user, oauth2=oauth2_state())
+
+    @router.post("/settings/oauth2/finish")
+    async def oauth2_finish(request: Request) -> Response:
+        user, form = await posted(request)
+        security.require_admin(user)
+        flow = signing.get("flow")
+        if not isinstance(flow, GoogleSignIn):
+            return HTMLResponse("<p class=error>no Google sign-in is waiting</p>", 400)
+        try:
+            store(await asyncio.to_thread(flow.finish, form.get("answer", "")))
+        except (TokenError, ConfigError, OSError) as exc:
+            signing.update(error=str(exc))
+        return page(request, "_oauth2.html", user, oauth2=oauth2_state())
 
     @router.get("/settings")
     async def settings_page(request: Request, done: str | None = None) -> Response:
@@ -754,6 +838,11 @@ async def handle_not_signed_in(request: Request, _: Exception) -> Response:
         return Response(status_code=401, headers={"HX-Redirect": "/login"})
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(target)}", 303)
+
+
+# Google sends the browser back to a loopback address after the sign-in; the dashboard's admin
+# is on another machine, so the page does not load there and the address is pasted back.
+GOOGLE_LOOPBACK_PORT = 8026
 
 
 def forbidden_handler(templates: Jinja2Templates) -> Callable[[Request, Exception], Any]:
