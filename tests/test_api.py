@@ -277,3 +277,14 @@ def test_users_add_keeps_an_argon2_hash(tmp_path):
         (row,) = conn.execute(select(users)).all()
     assert row.role == "admin" and row.password_hash.startswith("$argon2")
     assert PasswordHasher().verify(row.password_hash, "correct horse battery")
+
+
+@pytest.mark.parametrize("number", [2**31 - 1, 2**31, 2**63, 10**30, 0, -1])
+def test_ids_outside_the_databases_range_are_404(api, number):
+    """Issue 20, point 4: an id past 2^63 reached the driver, which raised (a 500)."""
+    for path in (f"/api/v1/messages/{number}", f"/api/v1/conversations/{number}"):
+        answer = api.get(path)
+        assert answer.status_code == 404, (path, answer.text)
+        assert answer.json()["error"] == "not_found"
+    stranger = TestClient(create_app(api.runtime))
+    assert stranger.get(f"/api/v1/messages/{number}").status_code == 401  # who asks comes first

@@ -553,3 +553,18 @@ async def test_notify_wakes_the_event_streams_when_any_process_stores(postgres_u
     finally:
         await wakeup.close()
         runtime.engine.dispose()
+
+
+@pytest.mark.parametrize("number", [2**31, 2**63, 10**30, 0])
+def test_dashboard_ids_outside_the_databases_range_are_404(runtime, number):
+    """Issue 20, point 4, the dashboard's routes: pages, fragments and actions."""
+    client = client_for(runtime, "ada")
+    token = csrf_of(client)
+    for path in (f"/conversations/{number}", f"/conversations/{number}/thread",
+                 f"/conversations/{number}/template?template=delivered",
+                 f"/contacts/{number}"):  # fmt: skip
+        assert client.get(path).status_code == 404, path
+    for path in (f"/conversations/{number}/send", f"/messages/{number}/resend",
+                 f"/messages/{number}/cancel", f"/contacts/{number}/carrier",
+                 f"/inbound/{number}/thread", f"/users/{number}"):  # fmt: skip
+        assert client.post(path, data={"csrf": token}).status_code == 404, path

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
@@ -35,6 +35,7 @@ from gateway.services.runtime import Runtime
 from gateway.store import access, heartbeats, views
 from gateway.store.db import DatabaseError, utcnow
 from gateway.store.routes import load_breakers
+from gateway.web.ids import RowId, names_no_row
 
 API = "/api/v1"
 
@@ -145,7 +146,11 @@ def create_app(runtime: Runtime) -> FastAPI:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if names_no_row(list(exc.errors())):
+            if not request.url.path.startswith(API):  # a dashboard page
+                return HTMLResponse("<p class=error>there is no such item</p>", 404)
+            return JSONResponse({"error": "not_found", "message": "there is no such item"}, 404)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         return JSONResponse(
@@ -228,7 +233,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return await idempotent(token, key, "POST /messages/batch", dumped, work)
 
     @app.get(f"{API}/messages/{{message_id}}", tags=["messages"])
-    async def get_message(message_id: int, token: Token) -> Response:
+    async def get_message(message_id: RowId, token: Token) -> Response:
         with engine().connect() as conn:
             found = views.message(conn, message_id)
         if found is None:
@@ -246,7 +251,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return JSONResponse(_jsonable({"conversations": rows}))
 
     @app.get(f"{API}/conversations/{{conversation_id}}", tags=["conversations"])
-    async def get_conversation(conversation_id: int, token: Token) -> Response:
+    async def get_conversation(conversation_id: RowId, token: Token) -> Response:
         with engine().connect() as conn:
             found = views.conversation(conn, conversation_id)
         if found is None:

@@ -47,6 +47,7 @@ from gateway.store import access, overrides, views
 from gateway.store.db import utcnow
 from gateway.store.outbox import cancel_waiting, upsert_contact
 from gateway.web import security
+from gateway.web.ids import RowId
 from gateway.web.live import Wakeup
 from gateway.web.security import Forbidden, NotSignedIn
 
@@ -255,7 +256,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
 
     @router.get("/conversations/{conversation_id}")
     async def conversation_page(
-        request: Request, conversation_id: int, show: str = "all", order: str | None = None
+        request: Request, conversation_id: RowId, show: str = "all", order: str | None = None
     ) -> Response:
         user = user_of(request)
         try:
@@ -272,7 +273,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         )
 
     @router.get("/conversations/{conversation_id}/thread")
-    async def thread_fragment(request: Request, conversation_id: int) -> Response:
+    async def thread_fragment(request: Request, conversation_id: RowId) -> Response:
         user = user_of(request)
         try:
             return page(request, "_thread.html", user, **thread_context(conversation_id))
@@ -280,7 +281,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
             return HTMLResponse(f"<p class=error>{_escape(str(exc))}</p>", 404)
 
     @router.post("/conversations/{conversation_id}/send")
-    async def send_in_thread(request: Request, conversation_id: int) -> Response:
+    async def send_in_thread(request: Request, conversation_id: RowId) -> Response:
         user, form = await posted(request)
         with engine().connect() as conn:
             head = views.conversation(conn, conversation_id)
@@ -352,7 +353,9 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         return page(request, "_counter.html", user, text=text, shape=shape, notes=notes)
 
     @router.get("/conversations/{conversation_id}/template")
-    async def fill_template(request: Request, conversation_id: int, template: str = "") -> Response:
+    async def fill_template(
+        request: Request, conversation_id: RowId, template: str = ""
+    ) -> Response:
         user = user_of(request)
         with engine().connect() as conn:
             head = views.conversation(conn, conversation_id)
@@ -427,7 +430,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         return RedirectResponse(f"{target}?done={quote(note)}", 303)
 
     @router.post("/messages/{message_id}/resend")
-    async def resend(request: Request, message_id: int) -> Response:
+    async def resend(request: Request, message_id: RowId) -> Response:
         user, form = await posted(request)
         via = {"relay": Route.RELAY, "own": Route.OWN}.get(form.get("via", ""))
         with engine().connect() as conn:
@@ -458,7 +461,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         return back(form, f"text {message_id} queued again{how} as {result.ids[0]}")
 
     @router.post("/contacts/{contact_id}/carrier")
-    async def set_carrier(request: Request, contact_id: int) -> Response:
+    async def set_carrier(request: Request, contact_id: RowId) -> Response:
         user, form = await posted(request)
         carrier = runtime.carriers.find(form.get("carrier", ""))
         if carrier is None:
@@ -475,7 +478,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         return back(form, f"{found['phone']} is now on {carrier.name}; re-send its texts")
 
     @router.post("/inbound/{inbound_id}/thread")
-    async def rethread(request: Request, inbound_id: int) -> Response:
+    async def rethread(request: Request, inbound_id: RowId) -> Response:
         user, form = await posted(request)
         raw = form.get("message", "").strip()
         if not raw.isdigit():
@@ -502,7 +505,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         return back(form, f"message {quarantined} was read again and stored")
 
     @router.post("/messages/{message_id}/cancel")
-    async def cancel(request: Request, message_id: int) -> Response:
+    async def cancel(request: Request, message_id: RowId) -> Response:
         user, form = await posted(request)
         done = cancel_waiting(engine(), [message_id], f"cancelled by {user.name}", utcnow())
         note = f"text {message_id} cancelled" if done else f"text {message_id} was not waiting"
@@ -534,7 +537,9 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         return page(request, "contacts.html", user, nav="contacts", rows=rows, q=q or "")
 
     @router.get("/contacts/{contact_id}")
-    async def contact_page(request: Request, contact_id: int, done: str | None = None) -> Response:
+    async def contact_page(
+        request: Request, contact_id: RowId, done: str | None = None
+    ) -> Response:
         user = user_of(request)
         with engine().connect() as conn:
             found = views.contact_detail(conn, contact_id)
@@ -714,7 +719,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         return RedirectResponse(f"/settings?done={quote(f'user {name} added')}#users", 303)
 
     @router.post("/users/{user_id}")
-    async def change_user(request: Request, user_id: int) -> Response:
+    async def change_user(request: Request, user_id: RowId) -> Response:
         user, form = await posted(request)
         security.require_admin(user)
         if user_id == user.user_id:
