@@ -427,6 +427,7 @@ class PolicySettings(_Section):
     allowed_until: str = "21:00"
     timezone: str = "UTC"
     max_per_contact_hour: int | None = Field(3, ge=1, le=100)  # automated texts; None: no cap
+    max_schedule_days: int = Field(60, ge=1, le=3650)  # send_at at most this far ahead
 
     @model_validator(mode="after")
     def _check_policy(self) -> PolicySettings:

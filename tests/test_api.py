@@ -288,3 +288,13 @@ def test_ids_outside_the_databases_range_are_404(api, number):
         assert answer.json()["error"] == "not_found"
     stranger = TestClient(create_app(api.runtime))
     assert stranger.get(f"/api/v1/messages/{number}").status_code == 401  # who asks comes first
+
+
+def test_send_at_more_than_max_schedule_days_ahead_is_422(api):
+    far = {**MESSAGE, "send_at": "9999-12-31T00:00:00Z"}
+    answer = api.post("/api/v1/messages", json=far)
+    assert answer.status_code == 422 and "max_schedule_days" in answer.json()["message"]
+    naive = {**MESSAGE, "send_at": "2026-12-24T09:00:00"}
+    answer = api.post("/api/v1/messages", json=naive)
+    assert answer.status_code == 422 and "time zone" in answer.json()["message"]
+    assert count(api.runtime) == 0

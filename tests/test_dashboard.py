@@ -394,7 +394,8 @@ def test_a_saved_setting_applies_at_once_and_is_audited(runtime):
     admin = client_for(runtime, "ada")
     csrf = csrf_of(admin, "/settings")
     form = {"csrf": csrf, "smtp.enabled": "on", "smtp.host": "127.0.0.1", "smtp.port": "2526",
-            "smtp.security": "none", "smtp.username": "dispatch", "smtp.password": "s3cret-pass",
+            "smtp.security": "none", "smtp.username": "dispatch", "smtp.auth": "password",
+            "smtp.password": "s3cret-pass",
             "smtp.from_address": "Dispatch <dispatch@example.com>", "smtp.preset": "custom",
             "smtp.daily_limit": "", "smtp.per_minute": ""}  # fmt: skip
     answer = admin.post("/settings/smtp", data=form)
@@ -568,3 +569,55 @@ def test_dashboard_ids_outside_the_databases_range_are_404(runtime, number):
                  f"/messages/{number}/cancel", f"/contacts/{number}/carrier",
                  f"/inbound/{number}/thread", f"/users/{number}"):  # fmt: skip
         assert client.post(path, data={"csrf": token}).status_code == 404, path
+
+
+# --- issue 20, point 8: actions that should not be possible ------------------------------------
+
+
+@pytest.mark.parametrize("state", ["sent", "delivered", "replied", "queued", "deferred"])
+def test_a_text_that_went_or_is_on_its_way_is_not_re_sent(runtime, state):
+    message = text_to(runtime)
+    with runtime.engine.begin() as conn:
+        conn.execute(messages.update().values(state=state))
+    client = client_for(runtime, "dana")
+    answer = client.post(f"/messages/{message}/resend",
+                         data={"csrf": csrf_of(client), "back": "/failures"})  # fmt: skip
+    assert answer.status_code == 303 and "not%20re-sent" in answer.headers["location"]
+    with runtime.engine.connect() as conn:
+        assert conn.execute(select(messages.c.id)).scalars().all() == [message]  # nothing new
+
+
+def test_a_failure_re_sent_and_gone_or_dismissed_leaves_the_failures_page(runtime):
+    first, second = text_to(runtime, text="First text"), text_to(runtime, text="Second text")
+    with runtime.engine.begin() as conn:
+        conn.execute(messages.update().values(state=State.FAILED.value, reason="refused"))
+    client = client_for(runtime, "dana")
+    token = csrf_of(client)
+    client.post(f"/messages/{first}/resend", data={"csrf": token, "back": "/failures"})
+    with runtime.engine.connect() as conn:
+        again = conn.execute(select(messages.c.id).where(messages.c.id > second)).scalar_one()
+    page = client.get("/failures").text
+    assert f'data-message="{first}"' in page and f"Re-sent as #{again} (queued)" in page
+    with runtime.engine.begin() as conn:  # the re-sent text went
+        conn.execute(messages.update().where(messages.c.id == again).values(state="sent"))
+    answer = client.post(f"/messages/{second}/dismiss", data={"csrf": token, "back": "/failures"})
+    assert answer.status_code == 303
+    page = client.get("/failures").text
+    assert f'data-message="{first}"' not in page and f'data-message="{second}"' not in page
+    history = client.get("/failures?show=resolved").text
+    assert f'data-message="{first}"' in history and f"Re-sent as #{again}, sent" in history
+    assert f'data-message="{second}"' in history and "Dismissed by dana" in history
+    refused = client.post(f"/messages/{again}/dismiss", data={"csrf": token, "back": "/failures"})
+    assert "not%20a%20failure" in refused.headers["location"]
+
+
+def test_send_at_too_far_ahead_is_refused(runtime):
+    from gateway.services.outbound import EnqueueError
+
+    far = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+    with pytest.raises(EnqueueError, match="more than 60 days ahead"):
+        enqueue(runtime, SendRequest(to="+12025550143", carrier="verizon", text="hi",
+                                     send_at=far), utcnow())  # fmt: skip
+    near = utcnow() + dt.timedelta(days=59)
+    assert enqueue(runtime, SendRequest(to="+12025550143", carrier="verizon", text="hi",
+                                        send_at=near), utcnow()).ids  # fmt: skip

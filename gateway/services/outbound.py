@@ -106,7 +106,7 @@ def enqueue_many(
     checked: list[_Checked | EnqueueError] = []
     for request in requests:
         try:
-            checked.append(_check(runtime, request, parsed))
+            checked.append(_check(runtime, request, parsed, now))
         except EnqueueError as exc:
             checked.append(exc)
     valid = [item for item in checked if isinstance(item, _Checked)]
@@ -130,7 +130,10 @@ class _Checked:
 
 
 def _check(
-    runtime: Runtime, request: SendRequest, parsed: dict[str, Phone | EnqueueError]
+    runtime: Runtime,
+    request: SendRequest,
+    parsed: dict[str, Phone | EnqueueError],
+    now: dt.datetime,
 ) -> _Checked:
     """Everything about a request that needs no database, or EnqueueError saying what to fix.
     `parsed` remembers numbers already read: a batch often texts one number several times."""
@@ -143,6 +146,15 @@ def _check(
         parsed[request.to] = phone
     if isinstance(phone, EnqueueError):
         raise EnqueueError(str(phone))
+    if request.send_at is not None:
+        days = runtime.settings.policy.max_schedule_days
+        if request.send_at.tzinfo is None:
+            raise EnqueueError("send_at needs a time zone (e.g. 2026-12-24T09:00:00+01:00)")
+        if request.send_at - now > dt.timedelta(days=days):
+            raise EnqueueError(
+                f"send_at {request.send_at:%Y-%m-%d} is more than {days} days ahead "
+                "([policy] max_schedule_days); a text that far off would be stale"
+            )
 
     carrier = None
     if request.carrier is not None:

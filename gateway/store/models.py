@@ -158,6 +158,11 @@ class Message(SQLModel, table=True):
     fresh_until: dt.datetime | None = None  # not sent after this: its news is stale
     respect_quiet_hours: bool = False  # recorded for every text: held to the allowed hours?
     pinned_route: str | None = Field(default=None, max_length=20)  # re-sent by a chosen route
+    # A failure is resolved (off the Failures page, kept in its history) when a dispatcher
+    # re-sent it and the new text went, or dismissed it.
+    resent_as: int | None = None  # the text it was re-sent as
+    dismissed_at: dt.datetime | None = None
+    dismissed_by: str | None = Field(default=None, max_length=100)
 
 
 class DeliveryAttempt(SQLModel, table=True):

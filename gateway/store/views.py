@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, case, func, or_, select, update
+from sqlalchemy import Connection, and_, case, func, not_, or_, select, update
 
 from gateway.domain.delivery import DUE_STATES
 from gateway.store.inbox import inbound, quarantine
@@ -263,20 +263,47 @@ def mark_read(conn: Connection, conversation_id: int) -> None:
         )
 
 
-def failures(conn: Connection, limit: int = 200) -> dict[str, list[dict[str, Any]]]:
+def mark_resent(conn: Connection, original: int, new: int) -> None:
+    conn.execute(update(messages).where(messages.c.id == original).values(resent_as=new))
+
+
+def dismiss(conn: Connection, message: int, who: str, now: dt.datetime) -> bool:
+    """A dispatcher's word that failure `message` needs nothing more; False when there is no
+    such failure."""
+    done = conn.execute(
+        update(messages)
+        .where(messages.c.id == message, messages.c.state.in_(FAILED_STATES))
+        .values(dismissed_at=now, dismissed_by=who[:100])
+    ).rowcount
+    return bool(done)
+
+
+FAILED_STATES = ("failed", "bounced", "suppressed")
+WENT = ("sent", "delivered", "replied")
+
+
+def failures(
+    conn: Connection, limit: int = 200, resolved: bool = False
+) -> dict[str, list[dict[str, Any]]]:
     """What needs a dispatcher: texts that failed, bounced or were not sent, replies that found
-    no text, and mail that could not be read."""
+    no text, and mail that could not be read. A failure that was re-sent and went, or that a
+    dispatcher dismissed, is resolved: listed only with `resolved` (the history)."""
+    resent = messages.alias("resent")
+    went = and_(messages.c.resent_as.is_not(None), resent.c.state.in_(WENT))
+    done = or_(messages.c.dismissed_at.is_not(None), went)
     texts = [
         dict(row._mapping)
         for row in conn.execute(
             select(*MESSAGE_FIELDS, messages.c.contact_id, messages.c.updated_at,
-                   messages.c.gateway_reason,
+                   messages.c.gateway_reason, messages.c.resent_as, messages.c.dismissed_at,
+                   messages.c.dismissed_by, resent.c.state.label("resent_state"),
                    contacts.c.carrier_doubt, contacts.c.opted_out)
             .select_from(
                 messages.outerjoin(orders, orders.c.id == messages.c.order_id)
                 .outerjoin(contacts, contacts.c.id == messages.c.contact_id)
+                .outerjoin(resent, resent.c.id == messages.c.resent_as)
             )
-            .where(messages.c.state.in_(("failed", "bounced", "suppressed")))
+            .where(messages.c.state.in_(FAILED_STATES), done if resolved else not_(done))
             .order_by(messages.c.updated_at.desc(), messages.c.id.desc())
             .limit(limit)
         )

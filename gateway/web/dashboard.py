@@ -410,19 +410,32 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
     # --- failures ---------------------------------------------------------------------------
 
     @router.get("/failures")
-    async def failures_page(request: Request, done: str | None = None) -> Response:
+    async def failures_page(
+        request: Request, done: str | None = None, show: str = "open"
+    ) -> Response:
         user = user_of(request)
+        resolved = show == "resolved"
         with engine().connect() as conn:
-            found = views.failures(conn)
+            found = views.failures(conn, resolved=resolved)
         return page(
             request,
             "failures.html",
             user,
             nav="failures",
             done=done,
+            resolved=resolved,
             carriers=list(runtime.carriers),
             **found,
         )
+
+    @router.post("/messages/{message_id}/dismiss")
+    async def dismiss(request: Request, message_id: RowId) -> Response:
+        user, form = await posted(request)
+        with engine().begin() as conn:
+            if not views.dismiss(conn, message_id, user.name, utcnow()):
+                return back(form, f"text {message_id} is not a failure")
+            overrides.record(conn, user.name, "dismiss", {"message": message_id}, utcnow())
+        return back(form, f"text {message_id} dismissed (kept under Resolved)")
 
     def back(form: dict[str, str], note: str) -> Response:
         """To the page the form was on (its `back` field), with a note of what happened."""
@@ -437,6 +450,12 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
             found = views.message(conn, message_id)
         if found is None:
             return back(form, f"there is no text {message_id}")
+        if found["state"] in ("sent", "delivered", "replied"):
+            return back(form, f"not re-sent: text {message_id} was {found['state']}; sending "
+                              "it again would text the person twice")  # fmt: skip
+        if found["state"] in ("queued", "sending", "deferred"):
+            return back(form, f"not re-sent: text {message_id} is still on its way "
+                              f"({found['state']}); cancel it first to send it anew")  # fmt: skip
         try:
             result = enqueue(
                 runtime,
@@ -448,6 +467,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         except EnqueueError as exc:
             return back(form, f"not re-sent: {exc}")
         with engine().begin() as conn:
+            views.mark_resent(conn, message_id, result.ids[0])
             overrides.record(
                 conn,
                 user.name,
