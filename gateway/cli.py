@@ -1231,8 +1231,11 @@ def serve() -> None:
     # An open dashboard holds an event stream that never ends by itself: on SIGTERM, open
     # streams get a few seconds, then are closed (the browser reconnects to the next process).
     uvicorn.run(
-        app_, host=web.host, port=web.port, log_level="warning", timeout_graceful_shutdown=3
-    )
+        app_, host=web.host, port=web.port, log_level="warning", timeout_graceful_shutdown=3,
+        # uvicorn believes X-Forwarded-* from loopback by default; only [web] trusted_proxies.
+        proxy_headers=bool(web.trusted_proxies),
+        forwarded_allow_ips=",".join(web.trusted_proxies) or "",
+    )  # fmt: skip
 
 
 @app.command("status")

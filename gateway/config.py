@@ -487,6 +487,20 @@ class WebSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8025, ge=1, le=65535)
     base_url: str | None = None
+    # Addresses (or networks) of the reverse proxies in front of `gateway serve`: only their
+    # X-Forwarded-For and X-Forwarded-Proto are believed (the sign-in lockout, logs, the Secure
+    # cookie). None by default: a header anyone can send is believed from no one.
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value
 
 
 class Settings(BaseSettings):

@@ -621,3 +621,95 @@ def test_send_at_too_far_ahead_is_refused(runtime):
     near = utcnow() + dt.timedelta(days=59)
     assert enqueue(runtime, SendRequest(to="+12025550143", carrier="verizon", text="hi",
                                         send_at=near), utcnow()).ids  # fmt: skip
+
+
+# --- issue 20, point 6: who is on the other end --------------------------------------------------
+
+
+def test_a_form_from_a_foreign_origin_is_refused(runtime):
+    client = client_for(runtime, "dana")
+    token = csrf_of(client)
+    message = text_to(runtime)
+    with runtime.engine.begin() as conn:
+        conn.execute(messages.update().values(state=State.FAILED.value))
+    form = {"csrf": token, "back": "/failures"}
+    for headers in ({"Origin": "https://evil.example"}, {"Referer": "https://evil.example/x"},
+                    {"Origin": "null"}):  # fmt: skip
+        refused = client.post(f"/messages/{message}/dismiss", data=form, headers=headers)
+        assert refused.status_code == 403, headers
+    with runtime.engine.connect() as conn:  # nothing changed
+        assert conn.execute(select(messages.c.dismissed_at)).scalar() is None
+    ours = client.post(f"/messages/{message}/dismiss", data=form,
+                       headers={"Origin": "http://testserver"})  # fmt: skip
+    assert ours.status_code == 303
+    planted = client_for(runtime)
+    page = planted.get("/login")
+    login_token = re.search(r'name="login_token" value="([^"]+)"', page.text).group(1)
+    answer = planted.post("/login", headers={"Origin": "https://evil.example"}, data={
+        "login_token": login_token, "name": "dana", "password": PASSWORD, "next": "/"})  # fmt: skip
+    assert answer.status_code == 403 and "gw_session" not in answer.headers.get("set-cookie", "")
+
+
+class Served:
+    """`gateway serve` on a free port, for what only a real server does (proxy headers)."""
+
+    def __init__(self, folder, extra: str = "") -> None:
+        import subprocess
+        import sys
+
+        from gateway.services.carrier_sim import free_port
+        from tests.conftest import gateway_folder
+
+        self.port = free_port()
+        gateway_folder(folder, extra=f"[web]\nport = {self.port}\n{extra}")
+        now = utcnow()
+        from gateway.store.db import make_engine
+
+        engine = make_engine(f"sqlite:///{folder / 'gw.db'}")
+        access.add_user(engine, "dana", "dispatcher", PASSWORD, now)
+        engine.dispose()
+        self.process = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=folder,
+                                        stdin=subprocess.DEVNULL)  # fmt: skip
+        import httpx2
+
+        self.client = httpx2.Client(base_url=f"http://127.0.0.1:{self.port}")
+        import time
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.client.get("/healthz")
+                break
+            except httpx2.TransportError:
+                assert time.monotonic() < deadline, "gateway serve did not answer"
+                time.sleep(0.2)
+
+    def sign_in(self, name: str, password: str, headers: dict[str, str]) -> object:
+        page = self.client.get("/login")
+        token = re.search(r'name="login_token" value="([^"]+)"', page.text).group(1)
+        return self.client.post("/login", headers=headers, data={
+            "login_token": token, "name": name, "password": password, "next": "/"})  # fmt: skip
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_forwarded_headers_are_believed_only_from_trusted_proxies(tmp_path, trusted):
+    """Twenty failed sign-ins from one client, each claiming another address, then the right
+    password from yet another: by default the address is the connection's (locked out); with
+    [web] trusted_proxies naming the client, its X-Forwarded-For is believed (not locked)."""
+    server = Served(tmp_path, 'trusted_proxies = ["127.0.0.1"]\n' if trusted else "")
+    try:
+        for n in range(access.FAILURES_PER_ADDRESS):
+            server.sign_in(f"guess{n}", "wrong password!", {"X-Forwarded-For": f"10.0.0.{n}"})
+        answer = server.sign_in("dana", PASSWORD, {"X-Forwarded-For": "10.9.9.9",
+                                                  "X-Forwarded-Proto": "https"})  # fmt: skip
+        if trusted:
+            assert answer.status_code == 303, answer.text
+            assert "Secure" in answer.headers["set-cookie"]  # the proxy said https
+        else:
+            assert answer.status_code == 429, answer.text
+    finally:
+        server.stop()

@@ -205,7 +205,7 @@ class _Demo:
             loop.add_signal_handler(signum, ended.set)
         server = _Server(uvicorn.Config(
             create_app(runtime), host="127.0.0.1", port=web_port, log_level="warning",
-            timeout_graceful_shutdown=1,
+            timeout_graceful_shutdown=1, proxy_headers=False,
         ))  # fmt: skip
         sender = Sender(engine, runtime.route_book(), runtime.retry_policy, batch_size=50,
                         idle_poll=0.2, **runtime.quiet())  # fmt: skip

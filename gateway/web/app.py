@@ -25,6 +25,7 @@ REFRESH_SECONDS = 2.0
 
 def create_app(runtime: Runtime) -> FastAPI:
     app = create_api(runtime)
+    app.state.base_url = runtime.settings.web.base_url  # another origin forms may come from
     app.include_router(dashboard(runtime, runtime.migrated_engine))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_exception_handler(security.NotSignedIn, handle_not_signed_in)

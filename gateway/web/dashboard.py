@@ -159,6 +159,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
+        security.check_origin(request)  # a sign-in planted from another site is refused too
         form = await read_form(request)
         target = _local(form.get("next", "/"))
         if not security.same(form.get("login_token"), request.cookies.get(security.LOGIN_COOKIE)):
