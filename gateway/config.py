@@ -491,6 +491,9 @@ class WebSettings(_Section):
     # X-Forwarded-For and X-Forwarded-Proto are believed (the sign-in lockout, logs, the Secure
     # cookie). None by default: a header anyone can send is believed from no one.
     trusted_proxies: list[str] = []
+    # A request body larger than this is refused (413) before it is read; the batch endpoint
+    # takes ten times as much (up to 1,000 texts).
+    max_body_bytes: int = Field(1_000_000, ge=1_000, le=100_000_000)
 
     @field_validator("trusted_proxies")
     @classmethod

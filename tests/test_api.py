@@ -113,7 +113,7 @@ def test_the_same_key_with_another_body_is_refused(api):
 
 def test_a_key_still_in_flight_answers_409(api):
     with api.runtime.engine.connect() as conn:
-        holder = token_holder(conn, api.token, utcnow())
+        holder = token_holder(conn, api.token)
     # Another request with this key is running (its row is there, not finished).
     digest = body_digest({"endpoint": "POST /messages", "body": {**MESSAGE, "template": None,
                           "variables": {}, "order_ref": None, "send_at": None,

@@ -49,19 +49,29 @@ class TokenHolder:
     name: str
 
 
-def token_holder(conn: Connection, token: str, now: dt.datetime) -> TokenHolder | None:
+def token_holder(conn: Connection, token: str) -> TokenHolder | None:
+    """Who holds `token`: a read only, so checking a token never waits for a writer (its
+    last use is written apart, by `note_token_use`)."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     row = conn.execute(
-        select(tokens.c.id, tokens.c.name, tokens.c.last_used_at).where(
+        select(tokens.c.id, tokens.c.name).where(
             tokens.c.token_hash == _digest(token), tokens.c.revoked.is_(False)
         )
     ).first()
-    if row is None:
-        return None
-    if row.last_used_at is None or now - row.last_used_at > dt.timedelta(minutes=1):
-        conn.execute(update(tokens).where(tokens.c.id == row.id).values(last_used_at=now))
-    return TokenHolder(row.id, row.name)
+    return TokenHolder(row.id, row.name) if row is not None else None
+
+
+def note_token_use(engine: Engine, token_id: int, now: dt.datetime) -> None:
+    """Bookkeeping: when the token was last used (to the minute)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(tokens)
+            .where(tokens.c.id == token_id,
+                   (tokens.c.last_used_at.is_(None))
+                   | (tokens.c.last_used_at < now - dt.timedelta(minutes=1)))
+            .values(last_used_at=now)
+        )  # fmt: skip
 
 
 def add_user(engine: Engine, name: str, role: str, password: str, now: dt.datetime) -> None:

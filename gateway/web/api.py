@@ -5,8 +5,11 @@ Thin: requests are checked by pydantic, the work is done by the services, errors
 request writes in one transaction, so nothing is left half-written.
 """
 
+import contextlib
 import datetime as dt
 import json
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -17,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.config import ConfigError
 from gateway.domain.delivery import State
@@ -35,6 +39,7 @@ from gateway.services.runtime import Runtime
 from gateway.store import access, heartbeats, views
 from gateway.store.db import DatabaseError, utcnow
 from gateway.store.routes import load_breakers
+from gateway.web.guard import RequestGuard
 from gateway.web.ids import RowId, names_no_row
 
 API = "/api/v1"
@@ -116,6 +121,11 @@ def create_app(runtime: Runtime) -> FastAPI:
         version="1",
         description="Texts to drivers and customers through carrier email-to-SMS gateways.",
     )
+    # Size and credentials are settled before any body is read (gateway/web/guard.py).
+    app.add_middleware(
+        RequestGuard, max_body_bytes=runtime.settings.web.max_body_bytes,
+        engine=lambda: runtime.migrated_engine(),
+    )  # fmt: skip
     bearer = HTTPBearer(auto_error=False)
 
     def engine() -> Any:
@@ -124,19 +134,53 @@ def create_app(runtime: Runtime) -> FastAPI:
         except DatabaseError as exc:
             raise ApiError(503, "database_unavailable", str(exc)) from None
 
+    noted: dict[int, float] = {}  # token id -> when its use was last written (monotonic)
+
     def holder(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> access.TokenHolder:
-        if credentials is None:
-            raise ApiError(401, "unauthorized", "send a bearer token (gateway tokens create NAME)")
-        with engine().begin() as conn:
-            found = access.token_holder(conn, credentials.credentials, utcnow())
+        found = getattr(request.state, "token_holder", None)  # checked by the guard already
         if found is None:
-            raise ApiError(401, "unauthorized", "the bearer token is not valid")
+            if credentials is None:
+                raise ApiError(401, "unauthorized", "send a bearer token (gateway tokens create "
+                                                    "NAME)")  # fmt: skip
+            with engine().connect() as conn:
+                found = access.token_holder(conn, credentials.credentials)
+            if found is None:
+                raise ApiError(401, "unauthorized", "the bearer token is not valid")
+        note_use(found)
         return found
+
+    def note_use(found: access.TokenHolder) -> None:
+        """The token's last use, written at most once a minute, off the request's path: a
+        database held by a writer delays the bookkeeping, never the answer."""
+        now = time.monotonic()
+        if now - noted.get(found.id, -120.0) < 60:
+            return
+        noted[found.id] = now
+
+        def write() -> None:
+            with contextlib.suppress(Exception):  # bookkeeping: the next use tries again
+                access.note_token_use(engine(), found.id, utcnow())
+
+        threading.Thread(target=write, daemon=True, name="token-use").start()
 
     Token = Annotated[access.TokenHolder, Depends(holder)]
     Key = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals (no such route, a method not allowed, a body that does not
+        parse) in the API's shape."""
+        codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+                 413: "too_large"}  # fmt: skip
+        message = str(exc.detail)
+        if exc.status_code == 400:
+            message = "the body is not JSON this API can read (too deeply nested, or malformed)"
+        return JSONResponse({"error": codes.get(exc.status_code, "http_error"),
+                             "message": message}, exc.status_code,
+                            headers=getattr(exc, "headers", None))  # fmt: skip
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
