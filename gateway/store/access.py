@@ -197,6 +197,8 @@ class SignedIn:
     name: str
     role: str
     csrf: str
+    # Set when the session's last-seen time is over a minute old and should be written again.
+    stale_seen: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -298,11 +300,14 @@ def session_user(conn: Connection, token: str, now: dt.datetime) -> SignedIn | N
     ).first()  # fmt: skip
     if row is None:
         return None
-    if now - row.seen_at > dt.timedelta(minutes=1):
-        conn.execute(
-            update(sessions).where(sessions.c.token_hash == row.token_hash).values(seen_at=now)
-        )
-    return SignedIn(row.id, row.name, row.role, row.csrf)
+    stale = now - row.seen_at > dt.timedelta(minutes=1)
+    return SignedIn(row.id, row.name, row.role, row.csrf, row.token_hash if stale else None)
+
+
+def note_session_seen(conn: Connection, token_hash: str, now: dt.datetime) -> None:
+    """Bookkeeping for the idle limit: the session was used now (done apart from the read,
+    so that it never holds one up)."""
+    conn.execute(update(sessions).where(sessions.c.token_hash == token_hash).values(seen_at=now))
 
 
 def sign_out(engine: Engine, token: str) -> None:

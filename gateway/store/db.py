@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -44,13 +45,40 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(parsed, pool_pre_ping=True, **kwargs)
 
 
+BUSY_MS = 30_000  # how long a statement waits for another writer before the database is "busy"
+
+
+def write_if_free(engine: Engine, work: Callable[[Connection], None], wait_ms: int = 100) -> bool:
+    """Run `work` in a transaction of its own unless another writer holds the database for
+    longer than `wait_ms`: for bookkeeping that must never hold up a read (when a thread was
+    last read, when a session was last seen). False when it did not happen; the next read
+    tries again."""
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:  # the connection's own setting (SQLAlchemy begins a transaction around it)
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={int(wait_ms)}")
+            conn.commit()
+        try:
+            with conn.begin():
+                if not sqlite:
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait_ms)}ms'")
+                work(conn)
+            return True
+        except DBAPIError:  # locked ("database is locked"; LockNotAvailable)
+            return False
+        finally:
+            if sqlite:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_MS}")
+                conn.commit()
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers (the dashboard, `outbox list`) run while a sender writes.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_MS}")
     cursor.close()
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -209,17 +209,20 @@ def create_app(runtime: Runtime) -> FastAPI:
              "nothing was written, try again"}, 503, headers={"Retry-After": "5"},
         )  # fmt: skip
 
-    async def idempotent(
+    def idempotent(
         token: access.TokenHolder,
         key: str | None,
         endpoint: str,
         body: Any,
-        work: Callable[[Any], Awaitable[tuple[int, dict[str, Any]]]],
+        work: Callable[[Any], tuple[int, dict[str, Any]]],
     ) -> JSONResponse:
-        """Run `work` once per key: the same key and body again answers as the first time."""
+        """Run `work` once per key: the same key and body again answers as the first time.
+        Every endpoint here is a plain function: FastAPI runs it in its thread pool, so a query
+        that waits (a writer holding SQLite's lock) never holds up the event loop, and with it
+        every other request and event stream."""
         if key is None:
             with engine().begin() as conn:
-                status, payload = await work(conn)
+                status, payload = work(conn)
             return JSONResponse(payload, status)
         digest = access.body_digest({"endpoint": endpoint, "body": body})
         seen = access.begin_request(engine(), token.id, key, endpoint, digest, utcnow())
@@ -235,7 +238,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             )  # fmt: skip
         try:
             with engine().begin() as conn:
-                status, payload = await work(conn)
+                status, payload = work(conn)
                 access.finish_request(conn, token.id, key, status, _dumps(payload), utcnow())
         except BaseException:
             access.forget_request(engine(), token.id, key)
@@ -245,23 +248,23 @@ def create_app(runtime: Runtime) -> FastAPI:
     # --- messages ---------------------------------------------------------------------------
 
     @app.post(f"{API}/messages", status_code=201, tags=["messages"])
-    async def post_message(body: MessageIn, token: Token, key: Key = None) -> Response:
-        async def work(conn: Any) -> tuple[int, dict[str, Any]]:
+    def post_message(body: MessageIn, token: Token, key: Key = None) -> Response:
+        def work(conn: Any) -> tuple[int, dict[str, Any]]:
             try:
                 result = enqueue(runtime, _send_request(body), utcnow(), conn=conn)
             except EnqueueError as exc:
                 raise ApiError(422, "invalid_message", str(exc)) from None
             return 201, _enqueued(result)
 
-        return await idempotent(token, key, "POST /messages", body.model_dump(mode="json"), work)
+        return idempotent(token, key, "POST /messages", body.model_dump(mode="json"), work)
 
     @app.post(f"{API}/messages/batch", tags=["messages"])
-    async def post_messages(body: BatchIn, token: Token, key: Key = None) -> Response:
+    def post_messages(body: BatchIn, token: Token, key: Key = None) -> Response:
         """Up to 1,000 texts in one request and one transaction. Each is checked on its own: the
         answer has a result per message, in order, either as `POST /messages` answers or an
         error with what to fix; the messages that pass are stored even when others do not."""
 
-        async def work(conn: Any) -> tuple[int, dict[str, Any]]:
+        def work(conn: Any) -> tuple[int, dict[str, Any]]:
             requests = [_send_request(message) for message in body.messages]
             results = []
             for index, result in enumerate(enqueue_many(runtime, requests, utcnow(), conn)):
@@ -274,10 +277,10 @@ def create_app(runtime: Runtime) -> FastAPI:
             return 200, {"accepted": len(results) - refused, "refused": refused, "results": results}
 
         dumped = body.model_dump(mode="json")
-        return await idempotent(token, key, "POST /messages/batch", dumped, work)
+        return idempotent(token, key, "POST /messages/batch", dumped, work)
 
     @app.get(f"{API}/messages/{{message_id}}", tags=["messages"])
-    async def get_message(message_id: RowId, token: Token) -> Response:
+    def get_message(message_id: RowId, token: Token) -> Response:
         with engine().connect() as conn:
             found = views.message(conn, message_id)
         if found is None:
@@ -287,7 +290,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     # --- conversations ----------------------------------------------------------------------
 
     @app.get(f"{API}/conversations", tags=["conversations"])
-    async def get_conversations(
+    def get_conversations(
         token: Token, limit: int = 50, before: dt.datetime | None = None
     ) -> Response:
         with engine().connect() as conn:
@@ -295,7 +298,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return JSONResponse(_jsonable({"conversations": rows}))
 
     @app.get(f"{API}/conversations/{{conversation_id}}", tags=["conversations"])
-    async def get_conversation(conversation_id: RowId, token: Token) -> Response:
+    def get_conversation(conversation_id: RowId, token: Token) -> Response:
         with engine().connect() as conn:
             found = views.conversation(conn, conversation_id)
         if found is None:
@@ -307,18 +310,18 @@ def create_app(runtime: Runtime) -> FastAPI:
     orders = Orders(runtime)
 
     @app.post(f"{API}/orders", status_code=201, tags=["orders"])
-    async def post_order(body: OrderIn, token: Token, key: Key = None) -> Response:
-        async def work(conn: Any) -> tuple[int, dict[str, Any]]:
+    def post_order(body: OrderIn, token: Token, key: Key = None) -> Response:
+        def work(conn: Any) -> tuple[int, dict[str, Any]]:
             try:
                 order_id = orders.upsert(OrderInput(**body.model_dump()), utcnow(), conn=conn)
             except OrderError as exc:
                 raise ApiError(422, "invalid_order", str(exc)) from None
             return 201, {"id": order_id, "ref": body.ref}
 
-        return await idempotent(token, key, "POST /orders", body.model_dump(mode="json"), work)
+        return idempotent(token, key, "POST /orders", body.model_dump(mode="json"), work)
 
     @app.post(f"{API}/orders/{{ref}}/events", status_code=201, tags=["orders"])
-    async def post_event(ref: str, body: EventIn, token: Token, key: Key = None) -> Response:
+    def post_event(ref: str, body: EventIn, token: Token, key: Key = None) -> Response:
         try:
             orders.rules  # noqa: B018  (a broken rules file is the operator's to fix: 503)
         except ConfigError as exc:
@@ -342,7 +345,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     # --- carriers ---------------------------------------------------------------------------
 
     @app.get(f"{API}/carriers", tags=["carriers"])
-    async def get_carriers(token: Token) -> Response:
+    def get_carriers(token: Token) -> Response:
         keys = ("id", "name", "kind", "countries", "sms", "mms", "address", "status",
                 "ends_on", "retired_on", "source")  # fmt: skip
         rows = [{k: row[k] for k in keys} for row in carrier_rows(runtime, utcnow().date())]
@@ -351,11 +354,11 @@ def create_app(runtime: Runtime) -> FastAPI:
     # --- health and metrics (open) ----------------------------------------------------------
 
     @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, bool]:
+    def healthz() -> dict[str, bool]:
         return {"ok": True}
 
     @app.get("/readyz", tags=["health"])
-    async def readyz() -> Response:
+    def readyz() -> Response:
         """Ready when the database answers, at least one `gateway run` is alive, its mailbox
         reader has not been failing for longer than `[imap] ready_grace_seconds`, and not every
         route has been failing that long."""
@@ -383,7 +386,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return JSONResponse(body, 503 if problems else 200)
 
     @app.get("/metrics", tags=["health"])
-    async def metrics() -> Response:
+    def metrics() -> Response:
         with engine().connect() as conn:
             found = views.counts(conn, utcnow())
             alive = heartbeats.workers(conn, utcnow())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import FastAPI, Request
@@ -38,7 +39,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         now = time.monotonic()
         if now - checked[0] > REFRESH_SECONDS:
             checked[0] = now
-            runtime.refresh()
+            await asyncio.to_thread(runtime.refresh)  # a query: never on the event loop
         return await call_next(request)  # type: ignore[operator,no-any-return]
 
     return app

@@ -44,11 +44,12 @@ from gateway.services.orders import OrderError, Orders
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store import access, overrides, views
-from gateway.store.db import utcnow
+from gateway.store.db import utcnow, write_if_free
 from gateway.store.outbox import cancel_waiting, upsert_contact
 from gateway.web import security
 from gateway.web.ids import RowId
 from gateway.web.live import Wakeup
+from gateway.web.offloop import OffLoopRoute
 from gateway.web.security import Forbidden, NotSignedIn
 
 HERE = Path(__file__).parent
@@ -86,7 +87,8 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(include_in_schema=False, route_class=OffLoopRoute)
+    live = APIRouter(include_in_schema=False)  # the event stream stays on the loop
     templates = make_templates()
     orders_service = Orders(runtime)
 
@@ -225,10 +227,10 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         }
 
     def thread_context(conversation_id: int, mark: bool = True) -> dict[str, Any]:
-        with engine().begin() as conn:
+        with engine().connect() as conn:
             found = views.conversation(conn, conversation_id)
-            if found is not None and mark:
-                views.mark_read(conn, conversation_id)
+        if found is not None and mark:  # bookkeeping: never waits behind another writer
+            write_if_free(engine(), lambda conn: views.mark_read(conn, conversation_id))
         if found is None:
             raise LookupError(f"there is no conversation {conversation_id}")
         return {"thread": found, "template_names": runtime.templates.names()}
@@ -765,22 +767,33 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
 
     wakeups: list[Wakeup] = []  # made on the first stream, in the server's event loop
 
-    @router.get("/events")
+    @live.get("/events")
     async def events(request: Request, after: str | None = None) -> Response:
-        user_of(request)
+        await asyncio.to_thread(user_of, request)
         if not wakeups:
             wakeups.append(Wakeup(engine()))
         wakeups[0].start()
         start = _position(request.headers.get("last-event-id") or after)
         if start is None:
-            with engine().connect() as conn:
-                start = views.positions(conn)
+
+            def positions() -> tuple[int, int]:
+                with engine().connect() as conn:
+                    return views.positions(conn)
+
+            start = await asyncio.to_thread(positions)
         return StreamingResponse(
             _stream(request, engine, start, wakeups[0]),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
+    async def close_live() -> None:
+        """At shutdown: the LISTEN task this process started ends with it."""
+        for wakeup in wakeups:
+            await wakeup.close()
+
+    router.include_router(live)
+    router.on_shutdown.append(close_live)
     return router
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import Request
 from starlette.responses import Response
 
 from gateway.store import access
-from gateway.store.db import utcnow
+from gateway.store.db import utcnow, write_if_free
 
 SESSION_COOKIE = "gw_session"
 LOGIN_COOKIE = "gw_login"  # guards the sign-in form itself (no session exists yet)
@@ -102,11 +103,15 @@ def current_user(request: Request, engine_of: Callable[[], object]) -> access.Si
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         raise NotSignedIn()
-    engine = engine_of()
-    with engine.begin() as conn:  # type: ignore[attr-defined]
-        found = access.session_user(conn, token, utcnow())
+    engine: Any = engine_of()
+    now = utcnow()
+    with engine.connect() as conn:  # a read: it never waits for a writer
+        found = access.session_user(conn, token, now)
     if found is None:
         raise NotSignedIn()
+    if found.stale_seen is not None:
+        seen = found.stale_seen
+        write_if_free(engine, lambda conn: access.note_session_seen(conn, seen, now))
     return found
 
 
