@@ -11,13 +11,13 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -55,15 +55,55 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorOut(BaseModel):
+    """Every error of the API."""
+
+    error: str
+    message: str
+
+
+_ERROR_MEANS = {
+    400: "the body is not JSON (malformed, not UTF-8, or nested too deeply)",
+    401: "no bearer token, or not a valid one",
+    404: "there is no such item",
+    409: "a request with this Idempotency-Key is still running",
+    413: "the body is larger than [web] max_body_bytes",
+    422: "the request is not one this endpoint takes (the message says why)",
+    503: "the database is busy or unreachable; nothing was written",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers an endpoint can give, for its OpenAPI description."""
+    return {code: {"model": ErrorOut, "description": _ERROR_MEANS[code]} for code in codes}
+
+
+def _not_a_number(value: object) -> object:
+    """A time is an ISO 8601 text, as the document says: a number (which pydantic would read as
+    a Unix time) is refused, in a body or a query."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("give a date and time like 2026-12-06T12:00:00Z")
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("give a date and time like 2026-12-06T12:00:00Z")
+    return value
+
+
+When = Annotated[dt.datetime | None, BeforeValidator(_not_a_number)]
+
+
 class MessageIn(_Body):
-    to: str = Field(max_length=40)
-    carrier: str | None = Field(None, max_length=60)
-    text: str | None = Field(None, max_length=5000)
-    template: str | None = Field(None, max_length=100)
+    to: str = Field(min_length=1, max_length=40)
+    carrier: str | None = Field(None, min_length=1, max_length=60)
+    text: str | None = Field(None, min_length=1, max_length=5000)
+    template: str | None = Field(None, min_length=1, max_length=100)
     variables: dict[str, str] = Field(default_factory=dict)
-    order_ref: str | None = Field(None, max_length=100)
-    send_at: dt.datetime | None = None
-    respect_quiet_hours: bool = False
+    order_ref: str | None = Field(None, min_length=1, max_length=100)
+    send_at: When = None
+    respect_quiet_hours: StrictBool = False
 
 
 class BatchIn(_Body):
@@ -96,23 +136,29 @@ def _enqueued(result: Enqueued) -> dict[str, Any]:
 
 
 class OrderIn(_Body):
-    ref: str = Field(max_length=100)
-    customer: str | None = Field(None, max_length=40)
-    carrier: str | None = Field(None, max_length=60)
+    ref: str = Field(min_length=1, max_length=100)
+    customer: str | None = Field(None, min_length=1, max_length=40)
+    carrier: str | None = Field(None, min_length=1, max_length=60)
     customer_name: str | None = Field(None, max_length=200)
-    driver: str | None = Field(None, max_length=40)
-    driver_carrier: str | None = Field(None, max_length=60)
+    driver: str | None = Field(None, min_length=1, max_length=40)
+    driver_carrier: str | None = Field(None, min_length=1, max_length=60)
     driver_name: str | None = Field(None, max_length=200)
-    window_start: dt.datetime | None = None
-    window_end: dt.datetime | None = None
-    timezone: str | None = Field(None, max_length=64)
+    window_start: When = None
+    window_end: When = None
+    timezone: str | None = Field(None, min_length=1, max_length=64)
+
+
+OrderStatus = Literal[
+    "confirmed", "driver_assigned", "out_for_delivery", "delivered", "delayed",
+    "attempt_failed", "cancelled",
+]  # fmt: skip
 
 
 class EventIn(_Body):
-    status: str = Field(max_length=40)
+    status: OrderStatus
     eta: str | None = Field(None, max_length=100)
     reason: str | None = Field(None, max_length=500)
-    occurred_at: dt.datetime | None = None
+    occurred_at: When = None
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -247,7 +293,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     # --- messages ---------------------------------------------------------------------------
 
-    @app.post(f"{API}/messages", status_code=201, tags=["messages"])
+    @app.post(f"{API}/messages", status_code=201, tags=["messages"],
+              responses=errors(400, 401, 409, 413, 422, 503))  # fmt: skip
     def post_message(body: MessageIn, token: Token, key: Key = None) -> Response:
         def work(conn: Any) -> tuple[int, dict[str, Any]]:
             try:
@@ -258,7 +305,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
         return idempotent(token, key, "POST /messages", body.model_dump(mode="json"), work)
 
-    @app.post(f"{API}/messages/batch", tags=["messages"])
+    @app.post(f"{API}/messages/batch", tags=["messages"],
+              responses=errors(400, 401, 409, 413, 422, 503))  # fmt: skip
     def post_messages(body: BatchIn, token: Token, key: Key = None) -> Response:
         """Up to 1,000 texts in one request and one transaction. Each is checked on its own: the
         answer has a result per message, in order, either as `POST /messages` answers or an
@@ -279,7 +327,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         dumped = body.model_dump(mode="json")
         return idempotent(token, key, "POST /messages/batch", dumped, work)
 
-    @app.get(f"{API}/messages/{{message_id}}", tags=["messages"])
+    @app.get(f"{API}/messages/{{message_id}}", tags=["messages"],
+             responses=errors(401, 404, 422, 503))  # fmt: skip
     def get_message(message_id: RowId, token: Token) -> Response:
         with engine().connect() as conn:
             found = views.message(conn, message_id)
@@ -289,15 +338,16 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     # --- conversations ----------------------------------------------------------------------
 
-    @app.get(f"{API}/conversations", tags=["conversations"])
+    @app.get(f"{API}/conversations", tags=["conversations"], responses=errors(401, 422, 503))
     def get_conversations(
-        token: Token, limit: int = 50, before: dt.datetime | None = None
+        token: Token, limit: Annotated[int, Query(ge=1, le=500)] = 50, before: When = None
     ) -> Response:
         with engine().connect() as conn:
             rows = views.conversation_list(conn, max(1, min(limit, 500)), before)
         return JSONResponse(_jsonable({"conversations": rows}))
 
-    @app.get(f"{API}/conversations/{{conversation_id}}", tags=["conversations"])
+    @app.get(f"{API}/conversations/{{conversation_id}}", tags=["conversations"],
+             responses=errors(401, 404, 422, 503))  # fmt: skip
     def get_conversation(conversation_id: RowId, token: Token) -> Response:
         with engine().connect() as conn:
             found = views.conversation(conn, conversation_id)
@@ -309,7 +359,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     orders = Orders(runtime)
 
-    @app.post(f"{API}/orders", status_code=201, tags=["orders"])
+    @app.post(f"{API}/orders", status_code=201, tags=["orders"],
+              responses=errors(400, 401, 409, 413, 422, 503))  # fmt: skip
     def post_order(body: OrderIn, token: Token, key: Key = None) -> Response:
         def work(conn: Any) -> tuple[int, dict[str, Any]]:
             try:
@@ -320,7 +371,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
         return idempotent(token, key, "POST /orders", body.model_dump(mode="json"), work)
 
-    @app.post(f"{API}/orders/{{ref}}/events", status_code=201, tags=["orders"])
+    @app.post(f"{API}/orders/{{ref}}/events", status_code=201, tags=["orders"],
+              responses=errors(400, 401, 404, 409, 413, 422, 503))  # fmt: skip
     def post_event(ref: str, body: EventIn, token: Token, key: Key = None) -> Response:
         try:
             orders.rules  # noqa: B018  (a broken rules file is the operator's to fix: 503)
@@ -344,7 +396,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     # --- carriers ---------------------------------------------------------------------------
 
-    @app.get(f"{API}/carriers", tags=["carriers"])
+    @app.get(f"{API}/carriers", tags=["carriers"], responses=errors(401, 503))
     def get_carriers(token: Token) -> Response:
         keys = ("id", "name", "kind", "countries", "sms", "mms", "address", "status",
                 "ends_on", "retired_on", "source")  # fmt: skip
@@ -357,7 +409,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     def healthz() -> dict[str, bool]:
         return {"ok": True}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={503: {
+        "description": "not ready: what is down, in `problem` and the parts' objects",
+        "content": {"application/json": {"schema": {"type": "object"}}}}})  # fmt: skip
     def readyz() -> Response:
         """Ready when the database answers, at least one `gateway run` is alive, its mailbox
         reader has not been failing for longer than `[imap] ready_grace_seconds`, and not every
@@ -385,7 +439,9 @@ def create_app(runtime: Runtime) -> FastAPI:
             body["problem"] = "; ".join(problems)
         return JSONResponse(body, 503 if problems else 200)
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, responses={200: {
+        "description": "Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}})  # fmt: skip
     def metrics() -> Response:
         with engine().connect() as conn:
             found = views.counts(conn, utcnow())
