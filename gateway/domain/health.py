@@ -31,12 +31,6 @@ class Health:
         self.ok, self.error = True, None
         return news
 
-    def failing_for(self, now: dt.datetime) -> float:
-        """Seconds it has been failing; 0 while it works or was not tried."""
-        if self.ok is not False or self.since is None:
-            return 0.0
-        return max(0.0, (now - self.since).total_seconds())
-
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
     """Seconds to wait before try `attempt` (1, 2, ...) after failures: doubling, capped."""

@@ -264,8 +264,8 @@ class Ingest:
                 replied.append(found.sent.id)
             if conversation is not None:
                 touched.add(conversation)
-            rows.append(_row(batch, one, found, contact, conversation, thread, keyword, now))
-            rows[-1]["imported"] = history
+            rows.append(_row(batch, one, found, contact, conversation, thread, keyword, now,
+                             imported=history))  # fmt: skip
             if mail.kind is not Kind.REPLY or keyword is not None:
                 after.append((mail, thread if found.sent else None, contact, keyword, one.key))
             stats.stored += 1
@@ -379,6 +379,7 @@ def _row(
     thread: SentThread | None,
     keyword: Keyword | None,
     now: dt.datetime,
+    imported: bool = False,
 ) -> dict[str, Any]:
     mail = one.mail
     row = {
@@ -407,6 +408,7 @@ def _row(
         "size": one.item.size,
         "raw": one.item.raw,
         "stored_at": now,
+        "imported": imported,
     }
     # PostgreSQL text cannot hold NUL, and a stranger's mail may: it goes, the raw bytes keep it.
     return {k: v.replace("\x00", "") if isinstance(v, str) else v for k, v in row.items()}

@@ -149,12 +149,9 @@ class ImapSource:
         try:
             await self._open()
             stored_validity, last = await self.where_was_i(self.mailbox)
-            if stored_validity is None and last == 0:
-                up_to = (self.uidnext or 1) - 1  # what a first look would leave
-            elif stored_validity != self.uidvalidity:
-                up_to = (self.uidnext or 1) - 1  # renumbered: the reader reads it all anyway
-            else:
-                up_to = last
+            # Never read (a first look leaves all there is), or renumbered (the reader reads
+            # it all again anyway): everything up to now; else what came before the reader.
+            up_to = last if stored_validity == self.uidvalidity else (self.uidnext or 1) - 1
             if up_to <= 0:
                 return
             criteria = [f"UID 1:{up_to}"] + ([f"SINCE {since:%d-%b-%Y}"] if since else [])
