@@ -12,7 +12,6 @@ import imaplib
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import trustme
 
 from gateway.services.carrier_sim import free_port
+from tests.servers import listening
 
 USER, PASSWORD = "dispatch@example.com", "mailbox-secret"
 
@@ -233,16 +233,11 @@ def _launch(root: Path, port: int) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-            raise RuntimeError(f"Dovecot exited at start: {output}{_log(root)}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
+    if listening((port,), 15, lambda: process.poll() is None):
+        return process
+    if process.poll() is not None:
+        output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+        raise RuntimeError(f"Dovecot exited at start: {output}{_log(root)}")
     process.kill()
     raise RuntimeError(f"Dovecot did not listen on {port}: {_log(root)}")
 

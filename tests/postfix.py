@@ -15,7 +15,6 @@ import contextlib
 import pwd
 import shutil
 import smtplib
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ import trustme
 
 from gateway.services.carrier_sim import free_port
 from tests.dovecot import Dovecot
+from tests.servers import listening
 
 GATEWAY_DOMAIN = "vtext.com"  # the stand-in for a carrier's gateway (Verizon's, in carriers.yaml)
 PHONE = "2065550143"  # a number the stand-in gateway serves: it has a mailbox
@@ -194,14 +194,8 @@ def start(
         smtp_port=smtp_port, submission_port=submission_port, submission_extra=extra))  # fmt: skip
     _postfix(root, "start")
     server = Postfix(root, smtp_port, submission_port, dovecot, ca_file)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            for port in (smtp_port, submission_port):
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return server
-        except OSError:
-            time.sleep(0.1)
+    if listening((smtp_port, submission_port), 20):
+        return server
     server.stop()
     raise RuntimeError(f"Postfix did not listen on {smtp_port}/{submission_port}: {server.log()}")
 

@@ -5,8 +5,10 @@ a refusal at the greeting, failed sign-in, implicit TLS and STARTTLS."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,3 +169,19 @@ def server_tls_context(cert: Any) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
     return context
+
+
+def listening(ports: tuple[int, ...], seconds: float, running: Any = None) -> bool:
+    """Whether every port on 127.0.0.1 takes connections within `seconds` (a server a fixture
+    just started); False at once when `running()` says its process is gone."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if running is not None and not running():
+            return False
+        try:
+            for port in ports:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False

@@ -277,10 +277,12 @@ async def check_imap(
     if not await _reach(imap, steps, "IMAP"):
         return steps.done
     client: Any = None
+    server: Any = None
     security = {"tls": "TLS", "starttls": "STARTTLS", "none": "no TLS"}[imap.security]
 
     async def secure() -> str:
-        nonlocal client
+        nonlocal client, server
+        # Without imap.username this refuses (ConfigError, naming the key): the step fails.
         server = imap_server(imap, "imap", timeout=min(imap.timeout_seconds, 15.0), token=token)
         try:
             client = await connect(server)
@@ -295,9 +297,6 @@ async def check_imap(
         return f"{security}; the server offers {offered}"
 
     async def login() -> str:
-        if not imap.username:
-            raise _Failed("imap.username is not set", "give the mailbox's user name")
-        server = imap_server(imap, "imap", timeout=min(imap.timeout_seconds, 15.0), token=token)
         try:
             await authenticate(client, server)
         except ImapError as exc:

@@ -425,10 +425,8 @@ class _Landing:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         try:
-            while not self.found and not typed:
+            while not self.found and not typed:  # no input left: only the browser answers
                 time.sleep(0.1)
-                if not reader.is_alive() and not typed and not self.found:
-                    time.sleep(0.1)  # no more input: only the browser can answer now
             return (self.found or typed)[0]
         finally:
             self.server.shutdown()

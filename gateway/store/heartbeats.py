@@ -27,13 +27,13 @@ def beat(
 ) -> None:
     """This process is alive; `mailbox` is how its reader fares (None: it reads no mailbox, or
     has not tried yet)."""
-    tried = mailbox is not None and mailbox.ok is not None
+    reader = mailbox if mailbox is not None else Health()  # not tried: all None
     values = {
         "seen_at": now,
         "mailbox_lag_seconds": mailbox_lag,
-        "mailbox_ok": mailbox.ok if tried and mailbox else None,
-        "mailbox_error": (mailbox.error or "")[:2000] or None if tried and mailbox else None,
-        "mailbox_since": mailbox.since if tried and mailbox else None,
+        "mailbox_ok": reader.ok,
+        "mailbox_error": (reader.error or "")[:2000] or None,
+        "mailbox_since": reader.since,
     }
     with engine.begin() as conn:
         done = conn.execute(

@@ -76,7 +76,7 @@ def check_csrf(request: Request, user: access.SignedIn, form_token: str | None) 
         raise Forbidden("the form is out of date or was not sent by this dashboard; reload it")
 
 
-def check_origin(request: Request, base_url: str | None = None) -> None:
+def check_origin(request: Request) -> None:
     """Forbidden when the request says it comes from a page of another site. A browser sends
     Origin with every POST it can; Referer stands in where it does not. Neither (a privacy
     setting, a script): the CSRF token alone decides."""
@@ -86,7 +86,7 @@ def check_origin(request: Request, base_url: str | None = None) -> None:
     came = urlsplit(said)
     origin = f"{came.scheme}://{came.netloc}".lower()
     ours = {f"{request.url.scheme}://{request.url.netloc}".lower()}
-    base = base_url or getattr(request.app.state, "base_url", None)
+    base = getattr(request.app.state, "base_url", None)
     if base:
         own = urlsplit(base)
         ours.add(f"{own.scheme}://{own.netloc}".lower())
