@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TEST_DEBS := postfix dovecot-imapd chromium
 BENCH_DEBS := postfix dovecot-imapd
 
-.PHONY: demo test lint bench fuzz lock clean
+.PHONY: demo test test-quick lint bench fuzz lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: $(VENV)/.installed-test
 test: $(VENV)/.installed-test lint
 	scripts/debian-packages $(TEST_DEBS)
 	$(BIN)/pytest
+
+# The rules and core paths, in-process servers only (no Debian packages): about half a minute,
+# for the edit-test loop. `make test` is what CI runs.
+test-quick: $(VENV)/.installed-test
+	$(BIN)/pytest -q -m "quick and not slow and not postgres"
 
 bench: $(VENV)/.installed-test
 	scripts/debian-packages $(BENCH_DEBS)

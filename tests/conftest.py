@@ -26,6 +26,27 @@ PG_ADMIN_URL = os.environ.get(
 )
 REPO = Path(__file__).resolve().parents[1]
 
+# `make test-quick`: the rules and the core paths against in-process servers (aiosmtpd, a SQLite
+# file), no Debian server, browser or PostgreSQL; about half a minute. `make test` runs all.
+QUICK = (
+    "tests/domain/",
+    "tests/faults/test_fuzz.py",
+    "tests/faults/test_clock_faults.py",
+    "tests/faults/test_hostile_requests.py",
+    "tests/test_smtp_transport.py",
+    "tests/test_sender.py",
+    "tests/test_outbox.py",
+    "tests/test_inbound.py",
+    "tests/test_providers.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        where = Path(item.fspath).relative_to(REPO).as_posix()
+        if where.startswith(QUICK):
+            item.add_marker(pytest.mark.quick)
+
 
 def _postgres_or_skip() -> None:
     try:

@@ -185,3 +185,12 @@ def listening(ports: tuple[int, ...], seconds: float, running: Any = None) -> bo
         except OSError:
             time.sleep(0.05)
     return False
+
+
+async def eventually(condition: Any, what: str, seconds: float = 60) -> None:
+    """Until `condition()` is true; a generous deadline (a shared machine may be slow), never a
+    measure of how long it took."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        await asyncio.sleep(0.02)

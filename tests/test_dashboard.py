@@ -508,11 +508,9 @@ def test_event_stream_replays_from_the_last_event_id_and_serve_still_stops(tmp_p
         with client.stream("GET", "/events") as stream:
             lines = stream.iter_lines()
             assert next(lines).startswith("retry:")
-            time.sleep(1.5)  # the stream is polling for news
-            started = time.monotonic()
             server.terminate()
-            assert server.wait(15) in (0, -15)  # uvicorn re-raises SIGTERM once it is done
-            assert time.monotonic() - started < 10
+            # The stream does not hold the server up (a hang is a TimeoutExpired here).
+            assert server.wait(30) in (0, -15)  # uvicorn re-raises SIGTERM once it is done
     finally:
         if server.poll() is None:
             server.kill()
@@ -521,10 +519,9 @@ def test_event_stream_replays_from_the_last_event_id_and_serve_still_stops(tmp_p
 
 @pytest.mark.postgres
 async def test_notify_wakes_the_event_streams_when_any_process_stores(postgres_url, smtp_server):
-    """On PostgreSQL a stored reply or attempt wakes every web process's streams at commit,
-    well before their own next look (3 s)."""
+    """On PostgreSQL a stored reply or attempt wakes every web process's streams at commit:
+    the waits here would otherwise last ten minutes."""
     import asyncio
-    import time
 
     from gateway.services.sender import Sender
     from gateway.web.live import Wakeup
@@ -545,12 +542,10 @@ async def test_notify_wakes_the_event_streams_when_any_process_stores(postgres_u
             lambda: sender.run(asyncio.Event(), until_idle=True),  # a delivery attempt
             lambda: asyncio.to_thread(reply_in, runtime, message, "on my way"),  # a reply
         ):
-            waiting = asyncio.create_task(wakeup.wait(10))
-            await asyncio.sleep(0.1)
-            started = time.monotonic()
+            waiting = asyncio.create_task(wakeup.wait(600))
+            await asyncio.sleep(0)  # the wait has begun
             await store()
-            await asyncio.wait_for(waiting, 5)
-            assert time.monotonic() - started < 2
+            await asyncio.wait_for(waiting, 60)
     finally:
         await wakeup.close()
         runtime.engine.dispose()

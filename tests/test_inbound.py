@@ -4,6 +4,7 @@ being answered, replies in the shapes carriers send, bounces, keywords, bad mail
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -159,9 +160,12 @@ async def test_unmatched_reply_starts_a_conversation_for_the_contact(
 
 
 async def test_reply_outside_the_window_is_not_matched(sqlite_url, smtp_server, maildir):
-    runtime = runtime_for(sqlite_url, smtp_server, maildir, reply_window_hours=0.0001)
-    await send(runtime)
-    await asyncio.sleep(0.5)
+    runtime = runtime_for(sqlite_url, smtp_server, maildir, reply_window_hours=1)
+    message = await send(runtime)
+    two_hours_ago = utcnow() - dt.timedelta(hours=2)
+    with runtime.engine.begin() as conn:  # the text went out two hours ago
+        conn.execute(messages.update().where(messages.c.id == message)
+                     .values(sent_at=two_hours_ago, created_at=two_hours_ago))  # fmt: skip
     deliver(maildir, reply("2068675309@vtext.com", "late"), "1")
     await receive(runtime, maildir)
     assert rows(runtime)[0].match_rule == "none"

@@ -17,7 +17,7 @@ from gateway.services.sender import Sender
 from gateway.store.db import utcnow
 from gateway.store.outbox import attempts, messages
 from tests.conftest import make_runtime, run_gateway
-from tests.servers import SmtpTestServer, password_checker
+from tests.servers import SmtpTestServer, eventually, password_checker
 
 
 def runtime_for(db_url, own_port, relay_port, *, own=None, relay=None) -> Runtime:
@@ -167,7 +167,7 @@ async def test_a_breaker_one_worker_opens_holds_in_a_worker_already_running(db_u
     """Breakers are shared through the database: a worker that started with the own route
     closed stops trying it within a refresh (1 s) of another worker opening its breaker."""
     from gateway.domain.delivery import AttemptOutcome, OutcomeKind
-    from gateway.domain.routing import Route
+    from gateway.domain.routing import BreakerState, Route
     from gateway.services.carrier_sim import free_port
 
     runtime = runtime_for(db_url, free_port(), relay_server.port)  # nothing listens on own
@@ -176,14 +176,18 @@ async def test_a_breaker_one_worker_opens_holds_in_a_worker_already_running(db_u
                      batch_size=20, idle_poll=0.05)  # fmt: skip
     task = asyncio.create_task(running.run(stop))
     try:
-        await asyncio.sleep(0.3)  # it has read the breakers: all closed
+        await eventually(lambda: running.routes.counted, "the sender read the routes' state")
+        assert running.routes.status(Route.OWN, utcnow()).breaker is BreakerState.CLOSED
         other = runtime.route_book()  # another process's sender
         other.load(runtime.engine, utcnow())
         refused = AttemptOutcome(OutcomeKind.NETWORK, "connection refused", phase="connect")
         for _ in range(3):
             other.observe(Route.OWN, refused, utcnow())
         other.save(runtime.engine, utcnow())
-        await asyncio.sleep(1.5)
+        await eventually(
+            lambda: running.routes.status(Route.OWN, utcnow()).breaker is BreakerState.OPEN,
+            "the running sender saw the breaker the other opened",
+        )
         ids = fill(runtime, 3)
         for _ in range(200):
             if all(rows(runtime)[i].state == "sent" for i in ids):

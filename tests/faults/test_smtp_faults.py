@@ -91,29 +91,28 @@ async def test_a_connection_dropped_at_every_phase(sqlite_url, smtp_server, drop
 
 
 async def test_a_server_that_never_answers_after_the_dot(sqlite_url, smtp_server):
-    runtime = make_runtime(sqlite_url, smtp_server.port, message_deadline_seconds=2)
+    runtime = make_runtime(sqlite_url, smtp_server.port, message_deadline_seconds=2,
+                           timeout_seconds=600)  # fmt: skip
     smtp_server.faults.hold_at = "data"  # takes the text, then says nothing (never released)
     try:
-        started = asyncio.get_running_loop().time()
-        row, _ = await send_one(runtime)
-        took = asyncio.get_running_loop().time() - started
+        # Each command may take ten minutes: only the message deadline ends it within the wait.
+        row, _ = await asyncio.wait_for(send_one(runtime), 120)
     finally:
         smtp_server.faults.release.set()
-    assert took < 10  # the message deadline ended it
     assert row.state == "deferred" and "deadline" in row.reason
     assert row.due_at > utcnow() + dt.timedelta(minutes=9)  # it may have arrived: wait long
 
 
 @contextlib.asynccontextmanager
 async def dripping_server():
-    """Answers the greeting one byte a second, as a tarpit does."""
+    """Answers the greeting one byte every ten seconds, as a tarpit does (five minutes in all)."""
 
     async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             for byte in b"220 slow.example ESMTP tarpit\r\n":
                 writer.write(bytes([byte]))
                 await writer.drain()
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(10.0)
         writer.close()
 
     server = await asyncio.start_server(drip, "127.0.0.1", 0)
@@ -128,10 +127,8 @@ async def dripping_server():
 async def test_a_server_that_drips_a_byte_a_second(sqlite_url):
     async with dripping_server() as port:
         runtime = make_runtime(sqlite_url, port, timeout_seconds=2, message_deadline_seconds=3)
-        started = asyncio.get_running_loop().time()
-        row, tried = await send_one(runtime)
-        took = asyncio.get_running_loop().time() - started
-    assert took < 15  # bounded by the timeouts, not by the server's patience
+        # Bounded by the timeouts, not by the server's patience (a TimeoutError here).
+        row, tried = await asyncio.wait_for(send_one(runtime), 120)
     assert row.state == "deferred" and len(tried) == 1
 
 
