@@ -26,6 +26,7 @@ from rich.table import Table
 
 from gateway.config import ConfigError, Settings, load_settings, masked
 from gateway.domain.carriers import GatewayAddress
+from gateway.domain.channels import CHANNEL_NAMES, Channel, channel_for
 from gateway.domain.gateways import choose_gateway
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.sms import measure
@@ -298,12 +299,24 @@ def address(
                 fail(f"unknown carrier {carrier!r}; `gateway carriers list` shows the ids")
         today = utcnow().date()
         target = choose_gateway(number, found, runtime.carriers, runtime.provider_plan, today)
+        choice = channel_for(runtime.channel_plan, number.region, target)
+        if choice.channel not in (None, Channel.EMAIL):
+            assert choice.channel is not None
+            if fmt is Format.json:
+                out.print_json(json.dumps({
+                    "phone": number.e164, "channel": choice.channel.value, "address": None,
+                    "carrier": found.id if found else None, "why": choice.why}))  # fmt: skip
+            else:
+                out.print(f"{number.e164} by {CHANNEL_NAMES[choice.channel]}", markup=False)
+                err.print(f"why: {choice.why}", markup=False)
+            return
         if isinstance(target, GatewayAddress):
             if fmt is Format.json:
                 out.print_json(
                     json.dumps(
                         {
                             "phone": number.e164,
+                            "channel": "email",
                             "address": target.address,
                             "carrier": found.id if found else None,
                             "kind": "provider" if target.provider else "carrier",
@@ -320,7 +333,7 @@ def address(
                 if target.warning:
                     err.print(f"warning: {target.warning}", markup=False)
             return
-        fail(f"{target.message} ({target.reason})")
+        fail(f"{choice.why} ({target.reason})")
 
 
 # --- templates --------------------------------------------------------------------------------
@@ -723,17 +736,21 @@ def routes(fmt: FormatOption = Format.table) -> None:
         now = utcnow()
         book = runtime.route_book()
         book.load(engine, now)
+        # Where a switched-off email route would send; an SMS channel not set has no place.
         servers = {Route.OWN: runtime.settings.smtp, Route.RELAY: runtime.settings.relay}
         rows = []
         for route in Route:
+            server = servers.get(route)
             status = book.status(route, now)
             lane = book.lanes[route]
+            if server is None and not lane.enabled:
+                continue  # an SMS channel not in [channels] order
             breaker = book.breakers.get(route)
             rows.append(
                 {
                     "name": route.value,
                     "enabled": status.enabled,
-                    "server": f"{servers[route].host}:{servers[route].port}",
+                    "server": lane.where or (f"{server.host}:{server.port}" if server else ""),
                     "breaker": status.breaker.value,
                     "failures": breaker.failures if breaker else 0,
                     "sent_today": status.sent_24h,
@@ -776,7 +793,8 @@ def outbox_list(
                 row["to"] = row["to"] + (
                     f" ({row['part']}/{row['parts']})" if row["parts"] > 1 else ""
                 )
-        columns = ["id", "to", "carrier", "state", "route", "attempts", "last_reply", "reason"]
+        columns = ["id", "to", "carrier", "channel", "state", "route", "attempts", "last_reply",
+                   "reason"]  # fmt: skip
         emit(rows, fmt, columns, "Outbox (newest first)")
 
 
@@ -1339,6 +1357,52 @@ def webhooks_log(
     columns = ["id", "event", "url", "attempts", "last_status", "last_error", "delivered_at",
                "gave_up"]  # fmt: skip
     emit(rows, fmt, columns, "Webhook deliveries (newest first)")
+
+
+channels_app = typer.Typer(
+    help="The channels texts leave by: email, the company's phone (SMS Gate), Twilio.",
+    no_args_is_help=True,
+)
+app.add_typer(channels_app, name="channels")
+
+
+@channels_app.command("list")
+def channels_list(fmt: FormatOption = Format.table) -> None:
+    """Each channel in [channels] order: where it sends, its state, sends in the last 24 h,
+    limits, the countries it reaches, its last error."""
+    from gateway.services.channels import channel_rows
+
+    with user_errors():
+        rows = channel_rows(state.runtime())
+    columns = ["position", "channel", "where", "state", "sent_today", "daily_limit", "countries",
+               "last_error"]  # fmt: skip
+    emit(rows, fmt, columns, "Channels (in the order texts try them; sent_today: rolling 24 h)")
+
+
+@channels_app.command("webhooks")
+def channels_webhooks(
+    register: Annotated[
+        bool, typer.Option("--register", help="register ours on the phone (one per event)")
+    ] = False,
+    remove: Annotated[bool, typer.Option("--remove", help="remove ours from the phone")] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """The webhooks on the company's phone (SMS Gate): received texts and delivery reports
+    reach gateway serve at [web] public_url + /hooks/smsgate."""
+    import asyncio
+
+    from gateway.services.channels import smsgate_webhooks
+    from gateway.transport.smsgate import SmsGateError
+
+    if register and remove:
+        raise typer.BadParameter("give --register or --remove, not both")
+    action = "register" if register else "remove" if remove else "list"
+    with user_errors():
+        try:
+            rows = asyncio.run(smsgate_webhooks(state.runtime(), action))
+        except SmsGateError as exc:
+            fail(f"the phone: {exc}")
+    emit(rows, fmt, ["id", "event", "url", "ours"], "Webhooks on the phone")
 
 
 @app.command("demo")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import tomllib
 from collections.abc import Callable
@@ -483,10 +484,152 @@ class WebhookSettings(_Section):
         return found
 
 
+class ChannelsSettings(_Section):
+    """Which channels carry texts, in preference: each text goes by the first that reaches its
+    number (email: while the carrier's gateway is open or a provider serves it)."""
+
+    order: list[Literal["email", "smsgate", "twilio"]] = ["email"]
+
+    @field_validator("order")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one channel (email, smsgate, twilio)")
+        if len(set(value)) != len(value):
+            raise ValueError("name each channel once")
+        return value
+
+
+def check_countries(value: list[str]) -> list[str]:
+    codes = [code.strip().upper() for code in value]
+    for code in codes:
+        if not re.fullmatch(r"[A-Z]{2}", code):
+            raise ValueError(f"{code!r} is not a two-letter country code (e.g. US)")
+    return codes
+
+
+def check_service_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().rstrip("/")
+    if not value.startswith(("https://", "http://")) or any(c in value for c in " \r\n"):
+        raise ValueError(f"{value!r} must be an http(s) URL")
+    return value
+
+
+class SmsChannelSettings(_Section):
+    """What every SMS channel has: the countries it is limited to, its limits, how long a
+    request may take, and a CA to trust for its certificate."""
+
+    countries: list[str] = []  # empty: every country
+    daily_limit: int | None = Field(None, ge=1)
+    per_minute: int | None = Field(None, ge=1)
+    timeout_seconds: float = Field(15.0, gt=0, le=120)
+    ca_file: Path | None = None
+
+    _countries = field_validator("countries")(check_countries)
+    _ca_file_holds_certificates = field_validator("ca_file")(check_ca_file)
+
+    def _one_source(self, key: str) -> None:
+        given = [k for k in (key, f"{key}_env", f"{key}_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of {', '.join(given)}, not several")
+
+
+class SmsGateSettings(SmsChannelSettings):
+    """The company's Android phone running SMS Gate (channel `smsgate`)."""
+
+    # The phone's local server (http://PHONE:8080), the cloud (https://api.sms-gate.app/3rdparty/v1)
+    # or a private server's /3rdparty/v1. Unset: the channel is not configured.
+    url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    # The app's webhook signing key: calls to /hooks/smsgate without its signature are refused.
+    signing_key: SecretStr | None = None
+    signing_key_env: str | None = None
+    signing_key_file: Path | None = None
+    device_id: str | None = Field(None, max_length=21)
+    sim: int | None = Field(None, ge=1, le=3)
+    # Where the phone cannot reach `gateway serve`: read its inbox and the states of texts in
+    # flight every so many seconds instead of waiting for its webhooks.
+    poll_seconds: float | None = Field(None, ge=5, le=3600)
+
+    _url = field_validator("url")(check_service_url)
+
+    @property
+    def configured(self) -> bool:
+        return self.url is not None
+
+    @model_validator(mode="after")
+    def _check_smsgate(self) -> SmsGateSettings:
+        self._one_source("password")
+        self._one_source("signing_key")
+        if self.url is not None and not self.username:
+            raise ValueError("smsgate.url is set: give the username the app shows")
+        return self
+
+    def resolve_password(self) -> str:
+        plain = self.password.get_secret_value() if self.password is not None else None
+        found = read_secret("smsgate.password", plain, self.password_env, self.password_file)
+        if not found:
+            raise ConfigError("smsgate.url is set: give smsgate.password_env (or password_file)")
+        return found
+
+    def resolve_signing_key(self) -> str | None:
+        plain = self.signing_key.get_secret_value() if self.signing_key is not None else None
+        return read_secret(
+            "smsgate.signing_key", plain, self.signing_key_env, self.signing_key_file
+        )
+
+
+class TwilioSettings(SmsChannelSettings):
+    """Twilio Programmable Messaging (channel `twilio`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    account_sid: str | None = None  # AC..., unset: the channel is not configured
+    auth_token: SecretStr | None = None
+    auth_token_env: str | None = None
+    auth_token_file: Path | None = None
+    from_number: str | None = Field(None, alias="from")  # the company's Twilio number, E.164
+    messaging_service_sid: str | None = None  # MG..., instead of `from`
+    # Twilio's API; changed only to point at a stand-in in tests.
+    api_url: str = "https://api.twilio.com"
+
+    _url = field_validator("api_url")(check_service_url)
+
+    @property
+    def configured(self) -> bool:
+        return self.account_sid is not None
+
+    @model_validator(mode="after")
+    def _check_twilio(self) -> TwilioSettings:
+        self._one_source("auth_token")
+        if self.account_sid is None:
+            return self
+        if not re.fullmatch(r"AC[0-9a-fA-F]{32}", self.account_sid):
+            raise ValueError("twilio.account_sid is AC followed by 32 hex digits (the Console)")
+        if (self.from_number is None) == (self.messaging_service_sid is None):
+            raise ValueError("give twilio.from (the number) or twilio.messaging_service_sid")
+        return self
+
+    def resolve_auth_token(self) -> str:
+        plain = self.auth_token.get_secret_value() if self.auth_token is not None else None
+        found = read_secret("twilio.auth_token", plain, self.auth_token_env, self.auth_token_file)
+        if not found:
+            raise ConfigError("twilio.account_sid is set: give twilio.auth_token_env (or _file)")
+        return found
+
+
 class WebSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8025, ge=1, le=65535)
     base_url: str | None = None
+    # How outside services (Twilio, the company's phone) reach `gateway serve`, e.g.
+    # https://gateway.example.com: their webhooks are this plus /hooks/... .
+    public_url: str | None = None
     # Addresses (or networks) of the reverse proxies in front of `gateway serve`: only their
     # X-Forwarded-For and X-Forwarded-Proto are believed (the sign-in lockout, logs, the Secure
     # cookie). None by default: a header anyone can send is believed from no one.
@@ -494,6 +637,8 @@ class WebSettings(_Section):
     # A request body larger than this is refused (413) before it is read; the batch endpoint
     # takes ten times as much (up to 1,000 texts).
     max_body_bytes: int = Field(1_000_000, ge=1_000, le=100_000_000)
+
+    _public_url = field_validator("public_url")(check_service_url)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -528,9 +673,28 @@ class Settings(BaseSettings):
     sender: SenderSettings = SenderSettings()
     web: WebSettings = WebSettings()
     oauth2: OAuth2Settings = OAuth2Settings()
+    channels: ChannelsSettings = ChannelsSettings()
+    smsgate: SmsGateSettings = SmsGateSettings()
+    twilio: TwilioSettings = TwilioSettings()
 
     # Where the settings came from, for `config check`; not a key.
     source_file: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _channels_configured(self) -> Settings:
+        for name in self.channels.order:
+            if name != "email" and not getattr(self, name).configured:
+                raise ValueError(
+                    f"channels.order names {name}, but [{name}] is not configured "
+                    f"(`gateway config check` shows the keys; the README's \"Texting without "
+                    f'carrier gateways" the setup)'
+                )
+        if self.twilio.configured and self.web.public_url is None:
+            raise ValueError(
+                "[twilio] needs web.public_url: the https address Twilio reaches gateway serve "
+                "at (its status and incoming-text webhooks are under /hooks/twilio/)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _oauth2_has_a_source(self) -> Settings:
@@ -638,7 +802,7 @@ def _describe(error: Any) -> str:
     value = error.get("input")
     if kind == "missing" or isinstance(value, dict):
         return f"{key}: {message}"
-    if "password" in key:
+    if "password" in key or "signing_key" in key or "token" in key:
         value = SECRET_MASK
     return f"{key} = {value!r}: {message}"
 
@@ -653,6 +817,10 @@ def masked(settings: Settings) -> dict[str, Any]:
         data["webhooks"]["secret"] = SECRET_MASK
     if data["oauth2"].get("client_secret") is not None:
         data["oauth2"]["client_secret"] = SECRET_MASK
+    for section, key in (("smsgate", "password"), ("smsgate", "signing_key"),
+                         ("twilio", "auth_token")):  # fmt: skip
+        if data[section].get(key) is not None:
+            data[section][key] = SECRET_MASK
     return data
 
 

@@ -159,5 +159,6 @@ def test_the_example_configuration_loads_and_names_every_key():
     for name, field in Settings.model_fields.items():
         if name == "source_file":
             continue
-        missing = set(field.annotation.model_fields) - named.get(name, set())
+        keys = {f.alias or key for key, f in field.annotation.model_fields.items()}
+        missing = keys - named.get(name, set())
         assert not missing, f"[{name}] does not mention {sorted(missing)}"

@@ -13,12 +13,22 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from gateway.domain.channels import Channel
 from gateway.domain.delivery import OutcomeKind, auth_hint
 
 
 class Route(StrEnum):
-    OWN = "own"
-    RELAY = "relay"
+    OWN = "own"  # email, through the company's own server
+    RELAY = "relay"  # email, through the hosted relay
+    SMSGATE = "smsgate"  # the company's Android phone
+    TWILIO = "twilio"
+
+
+EMAIL_ROUTES = (Route.OWN, Route.RELAY)
+
+
+def channel_of(route: Route) -> Channel:
+    return Channel.EMAIL if route in EMAIL_ROUTES else Channel(route.value)
 
 
 class BreakerState(StrEnum):
@@ -152,6 +162,9 @@ class History:
     own_temporary: int = 0  # 4xx answers the own server gave this message
     # A dispatcher asked for this route ("re-send by relay"): no other route may take it.
     pinned: Route | None = None
+    # Some attempt may have reached the person (an ambiguous end): the text never changes
+    # channel after that, since a second copy by another could not be told apart.
+    handed_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +256,29 @@ def history_after(history: History, route: Route, kind: OutcomeKind, phase: str)
     own_temporary = history.own_temporary + (
         1 if route is Route.OWN and kind is OutcomeKind.TEMPORARY else 0
     )
-    return History(route, kind, phase, own_temporary, history.pinned)
+    handed_over = history.handed_over or kind in (OutcomeKind.AMBIGUOUS, OutcomeKind.ACCEPTED)
+    return History(route, kind, phase, own_temporary, history.pinned, handed_over)
+
+
+def failed_last(route: Route, history: History) -> bool:
+    """Whether the text's last attempt was on `route` and found the route broken."""
+    kind = history.last_kind
+    return (
+        history.last_route is route
+        and kind is not None
+        and (is_route_failure(kind, history.last_phase))
+    )
+
+
+def choose_on_channel(status: RouteStatus, history: History) -> Choice:
+    """The route of an SMS channel for a text that channel carries, or why it must wait."""
+    route = status.route
+    blocked = status.unavailable_because()
+    if blocked is None:
+        if history.last_kind is OutcomeKind.AMBIGUOUS:
+            return Choice(route, f"{route.value} again: its last answer was lost (same id)")
+        return Choice(route, route.value)
+    return Choice(None, f"{route.value} {blocked}")
 
 
 def explain_route_error(reply: str | None) -> str | None:

@@ -75,9 +75,10 @@ def overview(conn: Connection, settings: Settings, now: dt.datetime) -> Overview
     policy = BreakerPolicy()
     routes = {}
     stored = breakers_in(conn)
-    for name in ("own", "relay"):
-        section = settings.smtp if name == "own" else settings.relay
-        if not section.enabled:
+    used = {"own": settings.smtp.enabled, "relay": settings.relay.enabled}
+    used |= {name: True for name in settings.channels.order if name != "email"}
+    for name, enabled in used.items():
+        if not enabled:
             continue
         breaker = stored.get(name)
         if breaker is None or breaker_state(breaker, policy, now) is BreakerState.CLOSED:

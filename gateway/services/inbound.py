@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,16 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from gateway.domain.bounces import Recipient
 from gateway.domain.health import backoff
-from gateway.domain.inbound import InboundMail, Keyword, Kind, MailError, keyword_of, parse_mail
+from gateway.domain.inbound import (
+    MAX_TEXT,
+    InboundMail,
+    Keyword,
+    Kind,
+    MailError,
+    keyword_of,
+    parse_mail,
+)
+from gateway.domain.phone import Phone
 from gateway.domain.providers import ReportStatus as ProviderReport
 from gateway.domain.threading import NO_MATCH, Match, Rule, ids_to_look_up, match
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
@@ -58,6 +68,17 @@ class InboundStats:
             f"inbound {self.stored} stored ({kinds}), {self.duplicates} already stored, "
             f"{self.quarantined} quarantined, {self.answers} keyword answers"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedText:
+    """A text an SMS channel received (the phone's webhook or inbox, Twilio's webhook)."""
+
+    key: str  # its identity on the channel, e.g. smsgate:ID: the same key is stored once
+    phone: Phone
+    text: str
+    at: dt.datetime | None
+    raw: bytes  # what the channel sent, kept as a mail's raw bytes are
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +135,41 @@ class Ingest:
                 inbox.save_position(conn, batch.mailbox, batch.uidvalidity, batch.last_uid, now)
             live.notify(conn)
         self.stats.merge(stats)
+
+    def store_texts(
+        self,
+        conn: Connection,
+        mailbox: str,
+        texts: Sequence[ReceivedText],
+        now: dt.datetime,
+        *,
+        answers: bool = True,
+    ) -> InboundStats:
+        """Store texts an SMS channel received, in `conn`'s transaction, exactly as replies
+        read from the mailbox are: threaded by number, STOP, START and HELP acted on. Without
+        `answers` a keyword is recorded and not answered (the channel answers it itself)."""
+        stats = InboundStats()
+        read = []
+        for text in texts:
+            mail = InboundMail(
+                kind=Kind.REPLY,
+                sender="",
+                subject="",
+                message_id=None,
+                phone=text.phone,
+                carrier=None,
+                text=text.text[:MAX_TEXT],
+                in_reply_to=None,
+                sent_at=text.at,
+            )
+            item = Fetched(uid=None, raw=text.raw, size=len(text.raw))
+            read.append(_Read(item, mail, text.key))
+        batch = Batch(mailbox=mailbox, uidvalidity=None, items=())
+        with conn.begin_nested():
+            self._store(conn, batch, read, now, stats, answers=answers)
+        live.notify(conn)
+        self.stats.merge(stats)
+        return stats
 
     def release(self, quarantined: int, now: dt.datetime) -> None:
         """Read a quarantined message again (after the fault that held it was mended): stored
@@ -192,6 +248,7 @@ class Ingest:
         now: dt.datetime,
         stats: InboundStats,
         history: bool = False,
+        answers: bool = True,
     ) -> None:
         keys_in, uids_in = inbox.already_in(
             conn,
@@ -277,7 +334,8 @@ class Ingest:
         for carrier_id, contacts in learned.items():
             inbox.learn_carrier(conn, sorted(set(contacts)), carrier_id, now)
         for mail, thread, contact, keyword, key in after:
-            self._effects(conn, mail, thread, contact, keyword, key, now, stats, history)
+            self._effects(conn, mail, thread, contact, keyword, key, now, stats, history,
+                          answers)  # fmt: skip
 
     def _effects(
         self,
@@ -290,9 +348,11 @@ class Ingest:
         now: dt.datetime,
         stats: InboundStats,
         history: bool = False,
+        answers: bool = True,
     ) -> None:
         """What reports and keywords change beyond their own row (they are few). History
-        changes the contact's opt-out but answers nothing: the moment has passed."""
+        changes the contact's opt-out but answers nothing: the moment has passed; nor does a
+        keyword the channel answered itself (`answers` false)."""
         if mail.kind is Kind.DELIVERY_REPORT and thread is not None:
             inbox.mark_delivered(conn, thread.sent.id, now)
         elif mail.kind is Kind.BOUNCE and thread is not None and mail.recipients:
@@ -312,7 +372,7 @@ class Ingest:
             # texts are held as `opted_out` instead of failing one by one.
             inbox.set_opted_out(conn, contact, True, now)
         if keyword is not None and contact is not None and mail.phone is not None:
-            if history:
+            if history or not answers:
                 if keyword in (Keyword.STOP, Keyword.START):
                     inbox.set_opted_out(conn, contact, keyword is Keyword.STOP, now)
                 return

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection
 
 from gateway.domain.carriers import Carrier, GatewayAddress, Unreachable
+from gateway.domain.channels import SMS_CHANNEL_MAX_LENGTH, Channel, ChannelChoice, channel_for
 from gateway.domain.delivery import State
 from gateway.domain.email_out import check_field, message_id_for
 from gateway.domain.gateways import choose_gateway
@@ -26,6 +27,7 @@ from gateway.domain.quiet import next_allowed, recipient_zones, zone
 from gateway.domain.routing import Route
 from gateway.domain.rules import throttled
 from gateway.domain.sms import LongText, fit, measure, normalise
+from gateway.domain.smsgate import our_id
 from gateway.domain.templates import TemplateError
 from gateway.services.runtime import Runtime
 from gateway.store.outbox import (
@@ -78,6 +80,7 @@ class Enqueued:
     reason: str | None
     warning: str | None
     existing: bool  # the idempotency key was seen before: these are the first request's rows
+    channel: str = "email"  # the channel that carries it (gateway_reason says why)
 
 
 def enqueue(
@@ -288,6 +291,7 @@ def _replay(rows: list[dict[str, Any]]) -> Enqueued:
         reason=first["gateway_reason"] if first["reason"] else None,
         warning=None,
         existing=True,
+        channel=first.get("channel") or "email",
     )
 
 
@@ -313,17 +317,32 @@ def _rows(
         runtime, conn, request, phone.e164, contact_id, order_id, now, pending.get(contact_id, [])
     )
     target = choose_gateway(phone, carrier, runtime.carriers, runtime.provider_plan, now.date())
+    choice = channel_for(runtime.channel_plan, phone.region, target)
     if opted_out and not request.answers_keyword:
         target = Unreachable("opted_out", f"{phone.e164} has opted out of texts")
+        choice = ChannelChoice(None, target.message)
+    mode = LongText(runtime.settings.policy.long_text)
+    channel = choice.channel or Channel.EMAIL
+    address = gateway = None
     if isinstance(target, GatewayAddress):
-        mode = LongText(runtime.settings.policy.long_text)
+        # Kept on a text an SMS channel carries too: email may take it if that channel is down
+        # before it was ever handed over.
+        address = target.address
+        gateway = target.gateway if channel is Channel.EMAIL else None
+    if choice.channel is Channel.EMAIL and isinstance(target, GatewayAddress):
         parts = fit(item.text, target.max_length, mode)
         state, reason = State.QUEUED, None
-        address, gateway, why = target.address, target.gateway, target.why
+    elif choice.channel is not None:
+        parts = fit(item.text, SMS_CHANNEL_MAX_LENGTH, mode)
+        state, reason = State.QUEUED, None
     else:
         parts = [item.text]
-        state, reason = State.SUPPRESSED, target.reason
-        address, gateway, why = None, None, target.message
+        state = State.SUPPRESSED
+        reason = target.reason if isinstance(target, Unreachable) else "no_channel"
+    why = choice.why
+    # Any text may end on an SMS channel when one is in the order (its own channel down): it
+    # carries the id that channel's events will name it by.
+    sms_channels = any(c is not Channel.EMAIL for c in runtime.channel_plan.order)
     if stale and state is State.QUEUED:
         # Held past its freshness deadline (quiet hours, the cap): it would arrive as old news.
         state, reason = State.CANCELLED, "stale"
@@ -361,16 +380,23 @@ def _rows(
                 fresh_until=request.fresh_until,
                 respect_quiet_hours=request.automated or request.respect_quiet_hours,
                 pinned_route=request.via.value if request.via else None,
+                channel=channel.value,
+                channel_ref=our_id(message_ids[-1]) if sms_channels else None,
             )
         )
     return Enqueued(
         ids=[],
         state=state,
-        to_address=address,
+        to_address=address if channel is Channel.EMAIL else None,
         message_ids=message_ids,
         reason=why if state is State.SUPPRESSED else None,
-        warning=target.warning if isinstance(target, GatewayAddress) else None,
+        warning=(
+            target.warning
+            if channel is Channel.EMAIL and isinstance(target, GatewayAddress)
+            else None
+        ),
         existing=False,
+        channel=channel.value,
     )
 
 

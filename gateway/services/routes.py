@@ -4,10 +4,13 @@ state (the RouteBook): breakers, rolling 24-hour counts, per-minute buckets."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import Engine
 
+from gateway.domain.channels import Channel, ChannelPlan, OutgoingText, next_channel
 from gateway.domain.delivery import AttemptOutcome, OutcomeKind
 from gateway.domain.email_out import Mailbox, OutboundEmail
 from gateway.domain.routing import (
@@ -24,7 +27,10 @@ from gateway.domain.routing import (
     breaker_after,
     breaker_state,
     bucket_take,
+    channel_of,
+    choose_on_channel,
     choose_route,
+    failed_last,
     plain_choice,
 )
 from gateway.store.routes import load_breakers, save_breakers, sent_last_24h
@@ -37,14 +43,28 @@ _CLOSED = Breaker()
 NO_ROUTE_WAIT = dt.timedelta(seconds=60)
 
 
+class TextClient(Protocol):
+    """An SMS channel's client (the phone, Twilio): sends one text, says where it is."""
+
+    connections: int  # texts it sends at once
+
+    @property
+    def where(self) -> str: ...
+
+    async def send(self, text: OutgoingText) -> AttemptOutcome: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass
 class Lane:
-    """One route: its connection pool and how it addresses mail."""
+    """One route: an email route's connection pool and how it addresses mail, or an SMS
+    channel's client."""
 
     route: Route
     pool: SmtpPool | None  # None: not configured or switched off
-    sender: Mailbox  # From
-    envelope_sender: str  # MAIL FROM, where bounces go
+    sender: Mailbox | None = None  # From (email routes)
+    envelope_sender: str = ""  # MAIL FROM, where bounces go
     reply_to: Mailbox | None = None
     copies: tuple[str, ...] = ()  # extra envelope recipients (the relay's archive Bcc)
     daily_limit: int | None = None
@@ -54,9 +74,23 @@ class Lane:
     plus_addressing: bool = False
     # False for a relay that refuses mail to carriers' gateways ([relay] delivers_to_gateways).
     carrier_gateways: bool = True
+    client: TextClient | None = None  # an SMS channel's route: None when not configured
+
+    @property
+    def enabled(self) -> bool:
+        return self.pool is not None or self.client is not None
+
+    @property
+    def where(self) -> str:
+        if self.client is not None:
+            return self.client.where
+        if self.pool is not None:
+            return f"{self.pool.server.host}:{self.pool.server.port}"
+        return ""
 
     def email(self, to: str, message_id: str, body: str, now: dt.datetime) -> OutboundEmail:
         sender, reply_to = self.sender, self.reply_to
+        assert sender is not None  # email routes have a From
         if self.plus_addressing:
             token = message_id.strip("<>").partition("@")[0]
             if reply_to is not None:
@@ -98,6 +132,8 @@ class RouteBook:
     dirty: bool = False
     # Email-to-SMS providers' domains: a text to any other gateway domain is to a carrier's.
     provider_domains: frozenset[str] = frozenset()
+    # The channels in preference, for a text whose channel cannot take it (never handed over).
+    plan: ChannelPlan = field(default_factory=ChannelPlan)
 
     def status(self, route: Route, now: dt.datetime) -> RouteStatus:
         lane = self.lanes[route]
@@ -107,7 +143,7 @@ class RouteBook:
             _, rate_ok = bucket_take(self.buckets.get(route), lane.per_minute, now)
         return RouteStatus(
             route=route,
-            enabled=lane.pool is not None,
+            enabled=lane.enabled,
             breaker=breaker_state(breaker, self.breaker_policy, now),
             sent_24h=self.sent_24h(route),
             daily_limit=lane.daily_limit,
@@ -124,7 +160,48 @@ class RouteBook:
             + self.counted.get(route, 0)
         )
 
-    def choose(self, history: History, now: dt.datetime, to_address: str = "") -> Choice:
+    def choose(
+        self,
+        history: History,
+        now: dt.datetime,
+        to_address: str = "",
+        channel: Channel = Channel.EMAIL,
+        region: Callable[[], str | None] | None = None,
+    ) -> Choice:
+        """The route for a text's next attempt on its channel. When that channel cannot take
+        it and it was never handed over, the next channel in the order that reaches its number
+        (`region` tells the number's country, asked only then) takes it."""
+        if history.pinned is not None:
+            channel = channel_of(history.pinned)
+        first = self._choose_on(channel, history, now, to_address)
+        if history.handed_over or history.pinned is not None:
+            return first
+        if first.route is not None and not failed_last(first.route, history):
+            return first
+        down = [channel]
+        where = region() if region is not None else None
+        while True:
+            other = next_channel(self.plan, channel, where, bool(to_address), down)
+            if other is None:
+                return first  # its own channel again, when it can take it at all
+            # A fresh history: the other channel's routes have not failed this text.
+            found = self._choose_on(other, History(), now, to_address)
+            if found.route is not None:
+                because = (
+                    first.reason
+                    if first.route is None
+                    else (f"{first.route.value} failed its last attempt")
+                )
+                return Choice(found.route, f"{found.reason}, because {because}")
+            down.append(other)
+
+    def _choose_on(
+        self, channel: Channel, history: History, now: dt.datetime, to_address: str
+    ) -> Choice:
+        if channel is not Channel.EMAIL:
+            return choose_on_channel(self.status(Route(channel.value), now), history)
+        if not to_address:
+            return Choice(None, "email cannot reach the number (no open gateway or provider)")
         own = self.status(Route.OWN, now)
         # Most texts are first attempts with the own server working: no need to weigh the relay.
         plain = plain_choice(own, history)

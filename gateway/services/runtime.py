@@ -25,6 +25,7 @@ from gateway.config import (
 )
 from gateway.domain.carriers import CarrierBook, CarrierFileError
 from gateway.domain.carriers_file import load_carriers
+from gateway.domain.channels import Channel, ChannelPlan
 from gateway.domain.delivery import RetryPolicy
 from gateway.domain.email_out import Mailbox
 from gateway.domain.gateways import ProviderPlan
@@ -37,9 +38,11 @@ from gateway.services.routes import Lane, RouteBook
 from gateway.store import overrides
 from gateway.store.db import make_engine, require_current
 from gateway.store.inbox import read_position
+from gateway.transport.http import Service
 from gateway.transport.imap import ImapServer, SentFolder
 from gateway.transport.imap_source import ImapSource
 from gateway.transport.mailsource import MaildirSource, MailSource
+from gateway.transport.smsgate import SmsGateClient
 from gateway.transport.smtp import SmtpPool, SmtpServer
 
 TokenSource = Callable[[], Awaitable[str]]
@@ -86,6 +89,19 @@ class Runtime:
         return ProviderPlan(
             gateways.provider, dict(gateways.providers_by_country), gateways.leave_ending_days
         )
+
+    @property
+    def channel_plan(self) -> ChannelPlan:
+        """`[channels] order`, and the countries each configured SMS channel is limited to."""
+        settings = self.settings
+        countries = {
+            channel: frozenset(section.countries)
+            for channel, section in (
+                (Channel.SMSGATE, settings.smsgate), (Channel.TWILIO, settings.twilio)
+            )
+            if section.configured
+        }  # fmt: skip
+        return ChannelPlan(tuple(Channel(name) for name in settings.channels.order), countries)
 
     @cached_property
     def templates_path(self) -> Path:
@@ -198,8 +214,34 @@ class Runtime:
                 carrier_gateways=relay.takes_gateway_mail,
             ),
         }
+        gate = self.settings.smsgate
+        lanes[Route.SMSGATE] = Lane(
+            route=Route.SMSGATE,
+            pool=None,
+            client=self.smsgate_client() if self._sms_channel_used("smsgate") else None,
+            daily_limit=gate.daily_limit,
+            per_minute=gate.per_minute,
+        )
+        lanes[Route.TWILIO] = Lane(route=Route.TWILIO, pool=None)
         providers = frozenset(provider.domain for provider in self.carriers.providers)
-        return RouteBook(lanes, provider_domains=providers)
+        return RouteBook(lanes, provider_domains=providers, plan=self.channel_plan)
+
+    def _sms_channel_used(self, name: str) -> bool:
+        """Whether `[channels] order` names the SMS channel `name` (then it is configured)."""
+        return name in self.settings.channels.order
+
+    def smsgate_client(self) -> SmsGateClient:
+        """The company's phone, as [smsgate] describes it (ConfigError when its password
+        cannot be read)."""
+        gate = self.settings.smsgate
+        assert gate.url is not None and gate.username is not None
+        return SmsGateClient(
+            Service(gate.url, gate.timeout_seconds, gate.ca_file),
+            gate.username,
+            gate.resolve_password(),
+            device_id=gate.device_id,
+            sim=gate.sim,
+        )
 
     def sent_folder(self) -> SentFolder | None:
         """Where copies of sent texts go, when imap.save_to_sent asks for them."""

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from gateway.domain.channels import Channel, OutgoingText
 from gateway.domain.delivery import (
     AttemptOutcome,
     Decision,
@@ -33,6 +34,7 @@ from gateway.domain.delivery import (
     postpone,
 )
 from gateway.domain.email_out import build_email
+from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.quiet import QuietHours, next_allowed, recipient_zones
 from gateway.domain.routing import (
     COUNTS_AGAINST_LIMIT,
@@ -42,6 +44,7 @@ from gateway.domain.routing import (
     history_after,
     is_route_failure,
 )
+from gateway.domain.smsgate import our_id
 from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import utcnow
 from gateway.store.outbox import (
@@ -137,11 +140,15 @@ class Sender:
         self._counted_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         pools = [lane.pool for lane in routes.lanes.values() if lane.pool is not None]
         self._pools = pools
+        self._clients = [lane.client for lane in routes.lanes.values() if lane.client is not None]
         # Daily-limit grants held by this worker, by route.
         self._allowance: dict[Route, _Grant] = {}
         self._allowance_lock = asyncio.Lock()
         self._database_failures = 0  # in a row: how long to wait before the next try
-        self._connections = sum(pool.server.connections for pool in pools) or 1
+        self._connections = (
+            sum(pool.server.connections for pool in pools)
+            + sum(client.connections for client in self._clients)
+        ) or 1
 
     async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> SenderStats:
         """Send until `stop` is set (then finish what is in flight and give back the rest), or
@@ -176,6 +183,8 @@ class Sender:
                 )
             for pool in self._pools:
                 await pool.close()
+            for client in self._clients:
+                await client.close()
             if copier is not None and self.sent_folder is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._copies.join(), COPY_DRAIN_SECONDS)
@@ -291,7 +300,7 @@ class Sender:
             moving = False
             if decision.state is State.DEFERRED and is_route_failure(outcome.kind, outcome.phase):
                 history = history_after(history, choice.route, outcome.kind, outcome.phase)
-                again = self.routes.choose(history, finished, row.to_address).route
+                again = self._route_for(history, row, finished).route
                 moving = tries_left > 0 and again not in (None, choice.route)
             self._results.append(
                 AttemptRecord(
@@ -322,7 +331,7 @@ class Sender:
         every process's sends count, so together they never pass the limit. Grants come in
         blocks (one database trip per block), smaller as the limit nears."""
         for _ in range(len(self.routes.lanes) + 1):
-            choice = self.routes.choose(history, now, row.to_address)
+            choice = self._route_for(history, row, now)
             if choice.route is None:
                 return choice, None
             limit = self.routes.lanes[choice.route].daily_limit
@@ -353,6 +362,15 @@ class Sender:
             self.routes.at_limit(choice.route)
         return Choice(None, "every route is at its daily limit"), None
 
+    def _route_for(self, history: History, row: Claimed, now: dt.datetime) -> Choice:
+        def region() -> str | None:
+            try:
+                return parse_phone(row.to_phone, "US").region
+            except PhoneError:
+                return None
+
+        return self.routes.choose(history, now, row.to_address, Channel(row.channel), region)
+
     async def _give_back(self) -> None:
         """Reserved sends not made are handed back, for other workers to use."""
         ids = [held.reservation for held in self._allowance.values()]
@@ -365,6 +383,16 @@ class Sender:
                 log.warning("handing back reserved sends failed (%s); they expire", exc.orig)
 
     async def _attempt(self, lane: Lane, row: Claimed, now: dt.datetime) -> AttemptOutcome:
+        if lane.client is not None:
+            stale_at = row.first_due_at + self.policy.lifetime
+            text = OutgoingText(
+                ref=our_id(row.message_id),
+                phone=row.to_phone,
+                body=row.body,
+                ttl_seconds=max(0, int((stale_at - now).total_seconds())),
+            )
+            self.routes.reserve(lane.route, now)
+            return await lane.client.send(text)
         try:
             data = build_email(lane.email(row.to_address, row.message_id, row.body, now))
         except ValueError as exc:

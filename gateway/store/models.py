@@ -99,6 +99,7 @@ class Message(SQLModel, table=True):
         Index("ix_messages_order", "order_id", "state"),  # an event supersedes waiting texts
         Index("ix_messages_contact_due", "contact_id", "due_at"),  # per-contact throttle
         Index("ix_messages_conversation", "conversation_id", "id"),  # a thread, its last text
+        Index("ix_messages_channel_ref", "channel_ref"),  # a phone's or Twilio's event names it
         # Texts that went stale while waiting are found without reading the whole backlog.
         Index(
             "ix_messages_fresh",
@@ -131,6 +132,12 @@ class Message(SQLModel, table=True):
     to_address: str | None = Field(default=None, max_length=320)
     gateway: str | None = Field(default=None, max_length=255)  # the domain mailed
     gateway_reason: str | None = Field(default=None, max_length=500)  # why that gateway
+    # The channel that carries it (email, smsgate, twilio; gateway_reason says why), and the id
+    # it has there: the one an SMS channel's events name it by.
+    channel: str = Field(
+        default="email", max_length=20, sa_column_kwargs={"server_default": "email"}
+    )
+    channel_ref: str | None = Field(default=None, max_length=64)
     body: str = Field(sa_type=Text)
     template: str | None = Field(default=None, max_length=100)
     encoding: str = Field(max_length=10)
@@ -215,6 +222,25 @@ class QuotaReservation(SQLModel, table=True):
     worker: str = Field(max_length=100)
     remaining: int
     expires_at: dt.datetime
+
+
+class ChannelEvent(SQLModel, table=True):
+    """An event an SMS channel reported (a text received, sent, delivered or failed), kept once
+    by its id: the phone and Twilio call again when an answer is lost."""
+
+    __tablename__ = "channel_events"
+    __table_args__ = (
+        UniqueConstraint("channel", "event_id", name="uq_channel_events_event"),
+        Index("ix_channel_events_message", "message_id", "kind"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=20)
+    event_id: str = Field(max_length=100)
+    kind: str = Field(max_length=40)
+    message_id: int | None = Field(default=None, foreign_key="messages.id")
+    detail: str | None = Field(default=None, sa_type=Text)
+    received_at: dt.datetime
 
 
 class InboundMessage(SQLModel, table=True):

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.delivery import AttemptOutcome, Decision, State
-from gateway.domain.routing import History, Route, history_of
+from gateway.domain.routing import History, Route, channel_of, history_of
 from gateway.store import live
 from gateway.store.models import (
     DUE_CONDITION,
@@ -61,6 +61,8 @@ class NewMessage:
     fresh_until: dt.datetime | None = None
     respect_quiet_hours: bool = False
     pinned_route: str | None = None
+    channel: str = "email"
+    channel_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class Claimed:
     # the server took the text and before the outcome was written. Sending it again may
     # deliver it twice (with the same Message-ID); that possibility is counted and recorded.
     recovered: bool = False
+    channel: str = "email"
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +289,7 @@ def find_by_key(conn: Connection, keys: Sequence[str]) -> list[dict[str, Any]]:
             messages.c.reason,
             messages.c.gateway_reason,
             messages.c.idempotency_key,
+            messages.c.channel,
         )
         .where(messages.c.idempotency_key.in_(list(keys)))
         .order_by(messages.c.part, messages.c.id)
@@ -315,7 +319,7 @@ def insert_messages(conn: Connection, rows: Iterable[NewMessage], now: dt.dateti
             row.encoding, row.segments, row.part, row.parts, row.message_id,
             row.idempotency_key, row.state.value, row.reason, 0, at(row.due_at), at(row.due_at),
             created, created, row.automated, row.rule, row.event_id, at(row.fresh_until),
-            row.respect_quiet_hours, row.pinned_route,
+            row.respect_quiet_hours, row.pinned_route, row.channel, row.channel_ref,
         )
         for row in rows
     ]  # fmt: skip
@@ -333,7 +337,7 @@ _MESSAGE_COLUMNS = (
     "gateway_reason", "body", "template", "encoding", "segments", "part", "parts", "message_id",
     "idempotency_key", "state", "reason", "attempts", "due_at", "first_due_at", "created_at",
     "updated_at", "automated", "rule", "event_id", "fresh_until", "respect_quiet_hours",
-    "pinned_route",
+    "pinned_route", "channel", "channel_ref",
 )  # fmt: skip
 _MESSAGE_COLUMNS_SQL = ", ".join(_MESSAGE_COLUMNS)
 _MESSAGE_ID_COLUMN = _MESSAGE_COLUMNS.index("message_id")
@@ -396,6 +400,10 @@ _LEASED = text(LEASED_CONDITION)
 _DUE_FRESH = text(FRESH_CONDITION)
 
 
+# A text email carries needs its address; one an SMS channel carries, its number only.
+_SENDABLE = or_(messages.c.to_address.is_not(None), messages.c.channel != "email")
+
+
 def _due_rows(now: dt.datetime) -> Any:
     return and_(_DUE, messages.c.due_at <= now)
 
@@ -430,7 +438,7 @@ def claim_due(
                 break
             chosen = (
                 select(messages.c.id)
-                .where(condition, messages.c.to_address.is_not(None))
+                .where(condition, _SENDABLE)
                 .order_by(order, messages.c.id)
                 .limit(room)
                 .with_for_update(skip_locked=True)
@@ -456,6 +464,7 @@ def claim_due(
                     messages.c.to_phone,
                     messages.c.order_id,
                     messages.c.pinned_route,
+                    messages.c.channel,
                 )
             ).all()
             if order is messages.c.lease_until:
@@ -483,7 +492,7 @@ def claim_due(
     return [
         Claimed(
             r.id,
-            r.to_address,
+            r.to_address or "",
             r.body,
             r.message_id,
             r.attempts,
@@ -494,6 +503,7 @@ def claim_due(
             to_phone=r.to_phone,
             order_zone=zones.get(r.order_id) if r.order_id else None,
             recovered=r.id in recovered,
+            channel=r.channel,
         )
         for r in claimed
     ]
@@ -522,8 +532,9 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
             reply = r.outcome.reply[:2000]
             finished = time_param(r.finished_at)
             due = r.decision.due_at
+            channel = channel_of(Route(r.route)).value
             if not r.final:
-                progress.append((r.route, reply, r.number, finished, r.message, r.worker))
+                progress.append((r.route, channel, reply, r.number, finished, r.message, r.worker))
             else:
                 updates.append(
                     (
@@ -531,6 +542,7 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
                         r.decision.reason,
                         None if due is None else time_param(due),
                         r.route,
+                        channel,
                         reply,
                         r.number,
                         finished,
@@ -570,13 +582,17 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
 
 
 _USE_QUOTA = "UPDATE quota_reservations SET remaining = remaining - ? WHERE id = ?"
+# A text still `sending` takes the attempt's state; one an SMS channel already reported on
+# (delivered or failed, its webhook faster than this write) keeps what the channel said.
 _RECORD_UPDATE = (
-    "UPDATE messages SET state = ?, reason = ?, due_at = COALESCE(?, due_at), route = ?, "
-    "last_reply = ?, attempts = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?, "
-    "sent_at = COALESCE(?, sent_at) WHERE id = ? AND lease_owner = ?"
+    "UPDATE messages SET state = CASE WHEN state = 'sending' THEN ? ELSE state END, "
+    "reason = CASE WHEN state = 'sending' THEN ? ELSE reason END, "
+    "due_at = COALESCE(?, due_at), route = ?, channel = ?, last_reply = ?, attempts = ?, "
+    "lease_owner = NULL, lease_until = NULL, updated_at = ?, sent_at = COALESCE(?, sent_at) "
+    "WHERE id = ? AND lease_owner = ?"
 )
 _RECORD_PROGRESS = (
-    "UPDATE messages SET route = ?, last_reply = ?, attempts = ?, updated_at = ? "
+    "UPDATE messages SET route = ?, channel = ?, last_reply = ?, attempts = ?, updated_at = ? "
     "WHERE id = ? AND lease_owner = ?"
 )
 _RECORD_INSERT = (
@@ -683,9 +699,7 @@ def count_due(engine: Engine, now: dt.datetime) -> int:
             conn.execute(
                 select(func.count())
                 .select_from(messages)
-                .where(
-                    or_(_due_rows(now), _expired_leases(now)), messages.c.to_address.is_not(None)
-                )
+                .where(or_(_due_rows(now), _expired_leases(now)), _SENDABLE)
             ).scalar_one()
         )
 
@@ -705,6 +719,7 @@ def list_messages(
             messages.c.carrier,
             messages.c.gateway,
             messages.c.gateway_reason,
+            messages.c.channel,
             messages.c.state,
             messages.c.route,
             messages.c.attempts,

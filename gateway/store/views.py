@@ -19,6 +19,7 @@ MESSAGE_FIELDS = (
     messages.c.to_address,
     messages.c.carrier,
     messages.c.gateway,
+    messages.c.channel,
     messages.c.state,
     messages.c.reason,
     messages.c.route,

@@ -129,6 +129,7 @@ def _enqueued(result: Enqueued) -> dict[str, Any]:
         "state": result.state.value,
         "message_id": result.message_ids[0],
         "to_address": result.to_address,
+        "channel": result.channel,
         "parts": result.ids,
         "reason": result.reason if result.state is State.SUPPRESSED else None,
         "warning": result.warning,

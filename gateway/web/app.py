@@ -19,6 +19,7 @@ from gateway.web.dashboard import (
     handle_not_signed_in,
     make_templates,
 )
+from gateway.web.hooks import hooks
 
 # Settings an admin saved in another process are taken up at most this long after.
 REFRESH_SECONDS = 2.0
@@ -28,6 +29,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = create_api(runtime)
     app.state.base_url = runtime.settings.web.base_url  # another origin forms may come from
     app.include_router(dashboard(runtime, runtime.migrated_engine))
+    app.include_router(hooks(runtime, runtime.migrated_engine))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_exception_handler(security.NotSignedIn, handle_not_signed_in)
     app.add_exception_handler(security.Forbidden, forbidden_handler(make_templates()))

@@ -1,8 +1,8 @@
 """What may reach a handler, decided before the body is read: a request body larger than
 `[web] max_body_bytes` is refused with 413 as soon as it is known to be (from Content-Length,
 or while a chunked body streams in, never read past the limit), and an API call without valid
-credentials is refused with 401 before its body is parsed (a stranger learns nothing from 422s,
-and cannot make the server parse megabytes).
+credentials (or a webhook call without its signature) is refused with 401 before its body is
+parsed (a stranger learns nothing from 422s, and cannot make the server parse megabytes).
 
 A plain ASGI middleware: Starlette's request helpers read the whole body before a handler could
 object."""
@@ -25,6 +25,9 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 API = "/api/v1"
 # The batch endpoint takes up to 1,000 texts in one body: it may be this many times larger.
 BATCH_FACTOR = 10
+# The SMS channels' webhooks and the header their signature comes in: a call without it is
+# refused before its body is read.
+HOOK_SIGNATURES = {"/hooks/smsgate": "x-signature"}
 
 
 class RequestGuard:
@@ -43,6 +46,10 @@ class RequestGuard:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             await _refuse(send, 413, "too_large", _too_large(limit))
+            return
+        signed_by = HOOK_SIGNATURES.get(path)
+        if signed_by is not None and not headers.get(signed_by, "").strip():
+            await _refuse(send, 401, "unauthorized", f"the call is not signed ({signed_by})")
             return
         if path.startswith(f"{API}/"):
             authorization = headers.get("authorization", "")

@@ -1,0 +1,349 @@
+"""The company's Android phone as a channel (SMS Gate): texts posted to the simulated phone (every
+request checked against the published specification), its signed webhooks answered by a real
+`gateway serve`, replies threaded as mail replies are, and a channel that is down passing its
+texts to the next one in the order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.config import load_settings
+from gateway.services.carrier_sim import free_port
+from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.runtime import Runtime
+from gateway.services.sender import Sender
+from gateway.store.channel_events import channel_events
+from gateway.store.db import utcnow
+from gateway.store.inbox import inbound
+from gateway.store.outbox import contacts, messages
+from tests.conftest import gateway_folder
+from tests.smsgate_sim import SmsGatePhone
+
+PHONE = "+12025550143"  # an AT&T customer: its gateway closed on 2025-06-17
+VERIZON = "+12025550188"
+
+
+@pytest.fixture
+def phone():
+    running = SmsGatePhone().start()
+    yield running
+    running.stop()
+
+
+def folder_for(tmp_path: Path, phone: SmsGatePhone, smtp_port: int, order: str,
+               url: str | None = None, public_url: str | None = None) -> Path:  # fmt: skip
+    port = free_port()
+    extra = (
+        'from_address = "Dispatch <dispatch@example.com>"\n'
+        f"[channels]\norder = {order}\n"
+        f'[smsgate]\nurl = "{url or phone.url}"\nusername = "{phone.username}"\n'
+        f'password = "{phone.password}"\nsigning_key = "{phone.signing_key}"\n'
+        f'[web]\nport = {port}\npublic_url = "{public_url or f"http://127.0.0.1:{port}"}"\n'
+        "[sender]\nidle_poll_seconds = 0.05\n"
+    )
+    return gateway_folder(tmp_path, smtp_port, extra)
+
+
+def runtime_of(folder: Path) -> Runtime:
+    return Runtime(load_settings(folder / "gateway.toml"))
+
+
+async def send_all(runtime: Runtime) -> None:
+    sender = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy, idle_poll=0.05)
+    await sender.run(asyncio.Event(), until_idle=True)
+
+
+def row(runtime: Runtime, message: int):
+    with runtime.engine.connect() as conn:
+        return conn.execute(select(messages).where(messages.c.id == message)).one()
+
+
+def count(runtime: Runtime, table) -> int:
+    with runtime.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+class Serve:
+    """A real `gateway serve` in the folder: the phone's webhooks reach it over HTTP."""
+
+    def __init__(self, folder: Path) -> None:
+        self.url = f"http://127.0.0.1:{load_settings(folder / 'gateway.toml').web.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=folder,
+                                        stdin=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=5).close()
+                return
+            except OSError:
+                assert self.process.poll() is None, "gateway serve stopped"
+                assert time.monotonic() < deadline, "gateway serve did not answer"
+                time.sleep(0.1)
+
+    @property
+    def hook(self) -> str:
+        return self.url + "/hooks/smsgate"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+@pytest.fixture
+def served(tmp_path, phone, smtp_server):
+    folder = folder_for(tmp_path, phone, smtp_server.port, '["email", "smsgate"]')
+    serve = Serve(folder)
+    yield runtime_of(folder), serve
+    serve.stop()
+
+
+async def test_a_text_goes_by_the_phone_and_each_part_delivered_marks_it(served, phone):
+    runtime, serve = served
+    text = "Your parcel is on its way. " * 8  # two SMS parts, one text for the phone
+    result = enqueue(runtime, SendRequest(PHONE, "att", text=text), utcnow())
+    assert result.channel == "smsgate" and result.to_address is None
+    await send_all(runtime)
+    [message] = result.ids
+    sent = row(runtime, message)
+    assert (sent.state, sent.channel, sent.route) == ("sent", "smsgate", "smsgate")
+    assert "AT&T" in sent.gateway_reason and "SMS Gate" in sent.gateway_reason
+    [posted] = phone.posts
+    assert posted["id"] == sent.channel_ref and posted["phoneNumbers"] == [PHONE]
+    assert posted["textMessage"]["text"] == text.strip() and posted["withDeliveryReport"] is True
+    assert 0 < posted["ttl"] <= 6 * 3600  # the text's lifetime
+    assert sent.segments == 2
+    # The phone reports each part; the text is delivered once both are.
+    assert phone.call(serve.hook, phone.delivered(sent.channel_ref))[0] == 200
+    assert row(runtime, message).state == "sent"
+    assert phone.call(serve.hook, phone.delivered(sent.channel_ref))[0] == 200
+    assert row(runtime, message).state == "delivered"
+
+
+async def test_a_failure_the_phone_reports_fails_the_text_with_its_reason(served, phone):
+    runtime, serve = served
+    [message] = enqueue(runtime, SendRequest(PHONE, "att", text="Driver is here"), utcnow()).ids
+    await send_all(runtime)
+    ref = row(runtime, message).channel_ref
+    assert phone.call(serve.hook, phone.failed(ref, "RESULT_ERROR_GENERIC_FAILURE"))[0] == 200
+    failed = row(runtime, message)
+    assert failed.state == "failed" and "RESULT_ERROR_GENERIC_FAILURE" in failed.reason
+
+
+async def test_a_lost_answer_is_posted_again_and_sent_once(served, phone):
+    runtime, _ = served
+    phone.faults.lose_answers = 1  # the phone takes the text; its 202 never arrives
+    [message] = enqueue(runtime, SendRequest(PHONE, "att", text="Gate code 4412"), utcnow()).ids
+    await send_all(runtime)
+    assert row(runtime, message).state == "sent"
+    assert len(phone.posts) == 2 and len(phone.messages) == 1  # posted twice, 409, queued once
+    assert "409" in row(runtime, message).last_reply
+
+
+@pytest.mark.parametrize(("status", "state"), [(409, "sent"), (503, "deferred"), (400, "failed")])
+async def test_the_phones_answers(served, phone, status, state):
+    runtime, _ = served
+    phone.faults.answer_status = [status]
+    [message] = enqueue(runtime, SendRequest(PHONE, "att", text="Running late"), utcnow()).ids
+    await send_all(runtime)
+    done = row(runtime, message)
+    assert done.state == state, done.reason
+    assert str(status) in done.last_reply
+
+
+async def test_a_reply_is_threaded_and_stop_is_kept_and_answered_by_the_phone(served, phone):
+    runtime, serve = served
+    [message] = enqueue(runtime, SendRequest(PHONE, "att", text="Out for delivery"), utcnow()).ids
+    await send_all(runtime)
+    status, answer = phone.call(serve.hook, phone.received(PHONE, "Leave it with the neighbour"))
+    assert status == 200 and answer["result"] == "stored"
+    with runtime.engine.connect() as conn:
+        [reply] = conn.execute(select(inbound)).all()
+    assert reply.kind == "reply" and reply.matched_message_id == message
+    assert reply.conversation_id == row(runtime, message).conversation_id
+    assert row(runtime, message).state == "replied"
+
+    assert phone.call(serve.hook, phone.received(PHONE, "STOP"))[0] == 200
+    with runtime.engine.connect() as conn:
+        assert conn.execute(select(contacts.c.opted_out)).scalar_one() is True
+    await send_all(runtime)  # the confirmation goes by the phone, like any text to the number
+    [_, answer] = phone.posts
+    assert answer["phoneNumbers"] == [PHONE]
+    assert answer["textMessage"]["text"] == runtime.settings.inbound.stop_text
+
+
+async def test_a_bad_or_old_signature_is_refused_and_nothing_is_stored(served, phone):
+    runtime, serve = served
+    body = phone.received(PHONE, "hello")
+    stamp = int(time.time())
+    refused = [
+        phone.call(serve.hook, body, signature=phone.sign(body, str(stamp), key="wrong")),
+        phone.call(
+            serve.hook, body, timestamp=stamp - 600, signature=phone.sign(body, str(stamp - 600))
+        ),
+        phone.call(serve.hook, body, signature=""),
+        phone.call(serve.hook, body + b" ", signature=phone.sign(body, str(stamp))),
+    ]
+    assert [status for status, _ in refused] == [401, 401, 401, 401]
+    assert all(answer["error"] == "unauthorized" for _, answer in refused)
+    assert count(runtime, channel_events) == 0 and count(runtime, inbound) == 0
+
+
+async def test_the_same_event_twice_is_stored_once(served, phone):
+    runtime, serve = served
+    body = phone.received(PHONE, "Is the driver close?")
+    first, again = phone.call(serve.hook, body), phone.call(serve.hook, body)
+    assert first == (200, {"ok": True, "result": "stored"})
+    assert again == (200, {"ok": True, "result": "duplicate"})
+    assert count(runtime, channel_events) == 1 and count(runtime, inbound) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[]", b'{"id": "x"}', b'{"id": "x", "event": "sms:received", "payload":'
+     b' {"messageId": 5, "phoneNumber": "+12025550143"}}',
+     b'{"id": "x", "event": "sms:received", "payload": {"messageId": "m", "phoneNumber": "nope"}}'],
+)  # fmt: skip
+async def test_malformed_bodies_get_a_4xx_and_change_nothing(served, phone, body):
+    runtime, serve = served
+    status, answer = phone.call(serve.hook, body)
+    assert 400 <= status < 500 and set(answer) == {"error", "message"}
+    assert count(runtime, channel_events) == 0 and count(runtime, inbound) == 0
+
+
+async def test_a_phone_that_is_down_passes_new_texts_to_email(tmp_path, phone, smtp_server):
+    folder = folder_for(
+        tmp_path,
+        phone,
+        smtp_server.port,
+        '["smsgate", "email"]',
+        url=f"http://127.0.0.1:{free_port()}",
+    )  # fmt: skip  (nothing listens)
+    runtime = runtime_of(folder)
+    [to_verizon] = enqueue(runtime, SendRequest(VERIZON, "verizon", text="Hi"), utcnow()).ids
+    [to_att] = enqueue(runtime, SendRequest(PHONE, "att", text="Hi"), utcnow()).ids
+    assert row(runtime, to_verizon).channel == "smsgate"  # the first in the order reaches both
+    await send_all(runtime)
+    moved = row(runtime, to_verizon)
+    # Never handed to the phone (no connection): email carries it at once.
+    assert (moved.state, moved.channel, moved.route) == ("sent", "email", "own")
+    assert len(smtp_server.received) == 1
+    assert b"2025550188@vtext.com" in smtp_server.received[0].rcpt_tos[0].encode()
+    # Email cannot reach AT&T's closed gateway: that text waits for the phone.
+    waiting = row(runtime, to_att)
+    assert waiting.state == "deferred" and waiting.channel == "smsgate"
+
+
+async def test_an_ambiguous_text_never_changes_channel(tmp_path, phone, smtp_server):
+    folder = folder_for(tmp_path, phone, smtp_server.port, '["smsgate", "email"]')
+    runtime = runtime_of(folder)
+    phone.faults.silent = True  # the phone takes the text and never answers: it may be there
+    [message] = enqueue(runtime, SendRequest(VERIZON, "verizon", text="Hi"), utcnow()).ids
+    await send_all(runtime)
+    held = row(runtime, message)
+    assert held.state == "deferred" and "ambiguous" in (held.reason or "")
+    assert held.channel == "smsgate" and not smtp_server.received
+
+
+def test_outbox_list_and_the_api_show_the_channel(tmp_path, phone, smtp_server):
+    from tests.conftest import run_gateway
+
+    folder = folder_for(tmp_path, phone, smtp_server.port, '["smsgate", "email"]')
+    runtime = runtime_of(folder)
+    enqueue(runtime, SendRequest(PHONE, "att", text="Hi"), utcnow())
+    listed = run_gateway("outbox", "list", "--format", "json", cwd=folder)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)[0]["channel"] == "smsgate"
+
+
+async def test_a_phone_that_stays_down_shows_in_gateway_status(tmp_path, phone, smtp_server):
+    from tests.conftest import run_gateway
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    folder = folder_for(tmp_path, phone, smtp_server.port, '["smsgate"]', url=dead)
+    runtime = runtime_of(folder)
+    for n in range(3):  # three texts, three refused connections: the breaker opens
+        enqueue(runtime, SendRequest(PHONE, "att", text=f"Hi {n}"), utcnow())
+    await send_all(runtime)
+    shown = run_gateway("status", "--format", "json", cwd=folder)
+    routes = {r["name"]: r for r in json.loads(shown.stdout)["routes"]}
+    assert routes["smsgate"]["ok"] is False
+    assert dead in routes["smsgate"]["error"]
+
+
+def test_webhooks_are_registered_on_the_phone_and_removed(served, phone):
+    from tests.conftest import run_gateway
+
+    runtime, serve = served
+    folder = Path(runtime.settings.source_file).parent
+    done = run_gateway("channels", "webhooks", "--register", "--format", "json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    hooks = {h["event"]: h for h in phone.webhooks.values()}
+    assert set(hooks) == {"sms:received", "sms:sent", "sms:delivered", "sms:failed"}
+    assert {h["url"] for h in hooks.values()} == {serve.hook}
+    assert all(row["ours"] for row in json.loads(done.stdout))
+    # The phone calls the address it was given.
+    status, _ = phone.call(hooks["sms:received"]["url"], phone.received(PHONE, "Thanks!"))
+    assert status == 200 and count(runtime, inbound) == 1
+    phone.webhooks["someone-else"] = {"id": "someone-else", "url": "https://x.example/h",
+                                      "event": "sms:sent"}  # fmt: skip
+    removed = run_gateway("channels", "webhooks", "--remove", "--format", "json", cwd=folder)
+    assert removed.returncode == 0, removed.stderr
+    assert list(phone.webhooks) == ["someone-else"]  # only ours are removed
+    listed = run_gateway("channels", "list", "--format", "json", cwd=folder)
+    rows = {row["channel"]: row for row in json.loads(listed.stdout)}
+    assert rows["smsgate"]["position"] == 2 and rows["smsgate"]["state"] == "ok"
+    assert rows["smsgate"]["where"] == phone.url and rows["email"]["position"] == 1
+
+
+def test_a_plain_http_public_url_is_refused_for_the_phone(tmp_path, phone, smtp_server):
+    from tests.conftest import run_gateway
+
+    folder = folder_for(tmp_path, phone, smtp_server.port, '["smsgate"]',
+                        public_url="http://gateway.example.com")  # fmt: skip
+    done = run_gateway("channels", "webhooks", "--register", cwd=folder)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "https" in done.stderr and "public_url" in done.stderr
+    assert not phone.webhooks
+
+
+def test_gateway_address_names_the_channel_and_why(tmp_path, phone, smtp_server):
+    from tests.conftest import run_gateway
+
+    folder = folder_for(tmp_path, phone, smtp_server.port, '["email", "smsgate"]')
+    shown = run_gateway("address", PHONE, "--carrier", "att", "--format", "json", cwd=folder)
+    assert shown.returncode == 0, shown.stderr
+    found = json.loads(shown.stdout)
+    assert found["channel"] == "smsgate" and found["address"] is None
+    assert "AT&T" in found["why"] and "SMS Gate" in found["why"]
+    by_mail = run_gateway("address", VERIZON, "--carrier", "verizon", "--format", "json",
+                          cwd=folder)  # fmt: skip
+    assert json.loads(by_mail.stdout)["channel"] == "email"
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ('[channels]\norder = ["smsgate"]\n', "channels.order names smsgate, but [smsgate]"),
+        ('[channels]\norder = ["email", "email"]\n', "name each channel once"),
+        ('[smsgate]\nurl = "ftp://phone"\nusername = "sms"\n', "must be an http(s) URL"),
+        ('[smsgate]\nurl = "http://10.0.0.5:8080"\n', "give the username the app shows"),
+        ('[smsgate]\nurl = "http://10.0.0.5:8080"\nusername = "s"\ncountries = ["USA"]\n',
+         "not a two-letter country code"),
+    ],
+)  # fmt: skip
+def test_channel_settings_that_cannot_work_are_refused(tmp_path, extra, words):
+    from tests.conftest import run_gateway
+
+    gateway_folder(tmp_path, extra=extra, migrate=False)
+    done = run_gateway("config", "check", cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert words in done.stderr, done.stderr
