@@ -264,3 +264,27 @@ def own_dovecot(server_cert, ca_file):
     running = server.start(server_cert, ca_file)
     yield running
     running.stop()
+
+
+async def send_due(runtime: Runtime) -> None:
+    """Send what is due, as `gateway run --until-idle` would, in this process."""
+    import asyncio
+
+    from gateway.services.sender import Sender
+
+    sender = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy, idle_poll=0.05)
+    await sender.run(asyncio.Event(), until_idle=True)
+
+
+def message_row(runtime: Runtime, message: int):  # type: ignore[no-untyped-def]
+    from gateway.store.outbox import messages
+
+    with runtime.engine.connect() as conn:
+        return conn.execute(sqlalchemy.select(messages).where(messages.c.id == message)).one()
+
+
+def rows_in(runtime: Runtime, table: sqlalchemy.Table) -> int:
+    with runtime.engine.connect() as conn:
+        return int(
+            conn.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(table)).scalar_one()
+        )

@@ -5,16 +5,22 @@ a refusal at the greeting, failed sign-in, implicit TLS and STARTTLS."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+from gateway.config import load_settings
 from gateway.services.carrier_sim import free_port
 
 
@@ -194,3 +200,94 @@ async def eventually(condition: Any, what: str, seconds: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
         await asyncio.sleep(0.02)
+
+
+class GatewayServe:
+    """A real `gateway serve` in the folder: the SMS services' webhooks reach it over HTTP."""
+
+    def __init__(self, folder: Any) -> None:
+        self.url = f"http://127.0.0.1:{load_settings(folder / 'gateway.toml').web.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=folder,
+                                        stdin=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=5).close()
+                return
+            except OSError:
+                assert self.process.poll() is None, "gateway serve stopped"
+                assert time.monotonic() < deadline, "gateway serve did not answer"
+                time.sleep(0.1)
+
+    @property
+    def hook(self) -> str:  # the phone's
+        return self.url + "/hooks/smsgate"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+class HttpService:
+    """A service simulated over real HTTP on 127.0.0.1 (SMS Gate's phone, Twilio): a thread
+    serving `serve(request, method)`, which subclasses write; the answer may be lost on purpose
+    (`drop`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                service.serve(self, "GET")
+
+            def do_POST(self) -> None:
+                service.serve(self, "POST")
+
+            def do_DELETE(self) -> None:
+                service.serve(self, "DELETE")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> Any:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def serve(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def body_of(request: BaseHTTPRequestHandler) -> bytes:
+        length = int(request.headers.get("Content-Length") or 0)
+        return request.rfile.read(length) if length else b""
+
+    @staticmethod
+    def answer(request: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        request.send_response(status)
+        if data:
+            request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+
+    @staticmethod
+    def drop(request: BaseHTTPRequestHandler) -> None:
+        """Close the connection without an answer: what the client sent was taken."""
+        request.close_connection = True
+        request.connection.shutdown(socket.SHUT_RDWR)

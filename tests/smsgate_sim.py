@@ -14,16 +14,16 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from tests.servers import HttpService
 from tests.specs import check_smsgate_event, smsgate
 
 
@@ -34,10 +34,11 @@ class PhoneFaults:
     silent: bool = False  # every post is taken (or found there) and never answered
 
 
-class SmsGatePhone:
+class SmsGatePhone(HttpService):
     def __init__(
         self, username: str = "sms", password: str = "phone-pass", signing_key: str = "sign-123"
     ) -> None:
+        super().__init__()
         self.username, self.password, self.signing_key = username, password, signing_key
         self.device_id = "PyDmBQZZXYmyxMwED8Fzy"
         self.faults = PhoneFaults()
@@ -45,53 +46,14 @@ class SmsGatePhone:
         self.posts: list[dict[str, Any]] = []  # every POST /messages body, in order
         self.webhooks: dict[str, dict[str, Any]] = {}
         self.inbox: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> SmsGatePhone:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    # --- the phone's API ------------------------------------------------------------------
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        phone = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                phone._serve(self, "GET")
-
-            def do_POST(self) -> None:
-                phone._serve(self, "POST")
-
-            def do_DELETE(self) -> None:
-                phone._serve(self, "DELETE")
-
-        return Handler
-
-    def _serve(self, request: BaseHTTPRequestHandler, method: str) -> None:
+    def serve(self, request: BaseHTTPRequestHandler, method: str) -> None:
         parts = urllib.parse.urlsplit(request.path)
         query = dict(urllib.parse.parse_qsl(parts.query))
-        length = int(request.headers.get("Content-Length") or 0)
-        raw = request.rfile.read(length) if length else b""
+        raw = self.body_of(request)
         expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         if request.headers.get("Authorization") != expected:
-            self._answer(request, 401, {"code": 401, "message": "Unauthorized"})
+            self.answer(request, 401, {"code": 401, "message": "Unauthorized"})
             return
         path = parts.path
         spec_path = "/messages/{id}" if path.startswith("/messages/") else path
@@ -101,11 +63,10 @@ class SmsGatePhone:
         body = json.loads(raw) if raw else None
         status, answer = self._route(method, spec_path, path, body, raw)
         if status == 0:  # taken; the answer is lost on the way
-            request.close_connection = True
-            request.connection.shutdown(2)
+            self.drop(request)
             return
         spec.check_response(spec_path, method, status, answer)
-        self._answer(request, status, answer)
+        self.answer(request, status, answer)
 
     def _route(
         self, method: str, spec_path: str, path: str, body: Any, raw: bytes
@@ -157,16 +118,6 @@ class SmsGatePhone:
             "state": state,
             "recipients": [{"phoneNumber": n, "state": state} for n in body["phoneNumbers"]],
         }
-
-    @staticmethod
-    def _answer(request: BaseHTTPRequestHandler, status: int, body: Any) -> None:
-        data = b"" if body is None else json.dumps(body).encode()
-        request.send_response(status)
-        if data:
-            request.send_header("Content-Type", "application/json")
-        request.send_header("Content-Length", str(len(data)))
-        request.end_headers()
-        request.wfile.write(data)
 
     # --- the phone's webhook calls ---------------------------------------------------------
 

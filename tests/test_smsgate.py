@@ -5,27 +5,23 @@ texts to the next one in the order."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from gateway.config import load_settings
 from gateway.services.carrier_sim import free_port
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
-from gateway.services.sender import Sender
 from gateway.store.channel_events import channel_events
 from gateway.store.db import utcnow
 from gateway.store.inbox import inbound
-from gateway.store.outbox import contacts, messages
-from tests.conftest import gateway_folder
+from gateway.store.outbox import contacts
+from tests.conftest import gateway_folder, message_row, rows_in, send_due
+from tests.servers import GatewayServe
 from tests.smsgate_sim import SmsGatePhone
 
 PHONE = "+12025550143"  # an AT&T customer: its gateway closed on 2025-06-17
@@ -57,51 +53,10 @@ def runtime_of(folder: Path) -> Runtime:
     return Runtime(load_settings(folder / "gateway.toml"))
 
 
-async def send_all(runtime: Runtime) -> None:
-    sender = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy, idle_poll=0.05)
-    await sender.run(asyncio.Event(), until_idle=True)
-
-
-def row(runtime: Runtime, message: int):
-    with runtime.engine.connect() as conn:
-        return conn.execute(select(messages).where(messages.c.id == message)).one()
-
-
-def count(runtime: Runtime, table) -> int:
-    with runtime.engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(table)).scalar_one()
-
-
-class Serve:
-    """A real `gateway serve` in the folder: the phone's webhooks reach it over HTTP."""
-
-    def __init__(self, folder: Path) -> None:
-        self.url = f"http://127.0.0.1:{load_settings(folder / 'gateway.toml').web.port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=folder,
-                                        stdin=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=5).close()
-                return
-            except OSError:
-                assert self.process.poll() is None, "gateway serve stopped"
-                assert time.monotonic() < deadline, "gateway serve did not answer"
-                time.sleep(0.1)
-
-    @property
-    def hook(self) -> str:
-        return self.url + "/hooks/smsgate"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
-
-
 @pytest.fixture
 def served(tmp_path, phone, smtp_server):
     folder = folder_for(tmp_path, phone, smtp_server.port, '["email", "smsgate"]')
-    serve = Serve(folder)
+    serve = GatewayServe(folder)
     yield runtime_of(folder), serve
     serve.stop()
 
@@ -111,9 +66,9 @@ async def test_a_text_goes_by_the_phone_and_each_part_delivered_marks_it(served,
     text = "Your parcel is on its way. " * 8  # two SMS parts, one text for the phone
     result = enqueue(runtime, SendRequest(PHONE, "att", text=text), utcnow())
     assert result.channel == "smsgate" and result.to_address is None
-    await send_all(runtime)
+    await send_due(runtime)
     [message] = result.ids
-    sent = row(runtime, message)
+    sent = message_row(runtime, message)
     assert (sent.state, sent.channel, sent.route) == ("sent", "smsgate", "smsgate")
     assert "AT&T" in sent.gateway_reason and "SMS Gate" in sent.gateway_reason
     [posted] = phone.posts
@@ -123,18 +78,18 @@ async def test_a_text_goes_by_the_phone_and_each_part_delivered_marks_it(served,
     assert sent.segments == 2
     # The phone reports each part; the text is delivered once both are.
     assert phone.call(serve.hook, phone.delivered(sent.channel_ref))[0] == 200
-    assert row(runtime, message).state == "sent"
+    assert message_row(runtime, message).state == "sent"
     assert phone.call(serve.hook, phone.delivered(sent.channel_ref))[0] == 200
-    assert row(runtime, message).state == "delivered"
+    assert message_row(runtime, message).state == "delivered"
 
 
 async def test_a_failure_the_phone_reports_fails_the_text_with_its_reason(served, phone):
     runtime, serve = served
     [message] = enqueue(runtime, SendRequest(PHONE, "att", text="Driver is here"), utcnow()).ids
-    await send_all(runtime)
-    ref = row(runtime, message).channel_ref
+    await send_due(runtime)
+    ref = message_row(runtime, message).channel_ref
     assert phone.call(serve.hook, phone.failed(ref, "RESULT_ERROR_GENERIC_FAILURE"))[0] == 200
-    failed = row(runtime, message)
+    failed = message_row(runtime, message)
     assert failed.state == "failed" and "RESULT_ERROR_GENERIC_FAILURE" in failed.reason
 
 
@@ -142,10 +97,10 @@ async def test_a_lost_answer_is_posted_again_and_sent_once(served, phone):
     runtime, _ = served
     phone.faults.lose_answers = 1  # the phone takes the text; its 202 never arrives
     [message] = enqueue(runtime, SendRequest(PHONE, "att", text="Gate code 4412"), utcnow()).ids
-    await send_all(runtime)
-    assert row(runtime, message).state == "sent"
+    await send_due(runtime)
+    assert message_row(runtime, message).state == "sent"
     assert len(phone.posts) == 2 and len(phone.messages) == 1  # posted twice, 409, queued once
-    assert "409" in row(runtime, message).last_reply
+    assert "409" in message_row(runtime, message).last_reply
 
 
 @pytest.mark.parametrize(("status", "state"), [(409, "sent"), (503, "deferred"), (400, "failed")])
@@ -153,8 +108,8 @@ async def test_the_phones_answers(served, phone, status, state):
     runtime, _ = served
     phone.faults.answer_status = [status]
     [message] = enqueue(runtime, SendRequest(PHONE, "att", text="Running late"), utcnow()).ids
-    await send_all(runtime)
-    done = row(runtime, message)
+    await send_due(runtime)
+    done = message_row(runtime, message)
     assert done.state == state, done.reason
     assert str(status) in done.last_reply
 
@@ -162,19 +117,19 @@ async def test_the_phones_answers(served, phone, status, state):
 async def test_a_reply_is_threaded_and_stop_is_kept_and_answered_by_the_phone(served, phone):
     runtime, serve = served
     [message] = enqueue(runtime, SendRequest(PHONE, "att", text="Out for delivery"), utcnow()).ids
-    await send_all(runtime)
+    await send_due(runtime)
     status, answer = phone.call(serve.hook, phone.received(PHONE, "Leave it with the neighbour"))
     assert status == 200 and answer["result"] == "stored"
     with runtime.engine.connect() as conn:
         [reply] = conn.execute(select(inbound)).all()
     assert reply.kind == "reply" and reply.matched_message_id == message
-    assert reply.conversation_id == row(runtime, message).conversation_id
-    assert row(runtime, message).state == "replied"
+    assert reply.conversation_id == message_row(runtime, message).conversation_id
+    assert message_row(runtime, message).state == "replied"
 
     assert phone.call(serve.hook, phone.received(PHONE, "STOP"))[0] == 200
     with runtime.engine.connect() as conn:
         assert conn.execute(select(contacts.c.opted_out)).scalar_one() is True
-    await send_all(runtime)  # the confirmation goes by the phone, like any text to the number
+    await send_due(runtime)  # the confirmation goes by the phone, like any text to the number
     [_, answer] = phone.posts
     assert answer["phoneNumbers"] == [PHONE]
     assert answer["textMessage"]["text"] == runtime.settings.inbound.stop_text
@@ -194,7 +149,7 @@ async def test_a_bad_or_old_signature_is_refused_and_nothing_is_stored(served, p
     ]
     assert [status for status, _ in refused] == [401, 401, 401, 401]
     assert all(answer["error"] == "unauthorized" for _, answer in refused)
-    assert count(runtime, channel_events) == 0 and count(runtime, inbound) == 0
+    assert rows_in(runtime, channel_events) == 0 and rows_in(runtime, inbound) == 0
 
 
 async def test_the_same_event_twice_is_stored_once(served, phone):
@@ -203,7 +158,7 @@ async def test_the_same_event_twice_is_stored_once(served, phone):
     first, again = phone.call(serve.hook, body), phone.call(serve.hook, body)
     assert first == (200, {"ok": True, "result": "stored"})
     assert again == (200, {"ok": True, "result": "duplicate"})
-    assert count(runtime, channel_events) == 1 and count(runtime, inbound) == 1
+    assert rows_in(runtime, channel_events) == 1 and rows_in(runtime, inbound) == 1
 
 
 @pytest.mark.parametrize(
@@ -216,7 +171,7 @@ async def test_malformed_bodies_get_a_4xx_and_change_nothing(served, phone, body
     runtime, serve = served
     status, answer = phone.call(serve.hook, body)
     assert 400 <= status < 500 and set(answer) == {"error", "message"}
-    assert count(runtime, channel_events) == 0 and count(runtime, inbound) == 0
+    assert rows_in(runtime, channel_events) == 0 and rows_in(runtime, inbound) == 0
 
 
 async def test_a_phone_that_is_down_passes_new_texts_to_email(tmp_path, phone, smtp_server):
@@ -230,15 +185,17 @@ async def test_a_phone_that_is_down_passes_new_texts_to_email(tmp_path, phone, s
     runtime = runtime_of(folder)
     [to_verizon] = enqueue(runtime, SendRequest(VERIZON, "verizon", text="Hi"), utcnow()).ids
     [to_att] = enqueue(runtime, SendRequest(PHONE, "att", text="Hi"), utcnow()).ids
-    assert row(runtime, to_verizon).channel == "smsgate"  # the first in the order reaches both
-    await send_all(runtime)
-    moved = row(runtime, to_verizon)
+    assert (
+        message_row(runtime, to_verizon).channel == "smsgate"
+    )  # the first in the order reaches both
+    await send_due(runtime)
+    moved = message_row(runtime, to_verizon)
     # Never handed to the phone (no connection): email carries it at once.
     assert (moved.state, moved.channel, moved.route) == ("sent", "email", "own")
     assert len(smtp_server.received) == 1
     assert b"2025550188@vtext.com" in smtp_server.received[0].rcpt_tos[0].encode()
     # Email cannot reach AT&T's closed gateway: that text waits for the phone.
-    waiting = row(runtime, to_att)
+    waiting = message_row(runtime, to_att)
     assert waiting.state == "deferred" and waiting.channel == "smsgate"
 
 
@@ -247,8 +204,8 @@ async def test_an_ambiguous_text_never_changes_channel(tmp_path, phone, smtp_ser
     runtime = runtime_of(folder)
     phone.faults.silent = True  # the phone takes the text and never answers: it may be there
     [message] = enqueue(runtime, SendRequest(VERIZON, "verizon", text="Hi"), utcnow()).ids
-    await send_all(runtime)
-    held = row(runtime, message)
+    await send_due(runtime)
+    held = message_row(runtime, message)
     assert held.state == "deferred" and "ambiguous" in (held.reason or "")
     assert held.channel == "smsgate" and not smtp_server.received
 
@@ -272,7 +229,7 @@ async def test_a_phone_that_stays_down_shows_in_gateway_status(tmp_path, phone, 
     runtime = runtime_of(folder)
     for n in range(3):  # three texts, three refused connections: the breaker opens
         enqueue(runtime, SendRequest(PHONE, "att", text=f"Hi {n}"), utcnow())
-    await send_all(runtime)
+    await send_due(runtime)
     shown = run_gateway("status", "--format", "json", cwd=folder)
     routes = {r["name"]: r for r in json.loads(shown.stdout)["routes"]}
     assert routes["smsgate"]["ok"] is False
@@ -292,7 +249,7 @@ def test_webhooks_are_registered_on_the_phone_and_removed(served, phone):
     assert all(row["ours"] for row in json.loads(done.stdout))
     # The phone calls the address it was given.
     status, _ = phone.call(hooks["sms:received"]["url"], phone.received(PHONE, "Thanks!"))
-    assert status == 200 and count(runtime, inbound) == 1
+    assert status == 200 and rows_in(runtime, inbound) == 1
     phone.webhooks["someone-else"] = {"id": "someone-else", "url": "https://x.example/h",
                                       "event": "sms:sent"}  # fmt: skip
     removed = run_gateway("channels", "webhooks", "--remove", "--format", "json", cwd=folder)
@@ -347,3 +304,27 @@ def test_channel_settings_that_cannot_work_are_refused(tmp_path, extra, words):
     done = run_gateway("config", "check", cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert words in done.stderr, done.stderr
+
+
+async def test_a_report_faster_than_the_senders_own_write_is_kept(served, phone):
+    """The phone answers 202 and reports the delivery within the same moment: the report may
+    arrive while the text is still `sending`, and the sender's write after it keeps it."""
+    import datetime as dt
+
+    from gateway.domain.delivery import AttemptOutcome, Decision, OutcomeKind, State
+    from gateway.store.outbox import AttemptRecord, claim_due, record_attempts
+
+    runtime, serve = served
+    [message] = enqueue(runtime, SendRequest(PHONE, "att", text="At the door"), utcnow()).ids
+    now = utcnow()
+    [claimed] = claim_due(runtime.engine, "w1", now, dt.timedelta(minutes=2), 10)
+    ref = message_row(runtime, message).channel_ref
+    phone.messages[ref] = {"phoneNumbers": [PHONE]}  # what the phone holds for the text
+    assert phone.call(serve.hook, phone.delivered(ref))[0] == 200
+    assert message_row(runtime, message).state == "delivered"
+    accepted = AttemptOutcome(OutcomeKind.ACCEPTED, "202 queued on the phone", 202)
+    record_attempts(runtime.engine, [AttemptRecord(
+        claimed.id, 1, "w1", "smsgate", "smsgate", accepted, Decision(State.SENT, None, None),
+        now, utcnow())])  # fmt: skip
+    done = message_row(runtime, message)
+    assert done.state == "delivered" and done.attempts == 1 and done.lease_owner is None

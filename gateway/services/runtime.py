@@ -44,6 +44,7 @@ from gateway.transport.imap_source import ImapSource
 from gateway.transport.mailsource import MaildirSource, MailSource
 from gateway.transport.smsgate import SmsGateClient
 from gateway.transport.smtp import SmtpPool, SmtpServer
+from gateway.transport.twilio import TwilioClient
 
 TokenSource = Callable[[], Awaitable[str]]
 
@@ -222,7 +223,14 @@ class Runtime:
             daily_limit=gate.daily_limit,
             per_minute=gate.per_minute,
         )
-        lanes[Route.TWILIO] = Lane(route=Route.TWILIO, pool=None)
+        twilio = self.settings.twilio
+        lanes[Route.TWILIO] = Lane(
+            route=Route.TWILIO,
+            pool=None,
+            client=self.twilio_client() if self._sms_channel_used("twilio") else None,
+            daily_limit=twilio.daily_limit,
+            per_minute=twilio.per_minute,
+        )
         providers = frozenset(provider.domain for provider in self.carriers.providers)
         return RouteBook(lanes, provider_domains=providers, plan=self.channel_plan)
 
@@ -241,6 +249,19 @@ class Runtime:
             gate.resolve_password(),
             device_id=gate.device_id,
             sim=gate.sim,
+        )
+
+    def twilio_client(self) -> TwilioClient:
+        """Twilio, as [twilio] describes it (ConfigError when its token cannot be read)."""
+        twilio = self.settings.twilio
+        assert twilio.account_sid is not None and self.settings.web.public_url is not None
+        return TwilioClient(
+            Service(twilio.api_url, twilio.timeout_seconds, twilio.ca_file),
+            twilio.account_sid,
+            twilio.resolve_auth_token(),
+            twilio.from_number,
+            twilio.messaging_service_sid,
+            status_url=self.settings.web.public_url + "/hooks/twilio/status",
         )
 
     def sent_folder(self) -> SentFolder | None:

@@ -571,6 +571,13 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
         if updates:
             conn.exec_driver_sql(update_sql, updates)
         conn.exec_driver_sql(insert_sql, history)
+        opted_out = [(r.message,) for r in records if r.outcome.code == OPTED_OUT_CODE
+                     and r.route == Route.TWILIO.value]  # fmt: skip
+        if opted_out:
+            # Twilio refuses the number: the person opted out with Twilio (STOP). Recorded as
+            # an opt-out, so the contact's other texts are held, not refused one by one.
+            conn.exec_driver_sql(_placeholders(_OPT_OUT_CONTACT, mark), opted_out)
+            conn.exec_driver_sql(_placeholders(_SUPPRESS_CONTACT, mark), opted_out)
         used = Counter(r.reservation for r in records if r.reservation is not None)
         if used:
             # In the same transaction as the attempts: the sends move from reserved to counted
@@ -581,6 +588,13 @@ def record_attempts(engine: Engine, records: Sequence[AttemptRecord]) -> None:
         live.notify(conn)
 
 
+OPTED_OUT_CODE = 21610  # Twilio's "attempt to send to unsubscribed recipient"
+_CONTACT_OF = "(SELECT contact_id FROM messages WHERE id = ?)"
+_OPT_OUT_CONTACT = f"UPDATE contacts SET opted_out = TRUE WHERE id = {_CONTACT_OF}"
+_SUPPRESS_CONTACT = (
+    "UPDATE messages SET state = 'suppressed', reason = 'opted_out' "
+    f"WHERE contact_id = {_CONTACT_OF} AND state IN ('queued', 'deferred')"
+)
 _USE_QUOTA = "UPDATE quota_reservations SET remaining = remaining - ? WHERE id = ?"
 # A text still `sending` takes the attempt's state; one an SMS channel already reported on
 # (delivered or failed, its webhook faster than this write) keeps what the channel said.

@@ -27,7 +27,11 @@ API = "/api/v1"
 BATCH_FACTOR = 10
 # The SMS channels' webhooks and the header their signature comes in: a call without it is
 # refused before its body is read.
-HOOK_SIGNATURES = {"/hooks/smsgate": "x-signature"}
+HOOK_SIGNATURES = {
+    "/hooks/smsgate": "x-signature",
+    "/hooks/twilio/status": "x-twilio-signature",
+    "/hooks/twilio/incoming": "x-twilio-signature",
+}
 
 
 class RequestGuard:
