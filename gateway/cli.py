@@ -524,6 +524,7 @@ def run(
     from gateway.services.heartbeat import MailboxView, pulse
     from gateway.services.inbound import Ingest, MailboxLease, Receiver, keep_reading
     from gateway.services.orders import Orders
+    from gateway.services.phone_poll import PhonePoller
     from gateway.services.scheduler import Scheduler
     from gateway.services.webhooks import Webhooks
     from gateway.store import heartbeats
@@ -563,6 +564,13 @@ def run(
                     worker=worker,
                     **runtime.quiet(),
                 )
+                # The phone's news read from it, where it cannot call gateway serve.
+                gate = settings.smsgate
+                self.phone = (
+                    PhonePoller(runtime, engine, runtime.smsgate_client())
+                    if gate.poll_seconds and "smsgate" in settings.channels.order
+                    else None
+                )
 
             def mailbox_view(self) -> MailboxView | None:
                 receiver = self.receiver
@@ -599,8 +607,11 @@ def run(
             if until_idle:
                 if webhooks is not None:  # a first run starts reporting from here
                     await asyncio.to_thread(webhooks.collect, utcnow())
-                # Read the mailbox first, so keyword answers it queues go out in this run.
+                # Read the mailbox (and the phone) first, so keyword answers they queue go out
+                # in this run.
                 await workers.receive(stop)
+                if workers.phone is not None:
+                    await workers.phone.once()
             else:
                 if webhooks is not None:
                     hooks = asyncio.create_task(webhooks.run(stop))
@@ -617,9 +628,13 @@ def run(
                     ending = asyncio.Event()
                     watcher = None
                     inbound = None
+                    polling = None
                     if not until_idle:
                         watcher = asyncio.create_task(_watch_settings(runtime, stop, ending))
                         inbound = asyncio.create_task(workers.receive(ending))
+                        if workers.phone is not None:
+                            every = runtime.settings.smsgate.poll_seconds or 60.0
+                            polling = asyncio.create_task(workers.phone.run(ending, every))
                         beating = asyncio.create_task(
                             pulse(engine, worker, workers.mailbox_view(), ending)
                         )
@@ -632,6 +647,8 @@ def run(
                         ending.set()
                         if inbound is not None:
                             await inbound
+                        if polling is not None:
+                            await polling
                         if watcher is not None:
                             await watcher
                             await beating

@@ -45,7 +45,8 @@ class SmsGatePhone(HttpService):
         self.messages: dict[str, dict[str, Any]] = {}  # our id -> the posted body
         self.posts: list[dict[str, Any]] = []  # every POST /messages body, in order
         self.webhooks: dict[str, dict[str, Any]] = {}
-        self.inbox: list[dict[str, Any]] = []
+        self.inbox: list[dict[str, Any]] = []  # what GET /inbox lists
+        self.states: dict[str, str] = {}  # our id -> its state, when not "Sent"
 
     def serve(self, request: BaseHTTPRequestHandler, method: str) -> None:
         parts = urllib.parse.urlsplit(request.path)
@@ -92,7 +93,7 @@ class SmsGatePhone(HttpService):
         if (method, spec_path) == ("GET", "/messages/{id}"):
             ref = urllib.parse.unquote(path.rsplit("/", 1)[1])
             assert ref in self.messages, f"the gateway asked for {ref}, which it never posted"
-            return 200, self._state(ref, "Sent")
+            return 200, self._state(ref, self.states.get(ref, "Sent"))
         if (method, spec_path) == ("GET", "/webhooks"):
             return 200, list(self.webhooks.values())
         if (method, spec_path) == ("POST", "/webhooks"):
@@ -112,12 +113,16 @@ class SmsGatePhone(HttpService):
 
     def _state(self, ref: str, state: str) -> dict[str, Any]:
         body = self.messages[ref]
-        return {
-            "id": ref,
-            "deviceId": self.device_id,
-            "state": state,
-            "recipients": [{"phoneNumber": n, "state": state} for n in body["phoneNumbers"]],
-        }
+        recipients = [{"phoneNumber": n, "state": state} for n in body["phoneNumbers"]]
+        if state == "Failed":
+            for recipient in recipients:
+                recipient["error"] = "RESULT_ERROR_NO_SERVICE"
+        return {"id": ref, "deviceId": self.device_id, "state": state, "recipients": recipients}
+
+    def inbox_text(self, phone: str, text: str) -> None:
+        """A text the phone received, listed by GET /inbox (no webhook calls)."""
+        self.inbox.append({"id": uuid.uuid4().hex[:21], "type": "SMS", "sender": phone,
+                           "contentPreview": text, "createdAt": _now(), "simNumber": 1})  # fmt: skip
 
     # --- the phone's webhook calls ---------------------------------------------------------
 

@@ -328,3 +328,31 @@ async def test_a_report_faster_than_the_senders_own_write_is_kept(served, phone)
         now, utcnow())])  # fmt: skip
     done = message_row(runtime, message)
     assert done.state == "delivered" and done.attempts == 1 and done.lease_owner is None
+
+
+def test_where_the_phone_cannot_call_in_its_news_is_read_from_it(tmp_path, phone, smtp_server):
+    from tests.conftest import run_gateway
+
+    folder = folder_for(tmp_path, phone, smtp_server.port, '["email", "smsgate"]')
+    config = (folder / "gateway.toml").read_text()  # [smsgate] ends where [web] begins
+    (folder / "gateway.toml").write_text(config.replace("[web]", "poll_seconds = 30\n[web]", 1))
+    runtime = runtime_of(folder)
+    ids = []
+    for words in ("Out for delivery", "Arriving now"):  # one after the other
+        ids += enqueue(runtime, SendRequest(PHONE, "att", text=words), utcnow()).ids
+        done = run_gateway("run", "--until-idle", cwd=folder)
+        assert done.returncode == 0, done.stderr
+    first, second = ids
+    refs = [message_row(runtime, m).channel_ref for m in (first, second)]
+    phone.states[refs[0]] = "Delivered"
+    phone.states[refs[1]] = "Failed"
+    phone.inbox_text(PHONE, "Ring twice please")
+    for _ in range(2):  # a second look finds nothing new
+        done = run_gateway("run", "--until-idle", cwd=folder)
+        assert done.returncode == 0, done.stderr
+    assert message_row(runtime, first).state == "delivered"
+    failed = message_row(runtime, second)
+    assert failed.state == "failed" and "RESULT_ERROR_NO_SERVICE" in failed.reason
+    with runtime.engine.connect() as conn:
+        [reply] = conn.execute(select(inbound)).all()
+    assert reply.text == "Ring twice please" and reply.matched_message_id == second

@@ -125,6 +125,7 @@ class Event:
     text: str  # a received text
     reason: str  # why a text failed
     at: dt.datetime | None  # when, by the phone's clock
+    whole: bool = False  # a report on the whole text (its state read back), not on one part
 
 
 class EventError(ValueError):
@@ -162,7 +163,7 @@ def parse_event(body: bytes) -> Event:
     }[kind]
     text = _text(payload, "message", 5000) if kind is EventKind.RECEIVED else ""
     reason = _text(payload, "reason", 500) if kind is EventKind.FAILED else ""
-    return Event(event_id, kind, message_id, phone, text, reason, _time(payload.get(stamp)))
+    return Event(event_id, kind, message_id, phone, text, reason, parse_time(payload.get(stamp)))
 
 
 def _text(payload: dict[str, Any], key: str, limit: int) -> str:
@@ -174,7 +175,7 @@ def _text(payload: dict[str, Any], key: str, limit: int) -> str:
     return value.replace("\x00", "")[:limit]
 
 
-def _time(value: object) -> dt.datetime | None:
+def parse_time(value: object) -> dt.datetime | None:
     if not isinstance(value, str):
         return None
     try:

@@ -57,7 +57,7 @@ def apply_smsgate(
         if event.kind is EventKind.DELIVERED:
             # The phone reports each part of a long text: delivered once every part is.
             parts = channel_events.events_of(conn, text.id, EventKind.DELIVERED.value)
-            if parts >= max(1, text.segments):
+            if event.whole or parts >= max(1, text.segments):
                 channel_events.mark_delivered(conn, text.id, now)
         elif event.kind is EventKind.FAILED:
             reason = f"failed: the phone reported: {event.reason or 'no reason given'}"

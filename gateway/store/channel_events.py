@@ -84,3 +84,33 @@ def mark_failed(conn: Connection, message: int, reason: str, now: dt.datetime) -
         .values(state=State.FAILED.value, reason=reason[:2000], updated_at=now)
     )
     return bool(done.rowcount)
+
+
+def last_event_at(conn: Connection, channel: str, kind: str) -> dt.datetime | None:
+    """When the channel's latest event of `kind` was stored."""
+    found = conn.execute(
+        select(func.max(channel_events.c.received_at)).where(
+            channel_events.c.channel == channel, channel_events.c.kind == kind
+        )
+    ).scalar()
+    if isinstance(found, dt.datetime) and found.tzinfo is None:
+        return found.replace(tzinfo=dt.UTC)
+    return found if isinstance(found, dt.datetime) else None
+
+
+def in_flight(
+    conn: Connection, channel: str, since: dt.datetime, limit: int = 200
+) -> list[tuple[int, str]]:
+    """Texts the channel took since `since` and has not reported on: (id, our ref)."""
+    rows = conn.execute(
+        select(messages.c.id, messages.c.channel_ref)
+        .where(
+            messages.c.channel == channel,
+            messages.c.state == State.SENT.value,
+            messages.c.sent_at >= since,
+            messages.c.channel_ref.is_not(None),
+        )
+        .order_by(messages.c.sent_at)
+        .limit(limit)
+    )
+    return [(row.id, row.channel_ref) for row in rows]
