@@ -1320,7 +1320,11 @@ def status(fmt: FormatOption = Format.table) -> None:
 def doctor(
     send_to: Annotated[
         str | None,
-        typer.Option("--send-to", help="also send a test message to this address", metavar="ADDR"),
+        typer.Option(
+            "--send-to",
+            help="also send a test: by mail to this address, or by each SMS channel to +NUMBER",
+            metavar="ADDR|+NUMBER",
+        ),
     ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:

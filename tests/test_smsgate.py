@@ -356,3 +356,42 @@ def test_where_the_phone_cannot_call_in_its_news_is_read_from_it(tmp_path, phone
     with runtime.engine.connect() as conn:
         [reply] = conn.execute(select(inbound)).all()
     assert reply.text == "Ring twice please" and reply.matched_message_id == second
+
+
+def doctor(folder: Path, *args: str) -> dict[str, dict]:
+    from tests.conftest import run_gateway
+
+    done = run_gateway("doctor", "--format", "json", *args, cwd=folder)
+    assert "Traceback" not in done.stderr, done.stderr
+    checks = json.loads(done.stdout)["checks"]
+    return {f"{c['section']}: {c['check']}": c for c in checks}
+
+
+def test_doctor_checks_the_phone_and_says_what_to_fix(served, phone):
+    runtime, _ = served
+    folder = Path(runtime.settings.source_file).parent
+    found = doctor(folder)
+    assert found["smsgate: reachable"]["ok"] and "pass" in found["smsgate: reachable"]["detail"]
+    assert found["smsgate: signed in"]["ok"]
+    assert not found["smsgate: webhooks"]["ok"]
+    assert "gateway channels webhooks --register" in found["smsgate: webhooks"]["hint"]
+    from tests.conftest import run_gateway
+
+    assert run_gateway("channels", "webhooks", "--register", cwd=folder).returncode == 0
+    found = doctor(folder, "--send-to", VERIZON)
+    assert all(check["ok"] for name, check in found.items() if name.startswith("smsgate")), found
+    assert found["smsgate: public_url"]["detail"].endswith("answers")
+    assert phone.posts[-1]["phoneNumbers"] == [VERIZON]  # the test text went by the phone
+    phone.password = "changed-on-the-phone"
+    found = doctor(folder)
+    assert not found["smsgate: signed in"]["ok"]
+    assert "username and the password" in found["smsgate: signed in"]["hint"]
+
+
+def test_doctor_says_when_the_phone_cannot_be_reached(tmp_path, phone, smtp_server):
+    dead = f"http://127.0.0.1:{free_port()}"
+    folder = folder_for(tmp_path, phone, smtp_server.port, '["smsgate"]', url=dead)
+    found = doctor(folder)
+    assert not found["smsgate: reachable"]["ok"]
+    assert dead in found["smsgate: reachable"]["hint"]
+    assert "smsgate: signed in" not in found  # later steps would only repeat it

@@ -180,3 +180,22 @@ async def test_a_refused_sign_in_names_the_fix(tmp_path, fake, smtp_server):
     message = await text(runtime)
     refused = message_row(runtime, message)
     assert refused.state == "deferred" and "auth token" in refused.last_reply
+
+
+def test_doctor_checks_twilio_and_sends_a_test_text(served, fake):
+    import json
+
+    from tests.conftest import run_gateway
+
+    runtime, _ = served
+    folder = Path(runtime.settings.source_file).parent
+    done = run_gateway("doctor", "--format", "json", "--send-to", PHONE, cwd=folder)
+    checks = {f"{c['section']}: {c['check']}": c for c in json.loads(done.stdout)["checks"]}
+    assert checks["twilio: signed in"]["ok"] and checks["twilio: public_url"]["ok"]
+    assert checks[f"twilio: test text to {PHONE}"]["ok"]
+    assert fake.created[-1]["To"] == PHONE
+    fake.auth_token = "rotated-in-the-console"
+    done = run_gateway("doctor", "--format", "json", cwd=folder)
+    checks = {f"{c['section']}: {c['check']}": c for c in json.loads(done.stdout)["checks"]}
+    assert done.returncode == 1 and not checks["twilio: signed in"]["ok"]
+    assert "Auth Token" in checks["twilio: signed in"]["hint"]

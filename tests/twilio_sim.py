@@ -44,16 +44,36 @@ class FakeTwilio(HttpService):
         self.forms: dict[str, dict[str, str]] = {}  # message sid -> its create's form
 
     def serve(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        if method == "GET":
+            self._list(request)
+            return
         assert method == "POST", f"the gateway asked Twilio for {method} {request.path}"
         self._create(request)
+
+    def _signed_in(self, request: BaseHTTPRequestHandler) -> bool:
+        credentials = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        if request.headers.get("Authorization") == "Basic " + credentials:
+            return True
+        self.answer(request, 401, {"code": 20003, "message": "Authenticate", "status": 401})
+        return False
+
+    def _list(self, request: BaseHTTPRequestHandler) -> None:
+        parts = urllib.parse.urlsplit(request.path)
+        assert parts.path == f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        twilio().check_parameters(CREATE, "GET", dict(urllib.parse.parse_qsl(parts.query)))
+        if not self._signed_in(request):
+            return
+        page = {"messages": [], "end": 0, "first_page_uri": self.url + parts.path,
+                "next_page_uri": None, "page": 0, "page_size": 1, "previous_page_uri": None,
+                "start": 0, "uri": self.url + request.path}  # fmt: skip
+        twilio().check_response(CREATE, "GET", 200, page)
+        self.answer(request, 200, page)
 
     def _create(self, request: BaseHTTPRequestHandler) -> None:
         expected = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
         assert request.path == expected, f"the gateway posted to {request.path}"
-        raw = request.rfile.read(int(request.headers.get("Content-Length") or 0))
-        credentials = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
-        if request.headers.get("Authorization") != "Basic " + credentials:
-            self.answer(request, 401, {"code": 20003, "message": "Authenticate", "status": 401})
+        raw = self.body_of(request)
+        if not self._signed_in(request):
             return
         assert request.headers.get("Content-Type") == "application/x-www-form-urlencoded"
         form = dict(urllib.parse.parse_qsl(raw.decode(), keep_blank_values=True))

@@ -11,9 +11,7 @@ import dataclasses
 import os
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -22,55 +20,16 @@ from typing import Any
 import aiosmtplib
 from sqlalchemy.exc import DBAPIError
 
-from gateway.config import ConfigError, ImapSettings, ServerSettings, load_settings
+from gateway.config import ImapSettings, ServerSettings, load_settings
 from gateway.domain.delivery import auth_hint
-from gateway.store.db import DatabaseError, make_engine, require_current, utcnow
+from gateway.domain.phone import PhoneError, parse_phone
+from gateway.services.doctor_channels import check_channels
+from gateway.services.doctor_steps import Step, StepFailed, Steps, StepWarning
+from gateway.store.db import make_engine, require_current, utcnow
 from gateway.transport.imap import ImapError, authenticate, connect
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    name: str
-    ok: bool
-    seconds: float
-    detail: str
-    hint: str | None = None
-    warning: bool = False  # passed, but worth a look (contacts on an ending carrier, say)
-    section: str = ""
-
-
-class _Failed(Exception):
-    def __init__(self, detail: str, hint: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail, self.hint = detail, hint
-
-
-class _Steps:
-    """Runs steps in order and stops at the first that fails: later ones would only repeat it."""
-
-    def __init__(self) -> None:
-        self.done: list[Step] = []
-
-    async def run(self, name: str, work: Callable[[], Awaitable[str]]) -> bool:
-        started = time.perf_counter()
-        warning = False
-        try:
-            detail, ok, hint = await work(), True, None
-        except _Warning as exc:
-            detail, ok, hint, warning = exc.detail, True, exc.hint, True
-        except _Failed as exc:
-            detail, ok, hint = exc.detail, False, exc.hint
-        except (ConfigError, DatabaseError) as exc:  # their words name the fix
-            detail, ok, hint = str(exc), False, None
-        self.done.append(Step(name, ok, time.perf_counter() - started, detail, hint, warning))
-        return ok
-
-
-class _Warning(_Failed):
-    """Not a failure: something to look at."""
-
-
-async def _reach(endpoint: ServerSettings | ImapSettings, steps: _Steps, role: str) -> bool:
+async def _reach(endpoint: ServerSettings | ImapSettings, steps: Steps, role: str) -> bool:
     host, port, timeout = endpoint.host, endpoint.port, min(endpoint.timeout_seconds, 15.0)
 
     async def dns() -> str:
@@ -79,7 +38,7 @@ async def _reach(endpoint: ServerSettings | ImapSettings, steps: _Steps, role: s
                 host, port, type=socket.SOCK_STREAM
             )
         except socket.gaierror as exc:
-            raise _Failed(
+            raise StepFailed(
                 f"{host!r} does not resolve ({exc.strerror})",
                 f"check the spelling of the {role} host name, and that this machine has DNS",
             ) from None
@@ -89,14 +48,14 @@ async def _reach(endpoint: ServerSettings | ImapSettings, steps: _Steps, role: s
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except TimeoutError:
-            raise _Failed(
+            raise StepFailed(
                 f"no answer from {host}:{port} within {timeout:g} s",
                 f"a firewall drops the connection: many networks block port {port} outbound "
                 "(port 25 above all); try 587 (STARTTLS) or 465 (TLS), or ask the network's "
                 "administrator",
             ) from None
         except OSError as exc:
-            raise _Failed(
+            raise StepFailed(
                 f"{host}:{port} refused the connection ({exc.strerror or exc})",
                 f"nothing listens on port {port} there: check the port ({_usual_ports(role)}) "
                 "and that the server is running",
@@ -125,7 +84,7 @@ async def check_smtp(
 ) -> list[Step]:
     """DNS, TCP, TLS or STARTTLS with EHLO, AUTH when a username is set (XOAUTH2 with a token
     from `token` when auth = "oauth2"), and with `send_to` a test message to that address."""
-    steps = _Steps()
+    steps = Steps()
     if not await _reach(server, steps, "SMTP"):
         return steps.done
     context = ssl.create_default_context(cafile=str(server.ca_file) if server.ca_file else None)
@@ -146,48 +105,48 @@ async def check_smtp(
                 await client.ehlo()
         except (ssl.SSLError, aiosmtplib.SMTPConnectError) as exc:
             if "certificate" in str(exc).lower():
-                raise _Failed(
+                raise StepFailed(
                     f"the certificate of {server.host} is not trusted: {exc}",
                     f"the name must match the certificate; a private authority needs "
                     f"{section}.ca_file",
                 ) from None
-            raise _Failed(f"{security} failed: {exc}", _tls_hint(server)) from None
+            raise StepFailed(f"{security} failed: {exc}", _tls_hint(server)) from None
         except aiosmtplib.SMTPException as exc:
             text = str(exc)
             if "starttls" in text.lower():
-                raise _Failed(
+                raise StepFailed(
                     f"{server.host}:{server.port} does not offer STARTTLS",
                     "use security = 'tls' on port 465 if the server speaks TLS from the start; "
                     "nothing is ever sent in the clear by default",
                 ) from None
-            raise _Failed(f"the greeting failed: {text}", _tls_hint(server)) from None
+            raise StepFailed(f"the greeting failed: {text}", _tls_hint(server)) from None
         offered = sorted(client.esmtp_extensions)
         return f"{security}; the server offers {', '.join(offered) or 'nothing beyond SMTP'}"
 
     async def auth() -> str:
         if not client.supports_extension("auth"):
-            raise _Failed(
+            raise StepFailed(
                 f"{server.host}:{server.port} offers no AUTH (sign-in) on this connection",
                 "port 25 rarely offers it: use the submission port (587 with STARTTLS, 465 "
                 f"with TLS), or remove {section}.username if the server takes mail unsigned",
             )
         if server.auth == "oauth2":
             if token is None:
-                raise _Failed(f"{section}.auth = 'oauth2' but no token source is configured")
+                raise StepFailed(f"{section}.auth = 'oauth2' but no token source is configured")
             try:
                 access = await token()
             except Exception as exc:  # the token source's failure, in its words
-                raise _Failed(f"no OAuth2 access token: {exc}") from None
+                raise StepFailed(f"no OAuth2 access token: {exc}") from None
             try:
                 await client.auth_xoauth2(server.username or "", access)
             except aiosmtplib.SMTPException as exc:
                 words = str(exc)
-                raise _Failed(f"the server refused the OAuth2 sign-in: {words}",
+                raise StepFailed(f"the server refused the OAuth2 sign-in: {words}",
                               auth_hint(words)) from None  # fmt: skip
             return f"signed in as {server.username} with OAuth2 (XOAUTH2)"
         password = server.resolve_password(section)
         if password is None:
-            raise _Failed(
+            raise StepFailed(
                 f"{section}.username is set but no password is",
                 f"give {section}.password_env or {section}.password_file (an app password "
                 "where two-step sign-in is on)",
@@ -196,9 +155,9 @@ async def check_smtp(
             await client.login(server.username or "", password)
         except aiosmtplib.SMTPAuthenticationError as exc:
             words = f"{exc.code} {exc.message}"
-            raise _Failed(f"the server refused the sign-in: {words}", auth_hint(words)) from None
+            raise StepFailed(f"the server refused the sign-in: {words}", auth_hint(words)) from None
         except aiosmtplib.SMTPException as exc:
-            raise _Failed(f"AUTH failed: {exc}", auth_hint(str(exc))) from None
+            raise StepFailed(f"AUTH failed: {exc}", auth_hint(str(exc))) from None
         return f"signed in as {server.username}"
 
     async def test_message() -> str:
@@ -216,7 +175,7 @@ async def check_smtp(
         except aiosmtplib.SMTPRecipientsRefused as exc:
             words = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
             relay = "relay" in words.lower()
-            raise _Failed(
+            raise StepFailed(
                 f"the server refused {send_to}: {words}",
                 "the server will not relay for this sender: sign in (username and password), "
                 f"and send from the account's own address ({section}.from_address)"
@@ -224,12 +183,12 @@ async def check_smtp(
                 else "check the address; a carrier gateway refuses numbers it does not serve",
             ) from None
         except aiosmtplib.SMTPSenderRefused as exc:
-            raise _Failed(
+            raise StepFailed(
                 f"the server refused the sender {sender.address}: {exc.code} {exc.message}",
                 f"{section}.from_address must be the account's own address or one it may send as",
             ) from None
         except aiosmtplib.SMTPResponseException as exc:
-            raise _Failed(f"the message was refused: {exc.code} {exc.message}") from None
+            raise StepFailed(f"the message was refused: {exc.code} {exc.message}") from None
         return f"accepted for {send_to}; check that it arrived"
 
     try:
@@ -273,7 +232,7 @@ async def check_imap(
     count, IDLE support: the same connection code as the mailbox reader and the Sent copy."""
     from gateway.services.runtime import imap_server
 
-    steps = _Steps()
+    steps = Steps()
     if not await _reach(imap, steps, "IMAP"):
         return steps.done
     client: Any = None
@@ -287,9 +246,9 @@ async def check_imap(
         try:
             client = await connect(server)
         except ImapError as exc:
-            raise _Failed(str(exc), exc.hint) from None
+            raise StepFailed(str(exc), exc.hint) from None
         except (OSError, TimeoutError) as exc:
-            raise _Failed(
+            raise StepFailed(
                 f"no IMAP greeting from {imap.host}:{imap.port}: {str(exc) or type(exc).__name__}",
                 "993 speaks TLS from the start (security = 'tls'); 143 wants 'starttls'",
             ) from None
@@ -300,22 +259,22 @@ async def check_imap(
         try:
             await authenticate(client, server)
         except ImapError as exc:
-            raise _Failed(str(exc), exc.hint) from None
+            raise StepFailed(str(exc), exc.hint) from None
         except TimeoutError:
-            raise _Failed(
+            raise StepFailed(
                 f"no answer to the sign-in within {server.timeout:g} s",
                 "servers slow their answers after failed sign-ins from the same address; "
                 "try again in a minute",
             ) from None
         except OSError as exc:
-            raise _Failed(f"the sign-in failed: {str(exc) or type(exc).__name__}") from None
+            raise StepFailed(f"the sign-in failed: {str(exc) or type(exc).__name__}") from None
         how = "OAuth2 (XOAUTH2)" if imap.auth == "oauth2" else "a password"
         return f"signed in as {imap.username} with {how}"
 
     async def folder() -> str:
         response = await client.select(imap.folder)
         if response.result != "OK":
-            raise _Failed(
+            raise StepFailed(
                 f"the folder {imap.folder!r} cannot be opened",
                 "check imap.folder (INBOX is the usual one)",
             )
@@ -357,7 +316,7 @@ async def diagnose(config: str | Path | None, send_to: str | None = None) -> lis
     def take(section: str, steps: list[Step]) -> None:
         report.extend(dataclasses.replace(step, section=section) for step in steps)
 
-    steps = _Steps()
+    steps = Steps()
     loaded: list[Any] = []
 
     async def configuration() -> str:
@@ -370,6 +329,16 @@ async def diagnose(config: str | Path | None, send_to: str | None = None) -> lis
     if not loaded:
         return report
     runtime = Runtime(loaded[0])
+    # --send-to: a phone number tests the SMS channels, an address the mail routes.
+    send_to_phone = None
+    if send_to is not None and send_to.lstrip().startswith("+"):
+        try:
+            send_to_phone = parse_phone(send_to, runtime.settings.carriers.default_region).e164
+        except PhoneError as exc:
+            report.append(Step("--send-to", False, 0.0, exc.reason, "give +COUNTRY NUMBER",
+                               section="config"))  # fmt: skip
+            return report
+        send_to = None
     if send_to is not None:
         from gateway.domain.email_out import AddressError, Mailbox
 
@@ -403,12 +372,14 @@ async def diagnose(config: str | Path | None, send_to: str | None = None) -> lis
                            warning=True, section="imap",
                            hint="set [imap] to read replies, bounces and STOP"))  # fmt: skip
     take("carriers", await _check_carriers(runtime, all(step.ok for step in database)))
+    for name, checked in await check_channels(runtime, send_to_phone):
+        take(name, checked)
     runtime.engine.dispose()
     return report
 
 
 async def _check_database(runtime: Any) -> list[Step]:
-    steps = _Steps()
+    steps = Steps()
     url = runtime.settings.database.url
 
     async def reach() -> str:
@@ -418,13 +389,13 @@ async def _check_database(runtime: Any) -> list[Step]:
         file = parsed.database if parsed.get_backend_name() == "sqlite" else None
         if file and file != ":memory:" and not await asyncio.to_thread(os.path.exists, file):
             # Opening it would create an empty file: a check must change nothing.
-            raise _Failed(f"there is no database file at {file}", "run `gateway db upgrade`")
+            raise StepFailed(f"there is no database file at {file}", "run `gateway db upgrade`")
         engine = make_engine(url)
         try:
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
         except Exception as exc:
-            raise _Failed(
+            raise StepFailed(
                 f"cannot open {_safe(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                 "check database.url; for PostgreSQL, that the server runs and the user may connect",
             ) from None
@@ -448,7 +419,7 @@ def _safe(url: str) -> str:
 
 
 async def _check_carriers(runtime: Any, database_ok: bool) -> list[Step]:
-    steps = _Steps()
+    steps = Steps()
 
     async def table() -> str:
         book = runtime.carriers  # loading it checks the file and the [gateways] provider ids
@@ -472,7 +443,7 @@ async def _check_carriers(runtime: Any, database_ok: bool) -> list[Step]:
         stranded = [risk for risk in risks if risk.provider is None]
         if stranded:
             count = sum(risk.contacts for risk in stranded)
-            raise _Warning(
+            raise StepWarning(
                 f"{count} contact{'s' if count != 1 else ''} on carriers that closed or close "
                 "within 60 days, with no email-to-SMS provider to take them: "
                 + "; ".join(risk.describe(today) for risk in stranded),

@@ -34,11 +34,7 @@ class TwilioClient:
             text.ttl_seconds,
         )  # fmt: skip
         path = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
-        headers = {
-            "Authorization": basic_auth(self.account_sid, self.auth_token),
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Accept": "application/json",
-        }
+        headers = {**self.auth_headers(), "Content-Type": "application/x-www-form-urlencoded"}
         try:
             answer = await self.service.request(
                 "POST", path, urllib.parse.urlencode(params).encode(), headers
@@ -48,6 +44,12 @@ class TwilioClient:
         except AnswerLost as exc:
             return AttemptOutcome(OutcomeKind.AMBIGUOUS, str(exc), None, "data")
         return create_outcome(answer.status, answer.body)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {
+            "Authorization": basic_auth(self.account_sid, self.auth_token),
+            "Accept": "application/json",
+        }
 
     async def close(self) -> None:
         """Nothing is held open between requests."""
