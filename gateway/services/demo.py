@@ -6,8 +6,9 @@ relay, both handing texts to simulated phones; a Maildir as the company mailbox,
 phones answer into; the sender, the mailbox reader and the dashboard running in this process.
 Seeded customers, a driver and an order show every path: answers threaded back, STOP, a number
 that does not exist, contacts on retired carriers reached through an email-to-SMS provider (its
-delivery report, an answer in its format), a number no gateway reaches, the per-contact cap,
-the relay.
+delivery report, an answer in its format), a number no gateway reaches texted by the company's
+own Android phone (SMS Gate, simulated: its webhooks report deliveries and the answer), a number
+nothing reaches, the per-contact cap, the relay.
 
 With `--exit-after SECONDS` it runs unattended, prints a summary, and exits 0 only when every
 expected outcome happened; without, it keeps serving the dashboard until Ctrl-C, and the phones
@@ -37,10 +38,12 @@ from sqlalchemy import select
 from gateway.config import load_settings
 from gateway.domain.delivery import State
 from gateway.services.carrier_sim import Phone, PhoneNetwork
+from gateway.services.channels import smsgate_webhooks
 from gateway.services.heartbeat import pulse
 from gateway.services.inbound import Ingest, Receiver
 from gateway.services.orders import OrderInput, Orders
 from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.phone_sim import CompanyPhone
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
 from gateway.store import access
@@ -48,6 +51,8 @@ from gateway.store.db import upgrade, utcnow
 from gateway.store.inbox import inbound
 from gateway.store.outbox import contacts, messages
 
+# The company's Android phone (SMS Gate, simulated): user name, password, webhook signing key.
+PHONE_LOGIN = ("sms", "demo-phone", "demo-signing-key")
 OWN_DAILY_LIMIT = 6  # the own server's quota in the demo: the texts after it go by the relay
 PROVIDER_DOMAIN = "sms.provider.example"  # carriers.yaml's `generic` provider, simulated
 LOGINS = (("dispatcher", "dispatcher", "demo-dispatcher"), ("admin", "admin", "demo-admin-pw"))
@@ -88,8 +93,10 @@ PEOPLE = (
            Phone("Thanks, I'll be in"), "AT&T closed: through the provider, answered"),
     Person("Ivy", "+12025550134", "tmobile", f"12025550134@{PROVIDER_DOMAIN}", Phone(),
            "T-Mobile closed: through the provider, delivered"),
-    Person("Eve", "+447400123456", None, None, Phone(),
-           "not sent: carrier not known, provider not in GB"),
+    Person("Eve", "+447400123456", None, None, Phone("Cheers, see you then"),
+           "no gateway reaches GB: the company's phone, answered"),
+    Person("Uma", "+4915123456789", None, None, Phone(),
+           "not sent: carrier not known, no channel reaches DE"),
     Person("Fay", "+12025550161", "verizon", "2025550161@vtext.com", Phone("👍"),
            "order W-2001 texts, the fourth held by the hourly cap"),
 )  # fmt: skip
@@ -117,7 +124,8 @@ def _first_texts() -> list[tuple[Person, SendRequest]]:
         to("Hal", "order_confirmed", "A-1008", window="10:00-12:00"),
         to("Dan", "order_confirmed", "A-1005", window="13:00-15:00"),
         to("Ivy", "out_for_delivery", "A-1009", driver_name="Sam", eta="15:10"),
-        to("Eve", "order_confirmed", "A-1006"),
+        to("Eve", "order_confirmed", "A-1006", window="10:00-12:00"),
+        to("Uma", "order_confirmed", "A-1010"),
     ]  # fmt: skip
 
 
@@ -156,14 +164,20 @@ class _Demo:
             on_event=lambda line: self._from_thread(loop, line),
         )
         own, relay = network.listen("own"), network.listen("relay")
+        phone = CompanyPhone(*PHONE_LOGIN, people={p.phone: p.behaviour for p in PEOPLE},
+                             on_event=lambda line: self._from_thread(loop, line))  # fmt: skip
         web_port = self.port if self.port and _free(self.port) else _any_port()
         try:
-            runtime = self._runtime(base, maildir, own, relay, web_port)
+            runtime = self._runtime(base, maildir, own, relay, web_port, phone.url)
+            await smsgate_webhooks(runtime, "register")  # as `gateway channels webhooks`
             return await self._scenario(runtime, network, maildir, web_port, exit_after)
         finally:
             network.stop()
+            phone.stop()
 
-    def _runtime(self, base: Path, maildir: Path, own: int, relay: int, web: int) -> Runtime:
+    def _runtime(
+        self, base: Path, maildir: Path, own: int, relay: int, web: int, phone: str
+    ) -> Runtime:
         db = (base / "gateway.db").resolve()
         # The same file lets `gateway --config demo/gateway.toml …` look at what the demo did.
         (base / "gateway.toml").write_text(
@@ -176,7 +190,12 @@ class _Demo:
             'from_address = "Dispatch via relay <relay@relay.demo.example>"\n'
             f'[inbound]\nmaildir = "{maildir.resolve()}"\n'
             '[gateways]\nprovider = "generic"  # texts to closed carriers go through it\n'
-            f"[web]\nport = {web}\n[sender]\nidle_poll_seconds = 0.2\n",
+            '[channels]\norder = ["email", "smsgate"]  # what email cannot reach: the phone\n'
+            f'[smsgate]\nurl = "{phone}"\nusername = "{PHONE_LOGIN[0]}"\n'
+            f'password = "{PHONE_LOGIN[1]}"\nsigning_key = "{PHONE_LOGIN[2]}"\n'
+            'countries = ["GB"]  # the company phone\'s plan texts the UK\n'
+            f'[web]\nport = {web}\npublic_url = "http://127.0.0.1:{web}"\n'
+            "[sender]\nidle_poll_seconds = 0.2\n",
             encoding="utf-8",
         )
         runtime = Runtime(load_settings(base / "gateway.toml"))
@@ -317,6 +336,8 @@ class _Demo:
                 via = [r for r in mine if r.gateway == PROVIDER_DOMAIN]
                 final = State.REPLIED if person.expect.endswith("answered") else State.DELIVERED
                 ok = bool(via) and bool(reports) and any(r.state == final.value for r in via)
+            elif "the company's phone" in person.expect:
+                ok = any(r.state == State.REPLIED.value and r.route == "smsgate" for r in mine)
             elif "carrier not known" in person.expect:
                 ok = bool(mine) and all(r.reason == "carrier_unknown" for r in mine)
             else:  # Fay's order
@@ -366,6 +387,7 @@ class _Demo:
             "suppressed": sum(1 for r in rows if r.state == "suppressed"),
             "by own server": sum(1 for r in rows if r.route == "own"),
             "by relay": sum(1 for r in rows if r.route == "relay"),
+            "by the company's phone": sum(1 for r in rows if r.route == "smsgate"),
         }
         self.out.print(", ".join(f"{name} {count}" for name, count in counts.items()))
         for name, note in (("own server up to its daily limit", f" ({OWN_DAILY_LIMIT} here)"),
