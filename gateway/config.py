@@ -681,32 +681,8 @@ class Settings(BaseSettings):
     source_file: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
-    def _channels_configured(self) -> Settings:
-        for name in self.channels.order:
-            if name != "email" and not getattr(self, name).configured:
-                raise ValueError(
-                    f"channels.order names {name}, but [{name}] is not configured "
-                    f"(`gateway config check` shows the keys; the README's \"Texting without "
-                    f'carrier gateways" the setup)'
-                )
-        if self.twilio.configured and self.web.public_url is None:
-            raise ValueError(
-                "[twilio] needs web.public_url: the https address Twilio reaches gateway serve "
-                "at (its status and incoming-text webhooks are under /hooks/twilio/)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _oauth2_has_a_source(self) -> Settings:
-        for name in ("smtp", "relay", "imap"):
-            section: Endpoint = getattr(self, name)
-            external = section.oauth2_token_file or section.oauth2_token_command
-            enabled = getattr(section, "enabled", True)
-            if enabled and section.auth == "oauth2" and not external and not self.oauth2.configured:
-                raise ValueError(
-                    f"{name}.auth = 'oauth2' needs the [oauth2] section (provider and client_id, "
-                    f"then `gateway auth ...`) or {name}.oauth2_token_command"
-                )
+    def _sections_agree(self) -> Settings:
+        check_across(self)
         return self
 
     @classmethod
@@ -720,6 +696,33 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file arrives as init arguments; the environment overrides it.
         return (env_settings, init_settings)
+
+
+def check_across(settings: Settings) -> None:
+    """The rules that tie sections together; ValueError naming the keys when one is broken.
+    Run when the settings load, and on a change saved in the dashboard (which validates the
+    changed sections alone)."""
+    for name in settings.channels.order:
+        if name != "email" and not getattr(settings, name).configured:
+            raise ValueError(
+                f"channels.order names {name}, but [{name}] is not configured "
+                f"(`gateway config check` shows the keys; the README's \"Texting without "
+                f'carrier gateways" the setup)'
+            )
+    if settings.twilio.configured and settings.web.public_url is None:
+        raise ValueError(
+            "[twilio] needs web.public_url: the https address Twilio reaches gateway serve "
+            "at (its status and incoming-text webhooks are under /hooks/twilio/)"
+        )
+    for server in ("smtp", "relay", "imap"):
+        section: Endpoint = getattr(settings, server)
+        external = section.oauth2_token_file or section.oauth2_token_command
+        enabled = getattr(section, "enabled", True)
+        if enabled and section.auth == "oauth2" and not external and not settings.oauth2.configured:
+            raise ValueError(
+                f"{server}.auth = 'oauth2' needs the [oauth2] section (provider and client_id, "
+                f"then `gateway auth ...`) or {server}.oauth2_token_command"
+            )
 
 
 def is_loopback(host: str) -> bool:
@@ -779,7 +782,12 @@ def with_changes(base: Settings, changes: dict[str, Any], where: str) -> Setting
         data = {**current.model_dump(), **values}
         model: type[BaseModel] = type(current)
         sections[section] = _checked(partial(model.model_validate, data), where, section)
-    return base.model_copy(update=sections)
+    changed = base.model_copy(update=sections)
+    try:
+        check_across(changed)
+    except ValueError as exc:
+        raise ConfigError(f"{where} has 1 problem(s):\n  {exc}") from None
+    return changed
 
 
 def _checked(build: Callable[[], _T], where: str, prefix: str = "") -> _T:

@@ -395,3 +395,38 @@ def test_doctor_says_when_the_phone_cannot_be_reached(tmp_path, phone, smtp_serv
     assert not found["smsgate: reachable"]["ok"]
     assert dead in found["smsgate: reachable"]["hint"]
     assert "smsgate: signed in" not in found  # later steps would only repeat it
+
+
+def test_an_admin_sets_up_the_phone_in_the_dashboard(tmp_path, phone, smtp_server):
+    from gateway.store import access
+    from tests.test_dashboard import PASSWORD, client_for, csrf_of
+
+    folder = gateway_folder(tmp_path, smtp_server.port)
+    runtime = runtime_of(folder)
+    access.add_user(runtime.engine, "ana", "admin", PASSWORD, utcnow())
+    admin = client_for(runtime, "ana")
+    csrf = csrf_of(admin, "/settings")
+    # The order cannot name the phone before the phone is set up: refused, nothing saved.
+    refused = admin.post("/settings/channels", data={"csrf": csrf,
+                         "channels.order": "email, smsgate"})  # fmt: skip
+    assert refused.status_code == 200 and "[smsgate] is not configured" in refused.text
+    assert runtime.settings.channels.order == ["email"]
+    saved = admin.post("/settings/smsgate", data={
+        "csrf": csrf, "smsgate.url": phone.url, "smsgate.username": phone.username,
+        "smsgate.password": phone.password, "smsgate.signing_key": phone.signing_key,
+        "smsgate.countries": "us, ca"})  # fmt: skip
+    assert saved.status_code == 303, saved.text
+    saved = admin.post("/settings/channels", data={"csrf": csrf,
+                       "channels.order": "email, smsgate"})  # fmt: skip
+    assert saved.status_code == 303, saved.text
+    assert runtime.settings.channels.order == ["email", "smsgate"]
+    assert runtime.settings.smsgate.countries == ["US", "CA"]
+    page = admin.get("/settings").text
+    assert phone.password not in page and phone.signing_key not in page
+    tested = admin.post("/settings/test/smsgate", headers={"X-CSRF-Token": csrf})
+    assert tested.status_code == 200, tested.text
+    assert '<span class="mark">✓</span> reachable' in tested.text
+    assert '<span class="mark">✓</span> signed in' in tested.text
+    assert "set web.public_url" in tested.text  # what is left to do, said
+    # Texts now take the phone where email cannot reach.
+    assert enqueue(runtime, SendRequest(PHONE, "att", text="Hi"), utcnow()).channel == "smsgate"

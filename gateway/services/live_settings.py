@@ -19,7 +19,9 @@ from gateway.config import SECRET_SOURCES, ConfigError, Settings, with_changes
 from gateway.services.runtime import Runtime
 from gateway.store import overrides
 
-Kind = Literal["bool", "int", "optional_int", "float", "text", "optional_text", "secret", "choice"]
+Kind = Literal[
+    "bool", "int", "optional_int", "float", "text", "optional_text", "secret", "choice", "list"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,38 @@ GROUPS: dict[str, tuple[str, list[Editable]]] = {
         Editable("policy.allowed_until", "Until (HH:MM)", "text"),
         Editable("policy.timezone", "Company time zone", "text", help="e.g. America/Chicago"),
     ]),
+    "channels": ("Channels", [
+        Editable("channels.order", "Channels, in preference", "list",
+                 help="comma-separated: email, smsgate, twilio; each text takes the first that "
+                      "reaches its number"),
+        Editable("web.public_url", "Public address of gateway serve", "optional_text",
+                 help="https://…: where the phone and Twilio send their reports"),
+    ]),
+    "smsgate": ("The company's phone (SMS Gate)", [
+        Editable("smsgate.url", "Phone's address", "optional_text",
+                 help="http://PHONE:8080, or https://api.sms-gate.app/3rdparty/v1"),
+        Editable("smsgate.username", "User name", "optional_text", help="as the app shows it"),
+        Editable("smsgate.password", "Password", "secret", help="empty keeps the current"),
+        Editable("smsgate.signing_key", "Webhook signing key", "secret",
+                 help="the app's; empty keeps the current"),
+        Editable("smsgate.device_id", "Device id", "optional_text", help="cloud: which phone"),
+        Editable("smsgate.sim", "SIM (1-3)", "optional_int"),
+        Editable("smsgate.countries", "Countries", "list", help="e.g. US, CA; empty: all"),
+        Editable("smsgate.daily_limit", "Texts a day", "optional_int"),
+        Editable("smsgate.per_minute", "Texts a minute", "optional_int"),
+        Editable("smsgate.poll_seconds", "Read the phone every (seconds)", "optional_int",
+                 help="only where the phone cannot reach gateway serve"),
+    ]),
+    "twilio": ("Twilio", [
+        Editable("twilio.account_sid", "Account SID", "optional_text"),
+        Editable("twilio.auth_token", "Auth Token", "secret", help="empty keeps the current"),
+        Editable("twilio.from_number", "From (your Twilio number)", "optional_text"),
+        Editable("twilio.messaging_service_sid", "Messaging Service SID", "optional_text",
+                 help="instead of From"),
+        Editable("twilio.countries", "Countries", "list", help="e.g. US, CA; empty: all"),
+        Editable("twilio.daily_limit", "Texts a day", "optional_int"),
+        Editable("twilio.per_minute", "Texts a minute", "optional_int"),
+    ]),
     "limits": ("Limits", [
         Editable("policy.max_per_contact_hour", "Automated texts per contact an hour",
                  "optional_int"),
@@ -95,12 +129,22 @@ class SettingsError(ValueError):
     """The change does not fit; the message names the key and the fix. Nothing was saved."""
 
 
+def secret_sources(section: Any, name: str) -> list[str]:
+    """The keys a secret may be given by: itself, KEY_env, KEY_file (and a mail server's
+    password, its OAuth2 token sources)."""
+    extra = SECRET_SOURCES if name == "password" else ()
+    keys = (name, f"{name}_env", f"{name}_file", *extra)
+    return [key for key in dict.fromkeys(keys) if key in type(section).model_fields]
+
+
 def current_value(settings: Settings, field: Editable) -> Any:
     """What the form shows: never a secret, only whether one is set."""
-    value = getattr(getattr(settings, field.section), field.name)
+    section = getattr(settings, field.section)
+    value = getattr(section, field.name)
     if field.kind == "secret":
-        section = getattr(settings, field.section)
-        return any(getattr(section, source) is not None for source in SECRET_SOURCES)
+        return any(getattr(section, k) is not None for k in secret_sources(section, field.name))
+    if field.kind == "list":
+        return ", ".join(value)
     return value
 
 
@@ -129,6 +173,8 @@ def parse_form(group: str, form: dict[str, str]) -> dict[str, Any]:
                 raise SettingsError(f"{field.label}: {raw!r} is not a number") from None
         elif field.kind == "optional_text":
             values[field.key] = raw or None
+        elif field.kind == "list":
+            values[field.key] = [item.strip() for item in raw.split(",") if item.strip()]
         elif field.kind == "choice" and raw not in field.choices:
             raise SettingsError(f"{field.label}: choose one of {', '.join(field.choices)}")
         else:
@@ -149,11 +195,12 @@ def save_changes(
         saved = overrides.read(conn)
         updated = {**saved, **changed}
         for key in changed:
-            if BY_KEY[key].kind == "secret":  # a typed password replaces any other source
-                section = BY_KEY[key].section
-                for source in SECRET_SOURCES:
-                    if source != "password":
-                        updated[f"{section}.{source}"] = None
+            field = BY_KEY[key]
+            if field.kind == "secret":  # a typed secret replaces any other source of it
+                section = getattr(settings, field.section)
+                for source in secret_sources(section, field.name):
+                    if source != field.name:
+                        updated[f"{field.section}.{source}"] = None
         try:
             effective = with_changes(runtime.base_settings, updated, "this change")
         except ConfigError as exc:

@@ -30,6 +30,7 @@ from gateway.domain.templates import TemplateError
 from gateway.services import live_settings
 from gateway.services.carrier_report import at_risk, carrier_rows, health_rows
 from gateway.services.doctor import check_imap, check_smtp
+from gateway.services.doctor_channels import check_smsgate, check_twilio
 from gateway.services.health import overview
 from gateway.services.inbound import Ingest, manual_thread
 from gateway.services.oauth2 import (
@@ -722,6 +723,12 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         elif target in ("smtp", "relay"):
             server = getattr(settings, target)
             steps = await check_smtp(server, target, None, runtime.oauth2_token(server))
+        elif target in ("smsgate", "twilio") and getattr(settings, target).configured:
+            check = check_smsgate if target == "smsgate" else check_twilio
+            try:
+                steps = await check(runtime, None)
+            except ConfigError as exc:
+                return HTMLResponse(f"<p class=error>{_escape(str(exc))}</p>", 400)
         else:
             return HTMLResponse("<p class=error>nothing to test by that name</p>", 404)
         return page(request, "_steps.html", user, steps=steps, target=target)
