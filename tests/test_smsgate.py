@@ -430,3 +430,45 @@ def test_an_admin_sets_up_the_phone_in_the_dashboard(tmp_path, phone, smtp_serve
     assert "set web.public_url" in tested.text  # what is left to do, said
     # Texts now take the phone where email cannot reach.
     assert enqueue(runtime, SendRequest(PHONE, "att", text="Hi"), utcnow()).channel == "smsgate"
+
+
+async def test_the_order_system_hears_of_the_phones_reports_and_replies(served, phone):
+    from gateway.services.webhooks import Webhooks
+    from tests.test_webhooks import HookReceiver
+
+    runtime, serve = served
+    receiver = HookReceiver()
+    try:
+        runtime.settings.webhooks.urls = [receiver.url]
+        runtime.settings.webhooks.secret = "order-system-secret"
+        hooks = Webhooks(runtime, runtime.engine)
+        hooks.collect(utcnow())  # a first run reports from here on
+        [message] = enqueue(runtime, SendRequest(PHONE, "att", text="On the way"), utcnow()).ids
+        await send_due(runtime)
+        hooks.collect(utcnow())  # the hand-over: "sent"
+        ref = message_row(runtime, message).channel_ref
+        for report in (phone.delivered(ref), phone.received(PHONE, "Great, thanks")):
+            assert phone.call(serve.hook, report)[0] == 200
+            hooks.collect(utcnow())
+            await hooks.deliver(utcnow())
+        events = receiver.events()
+        states = [e["state"] for e in events if e["event"] == "state" and e["id"] == message]
+        assert states == ["sent", "delivered"]  # the phone's report, after the hand-over
+        [reply] = [e for e in events if e["event"] == "reply"]
+        assert reply["text"] == "Great, thanks" and reply["message_id"] == message
+    finally:
+        receiver.server.shutdown()
+
+
+async def test_the_phones_daily_limit_holds_the_rest(tmp_path, phone, smtp_server):
+    folder = folder_for(tmp_path, phone, smtp_server.port, '["smsgate"]')
+    config = (folder / "gateway.toml").read_text()  # [smsgate] ends where [web] begins
+    (folder / "gateway.toml").write_text(config.replace("[web]", "daily_limit = 2\n[web]", 1))
+    runtime = runtime_of(folder)
+    ids = [enqueue(runtime, SendRequest(PHONE, "att", text=f"Text {n}"), utcnow()).ids[0]
+           for n in range(3)]  # fmt: skip
+    await send_due(runtime)
+    states = [message_row(runtime, i).state for i in ids]
+    assert sorted(states) == ["deferred", "sent", "sent"] and len(phone.posts) == 2
+    [held] = [message_row(runtime, i) for i in ids if message_row(runtime, i).state == "deferred"]
+    assert "daily limit" in held.reason

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from gateway.services.runtime import Runtime
+from gateway.store.channel_events import channel_events
 from gateway.store.db import utcnow
 from gateway.store.inbox import inbound
 from gateway.store.models import Cursor, WebhookDelivery
@@ -66,7 +67,11 @@ class Webhooks:
         if not self.urls:
             return 0
         with self.engine.begin() as conn:
-            events = self._inbound_events(conn, now) + self._state_events(conn, now)
+            events = (
+                self._inbound_events(conn, now)
+                + self._state_events(conn, now)
+                + self._channel_events(conn, now)
+            )
             rows = [
                 {"url": url, "event": event, "payload": json.dumps(payload, default=str),
                  "next_at": now, "created_at": now}
@@ -83,7 +88,7 @@ class Webhooks:
         if row is not None:
             return row
         # A fresh start reports from now on, not the whole history.
-        table = inbound if name == "inbound" else attempts
+        table = {"inbound": inbound, "attempts": attempts, "channel_events": channel_events}[name]
         last = conn.execute(select(table.c.id).order_by(table.c.id.desc()).limit(1)).scalar()
         conn.execute(insert(cursors).values(name=name, position_id=last or 0, updated_at=now))
         return None
@@ -129,34 +134,40 @@ class Webhooks:
         """What the texts attempted since the last call came to (sent, failed, ...), read from
         the append-only attempts table by id: an index on the messages' change time would cost
         every send a fifth of its speed."""
-        cursor = self._cursor(conn, "attempts", now)
+        return self._states_since(conn, "attempts", attempts, now)
+
+    def _channel_events(
+        self, conn: Connection, now: dt.datetime
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """What the SMS channels reported since the last call (a text delivered or failed),
+        from their append-only events table by id."""
+        return self._states_since(conn, "channel_events", channel_events, now)
+
+    def _states_since(
+        self, conn: Connection, name: str, table: Any, now: dt.datetime
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The states of the texts `table` names past cursor `name` (each once, as it is)."""
+        cursor = self._cursor(conn, name, now)
         if cursor is None:
             return []
         rows = conn.execute(
             select(
-                attempts.c.id.label("attempt"), messages.c.id, messages.c.state,
+                table.c.id.label("position"), messages.c.id, messages.c.state,
                 messages.c.reason, messages.c.to_phone, messages.c.message_id,
                 messages.c.updated_at, orders.c.ref.label("order_ref"),
             )
             .select_from(
-                attempts.join(messages, messages.c.id == attempts.c.message_id).outerjoin(
+                table.join(messages, messages.c.id == table.c.message_id).outerjoin(
                     orders, orders.c.id == messages.c.order_id
                 )
             )
-            .where(attempts.c.id > cursor.position_id)
-            .order_by(attempts.c.id)
+            .where(table.c.id > cursor.position_id)
+            .order_by(table.c.id)
             .limit(BATCH)
         ).all()  # fmt: skip
         if rows:
-            self._move(conn, "attempts", now, position_id=rows[-1].attempt)
-        latest = {row.id: row for row in rows}  # a text attempted twice is reported once
-        return [
-            ("state", {"event": "state", "id": row.id, "state": row.state, "reason": row.reason,
-                       "to": row.to_phone, "message_id": row.message_id,
-                       "order_ref": row.order_ref, "at": row.updated_at})
-            for row in latest.values()
-            if row.state in REPORTED_STATES
-        ]  # fmt: skip
+            self._move(conn, name, now, position_id=rows[-1].position)
+        return _states(rows)
 
     # --- delivering -------------------------------------------------------------------------
 
@@ -242,3 +253,15 @@ def delivery_log(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
                 .limit(limit)
             )
         ]  # fmt: skip
+
+
+def _states(rows: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A state event for each text the rows name (once, at its latest), when worth reporting."""
+    latest = {row.id: row for row in rows}
+    return [
+        ("state", {"event": "state", "id": row.id, "state": row.state, "reason": row.reason,
+                   "to": row.to_phone, "message_id": row.message_id,
+                   "order_ref": row.order_ref, "at": row.updated_at})
+        for row in latest.values()
+        if row.state in REPORTED_STATES
+    ]  # fmt: skip
