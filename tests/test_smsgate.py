@@ -219,6 +219,18 @@ def test_outbox_list_and_the_api_show_the_channel(tmp_path, phone, smtp_server):
     listed = run_gateway("outbox", "list", "--format", "json", cwd=folder)
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)[0]["channel"] == "smsgate"
+    from fastapi.testclient import TestClient
+
+    from gateway.store.access import create_token
+    from gateway.web.app import create_app
+
+    api = TestClient(create_app(runtime))
+    api.headers["Authorization"] = f"Bearer {create_token(runtime.engine, 'orders', utcnow())}"
+    posted = api.post("/api/v1/messages", json={"to": PHONE, "carrier": "att", "text": "Hello"})
+    assert posted.status_code == 201, posted.text
+    assert posted.json()["channel"] == "smsgate" and posted.json()["to_address"] is None
+    shown = api.get(f"/api/v1/messages/{posted.json()['id']}").json()
+    assert shown["channel"] == "smsgate"
 
 
 async def test_a_phone_that_stays_down_shows_in_gateway_status(tmp_path, phone, smtp_server):
@@ -472,3 +484,32 @@ async def test_the_phones_daily_limit_holds_the_rest(tmp_path, phone, smtp_serve
     assert sorted(states) == ["deferred", "sent", "sent"] and len(phone.posts) == 2
     [held] = [message_row(runtime, i) for i in ids if message_row(runtime, i).state == "deferred"]
     assert "daily limit" in held.reason
+
+
+def test_a_reply_by_the_phone_shows_live_in_the_dashboard(served, phone):
+    import re
+
+    import httpx2
+
+    from gateway.store import access
+    from tests.test_dashboard import PASSWORD
+
+    runtime, serve = served
+    access.add_user(runtime.engine, "dana", "dispatcher", PASSWORD, utcnow())
+    client = httpx2.Client(base_url=serve.url, timeout=30)
+    form = client.get("/login").text
+    token = re.search(r'name="login_token" value="([^"]+)"', form).group(1)
+    signed = client.post("/login", data={"login_token": token, "name": "dana",
+                                         "password": PASSWORD, "next": "/"})  # fmt: skip
+    assert signed.status_code == 303
+    with client.stream("GET", "/events") as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("retry:")
+        assert phone.call(serve.hook, phone.received(PHONE, "Is it the blue van?"))[0] == 200
+        seen = []
+        for line in lines:  # the stream tells of it (a hang is the client's read time-out)
+            seen.append(line)
+            if line == "event: reply":
+                break
+    assert "event: reply" in seen
+    assert "Is it the blue van?" in client.get("/conversations").text
