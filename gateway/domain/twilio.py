@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import json
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -117,7 +118,9 @@ def status_update(status: str, error_code: str | None) -> StatusUpdate:
 
 
 def signature(token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
-    data = url + "".join(name + value for name, value in sorted(params))
+    # Twilio's own validators sort the parameters by name, then value, and take a pair sent
+    # twice once (their published vector with a repeated parameter says so).
+    data = url + "".join(name + value for name, value in sorted(set(params)))
     digest = hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
@@ -125,9 +128,26 @@ def signature(token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
 def signature_problem(
     token: str, url: str, params: Iterable[tuple[str, str]], given: str | None
 ) -> str | None:
-    """Why a webhook call must be refused (in words), or None when Twilio signed it."""
+    """Why a webhook call must be refused (in words), or None when Twilio signed it. Twilio
+    may sign the address with or without its default port (:443, :80): both are taken."""
     if not given:
         return "X-Twilio-Signature is required"
-    if not hmac.compare_digest(signature(token, url, params), given.strip()):
-        return "the signature does not match ([twilio] auth token, [web] public_url)"
-    return None
+    pairs = list(params)
+    for variant in _port_variants(url):
+        if hmac.compare_digest(signature(token, variant, pairs), given.strip()):
+            return None
+    return "the signature does not match ([twilio] auth token, [web] public_url)"
+
+
+def _port_variants(url: str) -> list[str]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    if default is None or parts.hostname is None:
+        return [url]
+    host = parts.netloc.rsplit("@", 1)[-1]
+    bare = host.rsplit(":", 1)[0] if parts.port is not None else host
+    if parts.port not in (None, default):
+        return [url]
+    with_port = parts._replace(netloc=f"{bare}:{default}").geturl()
+    without = parts._replace(netloc=bare).geturl()
+    return [url, without if parts.port is not None else with_port]
