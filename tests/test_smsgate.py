@@ -513,3 +513,11 @@ def test_a_reply_by_the_phone_shows_live_in_the_dashboard(served, phone):
                 break
     assert "event: reply" in seen
     assert "Is it the blue van?" in client.get("/conversations").text
+
+
+async def test_two_texts_with_the_same_words_are_both_kept(served, phone):
+    """The app derives a received text's messageId from its words: "OK" twice is two texts."""
+    runtime, serve = served
+    for _ in range(2):
+        assert phone.call(serve.hook, phone.received(PHONE, "OK", message_id="ok-hash"))[0] == 200
+    assert rows_in(runtime, inbound) == 2

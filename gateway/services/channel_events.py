@@ -48,7 +48,9 @@ def apply_smsgate(
             return "duplicate"
         if event.kind is EventKind.RECEIVED:
             assert phone is not None
-            received = ReceivedText(f"smsgate:{event.message_id}", phone, event.text, event.at, raw)
+            # Keyed by the event: the app derives a received text's messageId from its words,
+            # so two texts saying "OK" share one (its documentation says not to rely on it).
+            received = ReceivedText(f"smsgate:{event.id}", phone, event.text, event.at, raw)
             Ingest(runtime, engine).store_texts(conn, "smsgate", [received], now)
             return "stored"
         if text is None:
