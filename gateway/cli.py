@@ -248,6 +248,13 @@ def carriers_list(fmt: FormatOption = Format.table) -> None:
         rows = carrier_rows(runtime, utcnow().date())
         columns = ["id", "name", "kind", "countries", "sms", "address", "status", "ends_on",
                    "retired_on"]  # fmt: skip
+        if fmt is Format.table:  # four columns that fit 80: the JSON keeps every field
+            for row in rows:
+                row["gateway"] = row["sms"] or str(row["address"] or "").rpartition("@")[2]
+                date = row["ends_on"] or row["retired_on"]
+                status = f"{row['status']} {date}" if date else row["status"]
+                row["status"] = status if row["kind"] == "carrier" else f"provider, {status}"
+            columns = ["id", "countries", "gateway", "status"]
         emit(rows, fmt, columns, f"Carriers and providers ({runtime.carriers_path})")
 
 
@@ -330,7 +337,7 @@ def address(
             else:
                 out.print(target.address, markup=False)
                 err.print(f"why: {target.why}", markup=False)
-                if target.warning:
+                if target.warning and target.warning not in target.why:  # said once
                     err.print(f"warning: {target.warning}", markup=False)
             return
         fail(f"{choice.why} ({target.reason})")

@@ -33,6 +33,22 @@ def test_address_prints_the_gateway_address(tmp_path):
     result = gw("address", "+12025550143", "--carrier", "verizon", cwd=tmp_path, check_code=0)
     assert result.stdout.strip() == "2025550143@vtext.com"
     assert "2027-03-31" in result.stderr  # the reported closing date is said
+    assert result.stderr.count("closes its email-to-SMS gateway") == 1  # once, not twice
+
+
+def test_carriers_list_fits_80_columns(tmp_path):
+    result = gw("carriers", "list", cwd=tmp_path, env={"COLUMNS": "80"}, check_code=0)
+    assert "…" not in result.stdout, result.stdout  # no column cut short
+    assert "retired 2025-06-17" in result.stdout and "vtext.com" in result.stdout
+
+
+def test_a_command_before_db_upgrade_makes_no_database(workdir):
+    for args in (("outbox", "list"), ("inbox", "list"), ("status",)):
+        result = gw(*args, cwd=workdir, check_code=1)
+        assert "run `gateway db upgrade` first" in result.stderr
+        assert not (workdir / "gw.db").exists(), args  # asking made nothing
+    gw("db", "upgrade", cwd=workdir, check_code=0)
+    assert (workdir / "gw.db").exists()
 
 
 @pytest.mark.parametrize(
@@ -348,6 +364,8 @@ def test_demo_runs_unattended(tmp_path):
     assert "every expected outcome happened" in result.stdout
     assert "sign in as dispatcher / demo-dispatcher" in result.stdout
     assert "✗" not in result.stdout
+    # Numbers are shown whole; an answer too long for the table is cut with an ellipsis.
+    assert "+4915123456789" in result.stdout and "…" in result.stdout
     # Answers came back through the Maildir and were threaded; STOP and a bounce were read.
     inbox = json.loads(gw("--config", "demo/gateway.toml", "inbox", "list", "--format", "json",
                           cwd=tmp_path, check_code=0).stdout)  # fmt: skip

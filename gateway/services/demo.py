@@ -364,7 +364,8 @@ class _Demo:
         facts = self._facts(runtime)
         rows, replies = facts["rows"], facts["replies"]
         table = Table(title="What happened", title_justify="left")
-        for column in ("who", "texts", "routes", "answer", "expected", ""):
+        table.add_column("who", no_wrap=True, min_width=15)  # a whole number, never cut
+        for column in ("texts", "routes", "answer", "expected", ""):
             table.add_column(column)
         for person in PEOPLE:
             mine = [r for r in rows if r.to_phone == person.phone]
@@ -377,7 +378,8 @@ class _Demo:
             if not answer and any(r.state == State.DELIVERED.value for r in mine):
                 answer = "(the provider's delivery report)"
             mark = "[green]✓[/green]" if outcomes[person.name] else "[red]✗[/red]"
-            table.add_row(f"{person.name}\n{person.phone}", states, routes, escape(answer[:40]),
+            shown = answer if len(answer) <= 40 else answer[:39] + "…"  # cut, and says so
+            table.add_row(f"{person.name}\n{person.phone}", states, routes, escape(shown),
                           person.expect, mark)  # fmt: skip
         self.out.print(table)
         counts = {

@@ -109,7 +109,14 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
 
 
 def require_current(engine: Engine) -> None:
-    """Refuse to work on a database whose schema is not the one this code expects."""
+    """Refuse to work on a database whose schema is not the one this code expects. A SQLite
+    file that does not exist is not made by asking (only `gateway db upgrade` makes it)."""
+    url = engine.url
+    missing = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if missing and not Path(str(url.database)).exists():
+        raise DatabaseError(
+            f"there is no database at {url.database}; run `gateway db upgrade` first"
+        )
     current, head = current_revision(engine), head_revision(engine)
     if current == head:
         return
