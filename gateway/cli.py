@@ -127,6 +127,11 @@ def user_errors() -> Iterator[None]:
         fail(str(exc))
 
 
+def with_var_hint(message: str, missing: str | None) -> str:
+    """A template's complaint with how to give the missing variable on the command line."""
+    return f"{message} (pass it with --var {missing}=VALUE)" if missing else message
+
+
 def emit(rows: Sequence[dict[str, Any]], fmt: Format, columns: Sequence[str], title: str) -> None:
     if fmt is Format.json:
         out.print_json(json.dumps(list(rows), default=_json_default), indent=None)
@@ -421,7 +426,7 @@ def templates_preview(
         try:
             text = normalise(runtime.templates.render(name.removesuffix(".txt.j2"), variables))
         except TemplateError as exc:
-            fail(str(exc))
+            fail(with_var_hint(str(exc), exc.missing))
         shape = measure(text)
         if fmt is Format.json:
             out.print_json(
@@ -492,7 +497,7 @@ def send(
         try:
             result = enqueue(runtime, request, utcnow())
         except EnqueueError as exc:
-            fail(str(exc))
+            fail(with_var_hint(str(exc), exc.missing))
         if fmt is Format.json:
             out.print_json(
                 json.dumps(

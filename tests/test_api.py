@@ -300,3 +300,12 @@ def test_send_at_more_than_max_schedule_days_ahead_is_422(api):
     answer = api.post("/api/v1/messages", json=naive)
     assert answer.status_code == 422 and "time zone" in answer.json()["message"]
     assert count(api.runtime) == 0
+
+
+def test_a_missing_template_variable_says_how_to_give_it_here(api):
+    answer = api.post("/api/v1/messages", json={"to": "+12025550143", "carrier": "verizon",
+                                                "template": "delayed"})  # fmt: skip
+    assert answer.status_code == 422
+    message = answer.json()["message"]
+    assert "variable 'customer_name' is missing (give it in variables)" in message
+    assert "--var" not in message

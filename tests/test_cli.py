@@ -310,6 +310,7 @@ def test_send_errors(workdir):
         check_code=1,
     )
     assert "delayed.txt.j2" in missing.stderr
+    assert "is missing (pass it with --var customer_name=VALUE)" in missing.stderr
     assert (
         json.loads(gw("outbox", "list", "--format", "json", cwd=workdir, check_code=0).stdout) == []
     )

@@ -8,6 +8,7 @@ module only sees their text.
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,12 +23,17 @@ SUFFIX = ".txt.j2"
 class TemplateError(ValueError):
     """A template that cannot be rendered; the message names the template and the line."""
 
-    def __init__(self, template: str, line: int | None, problem: str) -> None:
+    def __init__(
+        self, template: str, line: int | None, problem: str, missing: str | None = None
+    ) -> None:
         where = f"{template}{SUFFIX}" + (f", line {line}" if line else "")
         super().__init__(f"template {where}: {problem}")
         self.template = template
         self.line = line
         self.problem = problem
+        # The variable the template needed and was not given: each face says how to give it
+        # (the command line's --var, the API's variables, a field in the dashboard).
+        self.missing = missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +91,10 @@ class TemplateBook:
         try:
             return template.render(variables).strip()
         except jinja2.UndefinedError as exc:
-            raise TemplateError(
-                name, _template_line(exc.__traceback__, name), _undefined_words(exc)
-            ) from None
+            missing = _missing(exc)
+            problem = f"variable '{missing}' is missing" if missing else str(exc.message)
+            line = _template_line(exc.__traceback__, name)
+            raise TemplateError(name, line, problem or "a variable is missing", missing) from None
         except jinja2.TemplateError as exc:
             line = _template_line(exc.__traceback__, name)
             raise TemplateError(name, line, str(exc) or type(exc).__name__) from None
@@ -109,12 +116,10 @@ class TemplateBook:
             raise TemplateError(name, exc.lineno, exc.message or "syntax error") from None
 
 
-def _undefined_words(exc: jinja2.UndefinedError) -> str:
-    text = exc.message or "a variable is missing"
-    # Jinja says "'eta' is undefined"; say what to do about it.
-    if text.endswith(" is undefined"):
-        return f"variable {text[: -len(' is undefined')]} is missing (pass it with --var)"
-    return text
+def _missing(exc: jinja2.UndefinedError) -> str | None:
+    """The variable Jinja could not find ("'eta' is undefined"), or None."""
+    found = re.fullmatch(r"'(\w+)' is undefined", exc.message or "")
+    return found.group(1) if found else None
 
 
 def _template_line(tb: types.TracebackType | None, name: str) -> int | None:

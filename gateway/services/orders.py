@@ -338,11 +338,10 @@ _HINTS = {
 
 def _hint(exc: EnqueueError) -> str:
     """The template's complaint, with what to do about it for an order event."""
-    words = str(exc)
-    for variable, hint in _HINTS.items():
-        if f"variable '{variable}' is missing" in words:
-            return words.replace("(pass it with --var)", f"({hint})")
-    return words
+    hint = _HINTS.get(exc.missing or "")
+    if hint is not None:
+        return f"{exc} ({hint})"
+    return f"{exc} (give it with the event)" if exc.missing else str(exc)
 
 
 def _check_text(label: str, value: str) -> None:

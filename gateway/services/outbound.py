@@ -46,7 +46,12 @@ MAX_TEXT = 5000  # characters a dispatcher or template may produce before shapin
 
 
 class EnqueueError(ValueError):
-    """The request cannot become a text; nothing was stored. The message says what to fix."""
+    """The request cannot become a text; nothing was stored. The message says what to fix;
+    `missing` names a template variable that was not given (each face says how to give it)."""
+
+    def __init__(self, message: str, missing: str | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,7 @@ def _check(
         try:
             raw = runtime.templates.render(request.template, variables)
         except TemplateError as exc:
-            raise EnqueueError(str(exc)) from None
+            raise EnqueueError(str(exc), exc.missing) from None
     else:
         raw = request.text or ""
     if len(raw) > MAX_TEXT:

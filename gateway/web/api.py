@@ -123,6 +123,11 @@ def _send_request(body: MessageIn) -> SendRequest:
     )
 
 
+def _refusal(exc: EnqueueError) -> str:
+    """Why a message was refused, with how to give a missing template variable here."""
+    return f"{exc} (give it in variables)" if exc.missing else str(exc)
+
+
 def _enqueued(result: Enqueued) -> dict[str, Any]:
     return {
         "id": result.ids[0],
@@ -301,7 +306,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             try:
                 result = enqueue(runtime, _send_request(body), utcnow(), conn=conn)
             except EnqueueError as exc:
-                raise ApiError(422, "invalid_message", str(exc)) from None
+                raise ApiError(422, "invalid_message", _refusal(exc)) from None
             return 201, _enqueued(result)
 
         return idempotent(token, key, "POST /messages", body.model_dump(mode="json"), work)
@@ -318,7 +323,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             results = []
             for index, result in enumerate(enqueue_many(runtime, requests, utcnow(), conn)):
                 if isinstance(result, EnqueueError):
-                    error = {"error": "invalid_message", "message": str(result)}
+                    error = {"error": "invalid_message", "message": _refusal(result)}
                     results.append({"index": index, **error})
                 else:
                     results.append({"index": index, **_enqueued(result)})

@@ -234,7 +234,9 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
             write_if_free(engine(), lambda conn: views.mark_read(conn, conversation_id))
         if found is None:
             raise LookupError(f"there is no conversation {conversation_id}")
-        return {"thread": found, "template_names": runtime.templates.names()}
+        # free_text is the dispatcher's own typing: not a template to pick here.
+        names = [name for name in runtime.templates.names() if name != "free_text"]
+        return {"thread": found, "template_names": names}
 
     @router.get("/conversations")
     async def conversations_page(
@@ -375,7 +377,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
             try:
                 draft = runtime.templates.render(template, values)
             except TemplateError as exc:
-                error = f"{exc} (type the text instead, or pick another template)"
+                error = _template_refusal(template, exc, head["order_ref"])
         return page(request, "_draft.html", user, draft=draft, error=error)
 
     @router.get("/compose")
@@ -857,6 +859,17 @@ def _local(target: str) -> str:
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     return target
+
+
+def _template_refusal(template: str, exc: TemplateError, order_ref: str | None) -> str:
+    """Why a template cannot fill the draft, in a dispatcher's words."""
+    if exc.missing is None:
+        return f"{exc}: type the text instead, or pick another template"
+    where = f"order {order_ref}" if order_ref else "this conversation (it has no order)"
+    return (
+        f"“{template}” needs {exc.missing.replace('_', ' ')}, which {where} does not have: "
+        "type the text instead, or pick another template"
+    )
 
 
 def _escape(text: str) -> str:

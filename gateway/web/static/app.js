@@ -52,6 +52,16 @@
     }
   });
 
+  // Ctrl+Enter (Cmd+Enter on a Mac) in a text sends it, as in the messengers dispatchers use.
+  document.addEventListener("keydown", function (event) {
+    const field = event.target;
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && field &&
+        field.id === "draft" && field.form) {
+      event.preventDefault();
+      field.form.requestSubmit();
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     connect();
     const list = document.getElementById("messages");
