@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     "send_throughput.py",
     "bounce_accuracy.py",
+    "reply_accuracy.py",
     "inbound.py",
     "dashboard.py",
     "scale_out.py",

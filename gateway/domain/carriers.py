@@ -44,6 +44,15 @@ class Carrier:
     # Domains its phones' replies come from besides sms and mms (older or MMS-only systems):
     # recognised on inbound mail, never mailed.
     reply_domains: tuple[str, ...] = ()
+    # Where a footer the carrier appends to its phones' replies begins (the start of a line,
+    # case ignored): from there on it is not what the person typed.
+    reply_footers: tuple[str, ...] = ()
+
+    @property
+    def brand_words(self) -> tuple[str, ...]:
+        """How a footer names the carrier: its name, aliases and domains, lower case."""
+        names = (self.name, *self.aliases, *self.domains)
+        return tuple(dict.fromkeys(n.lower() for n in names if len(n) >= 3))
 
     @property
     def domains(self) -> tuple[str, ...]:

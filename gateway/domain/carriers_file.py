@@ -34,7 +34,8 @@ _DOMAIN_PATTERN = re.compile(
 )
 # (required, optional) keys of each kind of mapping
 _CARRIER_KEYS = ({"id", "name", "country", "status", "source"}, {
-    "aliases", "sms", "mms", "reply_domains", "ends_on", "retired_on", "max_length", "reported",
+    "aliases", "sms", "mms", "reply_domains", "reply_footers", "ends_on", "retired_on",
+    "max_length", "reported",
 })  # fmt: skip
 _PROVIDER_KEYS = ({"id", "name", "country", "address", "source"},
                   {"status", "authorise_sender", "max_length", "replies", "reports"})  # fmt: skip
@@ -276,6 +277,14 @@ class Fields:
 # --- carriers ---------------------------------------------------------------------------------
 
 
+def _footers(fields: Fields) -> tuple[str, ...]:
+    footers = tuple(" ".join(text.lower().split()) for text in fields.texts("reply_footers"))
+    for footer in footers:
+        if not 8 <= len(footer) <= 200:
+            raise fields.fail("reply_footers", f"reply footer {footer!r} must be 8-200 characters")
+    return footers
+
+
 def _carrier(fields: Fields) -> Carrier:
     carrier_id = fields.identifier("id")
     carrier = Carrier(
@@ -286,6 +295,7 @@ def _carrier(fields: Fields) -> Carrier:
         sms=fields.domain("sms"),
         mms=fields.domain("mms"),
         reply_domains=fields.domain_list("reply_domains"),
+        reply_footers=_footers(fields),
         status=fields.status("status"),
         ends_on=fields.date("ends_on"),
         retired_on=fields.date("retired_on"),

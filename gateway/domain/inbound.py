@@ -28,7 +28,7 @@ from enum import StrEnum
 from html.parser import HTMLParser
 
 from gateway.domain.bounces import Recipient, content_type, payload_text, read_report
-from gateway.domain.carriers import CarrierBook
+from gateway.domain.carriers import Carrier, CarrierBook
 from gateway.domain.phone import Phone, sender_phone
 from gateway.domain.providers import ProviderMail, from_a_provider, read_provider_mail
 from gateway.domain.providers import ReportStatus as ProviderReport
@@ -149,7 +149,7 @@ def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> Inbound
         return replace(base, kind=Kind.OWN_COPY, text=_clip(_first_text(message)))
     names_ours = any(ref.lower().endswith(ours_suffix) for ref in referenced)
     if carrier is not None or names_ours or base.plus_tokens:
-        return replace(base, kind=Kind.REPLY, text=reply_text(message))
+        return replace(base, kind=Kind.REPLY, text=reply_text(message, carrier))
     return replace(base, text=_clip(_first_text(message)))
 
 
@@ -264,18 +264,22 @@ _NOTICES = re.compile(
     re.IGNORECASE,
 )
 # Where a carrier's footer or a quoted earlier message begins: everything from there is dropped.
+# Carriers' own footers are data (carriers.yaml `reply_footers`), and a trailing paragraph naming
+# the carrier is dropped by rule (without_carrier_footer); these lines are any mail's.
 _FOOTER_LINE = re.compile(
-    r"^(--\s*|={4,}.*|_{4,}.*|-{4,}.*|brought to you by.*|this mobile text message is brought.*|"
-    r"mobile email from a .*|sent from my .*|sent using .*|"
+    r"^(--\s*|={4,}.*|_{4,}.*|-{4,}.*|sent from my .*|sent using .*|"
     r"on .{1,200} wrote:\s*|-+\s*original message\s*-+\s*|>.*)$",
     re.IGNORECASE,
 )
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_WEBSITE = re.compile(r"\b(?:www\.)?((?:[a-z0-9-]+\.)+[a-z]{2,6})\b")
 # Parts a phone's MMS gives its typed text (text_0.txt, smil.txt, media2.txt, ...): all text/plain.
 _MEDIA = ("image", "video", "audio", "application")
 
 
-def reply_text(message: email.message.Message) -> str:
-    """The text a person typed on their phone, without carrier wrappers, footers or quotes."""
+def reply_text(message: email.message.Message, carrier: Carrier | None = None) -> str:
+    """The text a person typed on their phone, without carrier wrappers, footers or quotes
+    (`carrier`'s own footers too, when the sender's carrier is known)."""
     texts: list[str] = []
     html_parts: list[email.message.Message] = []
     notice_seen = False
@@ -283,7 +287,7 @@ def reply_text(message: email.message.Message) -> str:
         kind = content_type(part)
         if kind == "text/plain":
             raw = payload_text(part)
-            cleaned = clean_text(raw)
+            cleaned = without_carrier_footer(clean_text(raw), carrier)
             if cleaned:
                 texts.append(cleaned)
             notice_seen = notice_seen or bool(_NOTICES.match(raw.strip()))
@@ -300,10 +304,43 @@ def reply_text(message: email.message.Message) -> str:
         reader.read(page)
         wrapper = reader.saw_pre or has_media or notice_seen
         typed = reader.preformatted if wrapper else reader.text
-        cleaned = clean_text("\n".join(typed))
+        cleaned = without_carrier_footer(clean_text("\n".join(typed)), carrier)
         if cleaned:
             return _clip(cleaned)
     return ""
+
+
+def without_carrier_footer(text: str, carrier: Carrier | None) -> str:
+    """`text` without what its carrier appended: from a line where one of the carrier's
+    `reply_footers` begins, and any trailing paragraph (after a blank line) that names the
+    carrier, its brand or its website, as carriers' promotional footers do."""
+    if carrier is None or not text:
+        return text
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        said = " ".join(line.lower().split())
+        if any(said.startswith(footer) for footer in carrier.reply_footers):
+            lines = lines[:index]
+            break
+    paragraphs = _PARAGRAPH_BREAK.split("\n".join(lines).strip())
+    while len(paragraphs) > 1 and _names_carrier(paragraphs[-1], carrier):
+        paragraphs.pop()
+    return "\n\n".join(paragraphs).strip()
+
+
+def _names_carrier(paragraph: str, carrier: Carrier) -> bool:
+    words = paragraph.lower()
+    for brand in carrier.brand_words:
+        if re.search(rf"(?<![a-z0-9]){re.escape(brand)}(?![a-z0-9])", words):
+            return True
+    # Its website, however written: verizonwireless.com, www.att.com, t-mobile.com.
+    names = {re.sub(r"[^a-z0-9]", "", n.lower()) for n in (carrier.name, *carrier.aliases)}
+    names = {n for n in names if len(n) >= 3}
+    for host in _WEBSITE.findall(words):
+        letters = re.sub(r"[^a-z0-9]", "", host.rsplit(".", 1)[0])
+        if any(name in letters for name in names):
+            return True
+    return False
 
 
 def clean_text(text: str) -> str:

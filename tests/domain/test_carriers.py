@@ -149,6 +149,11 @@ def test_every_status(status, extra, expect):
             "retired_on",
         ),
         (ENTRY.replace("id: one", "id: One Two"), 2, "lower-case"),
+        (
+            ENTRY.replace("status: active", "status: active\n    reply_footers: [Sent]"),
+            7,
+            "must be 8-200 characters",
+        ),
     ],
 )
 def test_bad_files_are_reported_with_the_line_at_fault(text, line, words):

@@ -284,3 +284,35 @@ def test_hostile_mime_gives_a_result_or_mail_error(raw):
 )
 def test_keywords(text, keyword):
     assert keyword_of(text) is keyword
+
+
+@pytest.mark.parametrize(
+    ("sender", "body", "typed"),
+    [
+        # A carrier's promotional paragraph after what was typed: its name, or its website.
+        ("2065550143@vzwpix.com", "Running 5 min late\n\nGet more from your phone with "
+         "Verizon Wireless. Learn more at www.verizonwireless.com/mms", "Running 5 min late"),
+        ("2065550143@tmomail.net", "Be there soon\n\nThis message was sent from a wireless "
+         "phone. Visit t-mobile.com for more.", "Be there soon"),
+        ("2065550143@mms.att.net", "Gate code 4411\n\nAT&T: more ways to share, at att.com",
+         "Gate code 4411"),
+        # The carrier named by the person is kept: nothing follows a blank line, or it is the
+        # only paragraph.
+        ("2065550143@vtext.com", "My Verizon phone is broken, call my wife",
+         "My Verizon phone is broken, call my wife"),
+        ("2065550143@vtext.com", "Hi\n\nLeave it at the door", "Hi Leave it at the door"),
+    ],
+)  # fmt: skip
+def test_a_trailing_paragraph_naming_the_carrier_is_its_footer(sender, body, typed):
+    raw = mail(f"From: {sender}\nTo: dispatch@example.com\nSubject:", body)
+    parsed = parse_mail(raw, CARRIERS, US)
+    assert parsed.kind is Kind.REPLY and " ".join(parsed.text.split()) == typed
+
+
+def test_a_carriers_listed_footer_is_cut_where_it_begins():
+    raw = mail("From: 2065550143@txt.att.net\nTo: dispatch@example.com\nSubject:",
+               "See you at 5\nThis mobile text message is brought to you by AT&T")  # fmt: skip
+    assert parse_mail(raw, CARRIERS, US).text == "See you at 5"
+    other = mail("From: 2065550143@vtext.com\nTo: dispatch@example.com\nSubject:",
+                 "See you at 5\nThis mobile text message is brought to you by AT&T")  # fmt: skip
+    assert "brought to you" in parse_mail(other, CARRIERS, US).text  # AT&T's, not Verizon's
