@@ -258,7 +258,9 @@ def test_a_dispatcher_day_in_the_browser(gateway, browser, smtp_server, relay_se
     admin.click("#smtp button:has-text('Save')")
     admin.wait_for_selector(".notice >> text=smtp.enabled")
     assert "smtp.enabled" in admin.inner_text("#audit")
-    time.sleep(3)  # the workers look for saved changes every 2 s
+    # `gateway run` looks for saved changes every 2 s and says when it takes one up.
+    wait_for(lambda: "settings changed in the dashboard" in gateway.logs(),
+             "gateway run to take up the change", 60)  # fmt: skip
 
     page.fill("#draft", "Second text, after the change")
     page.press("#draft", "Control+Enter")  # the keyboard sends it, as the button would
