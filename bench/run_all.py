@@ -17,6 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     "send_throughput.py",
+    "send_latency.py",
     "bounce_accuracy.py",
     "reply_accuracy.py",
     "inbound.py",
@@ -30,6 +31,10 @@ TARGETS = {
     ("send_throughput", "pooled_vs_per_message"): (">=", 3.0),
     ("send_throughput", "enqueue_vs_send"): (">=", 2.0),
     ("send_throughput", "routing_vs_fixed"): (">=", 0.9),
+    ("send_latency", "sqlite_p50_ms"): ("<=", 200),
+    ("send_latency", "sqlite_p95_ms"): ("<=", 400),
+    ("send_latency", "postgres_p50_ms"): ("<=", 200),
+    ("send_latency", "postgres_p95_ms"): ("<=", 400),
     ("bounce_accuracy", "detected"): (">=", 0.98),
     ("bounce_accuracy", "hard_soft_right"): (">=", 0.97),
     ("bounce_accuracy", "status_right"): (">=", 0.90),

@@ -533,6 +533,7 @@ def run(
 ) -> None:
     """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit):
     the sender, and the inbound worker when a mailbox is configured."""
+    from gateway.services.bell import Bell
     from gateway.services.heartbeat import MailboxView, pulse
     from gateway.services.inbound import Ingest, MailboxLease, Receiver, keep_reading
     from gateway.services.orders import Orders
@@ -574,6 +575,7 @@ def run(
                     idle_poll=settings.sender.idle_poll_seconds,
                     sent_folder=self.sent_folder,
                     worker=worker,
+                    bell=Bell(engine),
                     **runtime.quiet(),
                 )
                 # The phone's news read from it, where it cannot call gateway serve.

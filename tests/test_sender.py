@@ -254,3 +254,35 @@ def test_env_is_clean():
     assert not any(
         k.startswith("GATEWAY_") and not k.startswith("GATEWAY_TEST_") for k in os.environ
     )
+
+
+@pytest.mark.slow
+def test_a_text_stored_by_another_process_is_sent_now_not_at_the_next_poll(
+    tmp_path, db_url, smtp_server
+):
+    """`gateway run` polls only every 60 s here: a text another process stores (`gateway
+    send`) is sent well before that, because storing it rings the waiting sender (PostgreSQL
+    NOTIFY; on SQLite a datagram to the sender's socket)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import gateway_folder, run_gateway
+
+    extra = ('from_address = "Dispatch <dispatch@example.com>"\n'
+             "[sender]\nidle_poll_seconds = 60\n")  # fmt: skip
+    folder = gateway_folder(tmp_path, smtp_server.port, extra, db_url=db_url)
+    worker = subprocess.Popen([sys.executable, "-m", "gateway", "run"], cwd=folder,
+                              stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for n in (1, 2):  # the second after the first was sent: the sender is waiting again
+            sent = run_gateway("send", "--to", "+12025550143", "--carrier", "verizon",
+                               "--text", f"Text {n}", cwd=folder)  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+            deadline = time.monotonic() + 30  # half the poll: only the bell can make it
+            while len(smtp_server.received) < n:
+                assert worker.poll() is None, "gateway run stopped"
+                assert time.monotonic() < deadline, f"text {n} waited for the sender's poll"
+                time.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait(30)

@@ -37,6 +37,7 @@ from sqlalchemy import select
 
 from gateway.config import load_settings
 from gateway.domain.delivery import State
+from gateway.services.bell import Bell
 from gateway.services.carrier_sim import Phone, PhoneNetwork
 from gateway.services.channels import smsgate_webhooks
 from gateway.services.heartbeat import pulse
@@ -227,7 +228,7 @@ class _Demo:
             timeout_graceful_shutdown=1, proxy_headers=False,
         ))  # fmt: skip
         sender = Sender(engine, runtime.route_book(), runtime.retry_policy, batch_size=50,
-                        idle_poll=0.2, **runtime.quiet())  # fmt: skip
+                        idle_poll=0.2, bell=Bell(engine), **runtime.quiet())  # fmt: skip
         source = runtime.mail_source(engine)
         assert source is not None
         receiver = Receiver(Ingest(runtime, engine), source)

@@ -4,6 +4,7 @@ its event. The same event reported twice (the order system retrying) is recorded
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from gateway.domain.rules import (
     superseded,
     variables,
 )
+from gateway.services.bell import ring
 from gateway.services.csv_rows import csv_rows
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
@@ -147,6 +149,13 @@ class Orders:
 
     # --- events ---------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _storing(self) -> Iterator[Connection]:
+        """A transaction whose texts are sent now: waiting senders are rung after it commits."""
+        with self.runtime.migrated_engine().begin() as conn:
+            yield conn
+        ring(self.runtime.engine)
+
     def record_status(
         self,
         ref: str,
@@ -164,7 +173,7 @@ class Orders:
             if value is not None:
                 _check_text(label, value)
         rules = self.rules
-        with self.runtime.migrated_engine().begin() as conn:
+        with self._storing() as conn:
             if key is not None:
                 earlier = store.event_by_key(conn, key)
                 if earlier is not None:

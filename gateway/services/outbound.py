@@ -29,6 +29,7 @@ from gateway.domain.rules import throttled
 from gateway.domain.sms import LongText, fit, measure, normalise
 from gateway.domain.smsgate import our_id
 from gateway.domain.templates import TemplateError
+from gateway.services.bell import ring
 from gateway.services.runtime import Runtime
 from gateway.store.outbox import (
     NewMessage,
@@ -119,11 +120,14 @@ def enqueue_many(
             checked.append(exc)
     valid = [item for item in checked if isinstance(item, _Checked)]
     if valid:
+        owned = conn is None
         transaction = (
             contextlib.nullcontext(conn) if conn is not None else runtime.migrated_engine().begin()
         )
         with transaction as conn:
             stored = iter(_store(runtime, conn, valid, now))
+        if owned:  # committed here: waiting senders look now (else the caller rings)
+            ring(runtime.engine)
         return [next(stored) if isinstance(item, _Checked) else item for item in checked]
     return [item for item in checked if isinstance(item, EnqueueError)]
 

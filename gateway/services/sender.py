@@ -45,6 +45,7 @@ from gateway.domain.routing import (
     is_route_failure,
 )
 from gateway.domain.smsgate import our_id
+from gateway.services.bell import Bell
 from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import utcnow
 from gateway.store.outbox import (
@@ -116,8 +117,12 @@ class Sender:
         sent_folder: SentFolder | None = None,
         quiet_hours: QuietHours | None = None,
         company_zone: ZoneInfo | None = None,
+        bell: Bell | None = None,
     ) -> None:
         self.engine = engine
+        # Rung when texts are stored (by any process): idle, the sender looks at once rather
+        # than at its next poll.
+        self.bell = bell
         self.quiet_hours = quiet_hours
         self.company_zone = company_zone or ZoneInfo("UTC")
         self.sent_folder = sent_folder
@@ -154,6 +159,8 @@ class Sender:
         """Send until `stop` is set (then finish what is in flight and give back the rest), or
         with `until_idle` until nothing is due."""
         await asyncio.to_thread(self.routes.load, self.engine, self.clock())
+        if self.bell is not None:
+            self.bell.start()
         workers = [
             asyncio.create_task(self._send_loop(), name=f"send-{n}")
             for n in range(self._connections)
@@ -185,6 +192,8 @@ class Sender:
                 await pool.close()
             for client in self._clients:
                 await client.close()
+            if self.bell is not None:
+                await self.bell.close()
             if copier is not None and self.sent_folder is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._copies.join(), COPY_DRAIN_SECONDS)
@@ -232,7 +241,10 @@ class Sender:
                 if due == 0:
                     return
                 continue
-            await _wait(stop, self.idle_poll)
+            if self.bell is not None:
+                await self.bell.wait(stop, self.idle_poll)
+            else:
+                await _wait(stop, self.idle_poll)
 
     async def _database(self, stop: asyncio.Event, what: str, work: Callable[..., T],
                         *args: Any) -> T | None:  # fmt: skip

@@ -327,6 +327,7 @@ def insert_messages(conn: Connection, rows: Iterable[NewMessage], now: dt.dateti
         return []
     marks = ", ".join([mark] * len(_MESSAGE_COLUMNS))
     conn.exec_driver_sql(f"INSERT INTO messages ({_MESSAGE_COLUMNS_SQL}) VALUES ({marks})", values)
+    live.notify_outbox(conn)
     wanted = [str(row[_MESSAGE_ID_COLUMN]) for row in values]
     ids = {key: int(row_id) for key, row_id in _select_in(conn, _IDS_BY_MESSAGE_ID, wanted, mark)}
     return [ids[key] for key in wanted]

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.config import ConfigError
 from gateway.domain.delivery import State
 from gateway.domain.routing import BreakerState
+from gateway.services.bell import ring
 from gateway.services.carrier_report import carrier_rows
 from gateway.services.health import overview
 from gateway.services.orders import OrderError, OrderInput, Orders
@@ -275,6 +276,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         if key is None:
             with engine().begin() as conn:
                 status, payload = work(conn)
+            ring(engine())  # texts it stored are sent now, not at a sender's next look
             return JSONResponse(payload, status)
         digest = access.body_digest({"endpoint": endpoint, "body": body})
         seen = access.begin_request(engine(), token.id, key, endpoint, digest, utcnow())
@@ -295,6 +297,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         except BaseException:
             access.forget_request(engine(), token.id, key)
             raise
+        ring(engine())
         return JSONResponse(payload, status)
 
     # --- messages ---------------------------------------------------------------------------

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from sqlalchemy import Engine
 
+from gateway.services.bell import listen
 from gateway.store.live import CHANNEL
-
-log = logging.getLogger(__name__)
 
 
 class Wakeup:
@@ -49,21 +47,7 @@ class Wakeup:
         event.set()
 
     async def _listen(self) -> None:
-        import psycopg
+        await listen(self.engine, CHANNEL, self._wake, "live updates", self._listening)
 
-        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        delay = 1.0
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening, delay = True, 1.0
-                    async for _ in conn.notifies():
-                        self._wake()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database away: the streams poll meanwhile
-                log.warning("live updates: LISTEN failed (%s); again in %.0f s", exc, delay)
-            self.listening = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    def _listening(self, now: bool) -> None:
+        self.listening = now
