@@ -276,3 +276,49 @@ def test_a_dispatcher_day_in_the_browser(gateway, browser, smtp_server, relay_se
         admin.goto(f"{gateway.url}{path}")
         shoot(admin, name)
     assert errors == [], errors
+
+
+def test_cancelling_a_waiting_text_asks_first(gateway, browser):
+    """What cannot be taken back asks first: a dispatcher who clicks Cancel on a waiting order
+    text and says no keeps it; saying yes cancels it. Tags in the list fit their words."""
+    import datetime as dt
+
+    from sqlalchemy import select
+
+    from gateway.config import load_settings
+    from gateway.services.outbound import SendRequest, enqueue
+    from gateway.services.runtime import Runtime
+    from gateway.store.outbox import messages
+
+    runtime = Runtime(load_settings(gateway.folder / "gateway.toml"))
+    tomorrow = utcnow() + dt.timedelta(days=1)
+    [text] = enqueue(runtime, SendRequest(PHONE, "verizon", text="Your order arrives tomorrow",
+                                          order_ref="C-1", send_at=tomorrow), utcnow()).ids  # fmt: skip
+
+    def state() -> str:
+        with runtime.engine.connect() as conn:
+            return conn.execute(select(messages.c.state).where(messages.c.id == text)).scalar_one()
+
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    sign_in(page, gateway, "dana")
+    # The order's tag in the list is as wide as its words, not stretched across the row.
+    tag = page.wait_for_selector("ul.conversations .tag.order >> text=C-1").bounding_box()
+    row = page.locator("ul.conversations li").first.bounding_box()
+    assert tag["width"] < row["width"] / 4, (tag, row)
+    page.goto(f"{gateway.url}/orders/C-1")
+    asked: list[str] = []
+
+    def answer(dialog, yes: bool) -> None:
+        asked.append(dialog.message)
+        dialog.accept() if yes else dialog.dismiss()
+
+    page.once("dialog", lambda d: answer(d, False))
+    page.click("button:has-text('Cancel')")
+    wait_for(lambda: asked, "the question")
+    assert "Cancel this text to +12025550143" in asked[0] and state() == "queued"
+    page.once("dialog", lambda d: answer(d, True))
+    page.click("button:has-text('Cancel')")
+    wait_for(lambda: state() == "cancelled", "the text cancelled once the dispatcher says yes")
+    assert len(asked) == 2 and errors == []

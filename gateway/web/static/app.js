@@ -52,6 +52,15 @@
     }
   });
 
+  // What cannot be taken back asks first: a form with data-confirm says what it will do.
+  document.addEventListener("submit", function (event) {
+    const form = event.target;
+    const question = form && form.getAttribute && form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+    }
+  });
+
   // Ctrl+Enter (Cmd+Enter on a Mac) in a text sends it, as in the messengers dispatchers use.
   document.addEventListener("keydown", function (event) {
     const field = event.target;
