@@ -322,3 +322,26 @@ def test_cancelling_a_waiting_text_asks_first(gateway, browser):
     page.click("button:has-text('Cancel')")
     wait_for(lambda: state() == "cancelled", "the text cancelled once the dispatcher says yes")
     assert len(asked) == 2 and errors == []
+
+
+def test_the_keyboard_moves_between_conversations(gateway, browser):
+    from gateway.config import load_settings
+    from gateway.services.outbound import SendRequest, enqueue
+    from gateway.services.runtime import Runtime
+
+    runtime = Runtime(load_settings(gateway.folder / "gateway.toml"))
+    for phone in ("+12025550143", "+12025550144", "+12025550145"):
+        enqueue(runtime, SendRequest(phone, "verizon", text="Out for delivery"), utcnow())
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(page, gateway, "dana")
+    links = page.locator("ul.conversations li > a")
+    wait_for(lambda: links.count() == 3, "three conversations listed")
+    order = [links.nth(n).get_attribute("href").split("?")[0] for n in range(3)]
+    page.goto(f"{gateway.url}{order[0]}")
+    page.keyboard.press("Alt+ArrowDown")
+    page.wait_for_url(f"**{order[1]}?*")
+    page.focus("#draft")  # from the text being typed too
+    page.keyboard.press("Alt+ArrowDown")
+    page.wait_for_url(f"**{order[2]}?*")
+    page.keyboard.press("Alt+ArrowUp")
+    page.wait_for_url(f"**{order[1]}?*")

@@ -61,6 +61,20 @@
     }
   });
 
+  // Alt+↓ and Alt+↑ open the next and the previous conversation of the list, from anywhere
+  // on the page (typing included): a dispatcher works through the list from the keyboard.
+  document.addEventListener("keydown", function (event) {
+    if (!event.altKey || (event.key !== "ArrowDown" && event.key !== "ArrowUp")) { return; }
+    const links = Array.from(document.querySelectorAll("ul.conversations li > a"));
+    if (!links.length) { return; }
+    const open = links.findIndex(function (a) { return a.parentElement.classList.contains("open"); });
+    const next = open < 0 ? 0 : open + (event.key === "ArrowDown" ? 1 : -1);
+    if (next >= 0 && next < links.length) {
+      event.preventDefault();
+      window.location.assign(links[next].href);
+    }
+  });
+
   // Ctrl+Enter (Cmd+Enter on a Mac) in a text sends it, as in the messengers dispatchers use.
   document.addEventListener("keydown", function (event) {
     const field = event.target;
