@@ -459,3 +459,40 @@ def test_parse_reports_unreadable_files_and_exits_1(tmp_path):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["file"] for row in rows] == ["junk.eml", "missing.eml"]
     assert "header" in rows[0]["error"] and "No such file" in rows[1]["error"]
+
+
+def test_the_demo_sums_up_only_once_everything_the_phones_said_is_stored(tmp_path, sqlite_url):
+    """The summary once said "replied 6" with a seventh answer on its way: it now waits until no
+    phone is about to answer and every answer is stored."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from gateway.services.carrier_sim import PhoneNetwork
+    from gateway.services.demo import _Demo
+    from gateway.services.phone_sim import CompanyPhone
+    from gateway.store.db import utcnow
+    from gateway.store.inbox import store_inbound_rows
+    from tests.conftest import make_runtime
+
+    runtime = make_runtime(sqlite_url, 25)
+    demo = _Demo(Path(tmp_path), Console(), 0)
+    network = PhoneNetwork(maildir=None)
+    phone = CompanyPhone("sms", "pw", "key", people={})
+    try:
+        assert demo._settled(runtime, network, phone)
+        network._later(60, lambda: None)  # a phone about to answer
+        assert not demo._settled(runtime, network, phone)
+        network.stop()
+        network._timers.clear()
+        network.dropped = 1  # an answer in the mailbox, not yet read
+        assert not demo._settled(runtime, network, phone)
+        with runtime.engine.begin() as conn:
+            store_inbound_rows(conn, [{
+                "mailbox": "maildir:x", "uidvalidity": None, "uid": None, "dedup_key": "k",
+                "kind": "reply", "match_rule": "none", "confidence": 0.0, "size": 1,
+                "raw": b"x", "text": "Thanks", "stored_at": utcnow(), "imported": False}])  # fmt: skip
+        assert demo._settled(runtime, network, phone)
+    finally:
+        phone.stop()
+        network.stop()

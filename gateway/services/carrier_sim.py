@@ -74,6 +74,11 @@ class PhoneNetwork:
     _controllers: list[Controller] = field(default_factory=list)
     _answered: set[str] = field(default_factory=set)
     _timers: list[threading.Timer] = field(default_factory=list)
+    dropped: int = 0  # messages written into the company mailbox (answers, reports, bounces)
+
+    def busy(self) -> bool:
+        """Whether a phone, the provider or a carrier is still about to write something."""
+        return any(timer.is_alive() for timer in self._timers)
 
     def listen(self, via: str, host: str = "127.0.0.1") -> int:
         """An SMTP server that hands mail to the phones; returns its port."""
@@ -183,6 +188,8 @@ class PhoneNetwork:
         self._tell(f"{domain} reported {address} unknown")
 
     def _drop(self, raw: bytes) -> None:
+        with self._lock:
+            self.dropped += 1
         if self.maildir is not None:
             deliver_to_maildir(self.maildir, raw, f"{time.time():.6f}.{uuid.uuid4().hex}.demo")
 

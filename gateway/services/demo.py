@@ -33,7 +33,7 @@ import uvicorn
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.config import load_settings
 from gateway.domain.delivery import State
@@ -49,7 +49,7 @@ from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
 from gateway.store import access
 from gateway.store.db import upgrade, utcnow
-from gateway.store.inbox import inbound
+from gateway.store.inbox import inbound, quarantine
 from gateway.store.outbox import contacts, messages
 
 # The company's Android phone (SMS Gate, simulated): user name, password, webhook signing key.
@@ -171,7 +171,7 @@ class _Demo:
         try:
             runtime = self._runtime(base, maildir, own, relay, web_port, phone.url)
             await smsgate_webhooks(runtime, "register")  # as `gateway channels webhooks`
-            return await self._scenario(runtime, network, maildir, web_port, exit_after)
+            return await self._scenario(runtime, network, phone, maildir, web_port, exit_after)
         finally:
             network.stop()
             phone.stop()
@@ -211,6 +211,7 @@ class _Demo:
         self,
         runtime: Runtime,
         network: PhoneNetwork,
+        phone: CompanyPhone,
         maildir: Path,
         web_port: int,
         exit_after: float | None,
@@ -249,7 +250,15 @@ class _Demo:
         try:
             expected = await self._send_and_walk(runtime)
             deadline = None if exit_after is None else self.started + exit_after
-            while not self._all_happened(runtime, expected, network) and not ended.is_set():
+            # Every expected outcome, and everything the phones said stored: the summary counts
+            # what happened, not what had happened when the last expected one did.
+            while (
+                not (
+                    self._all_happened(runtime, expected, network)
+                    and self._settled(runtime, network, phone)
+                )
+                and not ended.is_set()
+            ):
                 if deadline is not None and time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
@@ -356,6 +365,17 @@ class _Demo:
         result["own server up to its daily limit"] = own == OWN_DAILY_LIMIT
         result["the relay took over"] = relay >= 1
         return result
+
+    def _settled(self, runtime: Runtime, network: PhoneNetwork, phone: CompanyPhone) -> bool:
+        """Nothing more is coming (no phone about to answer or report) and what came is stored."""
+        if network.busy() or phone.busy():
+            return False
+        with runtime.engine.connect() as conn:
+            stored = sum(
+                conn.execute(select(func.count()).select_from(table)).scalar_one()
+                for table in (inbound, quarantine)  # what could not be read counts as stored
+            )
+        return bool(stored >= network.dropped + phone.received_sent)
 
     def _all_happened(self, runtime: Runtime, walk: dict[str, Any], network: PhoneNetwork) -> bool:
         return all(self._outcomes(runtime, walk, network).values())

@@ -41,6 +41,8 @@ class CompanyPhone:
         self.hooks: dict[str, dict[str, str]] = {}
         self.texts: dict[str, dict[str, Any]] = {}
         self.answered: set[str] = set()
+        self.received_sent = 0  # texts the people sent the phone, reported to the gateway
+        self.timers: list[threading.Timer] = []
         self.lock = threading.Lock()
         phone = self
 
@@ -119,6 +121,8 @@ class CompanyPhone:
         stamp = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
         payload = {**payload, STAMPS[event]: stamp}
         if event == "sms:received":
+            with self.lock:
+                self.received_sent += 1
             self._tell(
                 f"{payload['phoneNumber']} answers the company's phone: {payload['message']}"
             )
@@ -137,7 +141,12 @@ class CompanyPhone:
     def _later(self, seconds: float, work: Callable[..., None], *args: Any) -> None:
         timer = threading.Timer(seconds, work, args)
         timer.daemon = True
+        self.timers.append(timer)
         timer.start()
+
+    def busy(self) -> bool:
+        """Whether the phone is still about to report something."""
+        return any(timer.is_alive() for timer in self.timers)
 
     def _tell(self, line: str) -> None:
         if self.on_event is not None:
