@@ -40,8 +40,7 @@ demo: $(VENV)/.installed-run
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict gateway/domain
-	$(BIN)/mypy gateway
+	$(BIN)/mypy --strict gateway
 
 test: $(VENV)/.installed-test lint
 	scripts/debian-packages $(TEST_DEBS)

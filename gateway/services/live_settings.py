@@ -215,5 +215,5 @@ def save_changes(
 def _differs(settings: Settings, field: Editable, value: Any) -> bool:
     current = getattr(getattr(settings, field.section), field.name)
     if isinstance(current, SecretStr):
-        return current.get_secret_value() != value
+        return bool(current.get_secret_value() != value)
     return bool(current != value)

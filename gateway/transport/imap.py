@@ -74,7 +74,7 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return context
 
 
-class _Protocol(aioimaplib.IMAP4ClientProtocol):
+class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib is untyped
     """aioimaplib's protocol, answering a SASL challenge during AUTHENTICATE (see the module)."""
 
     sasl_challenge: bytes = b""
@@ -90,7 +90,7 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):
         super()._continuation(line)
 
 
-class _Client(aioimaplib.IMAP4):
+class _Client(aioimaplib.IMAP4):  # type: ignore[misc]  # aioimaplib is untyped
     def create_client(
         self,
         host: str,

@@ -121,9 +121,9 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         except (OperationalError, InterfaceError):
             return ["the database cannot be reached"]
 
-    def page(request: Request, name: str, user: access.SignedIn | None, **context: Any) -> Any:
+    def page(request: Request, name: str, user: access.SignedIn | None, **context: Any) -> Response:
         live = getattr(request.state, "live_after", None)
-        return templates.TemplateResponse(
+        response: Response = templates.TemplateResponse(
             request,
             name,
             {
@@ -135,6 +135,7 @@ def dashboard(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
                 **context,
             },
         )
+        return response
 
     def user_of(request: Request) -> access.SignedIn:
         user = security.current_user(request, engine)
@@ -878,7 +879,9 @@ def _escape(text: str) -> str:
     return str(escape(text))
 
 
-def _login_again(request: Request, page: Any, error: str, target: str, status: int) -> Response:
+def _login_again(
+    request: Request, page: Callable[..., Response], error: str, target: str, status: int
+) -> Response:
     token = security.new_token()
     response = page(request, "login.html", None, login_token=token, next=target, error=error)
     response.status_code = status
@@ -886,7 +889,9 @@ def _login_again(request: Request, page: Any, error: str, target: str, status: i
     return response
 
 
-def _not_found(request: Request, page: Any, user: access.SignedIn, message: str) -> Response:
+def _not_found(
+    request: Request, page: Callable[..., Response], user: access.SignedIn, message: str
+) -> Response:
     response = page(request, "message.html", user, title="Not found", message=message)
     response.status_code = 404
     return response
