@@ -7,10 +7,9 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.domain.delivery import State
+from gateway.store.db import insert_or
 from gateway.store.models import ChannelEvent
 from gateway.store.outbox import messages
 
@@ -32,9 +31,8 @@ def record_event(
     now: dt.datetime,
 ) -> bool:
     """Keep the event; False when it was kept before (the channel called again)."""
-    dialect = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
     statement = (
-        dialect(channel_events)
+        insert_or(conn, channel_events)
         .values(
             channel=channel,
             event_id=event_id,

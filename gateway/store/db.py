@@ -11,7 +11,11 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
@@ -136,3 +140,10 @@ def require_current(engine: Engine) -> None:
         f"the database is at revision {current}, this version needs {head}; "
         "run `gateway db upgrade`"
     )
+
+
+def insert_or(bind: Connection | Engine, table: Table) -> PostgresqlInsert | SqliteInsert:
+    """An INSERT of the database's own dialect, which takes ON CONFLICT (both have it)."""
+    if bind.dialect.name == "postgresql":
+        return postgresql_insert(table)
+    return sqlite_insert(table)

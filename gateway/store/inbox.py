@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.delivery import State
 from gateway.domain.threading import Sent
+from gateway.store.db import insert_or
 from gateway.store.models import InboundMessage, MailboxState, QuarantinedMessage
 from gateway.store.outbox import contacts, conversations, messages, orders
 
@@ -62,8 +61,7 @@ def hold_mailbox(
     """Take or renew the lease on `mailbox` for `holder` until `until`. Returns None when
     `holder` has it, else the name of the process that does. One statement: two processes
     asking at once cannot both win."""
-    dialect = sqlite_insert if engine.dialect.name == "sqlite" else postgresql_insert
-    statement = dialect(mailboxes).values(
+    statement = insert_or(engine, mailboxes).values(
         name=mailbox, last_uid=0, updated_at=now, holder=holder, held_until=until
     )
     statement = statement.on_conflict_do_update(

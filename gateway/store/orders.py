@@ -7,12 +7,11 @@ from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import Connection, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 
 from gateway.domain.delivery import State
 from gateway.domain.rules import TERMINAL, DriverDay, OrderFacts
+from gateway.store.db import insert_or
 from gateway.store.models import JobRun, OrderEvent
 from gateway.store.outbox import contacts, insert_once, messages, orders
 
@@ -162,9 +161,8 @@ def claim_job_run(
     A plain INSERT ... ON CONFLICT DO NOTHING, not a savepoint: on SQLite a savepoint that
     opens the transaction commits when released, which would commit the claim before the work
     and lose the run if the process died in between."""
-    dialect = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
     statement = (
-        dialect(job_runs)
+        insert_or(conn, job_runs)
         .values(job_id=job_id, slot=slot, worker=worker, fired_at=now)
         .on_conflict_do_nothing(index_elements=["job_id", "slot"])
         .returning(job_runs.c.id)
