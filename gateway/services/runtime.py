@@ -91,9 +91,10 @@ class Runtime:
             gateways.provider, dict(gateways.providers_by_country), gateways.leave_ending_days
         )
 
-    @property
+    @cached_property
     def channel_plan(self) -> ChannelPlan:
-        """`[channels] order`, and the countries each configured SMS channel is limited to."""
+        """`[channels] order`, and the countries each configured SMS channel is limited to:
+        made once per settings, not for each text of a bulk enqueue."""
         settings = self.settings
         countries = {
             channel: frozenset(section.countries)
@@ -163,7 +164,7 @@ class Runtime:
             self._base = self.settings
         self.settings = settings
         for name in ("carriers_path", "carriers", "templates_path", "templates", "rules_path",
-                     "company_domain", "identity"):  # fmt: skip
+                     "company_domain", "identity", "channel_plan"):  # fmt: skip
             self.__dict__.pop(name, None)
 
     def quiet(self) -> dict[str, Any]:
