@@ -535,6 +535,13 @@ class SmsChannelSettings(_Section):
         if len(given) > 1:
             raise ValueError(f"give one of {', '.join(given)}, not several")
 
+    def _secret(self, section: str, key: str) -> str | None:
+        """The secret `key` as given (itself, `key_env` or `key_file`), read now."""
+        given: SecretStr | None = getattr(self, key)
+        plain = given.get_secret_value() if given is not None else None
+        env, file = getattr(self, f"{key}_env"), getattr(self, f"{key}_file")
+        return read_secret(f"{section}.{key}", plain, env, file)
+
 
 class SmsGateSettings(SmsChannelSettings):
     """The company's Android phone running SMS Gate (channel `smsgate`)."""
@@ -571,17 +578,13 @@ class SmsGateSettings(SmsChannelSettings):
         return self
 
     def resolve_password(self) -> str:
-        plain = self.password.get_secret_value() if self.password is not None else None
-        found = read_secret("smsgate.password", plain, self.password_env, self.password_file)
+        found = self._secret("smsgate", "password")
         if not found:
             raise ConfigError("smsgate.url is set: give smsgate.password_env (or password_file)")
         return found
 
     def resolve_signing_key(self) -> str | None:
-        plain = self.signing_key.get_secret_value() if self.signing_key is not None else None
-        return read_secret(
-            "smsgate.signing_key", plain, self.signing_key_env, self.signing_key_file
-        )
+        return self._secret("smsgate", "signing_key")
 
 
 class TwilioSettings(SmsChannelSettings):
@@ -616,8 +619,7 @@ class TwilioSettings(SmsChannelSettings):
         return self
 
     def resolve_auth_token(self) -> str:
-        plain = self.auth_token.get_secret_value() if self.auth_token is not None else None
-        found = read_secret("twilio.auth_token", plain, self.auth_token_env, self.auth_token_file)
+        found = self._secret("twilio", "auth_token")
         if not found:
             raise ConfigError("twilio.account_sid is set: give twilio.auth_token_env (or _file)")
         return found

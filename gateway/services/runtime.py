@@ -20,6 +20,7 @@ from gateway.config import (
     ImapSettings,
     ServerSettings,
     Settings,
+    SmsChannelSettings,
     locate,
     with_changes,
 )
@@ -34,7 +35,7 @@ from gateway.domain.quiet import zone
 from gateway.domain.routing import Route
 from gateway.domain.templates import SUFFIX, TemplateBook
 from gateway.services.oauth2 import TokenKeeper, token_source
-from gateway.services.routes import Lane, RouteBook
+from gateway.services.routes import Lane, RouteBook, TextClient
 from gateway.store import overrides
 from gateway.store.db import make_engine, require_current
 from gateway.store.inbox import read_position
@@ -216,28 +217,23 @@ class Runtime:
                 carrier_gateways=relay.takes_gateway_mail,
             ),
         }
-        gate = self.settings.smsgate
-        lanes[Route.SMSGATE] = Lane(
-            route=Route.SMSGATE,
-            pool=None,
-            client=self.smsgate_client() if self._sms_channel_used("smsgate") else None,
-            daily_limit=gate.daily_limit,
-            per_minute=gate.per_minute,
-        )
-        twilio = self.settings.twilio
-        lanes[Route.TWILIO] = Lane(
-            route=Route.TWILIO,
-            pool=None,
-            client=self.twilio_client() if self._sms_channel_used("twilio") else None,
-            daily_limit=twilio.daily_limit,
-            per_minute=twilio.per_minute,
-        )
+        # An SMS channel gets its client only when `[channels] order` names it (then the
+        # settings have made sure it is configured).
+        sms: list[tuple[Route, SmsChannelSettings, Callable[[], TextClient]]] = [
+            (Route.SMSGATE, self.settings.smsgate, self.smsgate_client),
+            (Route.TWILIO, self.settings.twilio, self.twilio_client),
+        ]
+        for route, section, client in sms:
+            used = route.value in self.settings.channels.order
+            lanes[route] = Lane(
+                route=route,
+                pool=None,
+                client=client() if used else None,
+                daily_limit=section.daily_limit,
+                per_minute=section.per_minute,
+            )
         providers = frozenset(provider.domain for provider in self.carriers.providers)
         return RouteBook(lanes, provider_domains=providers, plan=self.channel_plan)
-
-    def _sms_channel_used(self, name: str) -> bool:
-        """Whether `[channels] order` names the SMS channel `name` (then it is configured)."""
-        return name in self.settings.channels.order
 
     def smsgate_client(self) -> SmsGateClient:
         """The company's phone, as [smsgate] describes it (ConfigError when its password
