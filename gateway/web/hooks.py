@@ -8,6 +8,7 @@ import asyncio
 import time
 import urllib.parse
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -33,11 +34,22 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
+async def _applied(apply: Callable[..., str], *args: Any) -> str | Response:
+    """What applying the event said, off the event loop; or the answer for an event that cannot
+    be (422) or a database that is not answering (503: the service calls again)."""
+    try:
+        return await asyncio.to_thread(apply, *args)
+    except EventRefused as exc:
+        return _error(422, "bad_event", str(exc))
+    except DBAPIError:
+        return _error(503, "database_unavailable", "the database is not answering")
+
+
 def hooks(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     @router.post("/hooks/smsgate")
-    async def smsgate(request: Request) -> JSONResponse:
+    async def smsgate(request: Request) -> Response:
         gate = runtime.settings.smsgate
         if not gate.configured:
             return _error(404, "not_found", "[smsgate] is not configured")
@@ -59,14 +71,9 @@ def hooks(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
             event = parse_event(body)
         except EventError as exc:
             return _error(400, "bad_event", str(exc))
-        try:
-            result = await asyncio.to_thread(
-                apply_smsgate, runtime, engine(), event, body, utcnow()
-            )
-        except EventRefused as exc:
-            return _error(422, "bad_event", str(exc))
-        except DBAPIError:  # the phone calls again later
-            return _error(503, "database_unavailable", "the database is not answering")
+        result = await _applied(apply_smsgate, runtime, engine(), event, body, utcnow())
+        if isinstance(result, Response):
+            return result
         return JSONResponse({"ok": True, "result": result})
 
     async def twilio_call(request: Request) -> tuple[dict[str, str], bytes] | Response:
@@ -102,12 +109,9 @@ def hooks(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         params, _ = checked
-        try:
-            await asyncio.to_thread(apply_twilio_status, engine(), ref[:64], params, utcnow())
-        except EventRefused as exc:
-            return _error(422, "bad_event", str(exc))
-        except DBAPIError:  # Twilio calls again
-            return _error(503, "database_unavailable", "the database is not answering")
+        refused = await _applied(apply_twilio_status, engine(), ref[:64], params, utcnow())
+        if isinstance(refused, Response):
+            return refused
         return Response(status_code=204)
 
     @router.post("/hooks/twilio/incoming")
@@ -116,14 +120,9 @@ def hooks(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         params, body = checked
-        try:
-            await asyncio.to_thread(
-                apply_twilio_incoming, runtime, engine(), params, body, utcnow()
-            )
-        except EventRefused as exc:
-            return _error(422, "bad_event", str(exc))
-        except DBAPIError:
-            return _error(503, "database_unavailable", "the database is not answering")
+        refused = await _applied(apply_twilio_incoming, runtime, engine(), params, body, utcnow())
+        if isinstance(refused, Response):
+            return refused
         # An empty TwiML answer: Twilio sends nothing back (a dispatcher answers, or Twilio
         # itself for STOP, START and HELP).
         return Response(EMPTY_TWIML, media_type="text/xml")
