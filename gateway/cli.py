@@ -6,15 +6,13 @@ Exit codes: 0 ok, 1 a problem the user can fix (the message says what), 2 usage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import enum
 import json
 import logging
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -32,7 +30,6 @@ from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.sms import measure
 from gateway.domain.templates import TemplateError
 from gateway.services.runtime import Runtime
-from gateway.services.sender import Sender, SenderStats, worker_name
 from gateway.store.db import DatabaseError, utcnow
 
 app = typer.Typer(
@@ -533,226 +530,36 @@ def run(
 ) -> None:
     """Run the workers until stopped (SIGTERM or Ctrl-C finish what is in flight, then exit):
     the sender, and the inbound worker when a mailbox is configured."""
-    from gateway.services.bell import Bell
-    from gateway.services.heartbeat import MailboxView, pulse
-    from gateway.services.inbound import Ingest, MailboxLease, Receiver, keep_reading
-    from gateway.services.orders import Orders
-    from gateway.services.phone_poll import PhonePoller
-    from gateway.services.scheduler import Scheduler
-    from gateway.services.webhooks import Webhooks
-    from gateway.store import heartbeats
-    from gateway.transport.imap import ImapError
+    from gateway.services.worker import RunResult, Worker, WorkerError
+
+    def say(line: str) -> None:
+        err.print(line, markup=False)
 
     with user_errors():
-        runtime = state.runtime()
-        engine = runtime.migrated_engine()
-        settings = runtime.settings
-        if not settings.smtp.enabled and not settings.relay.enabled:
-            fail("both smtp.enabled and relay.enabled are false: nothing can be sent")
-        rules = Orders(runtime).rules  # refuses to start on a rule that does not fit
-        webhooks = Webhooks(runtime, engine) if settings.webhooks.urls else None
-        problems: list[str] = []
+        try:
+            worker = Worker(state.runtime(), until_idle=until_idle, say=say)
+        except WorkerError as exc:
+            fail(str(exc))
 
-        worker = worker_name()
-
-        class Workers:
-            """The sender and the mailbox reader as the current settings make them; made
-            again when an admin saves a change in the dashboard."""
-
-            def __init__(self) -> None:
-                settings = runtime.settings
-                self.sent_folder = runtime.sent_folder()
-                source = runtime.mail_source(engine)
-                self.receiver = (
-                    Receiver(Ingest(runtime, engine), source) if source is not None else None
-                )
-                self.sender = Sender(
-                    engine,
-                    runtime.route_book(),
-                    runtime.retry_policy,
-                    batch_size=settings.sender.batch_size,
-                    lease=dt.timedelta(seconds=settings.sender.lease_seconds),
-                    idle_poll=settings.sender.idle_poll_seconds,
-                    sent_folder=self.sent_folder,
-                    worker=worker,
-                    bell=Bell(engine),
-                    **runtime.quiet(),
-                )
-                # The phone's news read from it, where it cannot call gateway serve.
-                gate = settings.smsgate
-                self.phone = (
-                    PhonePoller(runtime, engine, runtime.smsgate_client())
-                    if gate.poll_seconds and "smsgate" in settings.channels.order
-                    else None
-                )
-
-            def mailbox_view(self) -> MailboxView | None:
-                receiver = self.receiver
-                if receiver is None:
-                    return None
-                source = receiver.source
-                return lambda: (source.lag(time.time()), source.health)
-
-            async def receive(self, stop: asyncio.Event) -> None:
-                if self.receiver is None:
-                    return
-                lease = MailboxLease(self.receiver, engine, worker,
-                                     runtime.settings.inbound.mailbox_lease_seconds)  # fmt: skip
-                if not until_idle:  # a long run: the reader never ends before stop
-                    await keep_reading(lease, stop)
-                    return
-                try:
-                    stats = await lease.run(stop, until_idle=True)
-                except ImapError as exc:
-                    problems.append(f"inbound: {exc}")
-                    return
-                err.print(f"done: {stats.describe()}", markup=False)
-
-        workers = Workers()
-
-        async def main() -> None:
-            nonlocal workers
+        async def main() -> RunResult:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
-            scheduler = None
-            hooks = None
-            if until_idle:
-                if webhooks is not None:  # a first run starts reporting from here
-                    await asyncio.to_thread(webhooks.collect, utcnow())
-                # Read the mailbox (and the phone) first, so keyword answers they queue go out
-                # in this run.
-                await workers.receive(stop)
-                if workers.phone is not None:
-                    await workers.phone.once()
-            else:
-                if webhooks is not None:
-                    hooks = asyncio.create_task(webhooks.run(stop))
-                scheduler = Scheduler(
-                    runtime,
-                    engine,
-                    rules,
-                    misfire_grace_seconds=settings.rules.misfire_grace_seconds,
-                )
-                scheduler.start()
-            try:
-                while True:
-                    # One generation of workers: ends at stop, or when the settings change.
-                    ending = asyncio.Event()
-                    watcher = None
-                    inbound = None
-                    polling = None
-                    if not until_idle:
-                        watcher = asyncio.create_task(_watch_settings(runtime, stop, ending))
-                        inbound = asyncio.create_task(workers.receive(ending))
-                        if workers.phone is not None:
-                            every = runtime.settings.smsgate.poll_seconds or 60.0
-                            polling = asyncio.create_task(workers.phone.run(ending, every))
-                        beating = asyncio.create_task(
-                            pulse(engine, worker, workers.mailbox_view(), ending)
-                        )
-                    progress = asyncio.create_task(_report_progress(workers.sender.stats))
-                    try:
-                        stats = await workers.sender.run(ending if not until_idle else stop,
-                                                         until_idle=until_idle)  # fmt: skip
-                    finally:
-                        progress.cancel()
-                        ending.set()
-                        if inbound is not None:
-                            await inbound
-                        if polling is not None:
-                            await polling
-                        if watcher is not None:
-                            await watcher
-                            await beating
-                    if until_idle or stop.is_set():
-                        break
-                    err.print("settings changed in the dashboard: workers restarted with them",
-                              markup=False)  # fmt: skip
-                    workers = Workers()
-            finally:
-                if not until_idle:
-                    await asyncio.to_thread(heartbeats.gone, engine, worker)
-                if scheduler is not None:
-                    scheduler.shutdown()
-                if hooks is not None:
-                    stop.set()
-                    await hooks
-            if until_idle and webhooks is not None:
-                # What this run changed is reported before it exits (one try each).
-                await asyncio.to_thread(webhooks.collect, utcnow())
-                await webhooks.deliver(utcnow())
-            copies = f"; Sent copies {stats.copied}" if workers.sent_folder is not None else ""
-            if stats.copies_failed:
-                copies += f" ({stats.copies_failed} failed)"
-            err.print(
-                f"done: {_describe_stats(stats)}; released {stats.released}{copies}", markup=False
-            )
+            return await worker.run(stop)
 
-        run_async(main)
-        if problems:
-            fail("; ".join(problems))
+        result = run_async(main)
+        say(f"done: {result.describe()}")
+        if result.problems:
+            fail("; ".join(result.problems))
 
 
-SETTINGS_CHECK_SECONDS = 2.0  # how soon a change saved in the dashboard reaches the workers
-
-
-async def _watch_settings(runtime: Runtime, stop: asyncio.Event, ending: asyncio.Event) -> None:
-    """Set `ending` at stop, or once the saved settings change (the workers are then made
-    again from them). A change that does not fit is reported and the running settings kept."""
-    while not ending.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SETTINGS_CHECK_SECONDS)
-        if stop.is_set():
-            ending.set()
-            return
-        if ending.is_set():
-            return
-        try:
-            changed = await asyncio.to_thread(runtime.refresh)
-        except ConfigError as exc:
-            err.print(f"{exc}\nkeeping the settings in use", markup=False)
-            continue
-        except Exception as exc:  # the database away for a moment: look again later
-            log.warning("reading the saved settings failed: %s", exc)
-            continue
-        if changed:
-            ending.set()
-            return
-
-
-PROGRESS_EVERY = 10.0  # seconds between status lines while `gateway run` is sending
-
-
-async def _report_progress(stats: SenderStats) -> None:
-    """A line every PROGRESS_EVERY seconds while there is work, none while idle."""
-    seen = 0
-    while True:
-        await asyncio.sleep(PROGRESS_EVERY)
-        if stats.attempted != seen:
-            rate = (stats.attempted - seen) / PROGRESS_EVERY
-            seen = stats.attempted
-            err.print(f"{_describe_stats(stats)} ({rate:,.0f}/s)", markup=False)
-
-
-def _describe_stats(stats: SenderStats) -> str:
-    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_outcome.items())) or "none"
-    recovered = (
-        f"; {stats.recovered} taken over from a dead worker (each may have gone twice)"
-        if stats.recovered
-        else ""
-    )
-    return f"attempts {stats.attempted}: {outcomes}{recovered}"
-
-
-def run_async(main: Callable[[], Any]) -> None:
+def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         import uvloop
-
-        uvloop.run(main())
     except ImportError:
-        asyncio.run(main())
+        return asyncio.run(main())
+    return uvloop.run(main())
 
 
 @app.command("routes")
@@ -1453,10 +1260,11 @@ def demo(
     """Run the whole product on embedded defaults: simulated carriers and phones, a relay, a
     Maildir mailbox, SQLite, the workers and the dashboard."""
     from gateway.services.demo import run_demo
+    from gateway.web.app import create_app
 
     with user_errors():
         try:
-            code = run_demo(folder, exit_after, out, port)
+            code = run_demo(folder, exit_after, out, create_app, port)
         except KeyboardInterrupt:
             code = 0
     raise typer.Exit(code)

@@ -38,6 +38,7 @@ QUICK = (
     "tests/test_outbox.py",
     "tests/test_inbound.py",
     "tests/test_providers.py",
+    "tests/test_layers.py",
 )
 
 

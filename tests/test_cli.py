@@ -476,7 +476,7 @@ def test_the_demo_sums_up_only_once_everything_the_phones_said_is_stored(tmp_pat
     from tests.conftest import make_runtime
 
     runtime = make_runtime(sqlite_url, 25)
-    demo = _Demo(Path(tmp_path), Console(), 0)
+    demo = _Demo(Path(tmp_path), Console(), lambda runtime: None, 0)
     network = PhoneNetwork(maildir=None)
     phone = CompanyPhone("sms", "pw", "key", people={})
     try:

@@ -23,7 +23,7 @@ import datetime as dt
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,16 +37,13 @@ from sqlalchemy import func, select
 
 from gateway.config import load_settings
 from gateway.domain.delivery import State
-from gateway.services.bell import Bell
 from gateway.services.carrier_sim import Phone, PhoneNetwork
 from gateway.services.channels import smsgate_webhooks
-from gateway.services.heartbeat import pulse
-from gateway.services.inbound import Ingest, Receiver
 from gateway.services.orders import OrderInput, Orders
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.phone_sim import CompanyPhone
 from gateway.services.runtime import Runtime
-from gateway.services.sender import Sender
+from gateway.services.worker import Worker
 from gateway.store import access
 from gateway.store.db import upgrade, utcnow
 from gateway.store.inbox import inbound, quarantine
@@ -130,14 +127,21 @@ def _first_texts() -> list[tuple[Person, SendRequest]]:
     ]  # fmt: skip
 
 
-def run_demo(folder: str, exit_after: float | None, out: Console, port: int = 8025) -> int:
+# The dashboard and API for a runtime: given by the caller (the command line composes the web
+# app), so that services do not import the web layer above them.
+AppFor = Callable[[Runtime], Any]
+
+
+def run_demo(
+    folder: str, exit_after: float | None, out: Console, app_for: AppFor, port: int = 8025
+) -> int:
     """Run the demo; returns the exit code (0 when every expected outcome happened)."""
-    return asyncio.run(_Demo(Path(folder), out, port).run(exit_after))
+    return asyncio.run(_Demo(Path(folder), out, app_for, port).run(exit_after))
 
 
 class _Demo:
-    def __init__(self, base: Path, out: Console, port: int) -> None:
-        self.base, self.out, self.port = base, out, port
+    def __init__(self, base: Path, out: Console, app_for: AppFor, port: int) -> None:
+        self.base, self.out, self.app_for, self.port = base, out, app_for, port
         self.started = time.monotonic()
 
     def _from_thread(self, loop: asyncio.AbstractEventLoop, line: str) -> None:
@@ -216,31 +220,18 @@ class _Demo:
         web_port: int,
         exit_after: float | None,
     ) -> int:
-        from gateway.web.app import create_app
-
-        engine = runtime.engine
         stop = asyncio.Event()
         ended = asyncio.Event()  # Ctrl-C or SIGTERM
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, ended.set)
         server = _Server(uvicorn.Config(
-            create_app(runtime), host="127.0.0.1", port=web_port, log_level="warning",
+            self.app_for(runtime), host="127.0.0.1", port=web_port, log_level="warning",
             timeout_graceful_shutdown=1, proxy_headers=False,
         ))  # fmt: skip
-        sender = Sender(engine, runtime.route_book(), runtime.retry_policy, batch_size=50,
-                        idle_poll=0.2, bell=Bell(engine), **runtime.quiet())  # fmt: skip
-        source = runtime.mail_source(engine)
-        assert source is not None
-        receiver = Receiver(Ingest(runtime, engine), source)
-        tasks = [
-            asyncio.create_task(server.serve()),
-            asyncio.create_task(sender.run(stop)),
-            asyncio.create_task(receiver.run(stop)),
-            asyncio.create_task(
-                pulse(engine, sender.worker, lambda: (source.lag(time.time()), source.health), stop)
-            ),
-        ]
+        # What `gateway run` runs: sender, mailbox reader, scheduler, heartbeat, settings watcher.
+        worker = Worker(runtime, say=self.say)
+        tasks = [asyncio.create_task(server.serve()), asyncio.create_task(worker.run(stop))]
         user, _, password = LOGINS[0]
         self.out.print(
             f"[bold]gateway demo[/bold]: database {runtime.settings.database.url}, "
