@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.domain.email_out import AddressError, Mailbox
-from gateway.domain.quiet import QuietHours, parse_clock, zone
+from gateway.domain.quiet import QuietHours, QuietPolicy, parse_clock, zone
 
 DEFAULT_FILE = "gateway.toml"
 _T = TypeVar("_T")
@@ -435,6 +435,10 @@ class PolicySettings(_Section):
         self.hours()
         zone(self.timezone)
         return self
+
+    def quiet(self) -> QuietPolicy | None:
+        """The quiet-hours policy; None when quiet_hours is off."""
+        return QuietPolicy(self.hours(), zone(self.timezone)) if self.quiet_hours else None
 
     def hours(self) -> QuietHours:
         return QuietHours(

@@ -250,7 +250,7 @@ async def test_the_sender_holds_a_quiet_text_that_comes_due_at_night(db_url, smt
     (made,) = enqueue(runtime, SendRequest(CUSTOMER, "verizon", text="hi", respect_quiet_hours=True),
                       NY_MORNING).ids  # fmt: skip
     sender = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy, idle_poll=0.05,
-                    clock=lambda: NY_NIGHT, **runtime.quiet())  # fmt: skip
+                    clock=lambda: NY_NIGHT, quiet=runtime.quiet())  # fmt: skip
     await sender.run(asyncio.Event(), until_idle=True)
     with runtime.engine.connect() as conn:
         row = conn.execute(select(messages).where(messages.c.id == made)).one()

@@ -32,6 +32,24 @@ class QuietHours:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class QuietPolicy:
+    """The one place that decides when a text may reach a person: the allowed hours on each
+    clock they may be on (the order's zone, else the number's, else the company's)."""
+
+    hours: QuietHours
+    company_zone: ZoneInfo
+
+    def zones(self, e164: str, order_zone: str | None = None) -> tuple[ZoneInfo, ...]:
+        return recipient_zones(order_zone, e164, self.company_zone)
+
+    def first_allowed(
+        self, at: dt.datetime, e164: str, order_zone: str | None = None
+    ) -> dt.datetime:
+        """`at` when a text may reach `e164` then, else the first minute after it that may."""
+        return next_allowed(at, self.zones(e164, order_zone), self.hours)
+
+
 def zone(name: str) -> ZoneInfo:
     """The time zone called `name`; ValueError naming it when there is none."""
     try:

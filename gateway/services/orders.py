@@ -17,7 +17,7 @@ from gateway.config import ConfigError
 from gateway.domain.carriers import Carrier
 from gateway.domain.email_out import check_field
 from gateway.domain.phone import PhoneError, parse_phone
-from gateway.domain.quiet import next_allowed, recipient_zones, zone
+from gateway.domain.quiet import zone
 from gateway.domain.rules import (
     STATUSES,
     Event,
@@ -249,9 +249,9 @@ class Orders:
         _, facts = found
         values = variables(facts, Event(status or "confirmed", now))
         when = now
-        if policy.quiet_hours and facts.customer_phone:
-            zones = recipient_zones(facts.timezone, facts.customer_phone, zone(policy.timezone))
-            when = next_allowed(now, zones, policy.hours())
+        quiet = policy.quiet()
+        if quiet is not None and facts.customer_phone:
+            when = quiet.first_allowed(now, facts.customer_phone, facts.timezone)
         return values, when
 
     # --- CSV import -----------------------------------------------------------------------

@@ -13,7 +13,6 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
 
@@ -23,7 +22,6 @@ from gateway.domain.delivery import State
 from gateway.domain.email_out import check_field, message_id_for
 from gateway.domain.gateways import choose_gateway
 from gateway.domain.phone import Phone, PhoneError, parse_phone
-from gateway.domain.quiet import next_allowed, recipient_zones, zone
 from gateway.domain.routing import Route
 from gateway.domain.rules import throttled
 from gateway.domain.sms import LongText, fit, measure, normalise
@@ -424,16 +422,12 @@ def _when(
     and whether that is past its freshness deadline."""
     policy = runtime.settings.policy
     due = max(request.send_at or now, now)
-    quiet = policy.quiet_hours and (request.automated or request.respect_quiet_hours)
-    zones: tuple[ZoneInfo, ...] = ()
-    if quiet:
-        order_tz = order_zone(conn, order_id) if order_id is not None else None
-        zones = recipient_zones(order_tz, e164, zone(policy.timezone))
-    hours = policy.hours() if quiet else None
+    quiet = policy.quiet() if request.automated or request.respect_quiet_hours else None
+    order_tz = order_zone(conn, order_id) if quiet and order_id is not None else None
     cap = policy.max_per_contact_hour if request.automated else None
     others = [*automated_times(conn, contact_id, due, dt.timedelta(hours=1)), *batch] if cap else []
     for _ in range(10):  # each step only moves later; both settle within a step or two
-        held = next_allowed(due, zones, hours) if hours else due
+        held = quiet.first_allowed(due, e164, order_tz) if quiet else due
         held = throttled(others, held, cap)
         if held == due:
             break

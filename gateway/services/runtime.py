@@ -31,7 +31,7 @@ from gateway.domain.delivery import RetryPolicy
 from gateway.domain.email_out import Mailbox
 from gateway.domain.gateways import ProviderPlan
 from gateway.domain.inbound import Identity
-from gateway.domain.quiet import zone
+from gateway.domain.quiet import QuietPolicy
 from gateway.domain.routing import Route
 from gateway.domain.templates import SUFFIX, TemplateBook
 from gateway.services.oauth2 import TokenKeeper, token_source
@@ -168,12 +168,9 @@ class Runtime:
                      "company_domain", "identity", "channel_plan"):  # fmt: skip
             self.__dict__.pop(name, None)
 
-    def quiet(self) -> dict[str, Any]:
-        """The sender's quiet-hours settings (none when quiet_hours is off)."""
-        policy = self.settings.policy
-        if not policy.quiet_hours:
-            return {}
-        return {"quiet_hours": policy.hours(), "company_zone": zone(policy.timezone)}
+    def quiet(self) -> QuietPolicy | None:
+        """The quiet-hours policy (None when quiet_hours is off)."""
+        return self.settings.policy.quiet()
 
     @property
     def retry_policy(self) -> RetryPolicy:

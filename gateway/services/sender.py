@@ -18,7 +18,6 @@ import random
 import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -35,7 +34,7 @@ from gateway.domain.delivery import (
 )
 from gateway.domain.email_out import build_email
 from gateway.domain.phone import PhoneError, parse_phone
-from gateway.domain.quiet import QuietHours, next_allowed, recipient_zones
+from gateway.domain.quiet import QuietPolicy
 from gateway.domain.routing import (
     COUNTS_AGAINST_LIMIT,
     Choice,
@@ -115,16 +114,14 @@ class Sender:
         jitter: Callable[[], float] = random.random,
         worker: str | None = None,
         sent_folder: SentFolder | None = None,
-        quiet_hours: QuietHours | None = None,
-        company_zone: ZoneInfo | None = None,
+        quiet: QuietPolicy | None = None,
         bell: Bell | None = None,
     ) -> None:
         self.engine = engine
         # Rung when texts are stored (by any process): idle, the sender looks at once rather
         # than at its next poll.
         self.bell = bell
-        self.quiet_hours = quiet_hours
-        self.company_zone = company_zone or ZoneInfo("UTC")
+        self.quiet = quiet
         self.sent_folder = sent_folder
         self._copies: asyncio.Queue[tuple[bytes, dt.datetime]] = asyncio.Queue(COPY_BACKLOG)
         self.routes = routes
@@ -278,10 +275,9 @@ class Sender:
     async def _send_one(self, row: Claimed) -> None:
         if self.clock() >= row.lease_until - self.lease_margin:
             return  # our lease is (nearly) gone; whoever claims it next sends it
-        if self.quiet_hours is not None and row.quiet:
+        if self.quiet is not None and row.quiet:
             now = self.clock()
-            zones = recipient_zones(row.order_zone, row.to_phone, self.company_zone)
-            until = next_allowed(now, zones, self.quiet_hours)  # `now` itself when allowed
+            until = self.quiet.first_allowed(now, row.to_phone, row.order_zone)
             if until > now:
                 held = Decision(State.QUEUED, until, "held for quiet hours")
                 self._postponed.append(Postponement(row.id, self.worker, held, now))

@@ -78,7 +78,7 @@ class _Generation:
             sent_folder=self.sent_folder,
             worker=worker,
             bell=Bell(engine),
-            **runtime.quiet(),
+            quiet=runtime.quiet(),
         )
         # The phone's news read from it, where it cannot call gateway serve.
         self.phone = (

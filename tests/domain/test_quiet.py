@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.domain.quiet import (
     QuietHours,
+    QuietPolicy,
     is_allowed,
     next_allowed,
     parse_clock,
@@ -74,6 +75,23 @@ def test_whose_clock():
     assert [z.key for z in recipient_zones(None, "+15555550100", company)] == ["America/Chicago"]
     with pytest.raises(ValueError, match="not a time zone"):
         recipient_zones("Mars/Olympus", "+12125550143", company)
+
+
+def test_the_policy_holds_a_text_on_the_recipients_clock():
+    """Enqueue, the sender, order previews and the dashboard's counter all ask this."""
+    policy = QuietPolicy(HOURS, ZoneInfo("America/Chicago"))
+    late_in_new_york = at("2026-03-02T22:30")
+    assert policy.first_allowed(late_in_new_york, "+12125550143") == at("2026-03-03T08:00")
+    # The order's zone is the clock that counts: 04:30 in Paris, held until 08:00 there.
+    paris = ZoneInfo("Europe/Paris")
+    held = policy.first_allowed(late_in_new_york, "+12125550143", "Europe/Paris")
+    assert held == dt.datetime(2026, 3, 3, 8, tzinfo=paris)
+    # A number with no zone of its own is on the company's clock (21:30 there: held).
+    assert policy.first_allowed(late_in_new_york, "+15555550100") == at(
+        "2026-03-03T08:00", ZoneInfo("America/Chicago")
+    )
+    noon = at("2026-03-02T12:00")
+    assert policy.first_allowed(noon, "+12125550143") == noon
 
 
 def test_bad_settings_are_refused():

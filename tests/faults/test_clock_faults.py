@@ -20,7 +20,7 @@ UTC = dt.UTC
 
 async def drain(runtime, now: dt.datetime) -> None:
     sender = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy, idle_poll=0.05,
-                    clock=lambda: now, **runtime.quiet())  # fmt: skip
+                    clock=lambda: now, quiet=runtime.quiet())  # fmt: skip
     await asyncio.wait_for(sender.run(asyncio.Event(), until_idle=True), 60)
 
 
