@@ -45,8 +45,8 @@ from gateway.services.inbound import Ingest
 from gateway.services.runtime import Runtime
 from gateway.store import access
 from gateway.store.db import upgrade, utcnow
-from gateway.store.inbox import inbound
-from gateway.store.outbox import NewMessage, contacts, conversations, insert_messages, messages
+from gateway.store.outbox import NewMessage, insert_messages
+from gateway.store.tables import contacts, conversations, inbound, messages
 from gateway.transport.mailsource import Batch, Fetched
 
 CONVERSATIONS = 10_000

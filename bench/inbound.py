@@ -39,8 +39,7 @@ from gateway.services.inbound import Ingest, Receiver
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store.db import upgrade, utcnow
-from gateway.store.inbox import inbound
-from gateway.store.outbox import messages
+from gateway.store.tables import inbound, messages
 from tests import dovecot as dovecot_fixture
 
 

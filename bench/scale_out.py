@@ -38,8 +38,7 @@ from bench.workers import count as sent
 from bench.workers import folder_for, start, stop, why_not_up
 from gateway.services.runtime import Runtime
 from gateway.store.db import utcnow
-from gateway.store.heartbeats import heartbeats
-from gateway.store.outbox import messages
+from gateway.store.tables import heartbeats, messages
 
 ADMIN_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

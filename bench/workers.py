@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from gateway.config import load_settings
 from gateway.services.runtime import Runtime
 from gateway.store.db import upgrade
-from gateway.store.outbox import messages
+from gateway.store.tables import messages
 
 
 def folder_for(db_url: str | None, sink_port: int, prefix: str) -> tuple[Path, Runtime]:

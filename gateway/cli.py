@@ -617,7 +617,7 @@ def outbox_list(
 ) -> None:
     """The newest outbox rows with their state, route and the server's last reply."""
     from gateway.domain.delivery import State
-    from gateway.store.outbox import list_messages
+    from gateway.store.views import list_messages
 
     if state_ is not None and state_ not in {s.value for s in State}:
         raise typer.BadParameter(
@@ -1100,7 +1100,7 @@ def status(fmt: FormatOption = Format.table) -> None:
     the mailbox is read and the routes send, and the texts due now."""
     from gateway.services.health import overview
     from gateway.store import heartbeats
-    from gateway.store.outbox import count_due
+    from gateway.store.sending import count_due
 
     with user_errors():
         runtime = state.runtime()

@@ -39,6 +39,7 @@ QUICK = (
     "tests/test_inbound.py",
     "tests/test_providers.py",
     "tests/test_layers.py",
+    "tests/test_store_fastpath.py",
 )
 
 
@@ -278,7 +279,7 @@ async def send_due(runtime: Runtime) -> None:
 
 
 def message_row(runtime: Runtime, message: int):  # type: ignore[no-untyped-def]
-    from gateway.store.outbox import messages
+    from gateway.store.tables import messages
 
     with runtime.engine.connect() as conn:
         return conn.execute(sqlalchemy.select(messages).where(messages.c.id == message)).one()

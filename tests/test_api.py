@@ -16,7 +16,7 @@ from gateway.services.runtime import Runtime
 from gateway.store import heartbeats
 from gateway.store.access import begin_request, body_digest, create_token, token_holder
 from gateway.store.db import utcnow
-from gateway.store.outbox import messages
+from gateway.store.tables import messages
 from gateway.web.api import create_app
 from tests.conftest import gateway_folder, make_runtime, run_gateway
 
@@ -261,7 +261,7 @@ def test_users_add_keeps_an_argon2_hash(tmp_path):
 
     from argon2 import PasswordHasher
 
-    from gateway.store.access import users
+    from gateway.store.tables import users
 
     gateway_folder(tmp_path)
 

@@ -288,7 +288,7 @@ def test_cancelling_a_waiting_text_asks_first(gateway, browser):
     from gateway.config import load_settings
     from gateway.services.outbound import SendRequest, enqueue
     from gateway.services.runtime import Runtime
-    from gateway.store.outbox import messages
+    from gateway.store.tables import messages
 
     runtime = Runtime(load_settings(gateway.folder / "gateway.toml"))
     tomorrow = utcnow() + dt.timedelta(days=1)

@@ -20,8 +20,7 @@ from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store import access, views
 from gateway.store.db import utcnow
-from gateway.store.inbox import inbound, quarantine
-from gateway.store.outbox import contacts, messages
+from gateway.store.tables import contacts, inbound, messages, quarantine
 from gateway.transport.mailsource import Batch, Fetched
 from gateway.web.app import create_app
 from tests.conftest import make_runtime

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 
 from gateway.services.inbound import Ingest, Receiver
 from gateway.store.db import utcnow
-from gateway.store.inbox import inbound, quarantine, read_position, save_position
+from gateway.store.inbox import read_position, save_position
+from gateway.store.tables import inbound, quarantine
 from gateway.transport.imap import ImapError
 from gateway.transport.mailsource import HEAD_BYTES
 from tests.conftest import make_runtime

@@ -16,8 +16,8 @@ from gateway.services.inbound import Ingest, Receiver, manual_thread
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.sender import Sender
 from gateway.store.db import utcnow
-from gateway.store.inbox import gateway_counts, inbound, list_quarantine, quarantine
-from gateway.store.outbox import contacts, messages, orders
+from gateway.store.inbox import gateway_counts, list_quarantine
+from gateway.store.tables import contacts, inbound, messages, orders, quarantine
 from gateway.transport.mailsource import deliver_to_maildir
 from tests.conftest import REPO, gateway_folder, make_runtime, run_gateway
 

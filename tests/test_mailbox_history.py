@@ -11,10 +11,10 @@ import json
 from sqlalchemy import func, select
 
 from gateway.services.outbound import SendRequest, enqueue
-from gateway.services.webhooks import deliveries
 from gateway.store.db import utcnow
-from gateway.store.inbox import inbound, read_position
-from gateway.store.outbox import contacts, messages
+from gateway.store.inbox import read_position
+from gateway.store.tables import contacts, inbound, messages
+from gateway.store.tables import webhook_deliveries as deliveries
 from tests.conftest import gateway_folder, run_gateway
 from tests.test_imap_inbound import count, drain, folder_in, reply, runtime_for
 

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from gateway.services.orders import OrderError, OrderInput, Orders
-from gateway.store.orders import events
-from gateway.store.outbox import claim_due, messages
+from gateway.store.sending import claim_due
+from gateway.store.tables import messages
+from gateway.store.tables import order_events as events
 from tests.conftest import gateway_folder, make_runtime, run_gateway
 
 NY_MORNING = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.UTC)  # 10:00 in New York

@@ -16,7 +16,9 @@ from gateway.domain.delivery import State
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue, enqueue_many
 from gateway.services.runtime import Runtime
 from gateway.store.db import DatabaseError, make_engine, require_current, upgrade, utcnow
-from gateway.store.outbox import claim_due, contacts, list_messages, messages, release
+from gateway.store.sending import claim_due, release
+from gateway.store.tables import contacts, messages
+from gateway.store.views import list_messages
 
 NOW = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.UTC)
 LEASE = dt.timedelta(seconds=60)
@@ -331,7 +333,7 @@ def test_concurrent_texts_to_one_new_number_make_one_contact_and_conversation(ru
     insert find the winner's row) and one conversation, every text stored."""
     from sqlalchemy import func, select
 
-    from gateway.store.outbox import contacts, conversations
+    from gateway.store.tables import contacts, conversations
 
     start = threading.Barrier(8)
     errors: list[BaseException] = []
@@ -363,14 +365,14 @@ def test_claims_walk_the_partial_indexes_without_sorting_the_backlog(sqlite_url)
     """A backlog must not make each claim sort every due row (it once did: a temp B-tree)."""
     from sqlalchemy.dialects import sqlite
 
-    from gateway.store import outbox
+    from gateway.store import sending
 
     engine = make_engine(sqlite_url)
     upgrade(engine)
     plans = []
     for condition, order in (
-        (outbox._expired_leases(NOW), messages.c.lease_until),
-        (outbox._due_rows(NOW), messages.c.due_at),
+        (sending._expired_leases(NOW), messages.c.lease_until),
+        (sending._due_rows(NOW), messages.c.due_at),
     ):
         chosen = (
             select(messages.c.id)
@@ -441,7 +443,7 @@ def test_upgrade_from_the_first_schema_keeps_rows(db_url):
 def test_a_foreign_key_error_is_raised_not_retried_forever(runtime):
     from sqlalchemy.exc import IntegrityError
 
-    from gateway.store.outbox import ensure_order
+    from gateway.store.contacts import ensure_order
 
     if runtime.engine.dialect.name == "sqlite":
         with runtime.engine.connect() as conn:
@@ -456,8 +458,9 @@ def test_sends_recorded_against_a_reservation_count_it_down(runtime):
     from sqlalchemy import select
 
     from gateway.domain.delivery import AttemptOutcome, Decision, OutcomeKind
-    from gateway.store.outbox import AttemptRecord, claim_due, record_attempts
-    from gateway.store.routes import reservations, take_quota
+    from gateway.store.routes import take_quota
+    from gateway.store.sending import AttemptRecord, claim_due, record_attempts
+    from gateway.store.tables import reservations
 
     queue(runtime, 3)
     claimed = claim_due(runtime.engine, "w1", NOW, LEASE, 10)

@@ -15,7 +15,7 @@ from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
 from gateway.store.db import utcnow
-from gateway.store.outbox import attempts, messages
+from gateway.store.tables import attempts, messages
 from tests.conftest import make_runtime, run_gateway
 from tests.servers import SmtpTestServer, eventually, password_checker
 

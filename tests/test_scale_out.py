@@ -21,8 +21,7 @@ from gateway.config import load_settings
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store.db import utcnow
-from gateway.store.inbox import inbound
-from gateway.store.outbox import messages
+from gateway.store.tables import inbound, messages
 from gateway.transport.mailsource import deliver_to_maildir
 from tests.conftest import gateway_folder
 

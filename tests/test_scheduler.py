@@ -15,8 +15,7 @@ from sqlalchemy import func, select
 
 from gateway.services.orders import OrderInput, Orders
 from gateway.services.scheduler import RecurringTexts, due_slot, trigger_for
-from gateway.store.orders import job_runs
-from gateway.store.outbox import messages
+from gateway.store.tables import job_runs, messages
 from tests.conftest import REPO, gateway_folder, make_runtime
 
 TODAY_10 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.store.db import make_engine
-from gateway.store.outbox import attempts, messages
+from gateway.store.tables import attempts, messages
 from tests.conftest import run_gateway
 from tests.servers import SmtpTestServer, password_checker
 

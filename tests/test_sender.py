@@ -18,7 +18,8 @@ from gateway.domain.delivery import State
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.sender import Sender
 from gateway.store.db import utcnow
-from gateway.store.outbox import attempts, attempts_of, messages
+from gateway.store.tables import attempts, messages
+from gateway.store.views import attempts_of
 from tests.conftest import make_runtime
 
 

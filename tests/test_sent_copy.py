@@ -12,7 +12,7 @@ from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
 from gateway.store.db import utcnow
-from gateway.store.outbox import messages
+from gateway.store.tables import messages
 from tests.conftest import make_runtime
 
 

@@ -16,10 +16,8 @@ from gateway.config import load_settings
 from gateway.services.carrier_sim import free_port
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
-from gateway.store.channel_events import channel_events
 from gateway.store.db import utcnow
-from gateway.store.inbox import inbound
-from gateway.store.outbox import contacts
+from gateway.store.tables import channel_events, contacts, inbound
 from tests.conftest import gateway_folder, message_row, rows_in, send_due
 from tests.servers import GatewayServe
 from tests.smsgate_sim import SmsGatePhone
@@ -324,7 +322,7 @@ async def test_a_report_faster_than_the_senders_own_write_is_kept(served, phone)
     import datetime as dt
 
     from gateway.domain.delivery import AttemptOutcome, Decision, OutcomeKind, State
-    from gateway.store.outbox import AttemptRecord, claim_due, record_attempts
+    from gateway.store.sending import AttemptRecord, claim_due, record_attempts
 
     runtime, serve = served
     [message] = enqueue(runtime, SendRequest(PHONE, "att", text="At the door"), utcnow()).ids

@@ -15,10 +15,8 @@ from gateway.config import load_settings
 from gateway.services.carrier_sim import free_port
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
-from gateway.store.channel_events import channel_events
 from gateway.store.db import utcnow
-from gateway.store.inbox import inbound
-from gateway.store.outbox import contacts, messages
+from gateway.store.tables import channel_events, contacts, inbound, messages
 from tests.conftest import gateway_folder, message_row, rows_in, send_due
 from tests.servers import GatewayServe
 from tests.twilio_sim import FakeTwilio

@@ -46,8 +46,7 @@ from gateway.services.runtime import Runtime
 from gateway.services.worker import Worker
 from gateway.store import access
 from gateway.store.db import upgrade, utcnow
-from gateway.store.inbox import inbound, quarantine
-from gateway.store.outbox import contacts, messages
+from gateway.store.tables import contacts, inbound, messages, quarantine
 
 # The company's Android phone (SMS Gate, simulated): user name, password, webhook signing key.
 PHONE_LOGIN = ("sms", "demo-phone", "demo-signing-key")

@@ -39,9 +39,9 @@ from gateway.domain.threading import NO_MATCH, Match, Rule, ids_to_look_up, matc
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store import inbox, live
+from gateway.store.contacts import ensure_conversation, upsert_contact
 from gateway.store.db import utcnow
 from gateway.store.inbox import SentThread
-from gateway.store.outbox import ensure_conversation, upsert_contact
 from gateway.transport.mailsource import Batch, Fetched, MailSource
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from gateway.services.csv_rows import csv_rows
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store import orders as store
-from gateway.store.outbox import upsert_contact
+from gateway.store.contacts import upsert_contact
 
 
 class OrderError(ValueError):

@@ -29,16 +29,13 @@ from gateway.domain.smsgate import our_id
 from gateway.domain.templates import TemplateError
 from gateway.services.bell import ring
 from gateway.services.runtime import Runtime
+from gateway.store.contacts import ensure_conversations, ensure_order, set_carriers, upsert_contacts
 from gateway.store.outbox import (
     NewMessage,
     automated_times,
-    ensure_conversations,
-    ensure_order,
     find_by_key,
     insert_messages,
     order_zone,
-    set_carriers,
-    upsert_contacts,
 )
 
 MAX_TEXT = 5000  # characters a dispatcher or template may produce before shaping

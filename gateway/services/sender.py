@@ -47,7 +47,8 @@ from gateway.domain.smsgate import our_id
 from gateway.services.bell import Bell
 from gateway.services.routes import Lane, RouteBook
 from gateway.store.db import utcnow
-from gateway.store.outbox import (
+from gateway.store.routes import give_back_quota, take_quota
+from gateway.store.sending import (
     AttemptRecord,
     Claimed,
     Postponement,
@@ -56,10 +57,7 @@ from gateway.store.outbox import (
     record_attempts,
     release,
 )
-from gateway.store.outbox import (
-    postpone as postpone_rows,
-)
-from gateway.store.routes import give_back_quota, take_quota
+from gateway.store.sending import postpone as postpone_rows
 from gateway.transport.imap import ImapError, SentFolder
 
 log = logging.getLogger("gateway.sender")

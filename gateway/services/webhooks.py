@@ -25,16 +25,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from gateway.services.runtime import Runtime
-from gateway.store.channel_events import channel_events
 from gateway.store.db import utcnow
-from gateway.store.inbox import inbound
-from gateway.store.models import Cursor, WebhookDelivery
-from gateway.store.outbox import attempts, messages, orders
+from gateway.store.tables import attempts, channel_events, cursors, inbound, messages, orders
+from gateway.store.tables import webhook_deliveries as deliveries
 
 log = logging.getLogger(__name__)
 
-deliveries = WebhookDelivery.__table__  # type: ignore[attr-defined]
-cursors = Cursor.__table__  # type: ignore[attr-defined]
 
 # States an order system cares to hear about; queued, sending and deferred are the gateway's own.
 REPORTED_STATES = ("sent", "delivered", "failed", "bounced", "replied", "suppressed", "cancelled")

@@ -12,11 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.store.models import ApiRequest, ApiToken, LoginFailure, User, WebSession
-
-tokens = ApiToken.__table__  # type: ignore[attr-defined]
-users = User.__table__  # type: ignore[attr-defined]
-api_requests = ApiRequest.__table__  # type: ignore[attr-defined]
+from gateway.store.tables import api_requests, login_failures, sessions, tokens, users
 
 ROLES = ("dispatcher", "admin")
 TOKEN_PREFIX = "gw_"
@@ -179,8 +175,6 @@ def body_digest(body: Any) -> str:
 
 # --- dashboard users and their sessions -------------------------------------------------------
 
-sessions = WebSession.__table__  # type: ignore[attr-defined]
-login_failures = LoginFailure.__table__  # type: ignore[attr-defined]
 
 SESSION_IDLE = dt.timedelta(hours=12)  # signed out after this long without a request
 SESSION_MAX = dt.timedelta(days=7)  # and after this long whatever happens

@@ -10,10 +10,7 @@ from sqlalchemy import Connection, func, select, update
 
 from gateway.domain.delivery import State
 from gateway.store.db import insert_or
-from gateway.store.models import ChannelEvent
-from gateway.store.outbox import messages
-
-channel_events = ChannelEvent.__table__  # type: ignore[attr-defined]
+from gateway.store.tables import channel_events, messages
 
 # A channel's report may arrive before the sender has written down that the text was handed
 # over (the phone answers 202 and delivers within the same second): `sending` moves on too.

@@ -9,9 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from gateway.domain.health import Health
-from gateway.store.models import WorkerHeartbeat
-
-heartbeats = WorkerHeartbeat.__table__  # type: ignore[attr-defined]
+from gateway.store.tables import heartbeats
 
 BEAT_SECONDS = 10.0
 # A worker not heard from in this long is taken for dead (three beats missed).
@@ -66,7 +64,7 @@ class Workers:
 def processes(conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
     """Each `gateway run` heard from lately: what it holds (texts leased, mailboxes read)."""
     from gateway.store.inbox import mailbox_holders
-    from gateway.store.outbox import messages
+    from gateway.store.tables import messages
 
     leased: dict[str, int] = dict(
         conn.execute(

@@ -14,12 +14,15 @@ from sqlalchemy.exc import IntegrityError
 from gateway.domain.delivery import State
 from gateway.domain.threading import Sent
 from gateway.store.db import insert_or
-from gateway.store.models import InboundMessage, MailboxState, QuarantinedMessage
-from gateway.store.outbox import contacts, conversations, messages, orders
-
-inbound = InboundMessage.__table__  # type: ignore[attr-defined]
-quarantine = QuarantinedMessage.__table__  # type: ignore[attr-defined]
-mailboxes = MailboxState.__table__  # type: ignore[attr-defined]
+from gateway.store.tables import (
+    contacts,
+    conversations,
+    inbound,
+    mailboxes,
+    messages,
+    orders,
+    quarantine,
+)
 
 # States a reply or a report can move an outbound text out of. A text still queued or being
 # sent has not reached the phone, so a reply cannot be to it.

@@ -11,12 +11,10 @@ from sqlalchemy.orm import aliased
 
 from gateway.domain.delivery import State
 from gateway.domain.rules import TERMINAL, DriverDay, OrderFacts
+from gateway.store.contacts import insert_once
 from gateway.store.db import insert_or
-from gateway.store.models import JobRun, OrderEvent
-from gateway.store.outbox import contacts, insert_once, messages, orders
-
-events = OrderEvent.__table__  # type: ignore[attr-defined]
-job_runs = JobRun.__table__  # type: ignore[attr-defined]
+from gateway.store.tables import contacts, job_runs, messages, orders
+from gateway.store.tables import order_events as events
 
 _WAITING = (State.QUEUED.value, State.DEFERRED.value)
 

@@ -9,10 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from gateway.store.models import AuditEntry, SettingOverride
-
-overrides = SettingOverride.__table__  # type: ignore[attr-defined]
-audit = AuditEntry.__table__  # type: ignore[attr-defined]
+from gateway.store.tables import audit, overrides
 
 
 def read(conn: Connection) -> dict[str, Any]:

@@ -9,11 +9,7 @@ from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.routing import COUNTS_AGAINST_LIMIT, Breaker, BreakerState
-from gateway.store.models import DeliveryAttempt, QuotaReservation, RouteState
-
-routes = RouteState.__table__  # type: ignore[attr-defined]
-attempts = DeliveryAttempt.__table__  # type: ignore[attr-defined]
-reservations = QuotaReservation.__table__  # type: ignore[attr-defined]
+from gateway.store.tables import attempts, reservations, routes
 
 COUNTED = sorted(kind.value for kind in COUNTS_AGAINST_LIMIT)
 WINDOW = dt.timedelta(hours=24)

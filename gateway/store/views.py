@@ -1,17 +1,25 @@
-"""Read-only views the API and dashboard show: a text, conversations, a thread, the counts
-/metrics exports."""
+"""The reads the faces need (the API, the dashboard, the command line): a text and its attempts,
+the outbox list, conversations, a thread, the counts /metrics exports; and the dashboard's own
+bookkeeping on them (read marks, dismissals)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, not_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, not_, or_, select, update
 
 from gateway.domain.delivery import DUE_STATES
-from gateway.store.inbox import inbound, quarantine
-from gateway.store.orders import events as order_events
-from gateway.store.outbox import attempts, contacts, conversations, messages, orders
+from gateway.store.tables import (
+    attempts,
+    contacts,
+    conversations,
+    inbound,
+    messages,
+    order_events,
+    orders,
+    quarantine,
+)
 
 MESSAGE_FIELDS = (
     messages.c.id,
@@ -485,3 +493,52 @@ def latest_conversation(conn: Connection, phone: str, order_ref: str | None) -> 
 def clear_doubt(conn: Connection, contact_id: int) -> None:
     """A dispatcher set the carrier: the doubt a bounce raised is answered."""
     conn.execute(update(contacts).where(contacts.c.id == contact_id).values(carrier_doubt=None))
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def list_messages(
+    engine: Engine, state: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Outbox rows, newest first, with the fields `gateway outbox list` shows."""
+    query = (
+        select(
+            messages.c.id,
+            messages.c.to_phone.label("to"),
+            messages.c.to_address,
+            messages.c.carrier,
+            messages.c.gateway,
+            messages.c.gateway_reason,
+            messages.c.channel,
+            messages.c.state,
+            messages.c.route,
+            messages.c.attempts,
+            messages.c.last_reply,
+            messages.c.message_id,
+            messages.c.reason,
+            orders.c.ref.label("order_ref"),
+            messages.c.due_at,
+            messages.c.part,
+            messages.c.parts,
+            messages.c.segments,
+            messages.c.body,
+        )
+        .select_from(messages.outerjoin(orders, orders.c.id == messages.c.order_id))
+        .order_by(messages.c.id.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        query = query.where(messages.c.state == state)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def attempts_of(engine: Engine, message: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [
+            dict(row._mapping)
+            for row in conn.execute(
+                select(attempts).where(attempts.c.message_id == message).order_by(attempts.c.id)
+            )
+        ]

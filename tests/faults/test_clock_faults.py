@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.sender import Sender
-from gateway.store.outbox import messages
+from gateway.store.tables import messages
 from tests.conftest import make_runtime
 
 UTC = dt.UTC

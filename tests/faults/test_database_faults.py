@@ -22,7 +22,7 @@ from gateway.services.runtime import Runtime
 from gateway.services.sender import Sender
 from gateway.store.access import create_token
 from gateway.store.db import utcnow
-from gateway.store.outbox import attempts, messages
+from gateway.store.tables import attempts, messages
 from gateway.web.app import create_app
 from tests.conftest import make_runtime
 
@@ -156,7 +156,7 @@ async def test_a_full_disk_holds_inbound_mail_until_there_is_room(tmp_path, smtp
     """The mailbox reader cannot store: it keeps the batch (nothing marked done, nothing
     quarantined) and stores each message once when the disk has room again."""
     from gateway.services.inbound import Ingest, Receiver
-    from gateway.store.inbox import inbound, quarantine
+    from gateway.store.tables import inbound, quarantine
     from gateway.transport.mailsource import deliver_to_maildir
 
     maildir = tmp_path / "Maildir"

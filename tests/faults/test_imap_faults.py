@@ -14,7 +14,7 @@ import tracemalloc
 import pytest
 from sqlalchemy import select
 
-from gateway.store.inbox import inbound, quarantine
+from gateway.store.tables import inbound, quarantine
 from gateway.transport.mailsource import HEAD_BYTES
 from tests.servers import server_tls_context
 from tests.test_imap_inbound import count, drain, folder_in, reply, runtime_for

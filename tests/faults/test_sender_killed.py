@@ -23,7 +23,7 @@ from gateway.config import load_settings
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store.db import utcnow
-from gateway.store.outbox import attempts, messages
+from gateway.store.tables import attempts, messages
 from tests.conftest import gateway_folder, run_gateway
 
 pytestmark = pytest.mark.slow

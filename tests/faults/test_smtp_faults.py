@@ -16,7 +16,7 @@ from sqlalchemy import select
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.sender import Sender
 from gateway.store.db import utcnow
-from gateway.store.outbox import attempts, messages
+from gateway.store.tables import attempts, messages
 from tests.conftest import make_runtime
 from tests.servers import SmtpTestServer, server_tls_context
 

@@ -13,8 +13,9 @@ from gateway.domain.routing import Route
 from gateway.services.inbound import Ingest, manual_thread
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.store import overrides, views
+from gateway.store.contacts import upsert_contact
 from gateway.store.db import utcnow
-from gateway.store.outbox import cancel_waiting, upsert_contact
+from gateway.store.outbox import cancel_waiting
 from gateway.web.dashboard.pages import Pages, back
 from gateway.web.ids import RowId
 from gateway.web.offloop import OffLoopRoute
