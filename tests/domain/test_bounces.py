@@ -580,3 +580,26 @@ def test_specific_words_and_codes(diagnostic, status, reason, permanent):
         parse(DSN.format(action="failed", status=status, diagnostic=diagnostic))
     ).recipients
     assert (failed.reason, failed.permanent) == (reason, permanent)
+
+
+@pytest.mark.parametrize(
+    ("sample", "reader", "addresses"),
+    [
+        ("lhost-amavis-03.eml", "delivery-status", ["kijitora@example.com"]),
+        ("lhost-exim-02.eml", "x-failed-recipients", ["kijitora@example.jp",
+                                                      "sabatora@example.jp"]),
+        ("lhost-v5sendmail-05.eml", "transcript", ["kijitora@example.edu",
+         "kuroneko@example.or.jp", "kijitora@example.org", "mikeneko@example.co.jp"]),
+        ("lhost-amazonworkmail-01.eml", "address list", ["kijitora@example.jp"]),
+        ("lhost-dragonfly-03.eml", "first address", ["pseudo-local-part@yahoo-inc.example.com"]),
+        ("lhost-postfix-64.eml", "returned original", ["xxxx@wanadoo.fr"]),
+    ],
+)  # fmt: skip
+def test_each_report_format_has_its_reader(sample, reader, addresses):
+    """One reader per way a report names its failed recipients, tried in a fixed order: the
+    standard delivery-status part, then the letters' ways (a header, a transcript, a list, a
+    mention), then the returned original's To."""
+    raw = (CORPUS / "mail" / sample).read_bytes()
+    report = read_report(email.message_from_bytes(raw, policy=email.policy.compat32))
+    assert report.reader == reader
+    assert [r.address for r in report.recipients] == addresses

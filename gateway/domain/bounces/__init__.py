@@ -1,0 +1,89 @@
+"""Reading delivery reports: which recipients failed, how, and whether the address itself is bad.
+
+Mail comes back in two shapes. Standard reports (RFC 3464) carry a message/delivery-status part
+with a block per recipient: its address, Action, Status (an enhanced code such as 5.1.1) and the
+remote server's words. Many systems still send a letter instead ("The following address(es)
+failed: ..."), so the same facts are also read from the report's text.
+
+"Permanent" here is about the address, not the status class: a 5xx refusal for policy, spam or
+reputation fails that message but says nothing about the number; only reasons that mean the
+address is wrong (unknown user or host, moved, accepts no mail) make it permanent, and only then
+should a contact's carrier or number be questioned.
+
+"User unknown" alone does not show that: filters (Japanese carriers' sender filters, content
+filters after DATA) word their refusals the same way. It is read as a bad address only where the
+report shows the mailbox was looked up: refused at RCPT, under an addressing code (x.1.x), in a
+directory's words, by the recipient's own mail system, or in the reporter's own category field.
+"""
+
+from __future__ import annotations
+
+import email.message
+import email.policy
+
+from gateway.domain.bounces.dsn import from_status_part
+from gateway.domain.bounces.letters import from_text, looks_like_bounce, text_about
+from gateway.domain.bounces.mime import (
+    content_type,
+    find_part,
+    human_text,
+    original_id,
+    payload_text,
+    reporter_domain,
+    returned_recipients,
+    with_boundary,
+)
+from gateway.domain.bounces.others import feedback, is_auto_reply
+from gateway.domain.bounces.reasons import ADDRESS_REASONS, reason_of
+from gateway.domain.bounces.recipient import Recipient, Report, recipient
+
+# --- reading a report -------------------------------------------------------------------------
+
+
+def read_report(message: email.message.Message) -> Report | None:
+    """The report `message` is, or None when it is not a report of any kind."""
+    message = with_boundary(message)
+    param = message.get_param("report-type")
+    report_type = param.lower() if isinstance(param, str) else ""
+    if message.get_content_type() == "multipart/report" and report_type == "feedback-report":
+        return feedback(message)
+    # Bounces before auto-replies: mail systems mark their bounces Auto-Submitted too.
+    status_part = find_part(message, "message/delivery-status", "message/global-delivery-status")
+    if status_part is not None:
+        report = from_status_part(message, status_part)
+        if report is not None:
+            return report
+    if looks_like_bounce(message):
+        report = from_text(message)
+        if report is not None:
+            return report
+        # A report with no word on its recipients (Postfix's "Delivery report unavailable"):
+        # the returned original's To is who it was for.
+        returned = returned_recipients(message)
+        if returned:
+            text = human_text(message)
+            reporter = reporter_domain(message)
+            failed = tuple(
+                recipient(a, "", "", text_about(text, a, returned), reporter=reporter)
+                for a in returned
+            )
+            return Report(
+                "bounce",
+                failed,
+                original_message_id=original_id(message),
+                reader="returned original",
+            )
+    if is_auto_reply(message):
+        return Report("auto_reply")
+    return None
+
+
+__all__ = [
+    "ADDRESS_REASONS",
+    "Recipient",
+    "Report",
+    "content_type",
+    "payload_text",
+    "read_report",
+    "reason_of",
+]

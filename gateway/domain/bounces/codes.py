@@ -1,0 +1,20 @@
+"""How reports write what they carry: enhanced status codes (RFC 3463), SMTP reply codes,
+addresses, Message-IDs."""
+
+from __future__ import annotations
+
+import re
+
+STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+REPLY_CODE = re.compile(r"(?<![\d.\-])([245]\d\d)(?=[ \-])")
+ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?"
+)
+
+RCPT_TO = re.compile(
+    r"rcpt to:\s*<?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])", re.IGNORECASE
+)
+MESSAGE_ID = re.compile(r"^message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
+# An enhanced code right after the reply code is the remote server's own, where a reporter puts
+# its own category first ("5.1.0 - Unknown address error 550-'5.7.1 ... Access denied'").
+PAIRED_STATUS = re.compile(r"(?<![\d.])[245]\d\d[ \-]'?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")

@@ -1,0 +1,127 @@
+"""The reader of standard reports (RFC 3464): a message/delivery-status part with a block per
+recipient (its address, Action, Status, the remote server's words)."""
+
+from __future__ import annotations
+
+import email.message
+import email.policy
+import re
+
+from gateway.domain.bounces.codes import ADDRESS, REPLY_CODE, STATUS
+from gateway.domain.bounces.letters import text_about
+from gateway.domain.bounces.mime import (
+    human_text,
+    original_id,
+    part_payload,
+    payload_text,
+    reporter_domain,
+)
+from gateway.domain.bounces.recipient import Recipient, Report, recipient
+
+# Reporting systems that file each failure under a category of their own, in a field of the
+# recipient's block (PowerMTA's X-PowerMTA-BounceCategory): the categories that name the reason.
+_REPORTER_CATEGORIES = {
+    "bad-mailbox": "userunknown", "bad-domain": "hostunknown", "inactive-mailbox": "suspend",
+    "quota-issues": "mailboxfull", "message-expired": "expired", "spam-related": "spamdetected",
+    "virus-related": "virusdetected", "relaying-issues": "norelaying",
+}  # fmt: skip
+
+
+def from_status_part(message: email.message.Message, part: email.message.Message) -> Report | None:
+    failed: list[Recipient] = []
+    delivered = 0
+    human = human_text(message)
+    reporter = reporter_domain(message)
+    blocks = status_blocks(part)
+    block_addresses = [
+        found
+        for b in blocks
+        if (found := _address_field(b.get("final-recipient") or b.get("original-recipient")))
+    ]
+    for fields in blocks:
+        address = _address_field(fields.get("final-recipient") or fields.get("original-recipient"))
+        if not address:
+            continue
+        action = fields.get("action", "").lower()
+        status_found = STATUS.search(fields.get("status", ""))
+        status = ".".join(status_found.groups()) if status_found else ""
+        if action in ("delivered", "relayed", "expanded") or status.startswith("2."):
+            delivered += 1
+            continue
+        near = text_about(human, address, block_addresses)
+        diagnostic = fields.get("diagnostic-code", "")
+        diagnostic = re.sub(r"^\s*(smtp|x-[\w\-]+)\s*;\s*", "", diagnostic, flags=re.IGNORECASE)
+        code_found = REPLY_CODE.search(diagnostic + " ")
+        failed.append(
+            recipient(
+                address,
+                status,
+                code_found.group(1) if code_found else "",
+                # With no Diagnostic-Code, a letter about one recipient is about it throughout
+                # ("The user's account is disabled" before the address).
+                diagnostic or (human[:2000] if len(set(block_addresses)) <= 1 else near),
+                human,
+                # The Status field's comment ("5.0.0 (Remote SMTP server has rejected address)")
+                # is the reporter's own word on how the refusal came.
+                f"{fields.get('status', '')} {near}",
+                _REPORTER_CATEGORIES.get(fields.get("x-powermta-bouncecategory", "").lower()),
+                reporter,
+            )
+        )
+    if failed:
+        return Report(
+            "bounce",
+            tuple(failed),
+            original_message_id=original_id(message),
+            reader="delivery-status",
+        )
+    if delivered:
+        return Report("delivery_report", original_message_id=original_id(message))
+    return None
+
+
+def status_blocks(part: email.message.Message) -> list[dict[str, str]]:
+    """The field blocks of a delivery-status part: the first is about the message, the rest
+    are one per recipient."""
+    payload = part_payload(part)
+    if isinstance(payload, list):  # the email package parses each block into a header-only part
+        return [
+            {str(k).lower(): _from_jis(" ".join(str(v).split())) for k, v in block.items()}
+            for block in payload
+            if isinstance(block, email.message.Message)
+        ]
+    text = _from_jis(payload_text(part))
+    return [_fields(b) for b in re.split(r"\r?\n\s*\r?\n", text) if b.strip()]
+
+
+def _from_jis(value: str) -> str:
+    """`value` with its ISO-2022-JP runs read: Japanese systems write them, escape sequences and
+    all, into fields that are meant to be ASCII (a Notes Diagnostic-Code)."""
+    if "\x1b$" not in value:
+        return value
+    try:
+        return value.encode("latin-1").decode("iso-2022-jp")
+    except (UnicodeError, LookupError):
+        return value
+
+
+def _fields(block: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if line[:1] in (" ", "\t") and current:
+            fields[current] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            current = name.strip().lower()
+            fields.setdefault(current, value.strip())
+    return fields
+
+
+def _address_field(value: str | None) -> str:
+    if not value:
+        return ""
+    value = re.sub(r"^\s*[\w\-]+\s*;\s*", "", value)  # "rfc822; user@host"
+    found = ADDRESS.search(value)
+    return found.group(0) if found else ""

@@ -1,0 +1,168 @@
+"""The readers of reports written as letters, one per way mail systems name the failed
+recipients: a header (Exim's X-Failed-Recipients), the envelope quoted in a session transcript
+(RCPT TO, Sendmail's verdict lines), a list of addresses a line each (qmail, Postfix's letter),
+or, failing those, the first address the letter names."""
+
+from __future__ import annotations
+
+import email.message
+import email.policy
+import re
+from collections.abc import Callable
+
+from gateway.domain.bounces.codes import ADDRESS, RCPT_TO
+from gateway.domain.bounces.mime import find_part, human_text, original_id, reporter_domain
+from gateway.domain.bounces.recipient import Report, recipient
+
+
+def from_text(message: email.message.Message) -> Report | None:
+    text = human_text(message)
+    found = failed_addresses(message, text)
+    if found is None:
+        return None
+    reader, addresses = found
+    failed = []
+    reporter = reporter_domain(message)
+    for address in addresses:
+        near = text_about(text, address, addresses)
+        failure = recipient(address, "", "", near, text, reporter=reporter)
+        if failure.reason in ("undefined", "onhold"):
+            # Some letters give the server's words before naming the address (Verizon's
+            # "Error message below: 550 ... / RCPT TO: ..."): read the whole letter.
+            failure = recipient(address, "", "", text[:2000], text, reporter=reporter)
+        failed.append(failure)
+    return Report("bounce", tuple(failed), original_message_id=original_id(message), reader=reader)
+
+
+# A reader: the failed addresses a letter names in its way, or None when it is not written so.
+Reader = Callable[[email.message.Message, str, Callable[[str], bool]], list[str] | None]
+
+
+def _by_header(
+    message: email.message.Message, text: str, robot: Callable[[str], bool]
+) -> list[str] | None:
+    """Exim's X-Failed-Recipients header: the list, whatever the letter says."""
+    header = str(message.get("X-Failed-Recipients", ""))
+    if not header.strip():
+        return None
+    return list(dict.fromkeys(a.lower() for a in ADDRESS.findall(header)))
+
+
+def _by_envelope(
+    message: email.message.Message, text: str, robot: Callable[[str], bool]
+) -> list[str] | None:
+    """A session transcript: the failed recipient named after RCPT TO, and Sendmail's verdict
+    line for each recipient it gave up on ("554 <a@b>... why"), including those refused before
+    any RCPT (an unknown host). In the order the text names them."""
+    named = [(m.start(), m.group(1)) for m in RCPT_TO.finditer(text)]
+    named += [(m.start(), m.group(1)) for m in _VERDICT.finditer(text)]
+    envelope = [a.lower() for _, a in sorted(named) if not robot(a.lower())]
+    return list(dict.fromkeys(envelope)) or None
+
+
+def _by_listing(
+    message: email.message.Message, text: str, robot: Callable[[str], bool]
+) -> list[str] | None:
+    """A list of failures, one a line, each line starting with its address (qmail, Postfix's
+    letter). The original's sender may be the failed recipient too (mail to oneself), so To is
+    not ruled out here."""
+    leading = [a.lower().strip(".") for a in _LEADING_ADDRESS.findall(text)]
+    return [a for a in dict.fromkeys(leading) if not robot(a)] or None
+
+
+def _by_mention(
+    message: email.message.Message, text: str, robot: Callable[[str], bool]
+) -> list[str] | None:
+    """The first address the letter names that is neither the reporter's nor the original
+    sender's (our To: a letter may name it first)."""
+    ignore = {a.lower() for a in ADDRESS.findall(str(message.get("To", "")))}
+    found = [a.lower().strip(".") for a in ADDRESS.findall(text)]
+    return [a for a in found if not robot(a) and a not in ignore][:1]
+
+
+# Tried in this order: the first that recognises the letter names its failed recipients.
+READERS: tuple[tuple[str, Reader], ...] = (
+    ("x-failed-recipients", _by_header),
+    ("transcript", _by_envelope),
+    ("address list", _by_listing),
+    ("first address", _by_mention),
+)
+
+
+def failed_addresses(message: email.message.Message, text: str) -> tuple[str, list[str]] | None:
+    """The failed recipients a letter names, and the reader that found them."""
+    reporter = {a.lower() for a in ADDRESS.findall(str(message.get("From", "")))}
+    reporter_domains = {a.rpartition("@")[2] for a in reporter}
+
+    def robot(address: str) -> bool:
+        # The reporting system's own postmaster is not a failure; someone else's may be.
+        local, _, domain = address.partition("@")
+        return address in reporter or (local in _ROBOTS and domain in reporter_domains)
+
+    for name, reader in READERS:
+        found = reader(message, text, robot)
+        if found is not None:
+            return (name, found) if found else None
+    return None
+
+
+_FAILURE_WORDS = (
+    "could not be delivered", "couldn't be delivered", "was not delivered", "undeliverable",
+    "delivery has failed", "delivery failed", "permanent error", "unable to deliver",
+)  # fmt: skip
+_VERDICT = re.compile(
+    r"^[45]\d\d <([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])>\.\.\. ",
+    re.MULTILINE,
+)
+_ROBOTS = frozenset({"mailer-daemon", "postmaster", "root", "noreply"})
+_LEADING_ADDRESS = re.compile(
+    r"^[ \t]*[<\"']?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])[>\"']?:?"
+    r"(?:[ \t]|$)",
+    re.MULTILINE,
+)
+
+
+def text_about(text: str, address: str, others: list[str]) -> str:
+    """What a text report says about `address`: from the start of the line that first names it
+    (a letter's opening lines are the same for every failure and say nothing about this one)
+    to the line that names the next failed address."""
+    lowered = text.lower()
+    at = lowered.find(address.lower())
+    if at < 0:
+        return text[:1000]
+    for verdict in _VERDICT.finditer(text):
+        if verdict.group(1).lower() == address.lower():
+            # A transcript's verdict on this recipient is whole in its line.
+            return text[verdict.start() : text.find("\n", verdict.start()) % (len(text) + 1)]
+    line_start = text.rfind("\n", 0, at) + 1
+    end = at + 700
+    for other in others:
+        if not other or other.lower() == address.lower():
+            continue
+        next_at = lowered.find(other.lower(), at + len(address))
+        if next_at >= 0:
+            end = min(end, text.rfind("\n", 0, next_at) + 1 or next_at)
+    return text[line_start : max(end, at + len(address))]
+
+
+def looks_like_bounce(message: email.message.Message) -> bool:
+    sender = str(message.get("From", "")).lower()
+    subject = str(message.get("Subject", "")).lower()
+    if message.get("X-Failed-Recipients"):
+        return True
+    # "post_master@", "Mailer-Daemon@", "MAILER_DAEMON": systems spell their robots many ways.
+    squeezed = re.sub(r"[^a-z]", "", sender)
+    if any(who in squeezed for who in ("mailerdaemon", "postmaster", "maildelivery")):
+        return True
+    # A letter that says it could not deliver and returns the original, whoever signs it.
+    if find_part(message, "message/rfc822", "text/rfc822-headers") is not None:
+        opening = " ".join(human_text(message)[:600].lower().split())
+        if any(words in opening for words in _FAILURE_WORDS):
+            return True
+    return any(
+        word in subject
+        for word in ("undeliver", "delivery status", "delivery failure", "failure notice",
+                     "returned mail", "delivery has failed", "could not be delivered",
+                     "mail delivery failed", "non-delivery", "nondeliverable", "rejected",
+                     "delivery notification", "undelivered")
+    )  # fmt: skip

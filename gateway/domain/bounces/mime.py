@@ -1,0 +1,161 @@
+"""MIME repair and reading: reports whose boundary was lost or whose delimiters are indented, parts
+whose charset or transfer encoding lies, the report's own text apart from the returned original,
+and the original's Message-ID (our own id, which ties a report to its text)."""
+
+from __future__ import annotations
+
+import email.message
+import email.policy
+import re
+from typing import Any
+
+from gateway.domain.bounces.codes import ADDRESS, MESSAGE_ID
+
+# Where the returned original starts in a text report; the report text is what comes before.
+_ORIGINAL_MARKERS = re.compile(
+    r"^(?:-+ ?(?:this is a copy|below this line|original message|the original message|"
+    r"returned message|message header follows|text of the message|undelivered message)|"
+    r"-{3,}\s*original message\s*-{3,}|"
+    r"the original message (?:was|headers)|"
+    r"------ ?(?:this is|a copy)|"
+    r"\s*----- (?:transcript|unsent message|original)|"
+    r"return-path:|received: from)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def with_boundary(message: email.message.Message) -> email.message.Message:
+    """`message` again with its parts, when its multipart boundary was lost on the way (a
+    parameter folded without indentation): the boundary is read from the body's first
+    delimiter line. A delimiter written indented is not one to the email package, which then
+    reads the parts after it as the text before it: those lines are unindented."""
+    if message.is_multipart():
+        return _with_delimiters_unindented(message)
+    # A MIME report whose top headers lost their Content-Type (Sendmail's, pasted under an mbox
+    # "From " line) defaults to text/plain: its delimiter lines still say it is a multipart.
+    lost = message.get("Content-Type") is None and message.get("MIME-Version") is None
+    if message.get_content_maintype() != "multipart" and not lost:
+        return message
+    body = part_payload(message)
+    if not isinstance(body, str):
+        return message
+    found = re.search(r"^--([^\s]{1,70})\s*$", body, re.MULTILINE)
+    if found is None or f"--{found.group(1)}--" not in body:
+        return message
+    if lost and found.start() > 300:
+        return message  # a letter that quotes a MIME original, not a MIME report itself
+    head = "".join(f"{k}: {v}\n" for k, v in message.items() if k.lower() != "content-type")
+    kind = "multipart/mixed" if lost else message.get_content_type()
+    rebuilt = f'{head}Content-Type: {kind}; boundary="{found.group(1)}"\n\n{body}'
+    return email.message_from_string(rebuilt, policy=email.policy.compat32)
+
+
+def _with_delimiters_unindented(message: email.message.Message) -> email.message.Message:
+    boundary = message.get_boundary()
+    if not boundary:
+        return message
+    indented = re.compile(rf"^[ \t]+(--{re.escape(boundary)}(?:--)?[ \t]*)$", re.MULTILINE)
+    for part in message.walk():
+        payload = part_payload(part)
+        if isinstance(payload, str) and indented.search(payload):
+            text = indented.sub(r"\1", message.as_string())
+            return email.message_from_string(text, policy=email.policy.compat32)
+    return message
+
+
+def returned_recipients(message: email.message.Message) -> list[str]:
+    for part in message.walk():
+        if part.get_content_type() == "message/rfc822":
+            inner = part_payload(part)
+            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
+                to = str(inner[0].get("To", ""))
+                return list(dict.fromkeys(a.lower() for a in ADDRESS.findall(to)))[:5]
+    return []
+
+
+def human_text(message: email.message.Message) -> str:
+    """The report's own text, without the returned original."""
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        if content_type(part) in ("message/rfc822", "text/rfc822-headers"):
+            break
+        # A multipart whose boundary parameter was lost (folded without indentation) arrives
+        # as one text: read it as the report's text rather than finding nothing.
+        if (
+            content_type(part) == "text/plain"
+            or part is message
+            or (part.get_content_maintype() == "multipart")
+        ):
+            text = payload_text(part).replace("\r\n", "\n")
+            marker = _ORIGINAL_MARKERS.search(text)
+            return text[: marker.start()] if marker and marker.start() > 40 else text
+    return ""
+
+
+def reporter_domain(message: email.message.Message) -> str:
+    """The domain the report came from (its From), lower case; "" when it names none."""
+    found = ADDRESS.search(str(message.get("From", "")))
+    return found.group(0).rpartition("@")[2].lower() if found else ""
+
+
+def original_id(message: email.message.Message) -> str | None:
+    """The Message-ID of the returned original: our own id, which ties the bounce to its text."""
+    for part in message.walk():
+        kind = part.get_content_type()
+        if kind == "message/rfc822":
+            inner = part_payload(part)
+            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
+                found = str(inner[0].get("Message-ID", "")).strip()
+                if found:
+                    return found
+        elif kind == "text/rfc822-headers":
+            match = MESSAGE_ID.search(payload_text(part))
+            if match:
+                return match.group(1)
+    match = MESSAGE_ID.search(human_text(message))
+    return match.group(1) if match else None
+
+
+def find_part(message: email.message.Message, *types: str) -> email.message.Message | None:
+    for part in message.walk():
+        if content_type(part) in types:
+            return part
+    return None
+
+
+def content_type(part: email.message.Message) -> str:
+    """A part's content type, also where its header lost the ";" before the parameters
+    ("text/plain<newline>  charset=..."), which the email package reads as one long type."""
+    return part.get_content_type().split(None, 1)[0]  # never empty: it always holds a "/"
+
+
+def payload_text(part: email.message.Message) -> str:
+    """A part's content as text, whatever its transfer encoding or charset claims."""
+    if part.is_multipart():
+        inner = part_payload(part)
+        if isinstance(inner, list):
+            return "\n\n".join(
+                payload_text(p) for p in inner if isinstance(p, email.message.Message)
+            )
+        return ""
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        payload = part_payload(part)
+        return payload if isinstance(payload, str) else ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return data.decode(charset, "replace")
+    except (LookupError, ValueError):  # no such codec, or a name no codec can have (a NUL)
+        return data.decode("utf-8", "replace")
+
+
+def part_payload(part: email.message.Message) -> Any:
+    """A part's payload as the email package holds it (a list of parts, or the undecoded text).
+    The package decodes stray 8-bit text by the part's charset name and raises ValueError when
+    that name holds a NUL (LookupError is caught inside it): such text is read as UTF-8."""
+    try:
+        return part.get_payload()
+    except ValueError:
+        data = part.get_payload(decode=True)
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else ""

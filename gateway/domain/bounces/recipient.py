@@ -1,0 +1,107 @@
+"""One failed recipient, assembled from what a reader found: its codes, the server's words, the
+phase they came in, and the reason they give; and the report a reader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.domain.bounces.codes import PAIRED_STATUS, REPLY_CODE, STATUS
+from gateway.domain.bounces.phase import looked_up, session_phase
+from gateway.domain.bounces.reasons import (
+    ADDRESS_REASONS,
+    PSEUDO_STATUS,
+    reason_by_words,
+    reason_of,
+)
+
+# Mailing-list services that refuse a post (no such group, no permission to post) in the
+# sender's language and with no code: a refusal by the list, not a bad address.
+_LIST_DOMAINS = ("googlegroups.com",)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    address: str
+    status: str  # enhanced status code, e.g. 5.1.1; "" when the report states none
+    smtp_code: str  # reply code, e.g. 550; "" when none
+    reason: str  # the corpus's vocabulary: userunknown, mailboxfull, blocked, ...
+    permanent: bool  # the address itself is bad
+    diagnostic: str  # the remote server's words
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    kind: str  # bounce | delivery_report | feedback | auto_reply
+    recipients: tuple[Recipient, ...] = ()
+    feedback_type: str | None = None
+    original_message_id: str | None = None
+    reader: str = ""  # which reader found the recipients: delivery-status, a letter's kind
+
+
+_PHASE_MATTERS = ADDRESS_REASONS | {"filtered"}
+_TEMPORARY_WORDS = ("has been delayed", "warning message only", "retry timeout exceeded")
+
+
+# Reasons a policy code (x.7.x) gives that some servers pair with every refused recipient.
+_FILED_AS_POLICY = frozenset({"rejected", "securityerror", "blocked"})
+
+
+def recipient(
+    address: str,
+    status: str,
+    code: str,
+    diagnostic: str,
+    context: str = "",
+    about: str = "",
+    verdict: str | None = None,
+    reporter: str = "",
+) -> Recipient:
+    """One failed recipient. `context` is the report's whole text and `about` what it says of
+    this recipient (when `diagnostic` is the server's words alone); both are read only for how
+    the refusal came, as is `reporter`, the domain the report came from. `verdict` is a reason
+    the reporting system states in a field of its own, which outranks any reading of words."""
+    if not status or status.endswith(".0.0"):
+        # The server's own words often carry a more specific code than the report's x.0.0.
+        found = PAIRED_STATUS.search(diagnostic) or STATUS.search(diagnostic)
+        if found and (not status or found.groups()[1:] != ("0", "0")):
+            status = ".".join(found.groups())
+    if not code:
+        found_code = REPLY_CODE.search(diagnostic)
+        code = found_code.group(1) if found_code else ""
+    reason = reason_of(status, code, diagnostic)
+    lowered = " ".join(diagnostic.lower().split())
+    unknown_user = reason_by_words(lowered) == "userunknown"
+    # How the refusal came matters only to refusals that could be about the address; reading
+    # a transcript for it is left to them.
+    phase = None
+    if reason in _PHASE_MATTERS or unknown_user:
+        phase = session_phase(address, diagnostic, about, context)
+    if verdict:
+        reason = verdict
+    elif phase == "MAIL":
+        # Refused before any recipient was named: the words are about our sender address.
+        reason = "rejected"
+    elif phase == "RCPT" and unknown_user and reason in _FILED_AS_POLICY:
+        # Refused as soon as it was named, in words of an unknown user: a policy code beside
+        # them (5.7.1) is how that server files every refusal of a recipient.
+        reason = "userunknown"
+    elif reason == "userunknown" and not looked_up(
+        status, phase, diagnostic, about, address, reporter
+    ):
+        # Japanese carriers, content filters after DATA and reporters summing up any failure
+        # word their refusals as an unknown user too.
+        reason = "filtered"
+    if reason in ("undefined", "onhold") and address.lower().endswith(_LIST_DOMAINS):
+        reason = "rejected"
+    if not status and reason in PSEUDO_STATUS:
+        # A delivery given up after temporary errors lasted too long keeps their class.
+        temporary = code.startswith("4") or any(words in lowered for words in _TEMPORARY_WORDS)
+        status = f"{'4' if temporary else '5'}.0.{PSEUDO_STATUS[reason]}"
+    return Recipient(
+        address=address.strip().strip("<>").lower(),
+        status=status,
+        smtp_code=code,
+        reason=reason,
+        permanent=reason in ADDRESS_REASONS,
+        diagnostic=" ".join(diagnostic.split())[:1000],
+    )
