@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -463,9 +464,9 @@ def test_each_verdict_line_of_a_sendmail_transcript_is_its_own_recipient():
     )
     found = read_report(parse(LETTER.format(body=body))).recipients
     assert [(r.address, r.reason, r.status) for r in found] == [
-        ("2025550143@vtext.com", "networkerror", "5.0.944"),
-        ("3125550143@tmomail.example", "hostunknown", "5.0.912"),
-        ("4155550143@txt.example.org", "userunknown", "5.0.911"),
+        ("2025550143@vtext.com", "networkerror", ""),  # the report states no status
+        ("3125550143@tmomail.example", "hostunknown", ""),
+        ("4155550143@txt.example.org", "userunknown", ""),
     ]
 
 
@@ -491,7 +492,7 @@ Hallo dispatch@example.com, Sie erhalten diese E-Mail, weil die Gruppe (drivers)
 """
     [failed] = read_report(parse(text)).recipients
     assert (failed.address, failed.reason, failed.status, failed.permanent) == (
-        "drivers@googlegroups.com", "rejected", "5.0.918", False,
+        "drivers@googlegroups.com", "rejected", "", False,
     )  # fmt: skip
 
 
@@ -541,7 +542,7 @@ def test_corpus_figures_meet_the_bar():
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    figures = module.measure(CORPUS)
+    figures = module.measure(CORPUS)["all"]
     assert figures["non_failures_called_failures"] == 0  # part of the bar, and met
     assert figures["detected"] >= 0.98
     assert figures["hard_soft_right"] >= 0.97
@@ -603,3 +604,15 @@ def test_each_report_format_has_its_reader(sample, reader, addresses):
     report = read_report(email.message_from_bytes(raw, policy=email.policy.compat32))
     assert report.reader == reader
     assert [r.address for r in report.recipients] == addresses
+
+
+def test_no_status_is_invented():
+    """A report that states no status gives none: no x.0.9NN codes (a benchmark's convention)
+    reach an operator. Every status the reader gives is one the report itself wrote."""
+    for sample in sorted((CORPUS / "mail").iterdir()):
+        raw = sample.read_bytes()
+        report = read_report(email.message_from_bytes(raw, policy=email.policy.compat32))
+        for failed in report.recipients if report else ():
+            if failed.status:
+                assert not re.fullmatch(r"[245]\.0\.9\d\d", failed.status), sample.name
+                assert failed.status.encode() in raw, (sample.name, failed.status)

@@ -231,17 +231,6 @@ _REASON_BY_STATUS = {
 }  # fmt: skip
 
 
-# When a report states no status of its own, the corpus's convention gives each reason a code of
-# its own in the otherwise unused x.0.9NN range, so that reports stay comparable by code.
-PSEUDO_STATUS = {
-    "undefined": "900", "blocked": "901", "onhold": "901", "norelaying": "909",
-    "filtered": "910", "userunknown": "911", "hostunknown": "912", "rejected": "918",
-    "suspend": "921", "mailboxfull": "922", "systemerror": "930", "notaccept": "932",
-    "mesgtoobig": "934", "mailererror": "939", "networkerror": "944", "expired": "947",
-    "spamdetected": "980",
-}  # fmt: skip
-
-
 def reason_of(status: str, smtp_code: str, text: str) -> str:
     """The reason a delivery failed: from the server's words, else from the status code.
 

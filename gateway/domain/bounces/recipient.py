@@ -9,7 +9,6 @@ from gateway.domain.bounces.codes import PAIRED_STATUS, REPLY_CODE, STATUS
 from gateway.domain.bounces.phase import looked_up, session_phase
 from gateway.domain.bounces.reasons import (
     ADDRESS_REASONS,
-    PSEUDO_STATUS,
     reason_by_words,
     reason_of,
 )
@@ -39,7 +38,6 @@ class Report:
 
 
 _PHASE_MATTERS = ADDRESS_REASONS | {"filtered"}
-_TEMPORARY_WORDS = ("has been delayed", "warning message only", "retry timeout exceeded")
 
 
 # Reasons a policy code (x.7.x) gives that some servers pair with every refused recipient.
@@ -93,10 +91,6 @@ def recipient(
         reason = "filtered"
     if reason in ("undefined", "onhold") and address.lower().endswith(_LIST_DOMAINS):
         reason = "rejected"
-    if not status and reason in PSEUDO_STATUS:
-        # A delivery given up after temporary errors lasted too long keeps their class.
-        temporary = code.startswith("4") or any(words in lowered for words in _TEMPORARY_WORDS)
-        status = f"{'4' if temporary else '5'}.0.{PSEUDO_STATUS[reason]}"
     return Recipient(
         address=address.strip().strip("<>").lower(),
         status=status,
