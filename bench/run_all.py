@@ -35,10 +35,15 @@ TARGETS = {
     ("send_latency", "sqlite_p95_ms"): ("<=", 400),
     ("send_latency", "postgres_p50_ms"): ("<=", 200),
     ("send_latency", "postgres_p95_ms"): ("<=", 400),
-    ("bounce_accuracy", "detected"): (">=", 0.98),
-    ("bounce_accuracy", "hard_soft_right"): (">=", 0.97),
-    ("bounce_accuracy", "status_right"): (">=", 0.90),
-    ("bounce_accuracy", "non_failures_called_failures"): ("<=", 0),
+    # Issue 23's bar, on the half no rule was written against; issue 5's on the whole corpus.
+    ("bounce_accuracy", "hold_out.detected"): (">=", 0.99),
+    ("bounce_accuracy", "hold_out.hard_soft_right"): (">=", 0.95),
+    ("bounce_accuracy", "hold_out.status_right"): (">=", 0.95),
+    ("bounce_accuracy", "hold_out.non_failures_called_failures"): ("<=", 0),
+    ("bounce_accuracy", "all.detected"): (">=", 0.98),
+    ("bounce_accuracy", "all.hard_soft_right"): (">=", 0.97),
+    ("bounce_accuracy", "all.status_right"): (">=", 0.90),
+    ("bounce_accuracy", "all.non_failures_called_failures"): ("<=", 0),
     ("inbound", "per_s"): (">=", 1000),
     ("inbound", "idle_latency_p50_s"): ("<=", 1.0),
     ("dashboard", "list_p95_ms"): ("<=", 100),
@@ -60,6 +65,17 @@ def run(script: str) -> dict[str, object]:
     if result.returncode != 0:
         raise SystemExit(f"{script} failed with exit code {result.returncode}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def flat(figures: dict[str, object], prefix: str = "") -> list[tuple[str, object]]:
+    """The figures a row each; a group (a half of a corpus) as "group.figure"."""
+    rows: list[tuple[str, object]] = []
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            rows += flat(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
 
 
 def verdict(bench: str, key: str, value: object) -> str:
@@ -89,7 +105,7 @@ def main() -> None:
     for figures in results:
         name = str(figures.get("bench"))
         lines += [f"## {name}", "", "| figure | value | target |", "|---|---|---|"]
-        for key, value in figures.items():
+        for key, value in flat(figures):
             if key != "bench":
                 lines.append(f"| {key} | {value} | {verdict(name, key, value)} |")
         lines.append("")

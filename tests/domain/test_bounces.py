@@ -542,11 +542,19 @@ def test_corpus_figures_meet_the_bar():
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    figures = module.measure(CORPUS)["all"]
+    measured = module.measure(CORPUS)
+    figures = measured["all"]
     assert figures["non_failures_called_failures"] == 0  # part of the bar, and met
     assert figures["detected"] >= 0.98
     assert figures["hard_soft_right"] >= 0.97
     assert figures["status_right"] >= 0.90
+    # Issue 23's bar on the half no rule is written against, as far as it is met (status is
+    # one row short of 0.95: bench/NOTES.md says which rows and why).
+    held_out = measured["hold_out"]
+    assert held_out["non_failures_called_failures"] == 0
+    assert held_out["detected"] >= 0.99
+    assert held_out["hard_soft_right"] >= 0.95
+    assert held_out["status_right"] >= 0.94
 
 
 @pytest.mark.parametrize(
@@ -616,3 +624,36 @@ def test_no_status_is_invented():
             if failed.status:
                 assert not re.fullmatch(r"[245]\.0\.9\d\d", failed.status), sample.name
                 assert failed.status.encode() in raw, (sample.name, failed.status)
+
+
+@pytest.mark.parametrize(
+    ("diagnostic", "reason"),
+    [
+        # Bare substrings once read these as block lists and spam: "marble" holds "rbl".
+        ("550 Message from marble.example.com refused", "rejected"),
+        ("550 Refused: the spamalot.example.org relay is unknown to us", "rejected"),
+        # Whole words, with their inflections.
+        ("550 Your server is blacklisted here", "blocked"),
+        ("452 Recipient's quotas are exceeded", "mailboxfull"),
+    ],
+)
+def test_reason_words_match_whole_words_only(diagnostic, reason):
+    from gateway.domain.bounces import reason_of
+
+    assert reason_of("", "550", diagnostic) == reason
+
+
+def test_the_precedence_of_codes_over_words_is_one_table():
+    from gateway.domain.bounces import reason_of
+
+    # Words of a bad address, a code that says the address was fine: the code.
+    assert reason_of("5.2.3", "552", "<a@b.example>: Recipient address rejected: User unknown") == (
+        "mesgtoobig"
+    )
+    # A bare refusal in the words, an addressing code: the code says which refusal.
+    assert reason_of("5.1.1", "550", "Address rejected") == "userunknown"
+    # Otherwise the words: a generic code beside "user unknown" says nothing more.
+    assert reason_of("5.0.0", "550", "User unknown") == "userunknown"
+    assert reason_of("5.7.1", "550", "Message refused: spam") == "spamdetected"
+    # 551, user not local: moved, however it is worded.
+    assert reason_of("", "551", "User unknown; please try <new@example.org>") == "hasmoved"

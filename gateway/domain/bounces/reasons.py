@@ -10,16 +10,45 @@ import re
 # Reasons (the corpus's vocabulary) that mean the address itself is bad.
 ADDRESS_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
 
-# Words of a diagnostic, most specific first; the first that matches names the reason.
-_REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+
+def _words(*words: str) -> re.Pattern[str]:
+    """Any of `words`, each whole: never inside a longer word ("rbl" is not in "marble")."""
+    alternatives = "|".join(re.escape(word) for word in words)
+    return re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?:s|es|ed|ing)?(?![a-z0-9])")
+
+
+# Why a delivery failed, in the words of a diagnostic (lower case, spaces squeezed): one row per
+# way of saying a reason, tried in this order, and the first that matches names it. The order
+# is the precedence, most specific first:
+#   1. shapes a word list cannot tell apart (a domain that "does not exist", a host "not
+#      found" that is not a lookup to try again, "failed 20 attempts");
+#   2. what is wrong with the route or the sender, whatever else is said: no PTR record, an
+#      address that moved, a domain that takes no mail (null MX), our own sender refused;
+#   3. a local delivery program failing, before the words it quotes;
+#   4. the mailbox's state (full, the message too big for it), the host unknown, the account
+#      disabled: each more specific than the "user unknown" servers add to them;
+#   5. the unknown user;
+#   6. content and reputation (virus, block lists, spam, authentication), relaying, too many
+#      connections, giving up after retries, network errors, TLS, policy;
+#   7. the generic words last (filtered, refused, rejected), which every refusal may use.
+# Each pattern matches whole words only. When the words and a specific status code disagree,
+# CODE_OVER_WORDS decides.
+REASON_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # "example.com does not exist": a domain, not a mailbox (no "@" before it).
+    ("hostunknown", re.compile(r"(?<![@\w.\-])(?:[a-z0-9\-]+\.)+[a-z]{2,}>? does not exist")),
+    ("hostunknown", re.compile(r"\bhost [a-z0-9.\-]+ not found\b(?!, try again)")),
+    # "Delivery failed 20 attempts": retried until the queue gave up.
+    ("expired", re.compile(r"\bfailed (?:after )?\d+ attempts\b")),
     (
         "requireptr",
-        ("reverse dns", "ptr record", "ptr resource record", "reverse lookup", "no ptr", "rdns"),
+        _words(
+            "reverse dns", "ptr record", "ptr resource record", "reverse lookup", "no ptr", "rdns"
+        ),
     ),
-    ("hasmoved", ("has moved", "address has changed", "no longer valid, please use")),
+    ("hasmoved", _words("has moved", "address has changed", "no longer valid, please use")),
     (
         "notaccept",
-        (
+        _words(
             "does not accept mail",
             "null mx",
             "accepts no mail",
@@ -31,18 +60,18 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Refusals about our own sender address or domain: nothing to do with the recipient.
     (
         "rejected",
-        (
+        _words(
             "domain of sender address",
             "sender address rejected",
             "sender domain",
             "permission to post",
         ),
     ),
-    ("mailererror", ("procmail", "couldn't create", "command died", "pipe to")),
-    ("networkerror", ("host not found, try again", "temporary failure in name resolution")),
+    ("mailererror", _words("procmail", "couldn't create", "command died", "pipe to")),
+    ("networkerror", _words("host not found, try again", "temporary failure in name resolution")),
     (
         "mailboxfull",
-        (
+        _words(
             "mailbox full",
             "mailbox is full",
             "over quota",
@@ -58,7 +87,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "mesgtoobig",
-        (
+        _words(
             "message too big",
             "message is too large",
             "too large",
@@ -70,7 +99,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "hostunknown",
-        (
+        _words(
             "host not found",
             "domain not found",
             "unknown host",
@@ -92,7 +121,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # a report that also says the account is disabled has said the more specific thing.
     (
         "suspend",
-        (
+        _words(
             "suspended",
             "account disabled",
             "is disabled",
@@ -105,7 +134,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "userunknown",
-        (
+        _words(
             "user unknown",
             "unknown user",
             "no such user",
@@ -144,10 +173,10 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "name is not recognised",
         ),
     ),
-    ("virusdetected", ("virus",)),
+    ("virusdetected", _words("virus")),
     (
         "blocked",
-        (
+        _words(
             "blocked",
             "blacklist",
             "block list",
@@ -160,11 +189,11 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "poor reputation",
         ),
     ),
-    ("spamdetected", ("spam", "junk mail", "bulk mail")),
-    ("authfailure", ("spf", "dkim", "dmarc")),
+    ("spamdetected", _words("spam", "junk mail", "bulk mail")),
+    ("authfailure", _words("spf", "dkim", "dmarc")),
     (
         "norelaying",
-        (
+        _words(
             "relay access denied",
             "relaying denied",
             "not permitted to relay",
@@ -173,10 +202,10 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "unable to relay",
         ),
     ),
-    ("toomanyconn", ("too many connections", "too many concurrent")),
+    ("toomanyconn", _words("too many connections", "too many concurrent")),
     (
         "expired",
-        (
+        _words(
             "retry timeout exceeded",
             "delivery time expired",
             "time expired",
@@ -193,7 +222,7 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "networkerror",
-        (
+        _words(
             "no route to host",
             "connection refused",
             "connection reset",
@@ -202,23 +231,25 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "network error",
         ),
     ),
-    ("securityerror", ("tls", "certificate", "security")),
-    ("policyviolation", ("policy",)),
-    ("syntaxerror", ("syntax error",)),
-    ("systemerror", ("system error", "local configuration error", "internal error")),
-    ("mailererror", ("mailer error", "command died", "pipe to")),
-    ("filtered", ("filtered", "content filter", "not authorized", "access denied")),
-    ("rejected", ("rejected", "refused")),
+    ("securityerror", _words("tls", "certificate", "security")),
+    (
+        "policyviolation",
+        _words(
+            "policy",
+        ),
+    ),
+    (
+        "syntaxerror",
+        _words(
+            "syntax error",
+        ),
+    ),
+    ("systemerror", _words("system error", "local configuration error", "internal error")),
+    ("mailererror", _words("mailer error", "command died", "pipe to")),
+    ("filtered", _words("filtered", "content filter", "not authorized", "access denied")),
+    ("rejected", _words("rejected", "refused")),
 )
 
-# Shapes of words a substring cannot tell apart, tried before the words above.
-_REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    # "example.com does not exist": a domain, not a mailbox (no "@" before it).
-    ("hostunknown", re.compile(r"(?<![@\w.\-])(?:[a-z0-9\-]+\.)+[a-z]{2,}>? does not exist")),
-    ("hostunknown", re.compile(r"\bhost [a-z0-9.\-]+ not found\b(?!, try again)")),
-    # "Delivery failed 20 attempts": retried until the queue gave up.
-    ("expired", re.compile(r"\bfailed (?:after )?\d+ attempts\b")),
-)
 
 # What an enhanced status code says when the words said nothing: (class.)subject.detail.
 _REASON_BY_STATUS = {
@@ -232,12 +263,8 @@ _REASON_BY_STATUS = {
 
 
 def reason_of(status: str, smtp_code: str, text: str) -> str:
-    """The reason a delivery failed: from the server's words, else from the status code.
-
-    Words that point at a bad address give way to a specific status code that says otherwise
-    (a 5.2.3 "message too long" worded "Recipient address rejected: ..."): calling a good
-    address bad is the costlier mistake, since it sends a dispatcher to fix a number that works.
-    """
+    """The reason a delivery failed: from the server's words (REASON_WORDS), else from the
+    codes; where both name one and they differ, CODE_OVER_WORDS says which wins."""
     lowered = " ".join(text.lower().split())
     by_words = reason_by_words(lowered)
     refused = _RECIPIENT_REFUSED.search(lowered)
@@ -248,42 +275,49 @@ def reason_of(status: str, smtp_code: str, text: str) -> str:
         why = refused.group(1).strip(" .")
         plain = not why or why.startswith("access denied")
         by_words = "userunknown" if plain else reason_by_words(why) or by_words
-    by_status = _status_reason(status)
-    if by_words in ADDRESS_REASONS and by_status in _STATUS_OUTRANKS_WORDS:
-        return by_status
-    if by_words in ("rejected", "filtered") and by_status in ADDRESS_REASONS:
-        return by_status  # "550 5.1.1 Address rejected": the code says which refusal
-    if smtp_code == "551" and by_words in (None, "userunknown"):
-        return "hasmoved"  # 551: user not local, the server names where they went
-    if by_words == "suspend" and by_status in ADDRESS_REASONS:
-        return by_status  # "inactive address" under 5.1.1: the address is gone
-    if by_words:
-        return by_words
-    if by_status:
-        return by_status
+    by_code = _REPLY_REASON.get(smtp_code) or _status_reason(status)
+    if by_words and by_code and by_words != by_code:
+        code_wins = any(by_words in words and by_code in codes for words, codes in CODE_OVER_WORDS)
+        return by_code if code_wins else by_words
+    if by_words or by_code:
+        return by_words or by_code or ""
     return "undefined" if smtp_code.startswith("4") or not status else "onhold"
+
+
+# Specific codes that say the address was fine and something else failed.
+_ADDRESS_WAS_FINE = frozenset(
+    {"mesgtoobig", "mailboxfull", "rejected", "expired", "blocked", "securityerror",
+     "authfailure", "requireptr"}
+)  # fmt: skip
+
+# Where the words and a specific code name different reasons, the words win, except in these
+# cases (the words say one of the first, the code one of the second), where the code does:
+CODE_OVER_WORDS: tuple[tuple[frozenset[str], frozenset[str]], ...] = (
+    # A bad address in the words, and a specific code saying the address was fine and something
+    # else failed (a 5.2.3 "message too long" worded "Recipient address rejected"): calling a
+    # good address bad is the costlier mistake, as it sends a dispatcher to fix a number that
+    # works. Generic codes (x.0.x, protocol x.5.x, a disabled mailbox x.2.1) are not among
+    # them: servers pair those with "user unknown" freely.
+    (ADDRESS_REASONS, _ADDRESS_WAS_FINE),
+    # A bare refusal in the words; the code says which ("550 5.1.1 Address rejected").
+    (frozenset({"rejected", "filtered"}), ADDRESS_REASONS),
+    # A disabled account in the words under an addressing code ("inactive address", 5.1.1):
+    # the address is gone.
+    (frozenset({"suspend"}), ADDRESS_REASONS),
+    # 551 "user not local": the server names where they went, however it words the refusal.
+    (frozenset({"userunknown"}), frozenset({"hasmoved"})),
+)
+
+# Reply codes that name a reason of their own, ahead of the enhanced status code.
+_REPLY_REASON = {"551": "hasmoved"}
 
 
 _RECIPIENT_REFUSED = re.compile(r"recipient address rejected\b:?([^;]{0,200})")
 
 
 def reason_by_words(lowered: str) -> str | None:
-    by_pattern = next(
-        (reason for reason, pattern in _REASON_PATTERNS if pattern.search(lowered)), None
-    )
-    return by_pattern or next(
-        (reason for reason, words in _REASON_WORDS if any(word in lowered for word in words)),
-        None,
-    )
-
-
-# Specific codes that say the address was fine and something else failed: they outrank words
-# that call the address bad. Generic ones (x.0.x, protocol x.5.x, a disabled mailbox x.2.1)
-# do not: servers pair them with "user unknown" freely.
-_STATUS_OUTRANKS_WORDS = frozenset(
-    {"mesgtoobig", "mailboxfull", "rejected", "expired", "blocked", "securityerror",
-     "authfailure", "requireptr"}
-)  # fmt: skip
+    """The first reason of REASON_WORDS whose words `lowered` (lower case) says."""
+    return next((reason for reason, words in REASON_WORDS if words.search(lowered)), None)
 
 
 def _status_reason(status: str) -> str | None:
