@@ -40,6 +40,7 @@ QUICK = (
     "tests/test_providers.py",
     "tests/test_layers.py",
     "tests/test_store_fastpath.py",
+    "tests/test_threads.py",
 )
 
 

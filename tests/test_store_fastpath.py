@@ -42,7 +42,7 @@ def write_through_the_fast_paths(engine: Engine) -> dict[Table, list[int]]:
                                 WRITTEN)  # fmt: skip
         contact = found["+12025550143"][0]
         set_carriers(conn, {contact: "verizon"}, "dispatcher", WRITTEN)
-        conversation = ensure_conversations(conn, [(contact, None)], WRITTEN)[(contact, None)]
+        conversation = ensure_conversations(conn, [contact], WRITTEN)[contact]
         ids = insert_messages(conn, [_new_message(contact, conversation, n) for n in (1, 2)],
                               WRITTEN)  # fmt: skip
     claimed = claim_due(engine, "w1", WRITTEN, LEASE, 10)

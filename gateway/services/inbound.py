@@ -316,7 +316,7 @@ class Ingest:
                 if carrier is not None and carrier.kind == "carrier":
                     learned.setdefault(carrier.id, []).append(contact)
                 if conversation is None:
-                    conversation = ensure_conversation(conn, contact, None, now)
+                    conversation = ensure_conversation(conn, contact, now)
             if mail.kind is Kind.REPLY and found.sent is not None:
                 replied.append(found.sent.id)
             if conversation is not None:

@@ -254,7 +254,7 @@ def _store(
         )
         for item in fresh
     ]
-    conversations = ensure_conversations(conn, pairs, now)
+    conversations = ensure_conversations(conn, [contact for contact, _ in pairs], now)
 
     rows: list[NewMessage] = []
     made: list[tuple[int, Enqueued]] = []  # per fresh request: where its rows start, its result
@@ -266,7 +266,7 @@ def _store(
         start = len(rows)
         result = _rows(
             runtime, conn, item, now, contact_id, known_carrier, opted_out, order_id,
-            conversations[(contact_id, order_id)], pending, rows,
+            conversations[contact_id], pending, rows,
         )  # fmt: skip
         made.append((start, result))
     ids = insert_messages(conn, rows, now)

@@ -116,57 +116,47 @@ def insert_once(conn: Connection, statement: Any, find: Any) -> int:
 
 
 def ensure_conversations(
-    conn: Connection, pairs: Iterable[tuple[int, int | None]], now: dt.datetime
-) -> dict[tuple[int, int | None], int]:
-    """The conversation with each contact about each order (or about no order), its last
-    message time moved to `now`; created where there is none: (contact, order) -> id. Driver
-    SQL, as in upsert_contacts."""
+    conn: Connection, contact_ids: Iterable[int], now: dt.datetime
+) -> dict[int, int]:
+    """The conversation with each contact (one each, whatever order a text is about), its last
+    message time moved to `now`; created where there is none: contact -> id. A conversation a
+    concurrent writer creates first is found (ON CONFLICT DO NOTHING). Driver SQL, as in
+    upsert_contacts."""
     mark, time_param = driver_style(conn)
     at = time_param(now)
-    wanted = list(dict.fromkeys(pairs))
+    wanted = list(dict.fromkeys(contact_ids))
     found = _conversations_of(conn, wanted, mark)
-    missing = [pair for pair in wanted if pair not in found]
+    missing = [contact for contact in wanted if contact not in found]
     if missing:
         conn.exec_driver_sql(
             placeholders(_CONVERSATION_NEW, mark),
-            [(contact_id, order_id, at, at, 0) for contact_id, order_id in missing],
+            [(contact_id, at, at, 0) for contact_id in missing],
         )
         found.update(_conversations_of(conn, missing, mark))
     made = set(missing)
-    touched = [found[pair] for pair in wanted if pair not in made]
+    touched = [found[contact] for contact in wanted if contact not in made]
     for statement, chunk in in_lists(_CONVERSATION_TOUCH, touched, mark):
         conn.exec_driver_sql(statement, (at, *chunk))
     return found
 
 
-def ensure_conversation(
-    conn: Connection, contact_id: int, order_id: int | None, now: dt.datetime
-) -> int:
-    """The conversation with the contact about the order, as ensure_conversations."""
-    return ensure_conversations(conn, [(contact_id, order_id)], now)[(contact_id, order_id)]
+def ensure_conversation(conn: Connection, contact_id: int, now: dt.datetime) -> int:
+    """The conversation with the contact, as ensure_conversations."""
+    return ensure_conversations(conn, [contact_id], now)[contact_id]
 
 
-def _conversations_of(
-    conn: Connection, pairs: Sequence[tuple[int, int | None]], mark: str
-) -> dict[tuple[int, int | None], int]:
-    # The oldest conversation of each pair is the one texts go to (a concurrent writer may have
-    # made a second one).
-    wanted = set(pairs)
-    found: dict[tuple[int, int | None], int] = {}
-    contact_ids = sorted({contact_id for contact_id, _ in pairs})
-    for contact_id, order_id, first in select_in(conn, _CONVERSATIONS_FIND, contact_ids, mark):
-        pair = (int(contact_id), None if order_id is None else int(order_id))
-        if pair in wanted:
-            found[pair] = int(first)
-    return found
+def _conversations_of(conn: Connection, contact_ids: Sequence[int], mark: str) -> dict[int, int]:
+    return {
+        int(contact_id): int(conversation)
+        for contact_id, conversation in select_in(
+            conn, _CONVERSATIONS_FIND, sorted(contact_ids), mark
+        )
+    }
 
 
-_CONVERSATIONS_FIND = (
-    "SELECT contact_id, order_id, MIN(id) FROM conversations WHERE contact_id IN ({marks}) "
-    "GROUP BY contact_id, order_id"
-)
+_CONVERSATIONS_FIND = "SELECT contact_id, id FROM conversations WHERE contact_id IN ({marks})"
 _CONVERSATION_TOUCH = "UPDATE conversations SET last_message_at = ? WHERE id IN ({marks})"
 _CONVERSATION_NEW = (
-    "INSERT INTO conversations (contact_id, order_id, created_at, last_message_at, "
-    "read_inbound_id) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO conversations (contact_id, created_at, last_message_at, read_inbound_id) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id) DO NOTHING"
 )

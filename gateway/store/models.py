@@ -30,6 +30,11 @@ class Contact(SQLModel, table=True):
 
 class Order(SQLModel, table=True):
     __tablename__ = "orders"
+    __table_args__ = (
+        # Whether a thread's contact is a driver or a customer: by the orders that name them.
+        Index("ix_orders_driver", "driver_id"),
+        Index("ix_orders_customer", "customer_id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     ref: str = Field(max_length=100, unique=True)
@@ -63,17 +68,17 @@ class OrderEvent(SQLModel, table=True):
 
 
 class Conversation(SQLModel, table=True):
-    """The texts exchanged with one contact about one order (or about no order)."""
+    """Everything exchanged with one contact, whatever order or rule a text came from: the
+    orders are labels on the texts inside it (messages.order_id)."""
 
     __tablename__ = "conversations"
     __table_args__ = (
-        Index("ix_conversations_contact_order", "contact_id", "order_id"),
+        Index("ix_conversations_contact", "contact_id", unique=True),
         Index("ix_conversations_last", "last_message_at", "id"),  # the dashboard's list
     )
 
     id: int | None = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contacts.id")
-    order_id: int | None = Field(default=None, foreign_key="orders.id")
     created_at: dt.datetime
     last_message_at: dt.datetime
     # Replies stored after this are unread; a dispatcher opening the thread moves it.

@@ -56,20 +56,29 @@ def message(conn: Connection, message_id: int) -> dict[str, Any] | None:
     return dict(row._mapping) if row else None
 
 
+def _latest_order(column: Any) -> Any:
+    """`column` of the order of the thread's newest text that is about one: the order a
+    template in the thread fills from, and its label in the list."""
+    return (
+        select(column)
+        .select_from(messages.join(orders, orders.c.id == messages.c.order_id))
+        .where(messages.c.conversation_id == conversations.c.id)
+        .order_by(messages.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
 def _conversations(*more: Any) -> Any:
-    """Conversations with their contact and order."""
+    """Conversations with their contact and latest order."""
     return select(
         conversations.c.id,
         contacts.c.phone,
         contacts.c.name,
-        orders.c.ref.label("order_ref"),
+        _latest_order(orders.c.ref).label("order_ref"),
         conversations.c.last_message_at,
         *more,
-    ).select_from(
-        conversations.join(contacts, contacts.c.id == conversations.c.contact_id).outerjoin(
-            orders, orders.c.id == conversations.c.order_id
-        )
-    )
+    ).select_from(conversations.join(contacts, contacts.c.id == conversations.c.contact_id))
 
 
 def conversation_list(
@@ -93,7 +102,7 @@ def conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | Non
             contacts.c.opted_out,
             contacts.c.carrier_source,
             contacts.c.id.label("contact_id"),
-            orders.c.timezone.label("order_timezone"),
+            _latest_order(orders.c.timezone).label("order_timezone"),
         ).where(conversations.c.id == conversation_id)
     ).first()
     if head is None:
@@ -144,11 +153,11 @@ PROBLEM_STATES = ("failed", "bounced")
 
 
 def _role() -> Any:
-    return case(
-        (orders.c.driver_id == conversations.c.contact_id, "driver"),
-        (orders.c.customer_id == conversations.c.contact_id, "customer"),
-        else_=None,
-    )
+    """A driver if the contact drives any order, else a customer if they ordered any."""
+    contact = conversations.c.contact_id
+    drives = select(orders.c.id).where(orders.c.driver_id == contact).exists()
+    ordered = select(orders.c.id).where(orders.c.customer_id == contact).exists()
+    return case((drives, "driver"), (ordered, "customer"), else_=None)
 
 
 def _last_reply_id() -> Any:
@@ -172,8 +181,14 @@ def conversation_page(
     query = _conversations(_role().label("role"), conversations.c.read_inbound_id).order_by(
         conversations.c.last_message_at.desc(), conversations.c.id.desc()
     )
-    if order_ref:
-        query = query.where(orders.c.ref == order_ref)
+    if order_ref:  # threads with a text about that order
+        query = query.where(
+            conversations.c.id.in_(
+                select(messages.c.conversation_id)
+                .join(orders, orders.c.id == messages.c.order_id)
+                .where(orders.c.ref == order_ref)
+            )
+        )
     if show in ("driver", "customer"):
         query = query.where(_role() == show)
     elif show == "failed":
@@ -470,21 +485,12 @@ def changes_since(
     return events, (inbound_after, attempt_after)
 
 
-def latest_conversation(conn: Connection, phone: str, order_ref: str | None) -> int | None:
-    """The conversation a text to `phone` (about `order_ref`) just went into."""
+def contact_conversation(conn: Connection, phone: str) -> int | None:
+    """The conversation with the contact at `phone` (one a contact)."""
     query = (
         select(conversations.c.id)
-        .select_from(
-            conversations.join(contacts, contacts.c.id == conversations.c.contact_id).outerjoin(
-                orders, orders.c.id == conversations.c.order_id
-            )
-        )
+        .select_from(conversations.join(contacts, contacts.c.id == conversations.c.contact_id))
         .where(contacts.c.phone == phone)
-        .order_by(conversations.c.last_message_at.desc(), conversations.c.id.desc())
-        .limit(1)
-    )
-    query = query.where(
-        orders.c.ref == order_ref if order_ref else conversations.c.order_id.is_(None)
     )
     found = conn.execute(query).scalar()
     return int(found) if found is not None else None

@@ -215,7 +215,7 @@ def conversations_router(pages: Pages) -> APIRouter:
             )
         phone = parse_phone(form["to"], runtime.settings.carriers.default_region).e164
         with engine().connect() as conn:
-            found = views.latest_conversation(conn, phone, form.get("order") or None)
+            found = views.contact_conversation(conn, phone)
         return RedirectResponse(f"/conversations/{found}" if found else "/conversations", 303)
 
     return router
