@@ -465,6 +465,9 @@ def send(
     var: VarOption = None,
     order: Annotated[str | None, typer.Option("--order", help="order reference")] = None,
     key: Annotated[str | None, typer.Option("--key", help="idempotency key")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="the contact's name, shown beside the number")
+    ] = None,
     respect_quiet_hours: Annotated[
         bool,
         typer.Option(
@@ -490,6 +493,7 @@ def send(
             order_ref=order,
             idempotency_key=key,
             respect_quiet_hours=respect_quiet_hours,
+            name=name,
         )
         try:
             result = enqueue(runtime, request, utcnow())

@@ -309,3 +309,14 @@ def test_a_missing_template_variable_says_how_to_give_it_here(api):
     message = answer.json()["message"]
     assert "variable 'customer_name' is missing (give it in variables)" in message
     assert "--var" not in message
+
+
+def test_a_name_sent_with_a_text_names_the_contact(api):
+    """(A body sent before `name` existed digests as it did then: the in-flight test above
+    computes its digest without `name`, as earlier versions stored it.)"""
+    answer = api.post("/api/v1/messages", json={**MESSAGE, "name": "Ana"})
+    assert answer.status_code == 201
+    [row] = api.get("/api/v1/conversations").json()["conversations"]
+    assert row["name"] == "Ana"
+    bad = api.post("/api/v1/messages", json={**MESSAGE, "name": "Ana\nBcc: x"})
+    assert bad.status_code == 422 and "name" in bad.json()["message"]

@@ -109,3 +109,19 @@ def test_the_migration_merges_each_contacts_threads_and_keeps_unread_replies(db_
         }  # fmt: skip
     command.downgrade(alembic_config(engine), "0015")
     command.upgrade(alembic_config(engine), "head")
+
+
+def test_a_name_given_with_a_text_is_the_contacts_name_wherever_the_number_is(db_url):
+    import pytest
+
+    from gateway.services.outbound import EnqueueError
+
+    runtime = Runtime(load_settings(None, database={"url": db_url}))
+    upgrade(runtime.engine)
+    [sent] = enqueue(runtime, SendRequest(PHONE, "verizon", text="hi", name=" Ana "), NOW).ids
+    with pytest.raises(EnqueueError, match="name"):
+        enqueue(runtime, SendRequest(PHONE, "verizon", text="hi", name="Ana\r\nBcc: x"), NOW)
+    with runtime.engine.connect() as conn:
+        [row] = views.conversation_page(conn)
+        assert row["name"] == "Ana"
+        assert views.message(conn, sent)["name"] == "Ana"

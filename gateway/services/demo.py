@@ -106,7 +106,8 @@ def _first_texts() -> list[tuple[Person, SendRequest]]:
         person = by_name[name]
         variables = {"customer_name": name, "order_ref": order or "", **values}
         return person, SendRequest(person.phone, person.carrier, template=template,
-                                   variables=variables, order_ref=order)  # fmt: skip
+                                   variables=variables, order_ref=order,
+                                   name=name.split(" (")[0])  # fmt: skip
 
     return [
         to("Ana", "order_confirmed", "A-1001", window="14:00-16:00"),

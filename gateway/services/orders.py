@@ -34,7 +34,7 @@ from gateway.services.csv_rows import csv_rows
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store import orders as store
-from gateway.store.contacts import upsert_contact
+from gateway.store.contacts import set_contact_name, upsert_contact
 
 
 class OrderError(ValueError):
@@ -128,7 +128,7 @@ class Orders:
             values[f"{role}_id"] = contact
             if name:
                 _check_text(f"{role} name", name)
-                store.set_contact_name(conn, contact, name.strip()[:200], now)
+                set_contact_name(conn, contact, name.strip()[:200], now)
         return store.upsert_order(conn, order.ref.strip(), values, now)
 
     def _contact(

@@ -29,7 +29,13 @@ from gateway.domain.smsgate import our_id
 from gateway.domain.templates import TemplateError
 from gateway.services.bell import ring
 from gateway.services.runtime import Runtime
-from gateway.store.contacts import ensure_conversations, ensure_order, set_carriers, upsert_contacts
+from gateway.store.contacts import (
+    ensure_conversations,
+    ensure_order,
+    set_carriers,
+    set_contact_name,
+    upsert_contacts,
+)
 from gateway.store.outbox import (
     NewMessage,
     automated_times,
@@ -70,6 +76,7 @@ class SendRequest:
     event_id: int | None = None
     fresh_until: dt.datetime | None = None  # not sent after this
     via: Route | None = None  # only this route may send it (a dispatcher's "re-send by relay")
+    name: str | None = None  # the contact's name: recorded, and shown wherever its number is
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,9 @@ def _check(
     if not text:
         raise EnqueueError("the text is empty")
 
-    for label, value in (("order reference", request.order_ref), ("key", request.idempotency_key)):
+    labelled = (("order reference", request.order_ref), ("key", request.idempotency_key),
+                ("name", request.name))  # fmt: skip
+    for label, value in labelled:
         if value is not None:
             try:
                 check_field(label, value)
@@ -230,6 +239,9 @@ def _store(
         first_given.setdefault(item.phone.e164, item.carrier.id if item.carrier else None)
     contacts = upsert_contacts(conn, first_given, "dispatcher", now) if first_given else {}
     running = {phone: found[1] for phone, found in contacts.items()}
+    for item in fresh:
+        if item.request.name:  # checked above: one line, 1 to 100 characters
+            set_contact_name(conn, contacts[item.phone.e164][0], item.request.name.strip(), now)
     carrier_known: list[str | None] = []  # for each fresh request
     for item in fresh:
         if item.carrier is not None:

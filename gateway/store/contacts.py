@@ -7,11 +7,11 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.store.fastpath import driver_style, in_lists, placeholders, select_in
-from gateway.store.tables import orders
+from gateway.store.tables import contacts, orders
 
 # --- enqueue ----------------------------------------------------------------------------------
 
@@ -85,6 +85,11 @@ _CONTACT_INSERT = (
 _CONTACT_CARRIER = (
     "UPDATE contacts SET carrier = ?, carrier_source = ?, updated_at = ? WHERE id = ?"
 )
+
+
+def set_contact_name(conn: Connection, contact: int, name: str, now: dt.datetime) -> None:
+    """The contact's name, as an order or a sender gave it (shown wherever its number is)."""
+    conn.execute(update(contacts).where(contacts.c.id == contact).values(name=name, updated_at=now))
 
 
 def ensure_order(conn: Connection, ref: str, customer_id: int, now: dt.datetime) -> int:

@@ -19,10 +19,6 @@ from gateway.store.tables import order_events as events
 _WAITING = (State.QUEUED.value, State.DEFERRED.value)
 
 
-def set_contact_name(conn: Connection, contact: int, name: str, now: dt.datetime) -> None:
-    conn.execute(update(contacts).where(contacts.c.id == contact).values(name=name, updated_at=now))
-
-
 def upsert_order(conn: Connection, ref: str, values: dict[str, Any], now: dt.datetime) -> int:
     """Create the order `ref` or change the given fields of it; returns its id."""
     find = select(orders.c.id).where(orders.c.ref == ref)

@@ -21,6 +21,9 @@ from gateway.store.tables import (
     quarantine,
 )
 
+# The contact a name is read from, apart from any contacts a query joins itself.
+_named = contacts.alias("named")
+
 MESSAGE_FIELDS = (
     messages.c.id,
     messages.c.to_phone.label("to"),
@@ -44,6 +47,11 @@ MESSAGE_FIELDS = (
     messages.c.created_at,
     messages.c.conversation_id,
     orders.c.ref.label("order_ref"),
+    # The contact's name, shown beside the number wherever a text is.
+    select(_named.c.name)
+    .where(_named.c.id == messages.c.contact_id)
+    .scalar_subquery()
+    .label("name"),
 )
 
 
@@ -336,6 +344,8 @@ def failures(
         dict(row._mapping)
         for row in conn.execute(
             select(inbound.c.id, inbound.c.kind, inbound.c.phone, inbound.c.from_address,
+                   select(_named.c.name).where(_named.c.phone == inbound.c.phone)
+                   .scalar_subquery().label("name"),
                    inbound.c.text, inbound.c.stored_at)
             .where(inbound.c.matched_message_id.is_(None), inbound.c.kind.in_(("reply", "bounce")))
             .order_by(inbound.c.id.desc())

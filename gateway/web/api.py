@@ -105,6 +105,7 @@ class MessageIn(_Body):
     order_ref: str | None = Field(None, min_length=1, max_length=100)
     send_at: When = None
     respect_quiet_hours: StrictBool = False
+    name: str | None = Field(None, min_length=1, max_length=100)  # the contact's name
 
 
 class BatchIn(_Body):
@@ -121,7 +122,25 @@ def _send_request(body: MessageIn) -> SendRequest:
         order_ref=body.order_ref,
         send_at=body.send_at,
         respect_quiet_hours=body.respect_quiet_hours,
+        name=body.name,
     )
+
+
+# Fields added after idempotency keys were first stored: left out of a body's digest while
+# unset, so a retry of a request made before they existed still matches its first try.
+_LATER_FIELDS = frozenset({"name"})
+
+
+def _as_first_keyed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: _as_first_keyed(item)
+            for key, item in value.items()
+            if not (key in _LATER_FIELDS and item is None)
+        }
+    if isinstance(value, list):
+        return [_as_first_keyed(item) for item in value]
+    return value
 
 
 def _refusal(exc: EnqueueError) -> str:
@@ -278,7 +297,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                 status, payload = work(conn)
             ring(engine())  # texts it stored are sent now, not at a sender's next look
             return JSONResponse(payload, status)
-        digest = access.body_digest({"endpoint": endpoint, "body": body})
+        digest = access.body_digest({"endpoint": endpoint, "body": _as_first_keyed(body)})
         seen = access.begin_request(engine(), token.id, key, endpoint, digest, utcnow())
         if seen is not None:
             if seen.body_hash != digest:

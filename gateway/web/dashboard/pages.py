@@ -45,7 +45,15 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["when"] = _when
     templates.env.filters["urlpart"] = lambda value: quote(str(value), safe="")
+    templates.env.globals["person"] = person
     return templates
+
+
+def person(name: str | None, phone: str | None) -> str:
+    """Who a number is, as the dashboard names them: "Ana · +12025550143", or the number."""
+    if name and phone:
+        return f"{name} · {phone}"
+    return name or phone or ""
 
 
 async def read_form(request: Request) -> dict[str, str]:
