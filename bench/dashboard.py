@@ -70,8 +70,7 @@ def seed(runtime: Runtime) -> None:
         contact_ids = conn.execute(select(contacts.c.id).order_by(contacts.c.id)).scalars().all()
         times = [start + dt.timedelta(minutes=50 * n) for n in range(CONVERSATIONS)]
         conn.execute(insert(conversations), [
-            {"contact_id": c, "created_at": t, "last_message_at": t,
-             "read_inbound_id": 0}
+            {"contact_id": c, "created_at": t, "last_message_at": t}
             for c, t in zip(contact_ids, times, strict=True)
         ])  # fmt: skip
         conversation_ids = conn.execute(

@@ -41,6 +41,7 @@ QUICK = (
     "tests/test_layers.py",
     "tests/test_store_fastpath.py",
     "tests/test_threads.py",
+    "tests/test_teamwork.py",
 )
 
 

@@ -496,12 +496,12 @@ def test_event_stream_replays_from_the_last_event_id_and_serve_still_stops(tmp_p
             seen = views.positions(conn)
         reply_in(runtime, message, "missed while away")
         with client.stream("GET", "/events",
-                           headers={"Last-Event-ID": f"{seen[0]}.{seen[1]}"}) as stream:  # fmt: skip
+                           headers={"Last-Event-ID": ".".join(map(str, seen))}) as stream:  # fmt: skip
             lines = stream.iter_lines()
             got = [next(lines) for _ in range(9)]
         # The hello carries the position asked for; the missed reply follows with the new one.
-        assert got[:3] == ["retry: 2000", f"id: {seen[0]}.{seen[1]}", "event: hello"]
-        assert got[5:7] == [f"id: {seen[0] + 1}.{seen[1]}", "event: reply"]
+        assert got[:3] == ["retry: 2000", f"id: {seen[0]}.{seen[1]}.{seen[2]}", "event: hello"]
+        assert got[5:7] == [f"id: {seen[0] + 1}.{seen[1]}.{seen[2]}", "event: reply"]
         assert json.loads(got[7].removeprefix("data: "))["type"] == "reply"
         runtime.engine.dispose()
         with client.stream("GET", "/events") as stream:

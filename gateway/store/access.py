@@ -9,10 +9,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.store.tables import api_requests, login_failures, sessions, tokens, users
+from gateway.store.tables import api_requests, inbound, login_failures, sessions, tokens, users
 
 ROLES = ("dispatcher", "admin")
 TOKEN_PREFIX = "gw_"
@@ -90,6 +90,9 @@ def insert_user(conn: Connection, name: str, role: str, password: str, now: dt.d
                 insert(users).values(
                     name=name, role=role, password_hash=PasswordHasher().hash(password),
                     created_at=now,
+                    # What was received before they joined is not unread to them.
+                    unread_after=select(func.coalesce(func.max(inbound.c.id), 0))
+                    .scalar_subquery(),
                 )
             )  # fmt: skip
     except IntegrityError:

@@ -135,7 +135,7 @@ def ensure_conversations(
     if missing:
         conn.exec_driver_sql(
             placeholders(_CONVERSATION_NEW, mark),
-            [(contact_id, at, at, 0) for contact_id in missing],
+            [(contact_id, at, at) for contact_id in missing],
         )
         found.update(_conversations_of(conn, missing, mark))
     made = set(missing)
@@ -162,6 +162,6 @@ def _conversations_of(conn: Connection, contact_ids: Sequence[int], mark: str) -
 _CONVERSATIONS_FIND = "SELECT contact_id, id FROM conversations WHERE contact_id IN ({marks})"
 _CONVERSATION_TOUCH = "UPDATE conversations SET last_message_at = ? WHERE id IN ({marks})"
 _CONVERSATION_NEW = (
-    "INSERT INTO conversations (contact_id, created_at, last_message_at, read_inbound_id) "
-    "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id) DO NOTHING"
+    "INSERT INTO conversations (contact_id, created_at, last_message_at) "
+    "VALUES (?, ?, ?) ON CONFLICT (contact_id) DO NOTHING"
 )

@@ -75,14 +75,28 @@ class Conversation(SQLModel, table=True):
     __table_args__ = (
         Index("ix_conversations_contact", "contact_id", unique=True),
         Index("ix_conversations_last", "last_message_at", "id"),  # the dashboard's list
+        Index("ix_conversations_assigned", "assigned_to"),  # a dispatcher's "mine"
     )
 
     id: int | None = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contacts.id")
     created_at: dt.datetime
     last_message_at: dt.datetime
-    # Replies stored after this are unread; a dispatcher opening the thread moves it.
-    read_inbound_id: int = Field(default=0, sa_type=BigInteger)
+    # The dispatcher it is left to; None: to everyone.
+    assigned_to: int | None = Field(default=None, foreign_key="users.id")
+    # Marked done when the newest reply was this one (0: none yet); a newer reply reopens it.
+    # None: open.
+    done_through: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class ConversationRead(SQLModel, table=True):
+    """How far a user has read a conversation: replies after this one are unread to them."""
+
+    __tablename__ = "conversation_reads"
+
+    conversation_id: int = Field(foreign_key="conversations.id", primary_key=True)
+    user_id: int = Field(foreign_key="users.id", primary_key=True)
+    read_inbound_id: int = Field(sa_type=BigInteger)
 
 
 # The claim query repeats these conditions word for word: a planner uses a partial index only
@@ -363,6 +377,10 @@ class User(SQLModel, table=True):
     role: str = Field(max_length=20)  # dispatcher | admin
     password_hash: str = Field(max_length=200)
     created_at: dt.datetime
+    # Replies up to this one are read to a user added after them: they start from their day one.
+    unread_after: int = Field(
+        default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
     disabled: bool = False  # an admin switched this user off; their sessions end
 
 

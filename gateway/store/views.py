@@ -5,20 +5,24 @@ bookkeeping on them (read marks, dismissals)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, not_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, literal, not_, or_, select, update
 
 from gateway.domain.delivery import DUE_STATES
 from gateway.store.tables import (
     attempts,
+    audit,
     contacts,
+    conversation_reads,
     conversations,
     inbound,
     messages,
     order_events,
     orders,
     quarantine,
+    users,
 )
 
 # The contact a name is read from, apart from any contacts a query joins itself.
@@ -111,6 +115,8 @@ def conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | Non
             contacts.c.carrier_source,
             contacts.c.id.label("contact_id"),
             _latest_order(orders.c.timezone).label("order_timezone"),
+            conversations.c.assigned_to,
+            not_(_is_open()).label("done"),
         ).where(conversations.c.id == conversation_id)
     ).first()
     if head is None:
@@ -156,7 +162,9 @@ def counts(conn: Connection, now: dt.datetime) -> dict[str, Any]:
 
 # --- the dashboard ----------------------------------------------------------------------------
 
-FILTERS = ("all", "driver", "customer", "unanswered", "failed", "unread")
+# The list's filters; the first is the default. Open: not marked done, or a reply came since.
+FILTERS = ("open", "mine", "unassigned", "unread", "unanswered", "failed", "driver", "customer",
+           "done", "all")  # fmt: skip
 PROBLEM_STATES = ("failed", "bounced")
 
 
@@ -176,19 +184,58 @@ def _last_reply_id() -> Any:
     )
 
 
+def _read_mark(user_id: int | None) -> Any:
+    """How far `user_id` has read the conversation: their own mark, else where they started."""
+    if user_id is None:
+        return literal(0)
+    own = (
+        select(conversation_reads.c.read_inbound_id)
+        .where(conversation_reads.c.conversation_id == conversations.c.id,
+               conversation_reads.c.user_id == user_id)
+        .scalar_subquery()
+    )  # fmt: skip
+    start = select(users.c.unread_after).where(users.c.id == user_id).scalar_subquery()
+    return func.coalesce(own, start, 0)
+
+
+def _is_open() -> Any:
+    return or_(
+        conversations.c.done_through.is_(None), _last_reply_id() > conversations.c.done_through
+    )
+
+
 def conversation_page(
     conn: Connection,
     show: str = "all",
     order_ref: str | None = None,
     limit: int = 50,
     before: tuple[dt.datetime, int] | None = None,
+    user_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """A page of the conversation list, newest activity first, each with its last message,
-    unread count and problem marks. Only the page's rows are looked into, so the cost does
-    not grow with the number of conversations."""
-    query = _conversations(_role().label("role"), conversations.c.read_inbound_id).order_by(
-        conversations.c.last_message_at.desc(), conversations.c.id.desc()
+    its unread count for `user_id`, whom it is left to, whether it is done, and problem marks.
+    Only the page's rows are looked into, so the cost does not grow with the number of
+    conversations."""
+    assignee = users.alias("assignee")
+    query = (
+        _conversations(
+            _role().label("role"),
+            _read_mark(user_id).label("read_mark"),
+            conversations.c.assigned_to,
+            assignee.c.name.label("assigned"),
+            not_(_is_open()).label("done"),
+        )
+        .outerjoin(assignee, assignee.c.id == conversations.c.assigned_to)
+        .order_by(conversations.c.last_message_at.desc(), conversations.c.id.desc())
     )
+    if show in ("open", "mine", "unassigned"):
+        query = query.where(_is_open())
+    if show == "mine":
+        query = query.where(conversations.c.assigned_to == (user_id or 0))
+    elif show == "unassigned":
+        query = query.where(conversations.c.assigned_to.is_(None))
+    elif show == "done":
+        query = query.where(not_(_is_open()))
     if order_ref:  # threads with a text about that order
         query = query.where(
             conversations.c.id.in_(
@@ -207,7 +254,7 @@ def conversation_page(
             .exists()
         )  # fmt: skip
     elif show == "unread":
-        query = query.where(_last_reply_id() > conversations.c.read_inbound_id)
+        query = query.where(_last_reply_id() > _read_mark(user_id))
     elif show == "unanswered":
         last_reply = (
             select(inbound.c.stored_at)
@@ -235,17 +282,17 @@ def conversation_page(
     outs = _latest(conn, messages, ids, messages.c.body, messages.c.state,
                    messages.c.created_at)  # fmt: skip
     ins = _latest(conn, inbound, ids, inbound.c.text, inbound.c.kind, inbound.c.stored_at)
-    unread: dict[int, Any] = dict(
-        conn.execute(
-            select(inbound.c.conversation_id, func.count())
-            .select_from(
-                inbound.join(conversations, conversations.c.id == inbound.c.conversation_id)
-            )
-            .where(inbound.c.conversation_id.in_(ids), inbound.c.kind == "reply",
-                   inbound.c.id > conversations.c.read_inbound_id)
-            .group_by(inbound.c.conversation_id)
-        ).all()
-    )  # fmt: skip
+    unread: dict[int, int] = {}
+    marks = {row["id"]: int(row["read_mark"] or 0) for row in rows}
+    for conversation_id, reply_id in conn.execute(
+        select(inbound.c.conversation_id, inbound.c.id).where(
+            inbound.c.conversation_id.in_(ids),
+            inbound.c.kind == "reply",
+            inbound.c.id > min(marks.values()),
+        )
+    ):
+        if reply_id > marks[conversation_id]:
+            unread[conversation_id] = unread.get(conversation_id, 0) + 1
     problems = set(
         conn.execute(
             select(messages.c.conversation_id)
@@ -281,18 +328,6 @@ def _latest(conn: Connection, table: Any, ids: list[int], *columns: Any) -> dict
             select(table.c.conversation_id, *columns).where(table.c.id.in_(list(newest)))
         )
     }
-
-
-def mark_read(conn: Connection, conversation_id: int) -> None:
-    last = conn.execute(
-        select(func.max(inbound.c.id)).where(inbound.c.conversation_id == conversation_id)
-    ).scalar()
-    if last:
-        conn.execute(
-            update(conversations)
-            .where(conversations.c.id == conversation_id, conversations.c.read_inbound_id < last)
-            .values(read_inbound_id=last)
-        )
 
 
 def mark_resent(conn: Connection, original: int, new: int) -> None:
@@ -457,19 +492,34 @@ def contact_detail(conn: Connection, contact_id: int) -> dict[str, Any] | None:
 # --- live updates -----------------------------------------------------------------------------
 
 
-def positions(conn: Connection) -> tuple[int, int]:
-    """Where the append-only logs stand now: (last inbound id, last delivery attempt id)."""
+# Where the append-only logs stand: the last inbound id, delivery attempt id, audit entry id.
+Position = tuple[int, int, int]
+# What dispatchers do to a conversation that the others' pages show at once (audit actions).
+TEAM_ACTIONS = ("assign", "done", "reopen")
+
+
+def positions(conn: Connection) -> Position:
+    """Where the append-only logs stand now."""
     last_in = conn.execute(select(func.max(inbound.c.id))).scalar() or 0
     last_try = conn.execute(select(func.max(attempts.c.id))).scalar() or 0
-    return int(last_in), int(last_try)
+    last_entry = conn.execute(select(func.max(audit.c.id))).scalar() or 0
+    return int(last_in), int(last_try), int(last_entry)
 
 
 def changes_since(
-    conn: Connection, inbound_after: int, attempt_after: int, limit: int = 200
-) -> tuple[list[dict[str, Any]], tuple[int, int]]:
-    """What happened after the given positions: mail stored (replies, bounces) and texts
-    attempted, each with its conversation; and the new positions. Read by id from the two
-    append-only tables, like the webhooks: no clock skew between processes can hide an event."""
+    conn: Connection,
+    inbound_after: int,
+    attempt_after: int,
+    audit_after: int | None = None,
+    limit: int = 200,
+) -> tuple[list[dict[str, Any]], Position]:
+    """What happened after the given positions: mail stored (replies, bounces), texts
+    attempted, and conversations assigned, done or reopened, each with its conversation; and
+    the new positions. Read by id from append-only tables, like the webhooks: no clock skew
+    between processes can hide an event. No audit position (a page from before it was kept):
+    from now."""
+    if audit_after is None:
+        audit_after = int(conn.execute(select(func.max(audit.c.id))).scalar() or 0)
     events: list[dict[str, Any]] = []
     for row in conn.execute(
         select(inbound.c.id, inbound.c.kind, inbound.c.conversation_id,
@@ -492,7 +542,25 @@ def changes_since(
         attempt_after = row.id
         events.append({"type": "state", "conversation_id": row.conversation_id,
                        "message_id": row.message_id, "state": row.state})  # fmt: skip
-    return events, (inbound_after, attempt_after)
+    for row in conn.execute(
+        select(audit.c.id, audit.c.action, audit.c.actor, audit.c.detail)
+        .where(audit.c.id > audit_after, audit.c.action.in_(TEAM_ACTIONS))
+        .order_by(audit.c.id)
+        .limit(limit)
+    ):
+        audit_after = row.id
+        detail = json.loads(row.detail)
+        events.append({"type": "conversation", "conversation_id": detail.get("conversation"),
+                       "action": row.action, "by": row.actor, "to": detail.get("to")})  # fmt: skip
+    return events, (inbound_after, attempt_after, audit_after)
+
+
+def active_users(conn: Connection) -> list[dict[str, Any]]:
+    """The users a conversation can be left to."""
+    query = (
+        select(users.c.id, users.c.name).where(users.c.disabled.is_(False)).order_by(users.c.name)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def contact_conversation(conn: Connection, phone: str) -> int | None:

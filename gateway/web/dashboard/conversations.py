@@ -16,7 +16,8 @@ from gateway.domain.sms import LongText, fit, measure, normalise
 from gateway.domain.templates import TemplateError
 from gateway.services.orders import OrderError, Orders
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
-from gateway.store import views
+from gateway.store import overrides, threads, views
+from gateway.store.access import SignedIn
 from gateway.store.db import utcnow, write_if_free
 from gateway.web.dashboard.pages import Pages, error_fragment
 from gateway.web.ids import RowId
@@ -30,10 +31,14 @@ def conversations_router(pages: Pages) -> APIRouter:
     runtime, engine, page = pages.runtime, pages.engine, pages.page
     orders = Orders(runtime)
 
-    def list_context(show: str, order: str | None, before: str | None = None) -> dict[str, Any]:
-        show = show if show in views.FILTERS else "all"
+    def list_context(
+        user: SignedIn, show: str, order: str | None, before: str | None = None
+    ) -> dict[str, Any]:
+        show = show if show in views.FILTERS else views.FILTERS[0]
         with engine().connect() as conn:
-            rows = views.conversation_page(conn, show, order or None, PAGE_SIZE, _cursor(before))
+            rows = views.conversation_page(
+                conn, show, order or None, PAGE_SIZE, _cursor(before), user.user_id
+            )
         more = None
         if len(rows) == PAGE_SIZE:
             last = rows[-1]
@@ -46,16 +51,17 @@ def conversations_router(pages: Pages) -> APIRouter:
             "more": more,
         }
 
-    def thread_context(conversation_id: int, mark: bool = True) -> dict[str, Any]:
+    def thread_context(user: SignedIn, conversation_id: int) -> dict[str, Any]:
         with engine().connect() as conn:
             found = views.conversation(conn, conversation_id)
-        if found is not None and mark:  # bookkeeping: never waits behind another writer
-            write_if_free(engine(), lambda conn: views.mark_read(conn, conversation_id))
+            team = views.active_users(conn)
         if found is None:
             raise LookupError(f"there is no conversation {conversation_id}")
+        # Read by this user only; bookkeeping that never waits behind another writer.
+        write_if_free(engine(), lambda conn: threads.mark_read(conn, conversation_id, user.user_id))
         # free_text is the dispatcher's own typing: not a template to pick here.
         names = [name for name in runtime.templates.names() if name != "free_text"]
-        return {"thread": found, "template_names": names}
+        return {"thread": found, "template_names": names, "team": team}
 
     def send(form: dict[str, str], phone: str, carrier: str | None, order: str | None) -> str:
         """Queue the dispatcher's text; '' when queued, else what is wrong."""
@@ -80,7 +86,7 @@ def conversations_router(pages: Pages) -> APIRouter:
 
     @router.get("/conversations")
     async def conversations_page(
-        request: Request, show: str = "all", order: str | None = None, before: str | None = None
+        request: Request, show: str = "open", order: str | None = None, before: str | None = None
     ) -> Response:
         user = pages.user_of(request)
         return page(
@@ -88,23 +94,25 @@ def conversations_router(pages: Pages) -> APIRouter:
             "conversations.html",
             user,
             nav="conversations",
-            **list_context(show, order, before),
+            **list_context(user, show, order, before),
         )
 
     @router.get("/conversations/list")
     async def conversation_list(
-        request: Request, show: str = "all", order: str | None = None, before: str | None = None
+        request: Request, show: str = "open", order: str | None = None, before: str | None = None
     ) -> Response:
         user = pages.user_of(request)
-        return page(request, "_conversation_list.html", user, **list_context(show, order, before))
+        return page(
+            request, "_conversation_list.html", user, **list_context(user, show, order, before)
+        )
 
     @router.get("/conversations/{conversation_id}")
     async def conversation_page(
-        request: Request, conversation_id: RowId, show: str = "all", order: str | None = None
+        request: Request, conversation_id: RowId, show: str = "open", order: str | None = None
     ) -> Response:
         user = pages.user_of(request)
         try:
-            thread = thread_context(conversation_id)
+            thread = thread_context(user, conversation_id)
         except LookupError as exc:
             return pages.not_found(request, user, str(exc))
         return page(
@@ -112,7 +120,7 @@ def conversations_router(pages: Pages) -> APIRouter:
             "conversations.html",
             user,
             nav="conversations",
-            **list_context(show, order),
+            **list_context(user, show, order),
             **thread,
         )
 
@@ -120,7 +128,7 @@ def conversations_router(pages: Pages) -> APIRouter:
     async def thread_fragment(request: Request, conversation_id: RowId) -> Response:
         user = pages.user_of(request)
         try:
-            return page(request, "_thread.html", user, **thread_context(conversation_id))
+            return page(request, "_thread.html", user, **thread_context(user, conversation_id))
         except LookupError as exc:
             return error_fragment(str(exc), 404)
 
@@ -132,10 +140,41 @@ def conversations_router(pages: Pages) -> APIRouter:
         if head is None:
             return error_fragment("there is no such conversation", 404)
         error = send(form, head["phone"], head["carrier"], head["order_ref"])
-        context = thread_context(conversation_id)
+        context = thread_context(user, conversation_id)
         if error:
             context["error"], context["draft"] = error, form.get("text", "")
         return page(request, "_thread.html", user, **context)
+
+    @router.post("/conversations/{conversation_id}/assign")
+    async def assign(request: Request, conversation_id: RowId) -> Response:
+        """Leave the conversation to a dispatcher (the form's `to`: a user id, or empty for
+        everyone)."""
+        user, form = await pages.posted(request)
+        raw = form.get("to", "").strip()
+        if raw and not raw.isdigit():
+            return error_fragment("choose someone from the list", 422)
+        to = int(raw) if raw else None
+        with engine().begin() as conn:
+            if not threads.assign(conn, conversation_id, to):
+                return error_fragment("there is no such conversation or user", 404)
+            name = next((u["name"] for u in views.active_users(conn) if u["id"] == to), None)
+            overrides.record(conn, user.name, "assign",
+                             {"conversation": conversation_id, "to": name}, utcnow())  # fmt: skip
+        return page(request, "_thread.html", user, **thread_context(user, conversation_id))
+
+    @router.post("/conversations/{conversation_id}/{action}")
+    async def done_or_reopen(request: Request, conversation_id: RowId, action: str) -> Response:
+        """Mark the conversation done (a newer reply reopens it), or reopen it."""
+        user, _ = await pages.posted(request)
+        change = {"done": threads.mark_done, "reopen": threads.reopen}.get(action)
+        if change is None:
+            return error_fragment("nothing to do by that name", 404)
+        with engine().begin() as conn:
+            if not change(conn, conversation_id):
+                return error_fragment("there is no such conversation", 404)
+            overrides.record(conn, user.name, action, {"conversation": conversation_id},
+                             utcnow())  # fmt: skip
+        return page(request, "_thread.html", user, **thread_context(user, conversation_id))
 
     @router.post("/compose/count")
     async def count(request: Request) -> Response:

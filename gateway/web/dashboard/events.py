@@ -34,7 +34,7 @@ def events_router(pages: Pages) -> APIRouter:
         start = _position(request.headers.get("last-event-id") or after)
         if start is None:
 
-            def positions() -> tuple[int, int]:
+            def positions() -> views.Position:
                 with engine().connect() as conn:
                     return views.positions(conn)
 
@@ -55,16 +55,20 @@ def events_router(pages: Pages) -> APIRouter:
 
 
 async def _stream(
-    request: Request, engine: Callable[[], Engine], start: tuple[int, int], wakeup: Wakeup
+    request: Request,
+    engine: Callable[[], Engine],
+    start: tuple[int, int, int | None],
+    wakeup: Wakeup,
 ) -> AsyncIterator[str]:
     """Events after `start`: each batch's last event carries the position, so a browser that
     reconnects (EventSource sends Last-Event-ID) gets what it missed and nothing twice."""
     position = start
-    yield f"retry: 2000\nid: {position[0]}.{position[1]}\nevent: hello\ndata: {{}}\n\n"
+    first = ".".join(str(part) for part in position if part is not None)
+    yield f"retry: 2000\nid: {first}\nevent: hello\ndata: {{}}\n\n"
     quiet_since = asyncio.get_running_loop().time()
     while not await request.is_disconnected():
 
-        def read(after: tuple[int, int] = position) -> Any:
+        def read(after: tuple[int, int, int | None] = position) -> Any:
             with engine().connect() as conn:
                 return views.changes_since(conn, *after)
 
@@ -73,7 +77,8 @@ async def _stream(
         if found:
             for index, event in enumerate(found):
                 last = index == len(found) - 1
-                event_id = f"id: {new_position[0]}.{new_position[1]}\n" if last else ""
+                at = ".".join(str(part) for part in new_position)
+                event_id = f"id: {at}\n" if last else ""
                 yield f"{event_id}event: {event['type']}\ndata: {json.dumps(event)}\n\n"
             quiet_since = now
         elif now - quiet_since > LIVE_PING_SECONDS:
@@ -83,10 +88,13 @@ async def _stream(
         await wakeup.wait(LIVE_POLL_LISTENING_SECONDS if wakeup.listening else LIVE_POLL_SECONDS)
 
 
-def _position(text: str | None) -> tuple[int, int] | None:
+def _position(text: str | None) -> tuple[int, int, int | None] | None:
+    """A stream position as pages and Last-Event-ID give it: "inbound.attempt.audit"; a page
+    from before the audit part was kept gives two parts (the stream then starts it from now)."""
     if not text:
         return None
     parts = text.split(".")
-    if len(parts) != 2 or not all(p.isdigit() and len(p) < 19 for p in parts):
+    if len(parts) not in (2, 3) or not all(p.isdigit() and len(p) < 19 for p in parts):
         return None
-    return int(parts[0]), int(parts[1])
+    numbers = [int(part) for part in parts]
+    return numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else None

@@ -127,7 +127,7 @@ class Pages:
             {
                 "user": user,
                 "csrf": user.csrf if user else "",
-                "live_after": f"{live[0]}.{live[1]}" if live else "",
+                "live_after": ".".join(str(part) for part in live) if live else "",
                 "gateway_alert": self.gateway_alert() if user else None,
                 "health_alerts": self.health_alerts() if user else [],
                 **context,

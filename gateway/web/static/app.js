@@ -33,7 +33,7 @@
     const light = document.getElementById("live-state");
     // EventSource reconnects by itself and sends Last-Event-ID: the server replays from there.
     const source = new EventSource(url);
-    ["reply", "bounce", "state", "keyword", "other"].forEach(function (type) {
+    ["reply", "bounce", "state", "keyword", "other", "conversation"].forEach(function (type) {
       source.addEventListener(type, onChange);
     });
     source.addEventListener("open", function () { if (light) { light.className = "live on"; } });
