@@ -345,3 +345,84 @@ def test_the_keyboard_moves_between_conversations(gateway, browser):
     page.wait_for_url(f"**{order[2]}?*")
     page.keyboard.press("Alt+ArrowUp")
     page.wait_for_url(f"**{order[1]}?*")
+
+
+PHONE_SCREEN = {"width": 390, "height": 844}
+DESK_SCREEN = {"width": 1440, "height": 900}
+# How far a page reaches past the screen's right edge (0 when it fits), and the widest element
+# that does, to say which one.
+OVERFLOW = """() => {
+  const width = document.documentElement.clientWidth;
+  let widest = null, reach = width;
+  for (const el of document.querySelectorAll("body *")) {
+    const right = el.getBoundingClientRect().right;
+    if (right > reach + 0.5 && el.offsetParent !== null) { reach = right; widest = el; }
+  }
+  const scroll = document.documentElement.scrollWidth - width;
+  const name = widest ? widest.tagName.toLowerCase() + (widest.className ? "." + widest.className : "") : "";
+  return {scroll: scroll, reach: Math.round(reach - width), widest: name};
+}"""
+
+
+def _seed_pages(gateway: Gateway) -> dict[str, str]:
+    """Texts, an order, a failure and a reply, so every page has rows to lay out."""
+    from sqlalchemy import select
+
+    from gateway.config import load_settings
+    from gateway.services.orders import OrderInput, Orders
+    from gateway.services.outbound import SendRequest, enqueue
+    from gateway.services.runtime import Runtime
+    from gateway.store import views
+    from gateway.store.tables import contacts
+
+    runtime = Runtime(load_settings(gateway.folder / "gateway.toml"))
+    long_words = "Please-call-the-back-office-about-the-gate-code-before-you-arrive " * 3
+    text = enqueue(runtime, SendRequest(PHONE, "verizon", text=long_words, order_ref="L-1",
+                                        name="Ana Lopez-Fernández"), utcnow()).ids[0]  # fmt: skip
+    Orders(runtime).upsert(OrderInput(ref="L-2", customer="+12025550199", carrier="verizon",
+                                      customer_name="Ben"), utcnow())  # fmt: skip
+    enqueue(runtime, SendRequest("+4915123456789", text="to nowhere"), utcnow())  # not sent
+    with runtime.engine.connect() as conn:
+        thread = views.message(conn, text)["conversation_id"]
+        contact = conn.execute(select(contacts.c.id)).scalars().first()
+    return {
+        "conversations": "/conversations",
+        "thread": f"/conversations/{thread}",
+        "compose": "/compose",
+        "failures": "/failures",
+        "orders": "/orders",
+        "order": "/orders/L-1",
+        "contacts": "/contacts",
+        "contact": f"/contacts/{contact}",
+        "carriers": "/carriers",
+        "settings": "/settings",
+    }
+
+
+@pytest.mark.parametrize("screen", [PHONE_SCREEN, DESK_SCREEN], ids=["phone", "desk"])
+def test_every_page_fits_the_screen(gateway, browser, screen):
+    """No page scrolls sideways, on a phone (390 px) or a desk (1440 px)."""
+    pages = _seed_pages(gateway)
+    page = browser.new_page(viewport=screen, is_mobile=screen is PHONE_SCREEN,
+                            has_touch=screen is PHONE_SCREEN)  # fmt: skip
+    page.goto(f"{gateway.url}/login")
+    misfits = {}
+    found = page.evaluate(OVERFLOW)
+    if found["scroll"] > 0:
+        misfits["login"] = found
+    sign_in(page, gateway, "ada")
+    for name, path in pages.items():
+        page.goto(f"{gateway.url}{path}")
+        page.wait_for_load_state("networkidle")
+        found = page.evaluate(OVERFLOW)
+        if found["scroll"] > 0:
+            misfits[name] = found
+        if screen is PHONE_SCREEN and name in ("conversations", "thread", "failures"):
+            shoot(page, f"phone-{name}")
+    assert misfits == {}
+    if screen is PHONE_SCREEN:  # the header's links fold under Menu, and open from it
+        page.goto(f"{gateway.url}/conversations")
+        assert not page.is_visible("header.top nav")
+        page.click("header.top .menu-toggle")
+        assert page.is_visible("header.top nav >> text=Failures")
+        shoot(page, "phone-menu")

@@ -85,8 +85,36 @@
     }
   });
 
+  // On a phone the header folds its links under a Menu button.
+  document.addEventListener("click", function (event) {
+    const toggle = event.target && event.target.closest && event.target.closest(".menu-toggle");
+    if (!toggle) { return; }
+    const header = toggle.closest("header");
+    const open = header.classList.toggle("nav-open");
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+  });
+
+  // A table stacked on a phone names each cell by its column.
+  function labelCells(root) {
+    (root || document).querySelectorAll("table").forEach(function (table) {
+      const heads = Array.from(table.querySelectorAll("thead th")).map(function (th) {
+        return th.textContent.trim();
+      });
+      if (!heads.length) { return; }
+      table.querySelectorAll("tbody tr").forEach(function (row) {
+        Array.from(row.children).forEach(function (cell, index) {
+          if (heads[index] && !cell.hasAttribute("data-label")) {
+            cell.setAttribute("data-label", heads[index]);
+          }
+        });
+      });
+    });
+  }
+  document.addEventListener("htmx:afterSwap", function (event) { labelCells(event.detail.target); });
+
   document.addEventListener("DOMContentLoaded", function () {
     connect();
+    labelCells(document);
     const list = document.getElementById("messages");
     if (list && list.lastElementChild) { list.lastElementChild.scrollIntoView({ block: "end" }); }
   });
