@@ -426,3 +426,71 @@ def test_every_page_fits_the_screen(gateway, browser, screen):
         page.click("header.top .menu-toggle")
         assert page.is_visible("header.top nav >> text=Failures")
         shoot(page, "phone-menu")
+
+
+# Stands in for the browser's Notification (a headless browser shows none): records what the
+# page shows, and when it asks for permission.
+FAKE_NOTIFICATION = """
+window.__notified = []; window.__asked = 0;
+class FakeNotification {
+  constructor(title, options) { window.__notified.push({title: title, body: (options || {}).body}); }
+  static requestPermission() {
+    window.__asked += 1; FakeNotification.permission = "granted"; return Promise.resolve("granted");
+  }
+}
+FakeNotification.permission = "default";
+window.Notification = FakeNotification;
+"""
+
+
+def test_two_dispatchers_share_the_inbox_live(gateway, browser, smtp_server):
+    """Dana leaves a conversation to Dave; Dave's "mine" shows it without a reload; a reply
+    in it tells Dave (tab title, notification he switched on, never asked for on load); Dana
+    marks it done and it leaves Dave's list."""
+    from gateway.config import load_settings
+    from gateway.services.outbound import SendRequest, enqueue
+    from gateway.services.runtime import Runtime
+
+    access.add_user(gateway.engine, "dave", "dispatcher", PASSWORD, utcnow())
+    runtime = Runtime(load_settings(gateway.folder / "gateway.toml"))
+    enqueue(runtime, SendRequest(PHONE, "verizon", text="Your parcel is on the way", name="Ana"),
+            utcnow())  # fmt: skip
+    sent = wait_for(lambda: smtp_server.received, "the text sent")
+    message_id = email.message_from_bytes(sent[0].content)["Message-ID"]
+    errors: list[str] = []
+    pages = {}
+    for name, screen in (("dana", DESK_SCREEN), ("dave", PHONE_SCREEN)):
+        context = browser.new_context(viewport=screen)
+        context.add_init_script(FAKE_NOTIFICATION)
+        page = context.new_page()
+        page.on(
+            "console", lambda m, who=name: m.type == "error" and errors.append(f"{who}: {m.text}")
+        )
+        sign_in(page, gateway, name)
+        pages[name] = page
+    dana, dave = pages["dana"], pages["dave"]
+    dave.goto(f"{gateway.url}/conversations?show=mine")
+    dave.wait_for_selector("text=No conversations match")
+    assert dave.evaluate("window.__asked") == 0  # nothing asked on load
+    dave.click("#notify-toggle")
+    dave.wait_for_selector("#notify-toggle[aria-pressed=true]")
+    assert dave.evaluate("window.__asked") == 1
+
+    dana.click("ul.conversations a >> text=Ana")
+    dana.wait_for_selector("#thread select[name=to]")
+    dana.select_option("#thread select[name=to]", label="dave")
+    dana.wait_for_selector("#thread select[name=to] option[selected] >> text=dave",
+                           state="attached")  # fmt: skip
+    # Dave's list hears of it from the event stream.
+    dave.wait_for_selector("ul.conversations >> text=Ana", timeout=20_000)
+
+    gateway.reply(message_id, "Can you leave it at the back door?")
+    wait_for(lambda: dave.title().startswith("(1) "), "the unread count in Dave's tab title")
+    notified = wait_for(lambda: dave.evaluate("window.__notified"), "Dave's notification")
+    assert notified == [{"title": "New reply", "body": "Can you leave it at the back door?"}]
+
+    dana.wait_for_selector("#messages li.in >> text=back door", timeout=20_000)
+    dana.click("#thread button:has-text('Mark done')")
+    dana.wait_for_selector("#thread button:has-text('Reopen')")
+    dave.wait_for_selector("text=No conversations match", timeout=20_000)
+    assert errors == []

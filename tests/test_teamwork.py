@@ -136,3 +136,15 @@ def test_the_migration_gives_every_user_the_shared_read_mark(db_url):
         assert [tuple(row) for row in marks] == [(7, 1, 41), (7, 2, 41)]
     command.downgrade(alembic_config(engine), "0016")
     command.upgrade(alembic_config(engine), "head")
+
+
+def test_the_tab_titles_count_is_each_users_own(runtime):
+    first, second = text_to(runtime), text_to(runtime, "+12025550199", "Second")
+    reply_in(runtime, first, "One")
+    reply_in(runtime, second, "Two")
+    dana, dave = client_for(runtime, "dana"), client_for(runtime, "dave")
+    assert dana.get("/conversations/unread").json() == {"count": 2}
+    dana.get(f"/conversations/{thread_of(runtime, first)}")
+    assert dana.get("/conversations/unread").json() == {"count": 1}
+    assert dave.get("/conversations/unread").json() == {"count": 2}
+    assert client_for(runtime).get("/conversations/unread").status_code in (303, 401)

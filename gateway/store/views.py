@@ -521,16 +521,23 @@ def changes_since(
     if audit_after is None:
         audit_after = int(conn.execute(select(func.max(audit.c.id))).scalar() or 0)
     events: list[dict[str, Any]] = []
-    for row in conn.execute(
+    for mail in conn.execute(
         select(inbound.c.id, inbound.c.kind, inbound.c.conversation_id,
-               inbound.c.matched_message_id)
+               inbound.c.matched_message_id, inbound.c.text, conversations.c.assigned_to)
+        .select_from(inbound.outerjoin(conversations,
+                                       conversations.c.id == inbound.c.conversation_id))
         .where(inbound.c.id > inbound_after)
         .order_by(inbound.c.id)
         .limit(limit)
     ):  # fmt: skip
-        inbound_after = row.id
-        events.append({"type": row.kind, "conversation_id": row.conversation_id,
-                       "inbound_id": row.id, "message_id": row.matched_message_id})  # fmt: skip
+        inbound_after = mail.id
+        # Whom the conversation is left to and the first words: a page tells its dispatcher
+        # of a reply that is theirs (or everyone's) with them.
+        events.append({
+            "type": mail.kind, "conversation_id": mail.conversation_id, "inbound_id": mail.id,
+            "message_id": mail.matched_message_id, "assigned_to": mail.assigned_to,
+            "text": (mail.text or "")[:140],
+        })  # fmt: skip
     for row in conn.execute(
         select(attempts.c.id, messages.c.id.label("message_id"), messages.c.state,
                messages.c.conversation_id)
@@ -542,17 +549,38 @@ def changes_since(
         attempt_after = row.id
         events.append({"type": "state", "conversation_id": row.conversation_id,
                        "message_id": row.message_id, "state": row.state})  # fmt: skip
-    for row in conn.execute(
+    for entry in conn.execute(
         select(audit.c.id, audit.c.action, audit.c.actor, audit.c.detail)
         .where(audit.c.id > audit_after, audit.c.action.in_(TEAM_ACTIONS))
         .order_by(audit.c.id)
         .limit(limit)
     ):
-        audit_after = row.id
-        detail = json.loads(row.detail)
-        events.append({"type": "conversation", "conversation_id": detail.get("conversation"),
-                       "action": row.action, "by": row.actor, "to": detail.get("to")})  # fmt: skip
+        audit_after = entry.id
+        detail = json.loads(entry.detail)
+        events.append({
+            "type": "conversation", "conversation_id": detail.get("conversation"),
+            "action": entry.action, "by": entry.actor, "to": detail.get("to"),
+        })  # fmt: skip
     return events, (inbound_after, attempt_after, audit_after)
+
+
+def unread_conversations(conn: Connection, user_id: int) -> int:
+    """How many conversations have a reply `user_id` has not read: the tab title's count."""
+    reads = conversation_reads.alias("mine")
+    start = select(users.c.unread_after).where(users.c.id == user_id).scalar_subquery()
+    query = (
+        select(func.count(func.distinct(inbound.c.conversation_id)))
+        .select_from(
+            inbound.outerjoin(
+                reads,
+                and_(reads.c.conversation_id == inbound.c.conversation_id,
+                     reads.c.user_id == user_id),
+            )
+        )
+        .where(inbound.c.kind == "reply", inbound.c.conversation_id.is_not(None),
+               inbound.c.id > func.coalesce(reads.c.read_inbound_id, start, 0))
+    )  # fmt: skip
+    return int(conn.execute(query).scalar() or 0)
 
 
 def active_users(conn: Connection) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from gateway.config import Settings
 from gateway.domain.delivery import State
@@ -96,6 +96,14 @@ def conversations_router(pages: Pages) -> APIRouter:
             nav="conversations",
             **list_context(user, show, order, before),
         )
+
+    @router.get("/conversations/unread")
+    async def unread(request: Request) -> Response:
+        """The signed-in user's count of conversations with unread replies (the tab title)."""
+        user = pages.user_of(request)
+        with engine().connect() as conn:
+            count = views.unread_conversations(conn, user.user_id)
+        return JSONResponse({"count": count}, headers={"Cache-Control": "no-store"})
 
     @router.get("/conversations/list")
     async def conversation_list(

@@ -17,6 +17,89 @@
     listTimer = setTimeout(function () { refresh("[data-live-list]", "data-live-list"); }, 300);
   }
 
+  // The tab title carries the count of conversations with replies this user has not read.
+  let unreadTimer = null;
+  function countUnreadSoon() {
+    clearTimeout(unreadTimer);
+    unreadTimer = setTimeout(function () {
+      fetch("/conversations/unread", { headers: { Accept: "application/json" } })
+        .then(function (answer) { return answer.ok ? answer.json() : null; })
+        .then(function (found) {
+          if (!found) { return; }
+          const title = document.title.replace(/^\(\d+\) /, "");
+          document.title = (found.count ? "(" + found.count + ") " : "") + title;
+        })
+        .catch(function () {});
+    }, 300);
+  }
+
+  // Being told of a reply in a conversation left to you or to everyone: a sound and a browser
+  // notification, each switched on by the dispatcher (permission is asked on that click, never
+  // on load) and remembered in this browser.
+  const ALERTS = { notify: "gateway-notify", sound: "gateway-sound" };
+  function wants(kind) {
+    try { return window.localStorage.getItem(ALERTS[kind]) === "1"; } catch (e) { return false; }
+  }
+  function remember(kind, on) {
+    try { window.localStorage.setItem(ALERTS[kind], on ? "1" : "0"); } catch (e) { /* private mode */ }
+  }
+  function showToggles() {
+    [["notify", "notify-toggle", "Notifications"], ["sound", "sound-toggle", "Sound"]].forEach(function (t) {
+      const button = document.getElementById(t[1]);
+      if (!button) { return; }
+      const on = wants(t[0]) && (t[0] !== "notify" || (window.Notification && Notification.permission === "granted"));
+      button.setAttribute("aria-pressed", on ? "true" : "false");
+      button.textContent = t[2] + ": " + (on ? "on" : "off");
+    });
+  }
+  document.addEventListener("click", function (event) {
+    const button = event.target && event.target.closest && event.target.closest("button.toggle");
+    if (!button) { return; }
+    if (button.id === "sound-toggle") {
+      remember("sound", !wants("sound"));
+      if (wants("sound")) { beep(); }  // a first sound on the click lets the page play later
+    } else if (button.id === "notify-toggle") {
+      if (wants("notify")) { remember("notify", false); }
+      else if (window.Notification) {
+        Notification.requestPermission().then(function (answer) {
+          remember("notify", answer === "granted");
+          showToggles();
+        });
+      }
+    }
+    showToggles();
+  });
+  let audio = null;
+  function beep() {
+    try {
+      audio = audio || new (window.AudioContext || window.webkitAudioContext)();
+      const tone = audio.createOscillator(), gain = audio.createGain();
+      tone.frequency.value = 880;
+      gain.gain.setValueAtTime(0.15, audio.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.3);
+      tone.connect(gain).connect(audio.destination);
+      tone.start();
+      tone.stop(audio.currentTime + 0.3);
+    } catch (e) { /* no audio here */ }
+  }
+  function tell(data) {
+    const me = document.body.getAttribute("data-user");
+    if (data.assigned_to !== null && data.assigned_to !== undefined && String(data.assigned_to) !== me) {
+      return;  // someone else's conversation
+    }
+    const open = document.querySelector("[data-thread]");
+    const looking = !document.hidden && open && open.getAttribute("data-thread") === String(data.conversation_id);
+    if (looking) { return; }
+    if (wants("sound")) { beep(); }
+    if (wants("notify") && window.Notification && Notification.permission === "granted") {
+      const note = new Notification("New reply", { body: data.text || "", tag: "conversation-" + data.conversation_id });
+      note.onclick = function () {
+        window.focus();
+        window.location.assign("/conversations/" + data.conversation_id);
+      };
+    }
+  }
+
   function onChange(event) {
     let data = {};
     try { data = JSON.parse(event.data); } catch (e) { return; }
@@ -25,6 +108,8 @@
       refresh("[data-thread]", "data-src");
     }
     refreshListSoon();
+    countUnreadSoon();
+    if (event.type === "reply") { tell(data); }
   }
 
   function connect() {
@@ -115,6 +200,8 @@
   document.addEventListener("DOMContentLoaded", function () {
     connect();
     labelCells(document);
+    showToggles();
+    if (document.body.getAttribute("data-user")) { countUnreadSoon(); }
     const list = document.getElementById("messages");
     if (list && list.lastElementChild) { list.lastElementChild.scrollIntoView({ block: "end" }); }
   });
