@@ -48,6 +48,7 @@ TARGETS = {
     ("inbound", "idle_latency_p50_s"): ("<=", 1.0),
     ("dashboard", "list_p95_ms"): ("<=", 100),
     ("dashboard", "thread_p95_ms"): ("<=", 100),
+    ("dashboard", "search_p95_ms"): ("<=", 100),
     ("dashboard", "sse_lag_p50_s"): ("<=", 1.0),
     ("dashboard", "sse_lag_p95_s"): ("<=", 1.5),
     ("memory", "rss_mb"): ("<=", 200),

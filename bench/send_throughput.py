@@ -188,8 +188,8 @@ class FixedRoute(RouteBook):
     """Routing off, the baseline for its cost: every text to the own server, with no breaker,
     no limits and no counts (what the sender did before routing existed)."""
 
-    def choose(self, history: History, now: dt.datetime) -> Choice:
-        return OWN_SERVER
+    def choose(self, history: History, now: dt.datetime, *_: object, **__: object) -> Choice:
+        return OWN_SERVER  # whatever the text's address and channel
 
     def reserve(self, route: Route, now: dt.datetime) -> None:
         pass

@@ -42,6 +42,7 @@ QUICK = (
     "tests/test_store_fastpath.py",
     "tests/test_threads.py",
     "tests/test_teamwork.py",
+    "tests/test_search.py",
 )
 
 

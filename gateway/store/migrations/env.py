@@ -3,7 +3,10 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-from gateway.store import models  # noqa: F401  (registers the tables)
+from gateway.store import (
+    models,  # noqa: F401  (registers the tables)
+    search,
+)
 
 target_metadata = SQLModel.metadata
 engine = context.config.attributes["engine"]
@@ -22,6 +25,7 @@ with engine.connect() as connection:
                 target_metadata=target_metadata,
                 render_as_batch=sqlite,
                 compare_type=True,
+                include_name=search.declared,
             )
             context.run_migrations()
             if sqlite:

@@ -16,7 +16,7 @@ from gateway.domain.sms import LongText, fit, measure, normalise
 from gateway.domain.templates import TemplateError
 from gateway.services.orders import OrderError, Orders
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
-from gateway.store import overrides, threads, views
+from gateway.store import overrides, search, threads, views
 from gateway.store.access import SignedIn
 from gateway.store.db import utcnow, write_if_free
 from gateway.web.dashboard.pages import Pages, error_fragment
@@ -96,6 +96,15 @@ def conversations_router(pages: Pages) -> APIRouter:
             nav="conversations",
             **list_context(user, show, order, before),
         )
+
+    @router.get("/search")
+    async def search_page(request: Request, q: str = "") -> Response:
+        """Conversations by a name, a number as typed, an order, or words of a text or reply;
+        each hit opens its thread at what matched."""
+        user = pages.user_of(request)
+        with engine().connect() as conn:
+            hits = search.search(conn, q)
+        return page(request, "search.html", user, nav="conversations", q=q, hits=hits)
 
     @router.get("/conversations/unread")
     async def unread(request: Request) -> Response:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from markupsafe import escape
+from markupsafe import Markup, escape
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -23,6 +23,7 @@ from gateway.services.health import overview
 from gateway.services.runtime import Runtime
 from gateway.store import access, views
 from gateway.store.db import utcnow
+from gateway.store.search import MARK_END, MARK_START
 from gateway.web import security
 from gateway.web.security import Forbidden
 
@@ -46,6 +47,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["when"] = _when
     templates.env.filters["urlpart"] = lambda value: quote(str(value), safe="")
     templates.env.globals["person"] = person
+    templates.env.filters["marked"] = marked
     return templates
 
 
@@ -54,6 +56,14 @@ def person(name: str | None, phone: str | None) -> str:
     if name and phone:
         return f"{name} · {phone}"
     return name or phone or ""
+
+
+def marked(snippet: str) -> Markup:
+    """A search hit's words, escaped, with what matched highlighted."""
+    escaped = str(escape(snippet))
+    opened = escaped.count(MARK_START)
+    shown = escaped.replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
+    return Markup(shown + "</mark>" * max(0, opened - escaped.count(MARK_END)))
 
 
 async def read_form(request: Request) -> dict[str, str]:

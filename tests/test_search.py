@@ -1,0 +1,82 @@
+"""Search (issue 21, part 2): by a contact's name, a number in any format a person types, an
+order reference, or words in any text or reply; hits mark what matched and open the thread at
+it; the indexes are kept current in the transaction that stores a text or a reply."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.services.orders import OrderInput, Orders
+from gateway.services.outbound import SendRequest, enqueue
+from gateway.store import access, search, views
+from gateway.store.db import utcnow
+from tests.conftest import make_runtime
+from tests.test_dashboard import PASSWORD, client_for, reply_in
+
+M0, M1 = search.MARK_START, search.MARK_END
+
+
+@pytest.fixture
+def runtime(db_url, smtp_server):
+    runtime = make_runtime(db_url, smtp_server.port)
+    access.add_user(runtime.engine, "dana", "dispatcher", PASSWORD, utcnow())
+    return runtime
+
+
+def send(runtime, phone: str, text: str, **more) -> int:
+    return enqueue(runtime, SendRequest(phone, "verizon", text=text, **more), utcnow()).ids[0]
+
+
+def find(runtime, query: str) -> list[dict]:
+    with runtime.engine.connect() as conn:
+        return search.search(conn, query)
+
+
+def test_finds_by_name_number_order_and_words(runtime):
+    ana = send(runtime, "+12025550143", "Your parcel leaves the depot at noon", name="Ana Lopez",
+               order_ref="A-1007")  # fmt: skip
+    send(runtime, "+13125550199", "Driver assigned: Rosa", name="Ben")
+    reply_in(runtime, ana, "Please leave it with the neighbour at number 12")
+    with runtime.engine.connect() as conn:
+        thread = views.message(conn, ana)["conversation_id"]
+    # A name, any part of it, any case.
+    [hit] = find(runtime, "lopez")
+    assert (hit["kind"], hit["conversation_id"]) == ("contact", thread)
+    assert hit["snippet"] == f"Ana {M0}Lopez{M1}"
+    # A number as a person types it.
+    for typed in ("(202) 555-0143", "202.555.0143", "+1 202 555 0143", "5550143"):
+        assert [h["conversation_id"] for h in find(runtime, typed)] == [thread], typed
+    # An order reference, and its prefix.
+    assert [(h["kind"], h["item_id"]) for h in find(runtime, "a-1007")] == [("order", ana)]
+    # Words of a text and of a reply, as prefixes, accents and case aside.
+    [text] = find(runtime, "depot noon")
+    assert (text["kind"], text["item_id"]) == ("text", ana) and f"{M0}depot{M1}" in text["snippet"]
+    [reply] = find(runtime, "NEIGHB")
+    assert reply["kind"] == "reply" and f"{M0}neighbour{M1}" in reply["snippet"]
+    assert find(runtime, "zebra") == []
+
+
+def test_what_a_person_types_is_never_search_syntax(runtime):
+    send(runtime, "+12025550143", 'He said "leave it" AND NOT (here)*')
+    for typed in ('"', "AND", "NOT (", "*", "col:value", "'; DROP TABLE messages; --", "%_\\"):
+        find(runtime, typed)  # no error
+    assert [h["kind"] for h in find(runtime, '"leave it" AND')] == ["text"]
+
+
+def test_the_index_follows_every_stored_text_in_its_transaction(runtime):
+    Orders(runtime).upsert(OrderInput(ref="W-9", customer="+12025550177", carrier="verizon",
+                                      customer_name="Gus"), utcnow())  # fmt: skip
+    send(runtime, "+12025550177", "Gate code 4411", order_ref="W-9")
+    assert [h["kind"] for h in find(runtime, "4411")] == ["text"]
+
+
+def test_the_search_page_marks_the_match_and_opens_the_thread_at_it(runtime):
+    ana = send(runtime, "+12025550143", "Your parcel <b>leaves</b> the depot", name="Ana")
+    dana = client_for(runtime, "dana")
+    page = dana.get("/search", params={"q": "depot"}).text
+    assert "<mark>depot</mark>" in page and "<b>" not in page
+    with runtime.engine.connect() as conn:
+        thread = views.message(conn, ana)["conversation_id"]
+    assert f'href="/conversations/{thread}#m-{ana}"' in page
+    assert f'id="m-{ana}"' in dana.get(f"/conversations/{thread}").text
+    assert "Nothing found" in dana.get("/search", params={"q": "zebra"}).text
