@@ -43,6 +43,7 @@ QUICK = (
     "tests/test_threads.py",
     "tests/test_teamwork.py",
     "tests/test_search.py",
+    "tests/test_quick_replies.py",
 )
 
 

@@ -499,3 +499,16 @@ class WorkerHeartbeat(SQLModel, table=True):
     mailbox_ok: bool | None = None
     mailbox_error: str | None = Field(default=None, sa_type=Text)
     mailbox_since: dt.datetime | None = None
+
+
+class QuickReply(SQLModel, table=True):
+    """A short text an admin keeps for dispatchers to pick in a thread; its variables come
+    from the contact (name, first_name, phone) and the thread's latest order."""
+
+    __tablename__ = "quick_replies"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=60, unique=True)
+    text: str = Field(max_length=1000)
+    created_by: str = Field(max_length=100)
+    created_at: dt.datetime

@@ -13,10 +13,10 @@ from gateway.config import Settings
 from gateway.domain.delivery import State
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.sms import LongText, fit, measure, normalise
-from gateway.domain.templates import TemplateError
+from gateway.domain.templates import TemplateBook, TemplateError
 from gateway.services.orders import OrderError, Orders
 from gateway.services.outbound import EnqueueError, SendRequest, enqueue
-from gateway.store import overrides, search, threads, views
+from gateway.store import overrides, quick_replies, search, threads, views
 from gateway.store.access import SignedIn
 from gateway.store.db import utcnow, write_if_free
 from gateway.web.dashboard.pages import Pages, error_fragment
@@ -55,13 +55,14 @@ def conversations_router(pages: Pages) -> APIRouter:
         with engine().connect() as conn:
             found = views.conversation(conn, conversation_id)
             team = views.active_users(conn)
+            quick = quick_replies.all_replies(conn)
         if found is None:
             raise LookupError(f"there is no conversation {conversation_id}")
         # Read by this user only; bookkeeping that never waits behind another writer.
         write_if_free(engine(), lambda conn: threads.mark_read(conn, conversation_id, user.user_id))
         # free_text is the dispatcher's own typing: not a template to pick here.
         names = [name for name in runtime.templates.names() if name != "free_text"]
-        return {"thread": found, "template_names": names, "team": team}
+        return {"thread": found, "template_names": names, "team": team, "quick_replies": quick}
 
     def send(form: dict[str, str], phone: str, carrier: str | None, order: str | None) -> str:
         """Queue the dispatcher's text; '' when queued, else what is wrong."""
@@ -219,27 +220,68 @@ def conversations_router(pages: Pages) -> APIRouter:
                 notes.append(note)
         return page(request, "_counter.html", user, text=text, shape=measure(text), notes=notes)
 
+    def contact_values(head: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """What a template or quick reply in this thread fills from: the contact (name,
+        first_name, phone) and the thread's latest order."""
+        values: dict[str, Any] = {}
+        error = None
+        if head["order_ref"]:
+            try:
+                values, _ = orders.preview_context(head["order_ref"], utcnow())
+            except OrderError as exc:
+                error = str(exc)
+        name = head["name"] or ""
+        values.update(name=name, first_name=name.split(" ")[0], phone=head["phone"])
+        values.setdefault("customer_name", name)
+        return values, error
+
+    def fill(
+        request: Request, user: SignedIn, conversation_id: int, book: TemplateBook, chosen: str
+    ) -> Response:
+        """The draft `chosen` of `book` makes in this thread; where it needs a value the thread
+        does not have, a field asks for it (what was typed so far comes back as var_NAME)."""
+        with engine().connect() as conn:
+            head = views.conversation(conn, conversation_id)
+        draft, error, ask = "", None, None
+        given = {
+            key[4:]: value
+            for key, value in request.query_params.items()
+            if key.startswith("var_") and value.strip()
+        }
+        if head is not None and chosen:
+            values, error = contact_values(head)
+            values.update(given)
+            try:
+                draft = book.render(chosen, values)
+            except TemplateError as exc:
+                if exc.missing is not None and not error:
+                    ask = {"missing": exc.missing, "given": given}
+                else:
+                    error = error or _template_refusal(chosen, exc, head["order_ref"])
+        picked = {k: v for k, v in request.query_params.items() if k in ("template", "reply")}
+        return page(request, "_draft.html", user, draft=draft, error=error, ask=ask,
+                    asked_for=request.url.path, picked=picked)  # fmt: skip
+
     @router.get("/conversations/{conversation_id}/template")
     async def fill_template(
         request: Request, conversation_id: RowId, template: str = ""
     ) -> Response:
         user = pages.user_of(request)
-        with engine().connect() as conn:
-            head = views.conversation(conn, conversation_id)
-        draft, error = "", None
-        if head is not None and template:
-            values: dict[str, Any] = {}
-            if head["order_ref"]:
-                try:
-                    values, _ = orders.preview_context(head["order_ref"], utcnow())
-                except OrderError as exc:
-                    error = str(exc)
-            values.setdefault("name", head["name"] or "")
-            try:
-                draft = runtime.templates.render(template, values)
-            except TemplateError as exc:
-                error = _template_refusal(template, exc, head["order_ref"])
-        return page(request, "_draft.html", user, draft=draft, error=error)
+        return fill(request, user, conversation_id, runtime.templates, template)
+
+    @router.get("/conversations/{conversation_id}/quick")
+    async def fill_quick_reply(
+        request: Request, conversation_id: RowId, reply: str = ""
+    ) -> Response:
+        user = pages.user_of(request)
+        found = None
+        if reply.isdigit():
+            with engine().connect() as conn:
+                found = quick_replies.find(conn, int(reply))
+        if found is None:
+            return page(request, "_draft.html", user, draft="", error=None)
+        book = TemplateBook({found["name"]: found["text"]})
+        return fill(request, user, conversation_id, book, found["name"])
 
     @router.get("/compose")
     async def compose_page(request: Request) -> Response:

@@ -12,6 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from gateway.config import ConfigError
+from gateway.domain.email_out import check_field
+from gateway.domain.templates import TemplateBook, TemplateError
 from gateway.services import live_settings
 from gateway.services.doctor import check_imap, check_smtp
 from gateway.services.doctor_channels import check_smsgate, check_twilio
@@ -23,7 +25,7 @@ from gateway.services.oauth2 import (
     load_sign_in,
     save_sign_in,
 )
-from gateway.store import access, overrides
+from gateway.store import access, overrides, quick_replies
 from gateway.store.db import utcnow
 from gateway.web import security
 from gateway.web.dashboard.pages import Pages, error_fragment
@@ -48,6 +50,7 @@ def settings_router(pages: Pages) -> APIRouter:
         with engine().connect() as conn:
             log = overrides.audit_log(conn, 50)
             users = access.list_users(conn)
+            quick = quick_replies.all_replies(conn)
         return {
             "groups": groups,
             "audit": log,
@@ -55,6 +58,7 @@ def settings_router(pages: Pages) -> APIRouter:
             "roles": access.ROLES,
             "nav": "settings",
             "oauth2": oauth2_state(),
+            "quick_replies": quick,
             **more,
         }
 
@@ -176,6 +180,39 @@ def settings_router(pages: Pages) -> APIRouter:
         else:
             return error_fragment("nothing to test by that name", 404)
         return page(request, "_steps.html", user, steps=steps, target=target)
+
+    # --- quick replies ----------------------------------------------------------------------
+
+    @router.post("/quick-replies")
+    async def add_quick_reply(request: Request) -> Response:
+        user, form = await admin_form(request)
+        name, text = form.get("name", "").strip(), form.get("text", "").strip()
+        try:
+            check_field("name", name, 60)
+            if not text or len(text) > 1000:
+                raise ValueError("the text must be 1 to 1000 characters")
+            TemplateBook({name: text}).info(name)  # its syntax, before anyone picks it
+            with engine().begin() as conn:
+                quick_replies.add(conn, name, text, user.name, utcnow())
+                overrides.record(conn, user.name, "quick reply added", {"name": name}, utcnow())
+        except (ValueError, TemplateError) as exc:
+            return page(request, "settings.html", user,
+                        **settings_context(quick_error=str(exc)))  # fmt: skip
+        return RedirectResponse(
+            f"/settings?done={quote(f'quick reply {name} added')}#quick-replies", 303
+        )
+
+    @router.post("/quick-replies/{reply_id}/delete")
+    async def remove_quick_reply(request: Request, reply_id: RowId) -> Response:
+        user, _ = await admin_form(request)
+        with engine().begin() as conn:
+            found = quick_replies.find(conn, reply_id)
+            if found is not None:
+                quick_replies.remove(conn, reply_id)
+                overrides.record(conn, user.name, "quick reply removed", {"name": found["name"]},
+                                 utcnow())  # fmt: skip
+        note = f"quick reply {found['name']} removed" if found else "there is no such quick reply"
+        return RedirectResponse(f"/settings?done={quote(note)}#quick-replies", 303)
 
     # --- users ------------------------------------------------------------------------------
 
