@@ -494,3 +494,50 @@ def test_two_dispatchers_share_the_inbox_live(gateway, browser, smtp_server):
     dana.wait_for_selector("#thread button:has-text('Reopen')")
     dave.wait_for_selector("text=No conversations match", timeout=20_000)
     assert errors == []
+
+
+def test_search_one_thread_and_quick_replies_on_a_phone(gateway, browser):
+    """Parts 2, 3 and 6 on a phone: an order text and a plain text to one person are one
+    thread; search finds it by the number as written on a note and by a word, and opens the
+    thread at the text; a quick reply asks for the value the thread lacks and fills the draft."""
+    from gateway.config import load_settings
+    from gateway.services.outbound import SendRequest, enqueue
+    from gateway.services.runtime import Runtime
+
+    runtime = Runtime(load_settings(gateway.folder / "gateway.toml"))
+    for text, order in (("Your order is confirmed", "Q-1"), ("The gate code is 4411", None)):
+        enqueue(runtime, SendRequest(PHONE, "verizon", text=text, order_ref=order,
+                                     name="Ana Lopez"), utcnow())  # fmt: skip
+    errors: list[str] = []
+    admin = browser.new_page(viewport=DESK_SCREEN)
+    admin.on("console", lambda m: m.type == "error" and errors.append(f"admin: {m.text}"))
+    sign_in(admin, gateway, "ada")
+    admin.goto(f"{gateway.url}/settings#quick-replies")
+    admin.fill("#quick-replies input[name=name]", "arrival")
+    admin.fill("#quick-replies input[name=text]", "Hi {{ first_name }}, we arrive at {{ eta }}.")
+    admin.click("#quick-replies button:has-text('Add quick reply')")
+    admin.wait_for_selector("#quick-replies >> text=arrival")
+
+    page = browser.new_page(viewport=PHONE_SCREEN, is_mobile=True, has_touch=True)
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    sign_in(page, gateway, "dana")
+    assert page.locator("ul.conversations > li").count() == 1  # one person, one thread
+    page.fill("input[type=search]", "(202) 555-0143")
+    page.press("input[type=search]", "Enter")
+    page.wait_for_selector("ul.hits >> text=Ana Lopez")
+    page.fill("input[type=search]", "gate")
+    page.press("input[type=search]", "Enter")
+    hit = page.wait_for_selector("ul.hits li a:has(mark)")
+    assert page.inner_text("ul.hits mark") == "gate"
+    hit.click()
+    page.wait_for_url("**/conversations/*#m-*")
+    target = page.url.rsplit("#", 1)[1]
+    assert "The gate code is 4411" in page.inner_text(f"#{target}")
+    assert "Q-1" in page.inner_text("#messages")  # the order text, in the same thread
+    page.select_option("select[name=reply]", label="arrival")
+    page.wait_for_selector("#ask input[name=var_eta]")
+    page.fill("#ask input[name=var_eta]", "14:30")
+    page.click("#ask button:has-text('Fill in')")
+    wait_for(lambda: page.input_value("#draft") == "Hi Ana, we arrive at 14:30.", "the draft")
+    assert page.evaluate(OVERFLOW)["scroll"] <= 0
+    assert errors == []
