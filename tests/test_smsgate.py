@@ -519,3 +519,27 @@ async def test_two_texts_with_the_same_words_are_both_kept(served, phone):
     for _ in range(2):
         assert phone.call(serve.hook, phone.received(PHONE, "OK", message_id="ok-hash"))[0] == 200
     assert rows_in(runtime, inbound) == 2
+
+
+def test_a_webhook_before_db_upgrade_answers_503_with_the_command(tmp_path, phone, smtp_server):
+    """The phone calls again on a 5xx: a database not yet migrated is a 503 that says what to
+    run, never a 500."""
+    from fastapi.testclient import TestClient
+
+    from gateway.web.app import create_app
+    from tests.conftest import gateway_folder
+
+    extra = (
+        f'[channels]\norder = ["email", "smsgate"]\n[smsgate]\nurl = "{phone.url}"\n'
+        f'username = "{phone.username}"\npassword = "{phone.password}"\n'
+        f'signing_key = "{phone.signing_key}"\n'
+    )
+    folder = gateway_folder(tmp_path, smtp_server.port, extra, migrate=False)
+    (folder / "gw.db").touch()  # there, but never migrated
+    client = TestClient(create_app(runtime_of(folder)))
+    body = phone.received(PHONE, "hello")
+    stamp = str(int(time.time()))
+    answer = client.post("/hooks/smsgate", content=body, headers={
+        "Content-Type": "application/json", "X-Timestamp": stamp,
+        "X-Signature": phone.sign(body, stamp)})  # fmt: skip
+    assert answer.status_code == 503 and "gateway db upgrade" in answer.json()["message"]

@@ -8,7 +8,6 @@ import asyncio
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,7 +24,7 @@ from gateway.services.channel_events import (
     apply_twilio_status,
 )
 from gateway.services.runtime import Runtime
-from gateway.store.db import utcnow
+from gateway.store.db import DatabaseError, utcnow
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
@@ -34,15 +33,18 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-async def _applied(apply: Callable[..., str], *args: Any) -> str | Response:
-    """What applying the event said, off the event loop; or the answer for an event that cannot
-    be (422) or a database that is not answering (503: the service calls again)."""
+async def _applied(apply: Callable[[], str]) -> str | Response:
+    """What applying the event said, off the event loop (the database reached inside it too);
+    or the answer for an event that cannot be (422), a database that is not answering or not
+    yet migrated (503: the service calls again)."""
     try:
-        return await asyncio.to_thread(apply, *args)
+        return await asyncio.to_thread(apply)
     except EventRefused as exc:
         return _error(422, "bad_event", str(exc))
     except DBAPIError:
         return _error(503, "database_unavailable", "the database is not answering")
+    except DatabaseError as exc:  # not migrated: `gateway db upgrade`
+        return _error(503, "database_unavailable", str(exc))
 
 
 def hooks(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
@@ -71,7 +73,7 @@ def hooks(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
             event = parse_event(body)
         except EventError as exc:
             return _error(400, "bad_event", str(exc))
-        result = await _applied(apply_smsgate, runtime, engine(), event, body, utcnow())
+        result = await _applied(lambda: apply_smsgate(runtime, engine(), event, body, utcnow()))
         if isinstance(result, Response):
             return result
         return JSONResponse({"ok": True, "result": result})
@@ -109,7 +111,7 @@ def hooks(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         params, _ = checked
-        refused = await _applied(apply_twilio_status, engine(), ref[:64], params, utcnow())
+        refused = await _applied(lambda: apply_twilio_status(engine(), ref[:64], params, utcnow()))
         if isinstance(refused, Response):
             return refused
         return Response(status_code=204)
@@ -120,7 +122,9 @@ def hooks(runtime: Runtime, engine: Callable[[], Engine]) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         params, body = checked
-        refused = await _applied(apply_twilio_incoming, runtime, engine(), params, body, utcnow())
+        refused = await _applied(
+            lambda: apply_twilio_incoming(runtime, engine(), params, body, utcnow())
+        )
         if isinstance(refused, Response):
             return refused
         # An empty TwiML answer: Twilio sends nothing back (a dispatcher answers, or Twilio
