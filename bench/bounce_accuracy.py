@@ -115,11 +115,11 @@ def measure(corpus: Path, show: bool = False, only: str | None = None) -> dict[s
                 status = sisimai_status(ours) if ours is not None else None
                 if status == row[0]:
                     tally.status_right += 1
+                elif say:
+                    print(f"{name}: status {status}, expected {row[0]} ({row[2]})")
                 if not INVENTED.fullmatch(row[0]):
                     tally.stated_rows += 1
                     tally.stated_right += ours is not None and ours.status == row[0]
-                elif say:
-                    print(f"{name}: status {status}, expected {row[0]} ({row[2]})")
     whole = Tally()
     for tally in tallies.values():
         for key, value in vars(tally).items():

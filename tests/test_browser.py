@@ -496,8 +496,9 @@ def test_two_dispatchers_share_the_inbox_live(gateway, browser, smtp_server):
     assert errors == []
 
 
-def test_search_one_thread_and_quick_replies_on_a_phone(gateway, browser):
-    """Parts 2, 3 and 6 on a phone: an order text and a plain text to one person are one
+@pytest.mark.parametrize("screen", [PHONE_SCREEN, DESK_SCREEN], ids=["phone", "desk"])
+def test_search_one_thread_and_quick_replies(gateway, browser, screen):
+    """Parts 2, 3 and 6 at both widths: an order text and a plain text to one person are one
     thread; search finds it by the number as written on a note and by a word, and opens the
     thread at the text; a quick reply asks for the value the thread lacks and fills the draft."""
     from gateway.config import load_settings
@@ -518,7 +519,8 @@ def test_search_one_thread_and_quick_replies_on_a_phone(gateway, browser):
     admin.click("#quick-replies button:has-text('Add quick reply')")
     admin.wait_for_selector("#quick-replies >> text=arrival")
 
-    page = browser.new_page(viewport=PHONE_SCREEN, is_mobile=True, has_touch=True)
+    phone = screen is PHONE_SCREEN
+    page = browser.new_page(viewport=screen, is_mobile=phone, has_touch=phone)
     page.on("console", lambda m: m.type == "error" and errors.append(m.text))
     sign_in(page, gateway, "dana")
     assert page.locator("ul.conversations > li").count() == 1  # one person, one thread
@@ -529,6 +531,7 @@ def test_search_one_thread_and_quick_replies_on_a_phone(gateway, browser):
     page.press("input[type=search]", "Enter")
     hit = page.wait_for_selector("ul.hits li a:has(mark)")
     assert page.inner_text("ul.hits mark") == "gate"
+    shoot(page, "phone-search" if phone else "search")
     hit.click()
     page.wait_for_url("**/conversations/*#m-*")
     target = page.url.rsplit("#", 1)[1]
