@@ -148,3 +148,11 @@ def test_the_tab_titles_count_is_each_users_own(runtime):
     assert dana.get("/conversations/unread").json() == {"count": 1}
     assert dave.get("/conversations/unread").json() == {"count": 2}
     assert client_for(runtime).get("/conversations/unread").status_code in (303, 401)
+
+
+def test_a_conversation_with_no_reply_marked_done_is_listed_as_done(runtime):
+    thread = thread_of(runtime, text_to(runtime, text="No answer expected"))
+    dana = client_for(runtime, "dana")
+    dana.post(f"/conversations/{thread}/done", data={"csrf": csrf_of(dana)})
+    assert "No answer expected" not in dana.get("/conversations").text
+    assert "No answer expected" in dana.get("/conversations?show=done").text

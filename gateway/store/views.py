@@ -199,9 +199,9 @@ def _read_mark(user_id: int | None) -> Any:
 
 
 def _is_open() -> Any:
-    return or_(
-        conversations.c.done_through.is_(None), _last_reply_id() > conversations.c.done_through
-    )
+    """Not marked done, or a reply came after (no reply at all counts as reply 0)."""
+    newest = func.coalesce(_last_reply_id(), 0)
+    return or_(conversations.c.done_through.is_(None), newest > conversations.c.done_through)
 
 
 def conversation_page(
