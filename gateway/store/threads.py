@@ -4,16 +4,20 @@ log, which is how the other dispatchers' pages hear of it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Connection, func, select, update
 
 from gateway.store.db import insert_or
 from gateway.store.tables import conversation_reads, conversations, inbound, users
 
 
-def _newest_reply(conversation_id: int) -> object:
+def newest_reply() -> Any:
+    """The id of the conversation's newest reply, 0 when it has none (correlated to the
+    conversations row of the statement it is used in): what unread, done and open compare."""
     return (
         select(func.coalesce(func.max(inbound.c.id), 0))
-        .where(inbound.c.conversation_id == conversation_id, inbound.c.kind == "reply")
+        .where(inbound.c.conversation_id == conversations.c.id, inbound.c.kind == "reply")
         .scalar_subquery()
     )
 
@@ -59,7 +63,7 @@ def mark_done(conn: Connection, conversation_id: int) -> bool:
     done = conn.execute(
         update(conversations)
         .where(conversations.c.id == conversation_id)
-        .values(done_through=_newest_reply(conversation_id))
+        .values(done_through=newest_reply())
     ).rowcount
     return bool(done)
 

@@ -24,6 +24,7 @@ from gateway.store.tables import (
     quarantine,
     users,
 )
+from gateway.store.threads import newest_reply
 
 # The contact a name is read from, apart from any contacts a query joins itself.
 _named = contacts.alias("named")
@@ -176,14 +177,6 @@ def _role() -> Any:
     return case((drives, "driver"), (ordered, "customer"), else_=None)
 
 
-def _last_reply_id() -> Any:
-    return (
-        select(func.max(inbound.c.id))
-        .where(inbound.c.conversation_id == conversations.c.id, inbound.c.kind == "reply")
-        .scalar_subquery()
-    )
-
-
 def _read_mark(user_id: int | None) -> Any:
     """How far `user_id` has read the conversation: their own mark, else where they started."""
     if user_id is None:
@@ -199,9 +192,10 @@ def _read_mark(user_id: int | None) -> Any:
 
 
 def _is_open() -> Any:
-    """Not marked done, or a reply came after (no reply at all counts as reply 0)."""
-    newest = func.coalesce(_last_reply_id(), 0)
-    return or_(conversations.c.done_through.is_(None), newest > conversations.c.done_through)
+    """Not marked done, or a reply came after."""
+    return or_(
+        conversations.c.done_through.is_(None), newest_reply() > conversations.c.done_through
+    )
 
 
 def conversation_page(
@@ -254,7 +248,7 @@ def conversation_page(
             .exists()
         )  # fmt: skip
     elif show == "unread":
-        query = query.where(_last_reply_id() > _read_mark(user_id))
+        query = query.where(newest_reply() > _read_mark(user_id))
     elif show == "unanswered":
         last_reply = (
             select(inbound.c.stored_at)
