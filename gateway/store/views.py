@@ -127,8 +127,10 @@ def conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | Non
         select(*MESSAGE_FIELDS)
         .select_from(messages.outerjoin(orders, orders.c.id == messages.c.order_id))
         .where(messages.c.conversation_id == conversation_id)
+        .order_by(messages.c.id)
     ):
         items.append({"direction": "out", "at": row.sent_at or row.created_at, **row._mapping})
+    places = _places_of_parts(items)
     for reply in conn.execute(
         select(
             inbound.c.id,
@@ -142,8 +144,37 @@ def conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | Non
         ).where(inbound.c.conversation_id == conversation_id)
     ):
         items.append({"direction": "in", "at": reply.stored_at, **reply._mapping})
-    items.sort(key=lambda item: (item["at"], item["direction"], item["id"]))
+    items.sort(
+        key=lambda item: (
+            places[item["id"]] if item["direction"] == "out" else (item["at"], "in", item["id"], 1)
+        )
+    )
     return {**head._mapping, "messages": items}
+
+
+def _places_of_parts(texts: list[dict[str, Any]]) -> dict[int, tuple[Any, str, int, int]]:
+    """Where each outgoing row sorts in a thread (`texts` in id order): the parts of a split
+    text together and in order, at the moment its first part went, since pooled connections
+    can hand part 2 over before part 1. A text's parts are stored together: one enqueue, one
+    created_at, ids in part order."""
+    groups: list[list[dict[str, Any]]] = []
+    for text in texts:
+        head = groups[-1][0] if groups else None
+        if (
+            text["part"] > 1
+            and head is not None
+            and head["parts"] == text["parts"]
+            and head["created_at"] == text["created_at"]
+        ):
+            groups[-1].append(text)
+        else:
+            groups.append([text])
+    places = {}
+    for group in groups:
+        at = min(text["at"] for text in group)
+        for text in group:
+            places[text["id"]] = (at, "out", group[0]["id"], text["part"])
+    return places
 
 
 def counts(conn: Connection, now: dt.datetime) -> dict[str, Any]:
