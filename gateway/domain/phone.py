@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 
 import phonenumbers
-from phonenumbers import PhoneNumberType
+from phonenumbers import PhoneMetadata, PhoneNumberType
+from phonenumbers.phonenumberutil import _number_type_helper
 
 # Longer input is never a phone number; refusing it early keeps hostile input cheap.
 MAX_INPUT_LENGTH = 40
@@ -53,9 +54,18 @@ def parse_phone(text: str, default_region: str) -> Phone:
         number = phonenumbers.parse(shown, default_region.upper())
     except phonenumbers.NumberParseException as exc:
         raise PhoneError(text, f"{shown!r} is not a phone number ({_parse_reason(exc)})") from None
-    # A type other than UNKNOWN is what is_valid_number tests; asking once saves a third of
-    # the parse (the numbering plan's patterns are matched again by each call).
-    kind = phonenumbers.number_type(number)
+    # The region, then the type within it: number_type would look the region up again (for a
+    # country code several regions share, +1, by matching the numbering plan's patterns once
+    # more), and a type other than UNKNOWN is what is_valid_number tests.
+    region = phonenumbers.region_code_for_number(number)
+    national = phonenumbers.national_significant_number(number)
+    code = number.country_code
+    metadata = (
+        None
+        if region is None or code is None
+        else PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+    )
+    kind = PhoneNumberType.UNKNOWN if metadata is None else _number_type_helper(national, metadata)
     if kind == PhoneNumberType.UNKNOWN:
         raise PhoneError(
             text, f"{shown!r} is not a valid number in the numbering plan of its country"
@@ -64,8 +74,8 @@ def parse_phone(text: str, default_region: str) -> Phone:
         raise PhoneError(text, f"{shown!r} is {_CANNOT_TEXT[kind]} and cannot receive texts")
     return Phone(
         e164=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
-        national=phonenumbers.national_significant_number(number),
-        region=phonenumbers.region_code_for_number(number),
+        national=national,
+        region=region,
     )
 
 

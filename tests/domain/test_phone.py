@@ -77,3 +77,37 @@ def test_a_number_is_accepted_exactly_when_the_plan_calls_it_valid(region, digit
     except PhoneError:
         accepted = False
     assert accepted == (valid and phonenumbers.number_type(number) not in _CANNOT_TEXT)
+
+
+def _example_numbers() -> list[str]:
+    kinds = [kind for kind in vars(phonenumbers.PhoneNumberType).values() if isinstance(kind, int)]
+    found = set()
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        for kind in kinds:
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is not None:
+                found.add(phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164))
+    for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
+        example = phonenumbers.example_number_for_non_geo_entity(code)
+        if example is not None:
+            found.add(phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164))
+    return sorted(found)
+
+
+def test_every_plans_example_numbers_are_read_as_the_library_reads_them():
+    # parse_phone looks the region up once and asks for the type within it (a library helper
+    # number_type itself uses); this holds it to the public answers for every region's example
+    # of every type, shared country codes (+1, +7, +44) and non-geographic ones included.
+    examples = _example_numbers()
+    assert len(examples) > 1000
+    for typed in examples:
+        number = phonenumbers.parse(typed)
+        expected = phonenumbers.number_type(number)
+        try:
+            phone = parse_phone(typed, "US")
+        except PhoneError:
+            assert expected == phonenumbers.PhoneNumberType.UNKNOWN or expected in _CANNOT_TEXT
+            continue
+        assert expected != phonenumbers.PhoneNumberType.UNKNOWN and expected not in _CANNOT_TEXT
+        assert phone.region == phonenumbers.region_code_for_number(number), typed
+        assert phone.national == phonenumbers.national_significant_number(number)
