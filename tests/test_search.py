@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.services.orders import OrderInput, Orders
-from gateway.services.outbound import SendRequest, enqueue
+from gateway.services.outbound import SendRequest, enqueue, enqueue_many
 from gateway.store import access, search, views
 from gateway.store.db import utcnow
 from tests.conftest import make_runtime
@@ -68,6 +68,20 @@ def test_the_index_follows_every_stored_text_in_its_transaction(runtime):
                                       customer_name="Gus"), utcnow())  # fmt: skip
     send(runtime, "+12025550177", "Gate code 4411", order_ref="W-9")
     assert [h["kind"] for h in find(runtime, "4411")] == ["text"]
+
+
+def test_a_batch_written_many_rows_a_statement_is_indexed_whole(runtime):
+    # A bulk enqueue writes its rows dozens to a statement: each text still gets its own id
+    # and is found by its words, the last statement's as much as the first's.
+    words = [f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(120)]
+    requests = [SendRequest(f"+1202555{i:04d}", "verizon", text=f"Parcel {w} is out")
+                for i, w in enumerate(words)]  # fmt: skip
+    stored = enqueue_many(runtime, requests, utcnow())
+    for index in (0, 31, 32, 64, 119):
+        [hit] = find(runtime, words[index])
+        assert (hit["kind"], hit["item_id"]) == ("text", stored[index].ids[0])
+        with runtime.engine.connect() as conn:
+            assert views.message(conn, hit["item_id"])["to"] == f"+1202555{index:04d}"
 
 
 def test_the_search_page_marks_the_match_and_opens_the_thread_at_it(runtime):

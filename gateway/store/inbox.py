@@ -130,8 +130,13 @@ def already_in(
 
 
 def store_inbound_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(inbound), list(rows))
+    # Many rows a statement, as insert_messages writes texts (the search index's trigger on
+    # SQLite writes each statement out apart), within SQLite's oldest parameter limit (999).
+    if not rows:
+        return
+    per_statement = max(1, 999 // len(rows[0]))
+    for start in range(0, len(rows), per_statement):
+        conn.execute(insert(inbound).values(list(rows[start : start + per_statement])))
 
 
 def store_quarantined(conn: Connection, values: dict[str, Any]) -> None:
