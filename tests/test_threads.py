@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from alembic import command
-from sqlalchemy import column, insert, select, table
+from sqlalchemy import column, insert, select, table, update
 
 from gateway.config import load_settings
 from gateway.services.outbound import SendRequest, enqueue
@@ -134,27 +134,24 @@ def test_a_name_given_with_a_text_is_the_contacts_name_wherever_the_number_is(db
 def test_a_split_texts_parts_stay_together_and_in_order_in_the_thread(db_url):
     # Pooled connections can hand part 2 over before part 1; a reply stored between the two
     # moments must not land between the parts, nor part 2 show before part 1.
-    from sqlalchemy import update
-
     runtime = Runtime(load_settings(None, database={"url": db_url}))
     upgrade(runtime.engine)
     long_text = " ".join(["Your order is on its way and will arrive this afternoon."] * 4)
     first, second = enqueue(runtime, SendRequest(PHONE, "verizon", text=long_text), NOW).ids
     after = enqueue(runtime, SendRequest(PHONE, "verizon", text="Driver is outside"), NOW).ids[0]
-    moment = NOW
     with runtime.engine.begin() as conn:
         [thread] = conn.execute(select(conversations.c.id)).scalars()
         for row, seconds in ((first, 3), (second, 1), (after, 5)):
             conn.execute(
                 update(messages)
                 .where(messages.c.id == row)
-                .values(state="sent", sent_at=moment + dt.timedelta(seconds=seconds))
+                .values(state="sent", sent_at=NOW + dt.timedelta(seconds=seconds))
             )
         conn.execute(
             insert(inbound),
             [{"mailbox": "INBOX", "dedup_key": "r1", "kind": "reply", "text": "thanks",
               "match_rule": "phone", "size": 6, "raw": b"thanks", "conversation_id": thread,
-              "stored_at": moment + dt.timedelta(seconds=2)}],
+              "stored_at": NOW + dt.timedelta(seconds=2)}],
         )  # fmt: skip
     with runtime.engine.connect() as conn:
         shown = views.conversation(conn, thread)["messages"]

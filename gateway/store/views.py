@@ -154,9 +154,9 @@ def conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | Non
 
 def _places_of_parts(texts: list[dict[str, Any]]) -> dict[int, tuple[Any, str, int, int]]:
     """Where each outgoing row sorts in a thread (`texts` in id order): the parts of a split
-    text together and in order, at the moment its first part went, since pooled connections
-    can hand part 2 over before part 1. A text's parts are stored together: one enqueue, one
-    created_at, ids in part order."""
+    text together and in order, at the moment the earliest of them went, since pooled
+    connections can hand part 2 over before part 1. A text's parts are stored together: one
+    enqueue, one created_at, ids in part order."""
     groups: list[list[dict[str, Any]]] = []
     for text in texts:
         head = groups[-1][0] if groups else None
