@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
@@ -15,6 +15,23 @@ def select_in(conn: Connection, sql: str, items: Sequence[Any], mark: str) -> It
     """The rows of `sql`, whose `{marks}` is an IN list, over `items` in bounded chunks."""
     for statement, chunk in in_lists(sql, items, mark):
         yield from conn.exec_driver_sql(statement, tuple(chunk))
+
+
+Row = TypeVar("Row")
+
+# The most parameters one statement may carry on SQLite's oldest builds (newer ones allow
+# 32,766, PostgreSQL 65,535).
+MOST_PARAMETERS = 999
+
+
+def row_batches(rows: Sequence[Row], width: int) -> Iterator[Sequence[Row]]:
+    """`rows` of `width` parameters each, as many to a statement as MOST_PARAMETERS allows.
+    Many rows a statement, not one a row (executemany): on SQLite the search index's trigger
+    writes each statement's words out as a segment of their own, so a row a statement made the
+    index a third of a bulk enqueue."""
+    step = max(1, MOST_PARAMETERS // width)
+    for start in range(0, len(rows), step):
+        yield rows[start : start + step]
 
 
 def in_lists(sql: str, items: Sequence[Any], mark: str) -> Iterator[tuple[str, Sequence[Any]]]:

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.domain.delivery import State
 from gateway.domain.threading import Sent
 from gateway.store.db import insert_or
+from gateway.store.fastpath import row_batches
 from gateway.store.tables import (
     contacts,
     conversations,
@@ -130,13 +131,10 @@ def already_in(
 
 
 def store_inbound_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    # Many rows a statement, as insert_messages writes texts (the search index's trigger on
-    # SQLite writes each statement out apart), within SQLite's oldest parameter limit (999).
     if not rows:
         return
-    per_statement = max(1, 999 // len(rows[0]))
-    for start in range(0, len(rows), per_statement):
-        conn.execute(insert(inbound).values(list(rows[start : start + per_statement])))
+    for batch in row_batches(rows, len(rows[0])):
+        conn.execute(insert(inbound).values(list(batch)))
 
 
 def store_quarantined(conn: Connection, values: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from gateway.domain.delivery import State
 from gateway.store import live
-from gateway.store.fastpath import as_utc, driver_style, select_in
+from gateway.store.fastpath import as_utc, driver_style, row_batches, select_in
 from gateway.store.tables import messages, orders
 
 
@@ -96,13 +96,8 @@ def insert_messages(conn: Connection, rows: Iterable[NewMessage], now: dt.dateti
     ]  # fmt: skip
     if not values:
         return []
-    # Many rows a statement, not one statement a row (executemany): on SQLite the search
-    # index's trigger writes each statement's words out as a segment of their own, so a row a
-    # statement made the index a third of a bulk enqueue (issue 21's search). The rows a
-    # statement stays under SQLite's oldest parameter limit (999).
     one = "(" + ", ".join([mark] * len(_MESSAGE_COLUMNS)) + ")"
-    for start in range(0, len(values), _ROWS_A_STATEMENT):
-        chunk = values[start : start + _ROWS_A_STATEMENT]
+    for chunk in row_batches(values, len(_MESSAGE_COLUMNS)):
         conn.exec_driver_sql(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS_SQL}) VALUES {', '.join([one] * len(chunk))}",
             tuple(value for row in chunk for value in row),
@@ -121,7 +116,6 @@ _MESSAGE_COLUMNS = (
     "pinned_route", "channel", "channel_ref",
 )  # fmt: skip
 _MESSAGE_COLUMNS_SQL = ", ".join(_MESSAGE_COLUMNS)
-_ROWS_A_STATEMENT = 999 // len(_MESSAGE_COLUMNS)
 _MESSAGE_ID_COLUMN = _MESSAGE_COLUMNS.index("message_id")
 _IDS_BY_MESSAGE_ID = "SELECT message_id, id FROM messages WHERE message_id IN ({marks})"
 

@@ -95,7 +95,7 @@ def _mark(value: str, found: str) -> str:
 
 def _contacts(conn: Connection, query: str, limit: int) -> list[dict[str, Any]]:
     digits = re.sub(r"\D", "", query)
-    conditions = [contacts.c.name.ilike(f"%{_escape_like(query)}%", escape="\\")]
+    conditions = [contacts.c.name.icontains(query, autoescape=True)]
     if len(digits) >= 4:  # a number, as a person types it: (202) 555-0143, 202.555.0143, ...
         conditions.append(contacts.c.phone.like(f"%{digits}%"))
     rows = conn.execute(
@@ -121,7 +121,7 @@ def _orders(conn: Connection, query: str, limit: int) -> list[dict[str, Any]]:
     found = (
         select(func.max(messages.c.id).label("item_id"), messages.c.conversation_id, orders.c.ref)
         .select_from(messages.join(orders, orders.c.id == messages.c.order_id))
-        .where(func.lower(orders.c.ref).startswith(ref.lower(), autoescape=True))
+        .where(orders.c.ref.istartswith(ref, autoescape=True))
         .group_by(messages.c.conversation_id, orders.c.ref)
         .limit(limit)
         .subquery()
@@ -182,7 +182,3 @@ def _words(conn: Connection, words: list[str], limit: int) -> list[dict[str, Any
             for row in rows
         ]  # fmt: skip
     return hits
-
-
-def _escape_like(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
