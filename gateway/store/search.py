@@ -53,7 +53,10 @@ def declared(name: str | None, kind: str, parents: object) -> bool:
     return not (name and _UNDECLARED.search(name))
 
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+# A word as the index's tokenizer reads one: letters and digits. Not \w, whose "_" (and
+# combining marks) the tokenizer splits on: "a_b" would reach FTS5 as a phrase of two words,
+# which an index without positions (detail=none) refuses with an error.
+_WORD = re.compile(r"[^\W_]+")
 
 
 def search(conn: Connection, query: str, limit: int = 30) -> list[dict[str, Any]]:
