@@ -44,6 +44,11 @@ TARGETS = {
     ("bounce_accuracy", "all.hard_soft_right"): (">=", 0.97),
     ("bounce_accuracy", "all.status_right"): (">=", 0.90),
     ("bounce_accuracy", "all.non_failures_called_failures"): ("<=", 0),
+    # Issue 23's bar again, on the half of bench/data/bounces-unseen no rule was written from.
+    ("bounce_accuracy", "unseen.hold_out.detected"): (">=", 0.99),
+    ("bounce_accuracy", "unseen.hold_out.hard_soft_right"): (">=", 0.95),
+    ("bounce_accuracy", "unseen.hold_out.status_right"): (">=", 0.95),
+    ("bounce_accuracy", "unseen.hold_out.non_failures_called_failures"): ("<=", 0),
     ("inbound", "per_s"): (">=", 1000),
     ("inbound", "idle_latency_p50_s"): ("<=", 1.0),
     ("dashboard", "list_p95_ms"): ("<=", 100),
