@@ -548,19 +548,18 @@ def test_corpus_figures_meet_the_bar():
     assert figures["detected"] >= 0.98
     assert figures["hard_soft_right"] >= 0.97
     assert figures["status_right"] >= 0.90
-    # Issue 23's bar on the half no rule is written against, as far as it is met (status is
-    # one row short of 0.95: bench/NOTES.md says which rows and why).
+    # Issue 23's bar on the half no rule is written against.
     held_out = measured["hold_out"]
     assert held_out["non_failures_called_failures"] == 0
     assert held_out["detected"] >= 0.99
     assert held_out["hard_soft_right"] >= 0.95
-    assert held_out["status_right"] >= 0.94
+    assert held_out["status_right"] >= 0.95
     # Reports no rule was written against (bench/data/bounces-unseen): no lower than measured
     # when they were gathered (bench/NOTES.md).
     unseen = module.measure(module.UNSEEN)["all"]
     assert unseen["detected"] >= 0.98
     assert unseen["hard_soft_right"] >= 0.94
-    assert unseen["status_right"] >= 0.82
+    assert unseen["status_right"] >= 0.84
 
 
 @pytest.mark.parametrize(
@@ -663,3 +662,22 @@ def test_the_precedence_of_codes_over_words_is_one_table():
     assert reason_of("5.7.1", "550", "Message refused: spam") == "spamdetected"
     # 551, user not local: moved, however it is worded.
     assert reason_of("", "551", "User unknown; please try <new@example.org>") == "hasmoved"
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "expected"),
+    [
+        # The reporter sums the failure up as "gave up" (4.4.7); the server said why (4.7.1).
+        ("4.4.7", "450 4.7.1 Access denied. IP name lookup failed [192.0.2.222]", "4.7.1"),
+        ("5.1.1", "550 5.7.1 Message rejected as spam by Content Filtering", "5.7.1"),
+        # Only a specific code of the same class outranks the Status field: not a generic one,
+        # not one of the other class.
+        ("5.1.1", "550 5.0.0 <a@b.example>... User unknown", "5.1.1"),
+        ("5.4.7", "451 4.4.1 Connection timed out", "5.4.7"),
+        ("5.1.1", "550 User unknown", "5.1.1"),
+    ],
+)
+def test_the_servers_own_specific_code_outranks_the_reporters_status(status, diagnostic, expected):
+    report = read_report(parse(DSN.format(action="failed", status=status, diagnostic=diagnostic)))
+    [failed] = report.recipients
+    assert failed.status == expected

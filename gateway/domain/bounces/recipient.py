@@ -63,6 +63,12 @@ def recipient(
         found = PAIRED_STATUS.search(diagnostic) or STATUS.search(diagnostic)
         if found and (not status or found.groups()[1:] != ("0", "0")):
             status = ".".join(found.groups())
+    else:
+        # The server's own specific code (neither part 0) outranks the reporter's summary of
+        # it in the Status field, when both say the same class.
+        found = PAIRED_STATUS.search(diagnostic) or STATUS.search(diagnostic)
+        if found and found.group(1) == status[0] and "0" not in found.groups()[1:]:
+            status = ".".join(found.groups())
     if not code:
         found_code = REPLY_CODE.search(diagnostic)
         code = found_code.group(1) if found_code else ""
