@@ -559,7 +559,7 @@ def test_corpus_figures_meet_the_bar():
     unseen = module.measure(module.UNSEEN)["all"]
     assert unseen["detected"] >= 0.98
     assert unseen["hard_soft_right"] >= 0.94
-    assert unseen["status_right"] >= 0.84
+    assert unseen["status_right"] >= 0.86
 
 
 @pytest.mark.parametrize(
@@ -681,3 +681,53 @@ def test_the_servers_own_specific_code_outranks_the_reporters_status(status, dia
     report = read_report(parse(DSN.format(action="failed", status=status, diagnostic=diagnostic)))
     [failed] = report.recipients
     assert failed.status == expected
+
+
+SESSION_ERRORS = """From: MAILER-DAEMON@relay.example.org (Mail Delivery System)
+To: postmaster@relay.example.org (Postmaster)
+Subject: Postfix SMTP server: errors from localhost[127.0.0.1]
+Date: Wed, 27 Apr 2022 15:45:12 +0900
+
+Transcript of session follows.
+
+ Out: 220 relay.example.org ESMTP
+ In:  EHLO relay.example.org
+ Out: 250-relay.example.org
+ Out: 250 ENHANCEDSTATUSCODES
+ In:  MAIL FROM:<dispatch@example.com>
+ Out: 250 2.1.0 Ok
+ In:  RCPT TO:<2025550143@vtext.com>
+ Out: 250 2.1.5 Ok
+ In:  DATA
+ Out: 354 End data with <CR><LF>.<CR><LF>
+ Out: 451 4.3.0 Error: queue file write error
+ In:  QUIT
+ Out: 221 2.0.0 Bye
+"""
+
+
+def test_a_failures_codes_are_its_refusals_not_the_steps_that_went_well():
+    """A transcript's 250 2.1.0 and 220 come before the refusal: the failure is the 451 4.3.0."""
+    report = read_report(parse(SESSION_ERRORS))
+    assert report.kind == "bounce"
+    [failed] = report.recipients
+    assert (failed.address, failed.status, failed.smtp_code) == (
+        "2025550143@vtext.com",
+        "4.3.0",
+        "451",
+    )
+
+
+def test_a_reply_code_is_a_word_of_its_own():
+    """The digits ending a queue id ("mx222-q") are not a reply code; the 450 after it is."""
+    report = read_report(
+        parse(
+            DSN.format(
+                action="failed",
+                status="4.0.0",
+                diagnostic="queue id mx222-q held: 450 service permits 2 unverified sending IPs",
+            )
+        )
+    )
+    [failed] = report.recipients
+    assert failed.smtp_code == "450"

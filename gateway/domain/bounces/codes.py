@@ -6,7 +6,11 @@ from __future__ import annotations
 import re
 
 STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-REPLY_CODE = re.compile(r"(?<![\d.\-])([245]\d\d)(?=[ \-])")
+# A failure's codes are of class 4 or 5: a 2xx among a failure's words is a step of the session
+# that went well ("250 2.1.5 Ok" before the refusal in a transcript). A reply code is a word of
+# its own, not the digits ending a host or queue name ("neko222-nyaan").
+FAILURE_STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+REPLY_CODE = re.compile(r"(?<![\w.\-])([45]\d\d)(?=[ \-])")
 ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?"
 )
@@ -17,4 +21,4 @@ RCPT_TO = re.compile(
 MESSAGE_ID = re.compile(r"^message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 # An enhanced code right after the reply code is the remote server's own, where a reporter puts
 # its own category first ("5.1.0 - Unknown address error 550-'5.7.1 ... Access denied'").
-PAIRED_STATUS = re.compile(r"(?<![\d.])[245]\d\d[ \-]'?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+PAIRED_STATUS = re.compile(r"(?<![\d.])[45]\d\d[ \-]'?([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.domain.bounces.codes import PAIRED_STATUS, REPLY_CODE, STATUS
+from gateway.domain.bounces.codes import FAILURE_STATUS, PAIRED_STATUS, REPLY_CODE
 from gateway.domain.bounces.phase import looked_up, session_phase
 from gateway.domain.bounces.reasons import (
     ADDRESS_REASONS,
@@ -60,13 +60,13 @@ def recipient(
     the reporting system states in a field of its own, which outranks any reading of words."""
     if not status or status.endswith(".0.0"):
         # The server's own words often carry a more specific code than the report's x.0.0.
-        found = PAIRED_STATUS.search(diagnostic) or STATUS.search(diagnostic)
+        found = PAIRED_STATUS.search(diagnostic) or FAILURE_STATUS.search(diagnostic)
         if found and (not status or found.groups()[1:] != ("0", "0")):
             status = ".".join(found.groups())
     else:
         # The server's own specific code (neither part 0) outranks the reporter's summary of
         # it in the Status field, when both say the same class.
-        found = PAIRED_STATUS.search(diagnostic) or STATUS.search(diagnostic)
+        found = PAIRED_STATUS.search(diagnostic) or FAILURE_STATUS.search(diagnostic)
         if found and found.group(1) == status[0] and "0" not in found.groups()[1:]:
             status = ".".join(found.groups())
     if not code:
