@@ -11,12 +11,13 @@ STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 # its own, not the digits ending a host or queue name ("neko222-nyaan").
 FAILURE_STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 REPLY_CODE = re.compile(r"(?<![\w.\-])([45]\d\d)(?=[ \-])")
-ADDRESS = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?"
-)
+# An address as reports write it: a local part of atom characters, or a quoted string, which
+# RFC 5321 allows and servers echo back as written ("john..doe"@example.com), then a domain.
+LOCAL_PART = r"(?:\"[^\"\s]+\"|[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+)"
+ADDRESS = re.compile(LOCAL_PART + r"@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?")
 
 RCPT_TO = re.compile(
-    r"rcpt to:\s*<?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])", re.IGNORECASE
+    r"rcpt to:\s*<?(" + LOCAL_PART + r"@[A-Za-z0-9.\-]*[A-Za-z0-9])", re.IGNORECASE
 )
 MESSAGE_ID = re.compile(r"^message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 # An enhanced code right after the reply code is the remote server's own, where a reporter puts

@@ -10,7 +10,7 @@ import email.policy
 import re
 from collections.abc import Callable
 
-from gateway.domain.bounces.codes import ADDRESS, RCPT_TO
+from gateway.domain.bounces.codes import ADDRESS, LOCAL_PART, RCPT_TO
 from gateway.domain.bounces.mime import find_part, human_text, original_id, reporter_domain
 from gateway.domain.bounces.recipient import Report, recipient
 
@@ -111,12 +111,12 @@ _FAILURE_WORDS = (
     "delivery has failed", "delivery failed", "permanent error", "unable to deliver",
 )  # fmt: skip
 _VERDICT = re.compile(
-    r"^[45]\d\d <([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])>\.\.\. ",
+    r"^[45]\d\d <(" + LOCAL_PART + r"@[A-Za-z0-9.\-]*[A-Za-z0-9])>\.\.\. ",
     re.MULTILINE,
 )
 _ROBOTS = frozenset({"mailer-daemon", "postmaster", "root", "noreply"})
 _LEADING_ADDRESS = re.compile(
-    r"^[ \t]*[<\"']?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]*[A-Za-z0-9])[>\"']?:?"
+    r"^[ \t]*[<\"']?(" + LOCAL_PART + r"@[A-Za-z0-9.\-]*[A-Za-z0-9])[>\"']?:?"
     r"(?:[ \t]|$)",
     re.MULTILINE,
 )
