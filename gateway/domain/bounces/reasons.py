@@ -258,6 +258,7 @@ _REASON_BY_STATUS = {
     "3.4": "mesgtoobig", "4.7": "expired", "4.1": "networkerror", "4.4": "networkerror",
     "7.1": "rejected", "7.25": "requireptr", "7.26": "authfailure", "7.23": "authfailure",
     "7.0": "blocked", "3.0": "systemerror", "5.0": "syntaxerror",
+    "3.2": "notaccept",  # RFC 3463: "System not accepting network messages"
     "1.7": "rejected", "1.8": "rejected",  # the sender's address or domain, not the recipient's
 }  # fmt: skip
 
@@ -308,8 +309,9 @@ CODE_OVER_WORDS: tuple[tuple[frozenset[str], frozenset[str]], ...] = (
     (frozenset({"userunknown"}), frozenset({"hasmoved"})),
 )
 
-# Reply codes that name a reason of their own, ahead of the enhanced status code.
-_REPLY_REASON = {"551": "hasmoved"}
+# Reply codes that name a reason of their own, ahead of the enhanced status code: 551 "user
+# not local", 521 "host does not accept mail" (RFC 7504, a null MX's answer).
+_REPLY_REASON = {"551": "hasmoved", "521": "notaccept"}
 
 
 _RECIPIENT_REFUSED = re.compile(r"recipient address rejected\b:?([^;]{0,200})")
