@@ -771,3 +771,24 @@ def test_a_system_that_takes_no_mail_is_a_bad_address_by_the_standard_codes(code
     )
     [failed] = report.recipients
     assert (failed.reason, failed.permanent) == ("notaccept", True)
+
+
+def test_a_reply_code_names_a_reason_only_where_the_enhanced_code_names_none():
+    """551 is "user not local", but a server that pairs it with 5.7.1 refused delivery for
+    policy: the address is not called moved (a bad address) on the reply code alone."""
+    report = read_report(
+        parse(
+            DSN.format(
+                action="failed",
+                status="5.7.1",
+                diagnostic="551 5.7.1 <2025550143@vtext.com>: Recipient address rejected:"
+                " Delivery not authorized",
+            )
+        )
+    )
+    [failed] = report.recipients
+    assert failed.permanent is False and failed.reason != "hasmoved"
+    moved = read_report(
+        parse(DSN.format(action="failed", status="5.0.0", diagnostic="551 not our user"))
+    )
+    assert [(r.reason, r.permanent) for r in moved.recipients] == [("hasmoved", True)]

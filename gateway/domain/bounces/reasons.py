@@ -276,7 +276,9 @@ def reason_of(status: str, smtp_code: str, text: str) -> str:
         why = refused.group(1).strip(" .")
         plain = not why or why.startswith("access denied")
         by_words = "userunknown" if plain else reason_by_words(why) or by_words
-    by_code = _REPLY_REASON.get(smtp_code) or _status_reason(status)
+    # An enhanced code is the more specific of the two: a reply code names a reason only where
+    # the enhanced one says nothing specific (551 with 5.7.1 is a refusal, not a moved user).
+    by_code = _status_reason(status) or _REPLY_REASON.get(smtp_code)
     if by_words and by_code and by_words != by_code:
         code_wins = any(by_words in words and by_code in codes for words, codes in CODE_OVER_WORDS)
         return by_code if code_wins else by_words
@@ -309,8 +311,8 @@ CODE_OVER_WORDS: tuple[tuple[frozenset[str], frozenset[str]], ...] = (
     (frozenset({"userunknown"}), frozenset({"hasmoved"})),
 )
 
-# Reply codes that name a reason of their own, ahead of the enhanced status code: 551 "user
-# not local", 521 "host does not accept mail" (RFC 7504, a null MX's answer).
+# Reply codes that name a reason of their own where the enhanced status code names none: 551
+# "user not local", 521 "host does not accept mail" (RFC 7504, a null MX's answer).
 _REPLY_REASON = {"551": "hasmoved", "521": "notaccept"}
 
 
