@@ -792,3 +792,41 @@ def test_a_reply_code_names_a_reason_only_where_the_enhanced_code_names_none():
         parse(DSN.format(action="failed", status="5.0.0", diagnostic="551 not our user"))
     )
     assert [(r.reason, r.permanent) for r in moved.recipients] == [("hasmoved", True)]
+
+
+QMAIL_NO_CONNECTION = """From: MAILER-DAEMON@mx.example.org
+To: dispatch@example.com
+Subject: failure notice
+
+Hi. This is the qmail-send program at mx.example.org.
+I'm afraid I wasn't able to deliver your message to the following addresses.
+This is a permanent error; I've given up. Sorry it didn't work out.
+
+<2025550143@carrier.example>:
+Sorry, no SMTP connection got far enough; most progress was RCPT TO response; remote host \
+192.0.2.32 said: 550 Unknown user 2025550143@carrier.example
+. (#5.5.0)
+
+--- Below this line is a copy of the message.
+
+From: dispatch@example.com
+To: 2025550143@carrier.example
+Subject: Your order
+
+On its way.
+"""
+
+
+def test_qmails_words_for_a_refusal_at_rcpt_show_the_mailbox_was_looked_up():
+    """qmail says "most progress was RCPT TO response" (and "does not like recipient") where
+    other systems say "in reply to RCPT TO": an unknown user refused there is a bad address."""
+    [failed] = read_report(parse(QMAIL_NO_CONNECTION)).recipients
+    assert (failed.reason, failed.permanent) == ("userunknown", True)
+    liked = QMAIL_NO_CONNECTION.replace(
+        "Sorry, no SMTP connection got far enough; most progress was RCPT TO response; remote host"
+        " 192.0.2.32 said:",
+        "192.0.2.32 does not like recipient.\nRemote host said:",
+    )
+    assert liked != QMAIL_NO_CONNECTION
+    [failed] = read_report(parse(liked)).recipients
+    assert (failed.reason, failed.permanent) == ("userunknown", True)

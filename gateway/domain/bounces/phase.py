@@ -15,7 +15,9 @@ _AT_DATA = re.compile(
 _AT_MAIL = re.compile(r"after mail from|in reply to mail from|mail from command", re.IGNORECASE)
 _AT_RCPT = re.compile(
     r"(?:after|in reply to|like our|smtp:) ?rcpt\b|rcpt(?: to)? command|\[rcpt_to\]|"
-    r"server has rejected (?:the )?(?:address|recipient)|recipient address rejected",
+    r"server has rejected (?:the )?(?:address|recipient)|recipient address rejected|"
+    # qmail-remote's own words for a refusal of the recipient.
+    r"most progress was rcpt to response|does not like recipient",
     re.IGNORECASE,
 )
 # A refusal whose address slot is empty ("550 : User unknown"): no mailbox was looked up, so the
