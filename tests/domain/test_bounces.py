@@ -830,3 +830,26 @@ def test_qmails_words_for_a_refusal_at_rcpt_show_the_mailbox_was_looked_up():
     assert liked != QMAIL_NO_CONNECTION
     [failed] = read_report(parse(liked)).recipients
     assert (failed.reason, failed.permanent) == ("userunknown", True)
+
+
+def test_a_stated_status_is_kept_when_the_block_names_a_mailbox_file_not_an_address():
+    """Exim writes "Final-Recipient: rfc822;/var/spool/..." for a local mailbox file; the
+    letter names the address, and the block's Status still belongs to it."""
+    text = (
+        DSN.format(action="failed", status="5.2.2", diagnostic="")
+        .replace("Diagnostic-Code: smtp; \n", "")
+        .replace("rfc822; 2025550143@vtext.com", "rfc822;/var/spool/mail/2025550143")
+        .replace(
+            "I'm sorry to have to inform you that your message could not be delivered.",
+            "This message was created automatically by mail delivery software.\n\n"
+            "  2025550143@vtext.com\n    mailbox is full",
+        )
+        .replace("Subject:", "X-Failed-Recipients: 2025550143@vtext.com\nSubject:", 1)
+    )
+    assert "Diagnostic-Code" not in text
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.address, failed.status, failed.reason) == (
+        "2025550143@vtext.com",
+        "5.2.2",
+        "mailboxfull",
+    )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import email.message
 import email.policy
 
-from gateway.domain.bounces.dsn import from_status_part
+from gateway.domain.bounces.dsn import from_status_part, single_status
 from gateway.domain.bounces.letters import from_text, looks_like_bounce, text_about
 from gateway.domain.bounces.mime import (
     content_type,
@@ -49,12 +49,16 @@ def read_report(message: email.message.Message) -> Report | None:
         return feedback(message)
     # Bounces before auto-replies: mail systems mark their bounces Auto-Submitted too.
     status_part = find_part(message, "message/delivery-status", "message/global-delivery-status")
+    stated = ""
     if status_part is not None:
         report = from_status_part(message, status_part)
         if report is not None:
             return report
+        # A block that names no address (Exim's "rfc822;/var/spool/..." for a mailbox file) still
+        # states the status: the letter names the recipient.
+        stated = single_status(status_part)
     if looks_like_bounce(message):
-        report = from_text(message)
+        report = from_text(message, stated)
         if report is not None:
             return report
         # A report with no word on its recipients (Postfix's "Delivery report unavailable"):

@@ -80,6 +80,13 @@ def from_status_part(message: email.message.Message, part: email.message.Message
     return None
 
 
+def single_status(part: email.message.Message) -> str:
+    """The Status a delivery-status part states for its one failed recipient, or ""."""
+    failed = [b for b in status_blocks(part)[1:] if b.get("action", "failed").lower() == "failed"]
+    found = STATUS.search(failed[0].get("status", "")) if len(failed) == 1 else None
+    return ".".join(found.groups()) if found and found.group(1) != "2" else ""
+
+
 def status_blocks(part: email.message.Message) -> list[dict[str, str]]:
     """The field blocks of a delivery-status part: the first is about the message, the rest
     are one per recipient."""

@@ -15,21 +15,25 @@ from gateway.domain.bounces.mime import find_part, human_text, original_id, repo
 from gateway.domain.bounces.recipient import Report, recipient
 
 
-def from_text(message: email.message.Message) -> Report | None:
+def from_text(message: email.message.Message, stated: str = "") -> Report | None:
+    """The failed recipients a letter names. `stated` is a status the report states for its one
+    failed recipient in a part that does not name it (a delivery-status block without an
+    address)."""
     text = human_text(message)
     found = failed_addresses(message, text)
     if found is None:
         return None
     reader, addresses = found
+    status = stated if len(addresses) == 1 else ""
     failed = []
     reporter = reporter_domain(message)
     for address in addresses:
         near = text_about(text, address, addresses)
-        failure = recipient(address, "", "", near, text, reporter=reporter)
+        failure = recipient(address, status, "", near, text, reporter=reporter)
         if failure.reason in ("undefined", "onhold"):
             # Some letters give the server's words before naming the address (Verizon's
             # "Error message below: 550 ... / RCPT TO: ..."): read the whole letter.
-            failure = recipient(address, "", "", text[:2000], text, reporter=reporter)
+            failure = recipient(address, status, "", text[:2000], text, reporter=reporter)
         failed.append(failure)
     return Report("bounce", tuple(failed), original_message_id=original_id(message), reader=reader)
 
