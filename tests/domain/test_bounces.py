@@ -853,3 +853,37 @@ def test_a_stated_status_is_kept_when_the_block_names_a_mailbox_file_not_an_addr
         "5.2.2",
         "mailboxfull",
     )
+
+
+EXIM_REFUSED_ON_CONNECTING = """From: Mail Delivery System <Mailer-Daemon@mx.example.org>
+To: dispatch@example.com
+Subject: Mail delivery failed: returning message to sender
+X-Failed-Recipients: 2025550143@carrier.example
+
+This message was created automatically by mail delivery software.
+
+A message that you sent could not be delivered to one or more of its
+recipients. This is a permanent error. The following address(es) failed:
+
+  2025550143@carrier.example
+    host mx.carrier.example [192.0.2.1]
+    SMTP error from remote mail server after initial connection:
+    550 Access denied
+"""
+
+
+@pytest.mark.parametrize(
+    "letter",
+    [
+        EXIM_REFUSED_ON_CONNECTING,
+        EXIM_REFUSED_ON_CONNECTING.replace(
+            "SMTP error from remote mail server after initial connection:\n    550 Access denied",
+            "host mx.carrier.example[192.0.2.1] refused to talk to me: 554 Not welcome",
+        ),
+    ],
+)
+def test_a_refusal_on_connecting_is_our_host_turned_away(letter):
+    """Refused before any command, in words that say no more than "access denied": the server
+    turned our host away (blocked), which says nothing about the address."""
+    [failed] = read_report(parse(letter)).recipients
+    assert (failed.reason, failed.permanent) == ("blocked", False)

@@ -13,6 +13,9 @@ _AT_DATA = re.compile(
     re.IGNORECASE,
 )
 _AT_MAIL = re.compile(r"after mail from|in reply to mail from|mail from command", re.IGNORECASE)
+# Refused on connecting, before any command (Exim's "after initial connection", Postfix's
+# "refused to talk to me"): the server turned our host away, whatever the recipient.
+_AT_CONNECT = re.compile(r"after initial connection|refused to talk to me", re.IGNORECASE)
 _AT_RCPT = re.compile(
     r"(?:after|in reply to|like our|smtp:) ?rcpt\b|rcpt(?: to)? command|\[rcpt_to\]|"
     r"server has rejected (?:the )?(?:address|recipient)|recipient address rejected|"
@@ -56,10 +59,11 @@ def _same_organisation(domain: str, other: str) -> bool:
 
 
 def session_phase(address: str, diagnostic: str, about: str, transcript: str) -> str | None:
-    """The SMTP command a refusal answered (MAIL, RCPT or DATA), where the report says: in the
-    server's words, in the report's words about the recipient ("... (in reply to RCPT TO
-    command)"), or in a session transcript."""
-    for wording, phase in ((_AT_MAIL, "MAIL"), (_AT_DATA, "DATA"), (_AT_RCPT, "RCPT")):
+    """The SMTP command a refusal answered (MAIL, RCPT or DATA; CONNECT for the greeting), where
+    the report says: in the server's words, in the report's words about the recipient ("...
+    (in reply to RCPT TO command)"), or in a session transcript."""
+    phases = (_AT_CONNECT, "CONNECT"), (_AT_MAIL, "MAIL"), (_AT_DATA, "DATA"), (_AT_RCPT, "RCPT")
+    for wording, phase in phases:
         if wording.search(diagnostic) or wording.search(about):
             return phase
     return _command_before(transcript, diagnostic, address)

@@ -38,6 +38,8 @@ class Report:
 
 
 _PHASE_MATTERS = ADDRESS_REASONS | {"filtered"}
+# Reasons that say only that delivery was refused, not why.
+_GENERIC = frozenset({"filtered", "rejected", "undefined", "onhold"})
 
 
 # Reasons a policy code (x.7.x) gives that some servers pair with every refused recipient.
@@ -78,10 +80,13 @@ def recipient(
     # How the refusal came matters only to refusals that could be about the address; reading
     # a transcript for it is left to them.
     phase = None
-    if reason in _PHASE_MATTERS or unknown_user:
+    if reason in _PHASE_MATTERS or reason in _GENERIC or unknown_user:
         phase = session_phase(address, diagnostic, about, context)
     if verdict:
         reason = verdict
+    elif phase == "CONNECT" and reason in _GENERIC:
+        # Turned away on connecting, in words that say no more: the server refused our host.
+        reason = "blocked"
     elif phase == "MAIL":
         # Refused before any recipient was named: the words are about our sender address.
         reason = "rejected"
