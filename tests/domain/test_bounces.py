@@ -887,3 +887,27 @@ def test_a_refusal_on_connecting_is_our_host_turned_away(letter):
     turned our host away (blocked), which says nothing about the address."""
     [failed] = read_report(parse(letter)).recipients
     assert (failed.reason, failed.permanent) == ("blocked", False)
+
+
+@pytest.mark.parametrize(
+    ("command", "reason", "permanent"),
+    [("RCPT TO", "userunknown", True), ("end of DATA", "rejected", False)],
+)
+def test_the_access_maps_bare_refusal_of_a_recipient_at_rcpt_is_a_bad_address(
+    command, reason, permanent
+):
+    """Postfix's "Recipient address rejected: Access denied" under the policy code 5.7.1 is how
+    that server refuses a recipient it will not take, when it comes at RCPT; the same words
+    after DATA say nothing about the address."""
+    report = read_report(
+        parse(
+            DSN.format(
+                action="failed",
+                status="5.7.1",
+                diagnostic="554 5.7.1 <2025550143@vtext.com>: Recipient address rejected:"
+                f" Access denied (in reply to {command} command)",
+            )
+        )
+    )
+    [failed] = report.recipients
+    assert (failed.reason, failed.permanent) == (reason, permanent)

@@ -274,8 +274,7 @@ def reason_of(status: str, smtp_code: str, text: str) -> str:
         # or only the access map's "Access denied", the recipient itself was refused. A why
         # with no words we know (a greylist) says nothing about the address.
         why = refused.group(1).strip(" .")
-        plain = not why or why.startswith("access denied")
-        by_words = "userunknown" if plain else reason_by_words(why) or by_words
+        by_words = "userunknown" if _plain(why) else reason_by_words(why) or by_words
     # An enhanced code is the more specific of the two: a reply code names a reason only where
     # the enhanced one says nothing specific (551 with 5.7.1 is a refusal, not a moved user).
     by_code = _status_reason(status) or _REPLY_REASON.get(smtp_code)
@@ -317,6 +316,17 @@ _REPLY_REASON = {"551": "hasmoved", "521": "notaccept"}
 
 
 _RECIPIENT_REFUSED = re.compile(r"recipient address rejected\b:?([^;]{0,200})")
+
+
+def _plain(why: str) -> bool:
+    return not why or why.startswith("access denied")
+
+
+def refused_recipient_plainly(lowered: str) -> bool:
+    """Whether `lowered` is Postfix's refusal of the recipient itself: "Recipient address
+    rejected" with no reason, or only the access map's "Access denied"."""
+    refused = _RECIPIENT_REFUSED.search(lowered)
+    return refused is not None and _plain(refused.group(1).strip(" ."))
 
 
 def reason_by_words(lowered: str) -> str | None:

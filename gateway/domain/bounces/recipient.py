@@ -11,6 +11,7 @@ from gateway.domain.bounces.reasons import (
     ADDRESS_REASONS,
     reason_by_words,
     reason_of,
+    refused_recipient_plainly,
 )
 
 # Mailing-list services that refuse a post (no such group, no permission to post) in the
@@ -76,7 +77,7 @@ def recipient(
         code = found_code.group(1) if found_code else ""
     reason = reason_of(status, code, diagnostic)
     lowered = " ".join(diagnostic.lower().split())
-    unknown_user = reason_by_words(lowered) == "userunknown"
+    unknown_user = reason_by_words(lowered) == "userunknown" or refused_recipient_plainly(lowered)
     # How the refusal came matters only to refusals that could be about the address; reading
     # a transcript for it is left to them.
     phase = None
