@@ -554,12 +554,13 @@ def test_corpus_figures_meet_the_bar():
     assert held_out["detected"] >= 0.99
     assert held_out["hard_soft_right"] >= 0.95
     assert held_out["status_right"] >= 0.95
-    # Reports no rule was written against (bench/data/bounces-unseen): no lower than measured
-    # when they were gathered (bench/NOTES.md).
-    unseen = module.measure(module.UNSEEN)["all"]
+    # The unseen reports whose misses have been read (bench/data/bounces-unseen/read.txt): no
+    # lower than when the last rule was written from them (bench/NOTES.md). Their unread
+    # hold-out is the benchmark's to judge, each new batch once, not a floor here.
+    unseen = module.measure(module.UNSEEN)["development"]
     assert unseen["detected"] >= 0.99
-    assert unseen["hard_soft_right"] >= 0.96
-    assert unseen["status_right"] >= 0.92
+    assert unseen["hard_soft_right"] >= 0.97
+    assert unseen["status_right"] >= 0.93
     assert unseen["non_failures_called_failures"] == 0
 
 
