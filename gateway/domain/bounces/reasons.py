@@ -189,6 +189,9 @@ REASON_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
             "poor reputation",
         ),
     ),
+    # Refused for where it came from: a server that names our sending address ("messages from
+    # 192.0.2.1 weren't sent") has turned our host away, not the recipient or the sender.
+    ("blocked", re.compile(r"\b(?:messages|mail|connections?) from \[?\d{1,3}(?:\.\d{1,3}){3}\b")),
     ("spamdetected", _words("spam", "junk mail", "bulk mail")),
     ("authfailure", _words("spf", "dkim", "dmarc")),
     (
