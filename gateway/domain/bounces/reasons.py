@@ -234,7 +234,7 @@ REASON_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
             "network error",
         ),
     ),
-    ("securityerror", _words("tls", "certificate", "security")),
+    ("securityerror", _words("tls", "starttls", "certificate")),
     (
         "policyviolation",
         _words(
