@@ -28,8 +28,8 @@ def _words(*words: str) -> re.Pattern[str]:
 #   4. the mailbox's state (full, the message too big for it), the host unknown, the account
 #      disabled: each more specific than the "user unknown" servers add to them;
 #   5. the unknown user;
-#   6. content and reputation (virus, block lists, spam, authentication), relaying, too many
-#      connections, giving up after retries, network errors, TLS, policy;
+#   6. content and reputation (virus, sending too fast, block lists, spam, authentication),
+#      relaying, too many connections, giving up after retries, network errors, TLS, policy;
 #   7. the generic words last (filtered, refused, rejected), which every refusal may use.
 # Each pattern matches whole words only. When the words and a specific status code disagree,
 # CODE_OVER_WORDS decides.
@@ -174,6 +174,20 @@ REASON_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
     ("virusdetected", _words("virus")),
+    # Too much from us in too little time: a limit on our sending, not a verdict on the address
+    # (GoDaddy's "has sent to too many recipients this hour" comes under 5.1.1) or our host.
+    (
+        "ratelimited",
+        _words(
+            "too many recipients",
+            "too many messages",
+            "rate limit",
+            "rate limited",
+            "sending rate",
+            "frequency limited",
+            "sent too many",
+        ),
+    ),
     (
         "blocked",
         _words(
