@@ -55,6 +55,13 @@ Your order is on its way.
 """
 
 
+def failed_recipients(status: str, diagnostic: str):
+    """The recipients read from a standard report of one failed delivery (DSN above)."""
+    return read_report(
+        parse(DSN.format(action="failed", status=status, diagnostic=diagnostic))
+    ).recipients
+
+
 def test_standard_report_with_an_unknown_user_is_a_permanent_failure():
     report = read_report(
         parse(
@@ -85,9 +92,7 @@ def test_standard_report_with_an_unknown_user_is_a_permanent_failure():
     ],
 )
 def test_refusals_that_say_nothing_about_the_address_are_not_permanent(status, diagnostic, reason):
-    [failed] = read_report(
-        parse(DSN.format(action="failed", status=status, diagnostic=diagnostic))
-    ).recipients
+    [failed] = failed_recipients(status, diagnostic)
     assert failed.reason == reason and not failed.permanent
 
 
@@ -210,9 +215,7 @@ def test_a_transcript_refusing_the_recipient_as_it_is_named_is_at_rcpt():
     ],
 )
 def test_a_directory_lookup_is_an_unknown_user_whatever_the_phase(diagnostic):
-    [failed] = read_report(
-        parse(DSN.format(action="failed", status="5.0.0", diagnostic=diagnostic))
-    ).recipients
+    [failed] = failed_recipients("5.0.0", diagnostic)
     assert (failed.reason, failed.permanent) == ("userunknown", True)
 
 
@@ -446,9 +449,7 @@ def test_an_indented_delimiter_still_ends_its_part():
 
 def test_the_code_beside_the_servers_reply_outranks_the_reporters_category():
     diagnostic = "5.1.0 - Unknown address error 550-'5.7.1 <bounce@ses.example>... Access denied'"
-    [failed] = read_report(
-        parse(DSN.format(action="failed", status="5.0.0", diagnostic=diagnostic))
-    ).recipients
+    [failed] = failed_recipients("5.0.0", diagnostic)
     assert (failed.status, failed.permanent) == ("5.7.1", False)
 
 
@@ -474,9 +475,7 @@ def test_a_japanese_diagnostic_in_iso_2022_jp_is_read():
     # Notes writes its Japanese words, escape sequences and all, into the Diagnostic-Code.
     words = "ユーザー Neko (2025550143@vtext.com) は Domino ディレクトリには見つかりません。"
     diagnostic = words.encode("iso-2022-jp").decode("ascii")
-    [failed] = read_report(
-        parse(DSN.format(action="failed", status="5.0.0", diagnostic=diagnostic))
-    ).recipients
+    [failed] = failed_recipients("5.0.0", diagnostic)
     assert "ディレクトリ" in failed.diagnostic
     assert (failed.reason, failed.permanent) == ("userunknown", True)
 
@@ -592,9 +591,7 @@ def test_corpus_figures_meet_the_bar():
     ],
 )  # fmt: skip
 def test_specific_words_and_codes(diagnostic, status, reason, permanent):
-    [failed] = read_report(
-        parse(DSN.format(action="failed", status=status, diagnostic=diagnostic))
-    ).recipients
+    [failed] = failed_recipients(status, diagnostic)
     assert (failed.reason, failed.permanent) == (reason, permanent)
 
 
@@ -688,8 +685,7 @@ def test_the_precedence_of_codes_over_words_is_one_table():
     ],
 )
 def test_the_servers_own_specific_code_outranks_the_reporters_status(status, diagnostic, expected):
-    report = read_report(parse(DSN.format(action="failed", status=status, diagnostic=diagnostic)))
-    [failed] = report.recipients
+    [failed] = failed_recipients(status, diagnostic)
     assert failed.status == expected
 
 
@@ -730,16 +726,10 @@ def test_a_failures_codes_are_its_refusals_not_the_steps_that_went_well():
 
 def test_a_reply_code_is_a_word_of_its_own():
     """The digits ending a queue id ("mx222-q") are not a reply code; the 450 after it is."""
-    report = read_report(
-        parse(
-            DSN.format(
-                action="failed",
-                status="4.0.0",
-                diagnostic="queue id mx222-q held: 450 service permits 2 unverified sending IPs",
-            )
-        )
+    [failed] = failed_recipients(
+        "4.0.0",
+        "queue id mx222-q held: 450 service permits 2 unverified sending IPs",
     )
-    [failed] = report.recipients
     assert failed.smtp_code == "450"
 
 
@@ -768,39 +758,24 @@ def test_an_address_with_a_quoted_local_part_is_read():
 def test_a_system_that_takes_no_mail_is_a_bad_address_by_the_standard_codes(code, status):
     """RFC 3463's x.3.2 ("system not accepting network messages") and RFC 7504's 521 ("host
     does not accept mail") say the address cannot receive, however the words are put."""
-    report = read_report(
-        parse(
-            DSN.format(
-                action="failed",
-                status=status,
-                diagnostic=f"{code} {status} <2025550143@vtext.com>: Recipient address rejected:"
-                " System not accepting network messages",
-            )
-        )
+    [failed] = failed_recipients(
+        status,
+        f"{code} {status} <2025550143@vtext.com>: Recipient address rejected:"
+        " System not accepting network messages",
     )
-    [failed] = report.recipients
     assert (failed.reason, failed.permanent) == ("notaccept", True)
 
 
 def test_a_reply_code_names_a_reason_only_where_the_enhanced_code_names_none():
     """551 is "user not local", but a server that pairs it with 5.7.1 refused delivery for
     policy: the address is not called moved (a bad address) on the reply code alone."""
-    report = read_report(
-        parse(
-            DSN.format(
-                action="failed",
-                status="5.7.1",
-                diagnostic="551 5.7.1 <2025550143@vtext.com>: Recipient address rejected:"
-                " Delivery not authorized",
-            )
-        )
+    [failed] = failed_recipients(
+        "5.7.1",
+        "551 5.7.1 <2025550143@vtext.com>: Recipient address rejected: Delivery not authorized",
     )
-    [failed] = report.recipients
     assert failed.permanent is False and failed.reason != "hasmoved"
-    moved = read_report(
-        parse(DSN.format(action="failed", status="5.0.0", diagnostic="551 not our user"))
-    )
-    assert [(r.reason, r.permanent) for r in moved.recipients] == [("hasmoved", True)]
+    moved = failed_recipients("5.0.0", "551 not our user")
+    assert [(r.reason, r.permanent) for r in moved] == [("hasmoved", True)]
 
 
 QMAIL_NO_CONNECTION = """From: MAILER-DAEMON@mx.example.org
@@ -935,8 +910,7 @@ def test_a_refusal_naming_our_sending_address_is_our_host_turned_away(refusal):
 def test_a_limit_on_our_sending_is_not_a_bad_address(diagnostic):
     """A server that says we sent too much too fast has said nothing against the address, even
     under an addressing code (5.1.1) at RCPT: try later, do not drop the number."""
-    report = read_report(parse(DSN.format(action="failed", status="5.1.1", diagnostic=diagnostic)))
-    [failed] = report.recipients
+    [failed] = failed_recipients("5.1.1", diagnostic)
     assert (failed.reason, failed.permanent) == ("ratelimited", False)
 
 
@@ -950,15 +924,9 @@ def test_the_access_maps_bare_refusal_of_a_recipient_at_rcpt_is_a_bad_address(
     """Postfix's "Recipient address rejected: Access denied" under the policy code 5.7.1 is how
     that server refuses a recipient it will not take, when it comes at RCPT; the same words
     after DATA say nothing about the address."""
-    report = read_report(
-        parse(
-            DSN.format(
-                action="failed",
-                status="5.7.1",
-                diagnostic="554 5.7.1 <2025550143@vtext.com>: Recipient address rejected:"
-                f" Access denied (in reply to {command} command)",
-            )
-        )
+    [failed] = failed_recipients(
+        "5.7.1",
+        "554 5.7.1 <2025550143@vtext.com>: Recipient address rejected:"
+        f" Access denied (in reply to {command} command)",
     )
-    [failed] = report.recipients
     assert (failed.reason, failed.permanent) == (reason, permanent)
