@@ -47,6 +47,18 @@ _GENERIC = frozenset({"filtered", "rejected", "undefined", "onhold"})
 _FILED_AS_POLICY = frozenset({"rejected", "securityerror", "blocked"})
 
 
+def _servers_code_wins(servers: tuple[str, ...], status: str) -> bool:
+    """Whether the code in the server's own words outranks the report's Status field: where the
+    report states none, or only a generic x.0.0 the server says more than; and a specific code
+    of the server's (neither part 0) over the reporter's summary of it, when both are one class."""
+    cls, subject, detail = servers
+    if not status:
+        return True
+    if status.endswith(".0.0"):
+        return (subject, detail) != ("0", "0")
+    return cls == status[0] and "0" not in (subject, detail)
+
+
 def recipient(
     address: str,
     status: str,
@@ -61,17 +73,9 @@ def recipient(
     this recipient (when `diagnostic` is the server's words alone); both are read only for how
     the refusal came, as is `reporter`, the domain the report came from. `verdict` is a reason
     the reporting system states in a field of its own, which outranks any reading of words."""
-    if not status or status.endswith(".0.0"):
-        # The server's own words often carry a more specific code than the report's x.0.0.
-        found = PAIRED_STATUS.search(diagnostic) or FAILURE_STATUS.search(diagnostic)
-        if found and (not status or found.groups()[1:] != ("0", "0")):
-            status = ".".join(found.groups())
-    else:
-        # The server's own specific code (neither part 0) outranks the reporter's summary of
-        # it in the Status field, when both say the same class.
-        found = PAIRED_STATUS.search(diagnostic) or FAILURE_STATUS.search(diagnostic)
-        if found and found.group(1) == status[0] and "0" not in found.groups()[1:]:
-            status = ".".join(found.groups())
+    found = PAIRED_STATUS.search(diagnostic) or FAILURE_STATUS.search(diagnostic)
+    if found and _servers_code_wins(found.groups(), status):
+        status = ".".join(found.groups())
     if not code:
         found_code = REPLY_CODE.search(diagnostic)
         code = found_code.group(1) if found_code else ""
