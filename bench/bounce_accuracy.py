@@ -5,6 +5,9 @@ change is kept only if the hold-out figures improve too. The same figures follow
 bench/data/bounces-unseen ("unseen"), reports from the same collection gathered after the
 corpus's hold-out had been read. Its split is by what has been read: the reports listed in its
 read.txt (whose misses someone has looked at) are its development half, the rest its hold-out.
+The same again for bench/data/bounces-bounceparser ("bounceparser"), reports from another
+collection (Mail::DeliveryStatus::BounceParser's tests), labelled by other people: it judges
+hard/soft and finding the failed recipient, not status (its labels state none).
 Last line: one JSON object.
 
 The split is by a hash of the file name, so it never changes and no one chooses it.
@@ -34,6 +37,8 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpu
 # Reports from the same collection that no rule was written against (see its README): measured
 # apart, with its own halves.
 UNSEEN = Path(__file__).resolve().parent / "data" / "bounces-unseen"
+# Reports from a second collection, with its maintainers' labels (see its README).
+BOUNCEPARSER = Path(__file__).resolve().parent / "data" / "bounces-bounceparser"
 HALVES = ("development", "hold_out")
 
 # Sisimai's invented status for each reason, where a report states none: x.0.9NN.
@@ -155,10 +160,22 @@ def main() -> None:
     parser.add_argument(
         "--unseen", type=Path, default=UNSEEN, help="reports gathered after the corpus (its README)"
     )
+    parser.add_argument(
+        "--bounceparser", type=Path, default=BOUNCEPARSER, help="a second collection (its README)"
+    )
     args = parser.parse_args()
     figures = measure(args.corpus, args.show, only="development")
     unseen = measure(args.unseen, args.show, only="development")
-    print(json.dumps({**figures, "unseen": {half: unseen[half] for half in (*HALVES, "all")}}))
+    other = measure(args.bounceparser, args.show, only="development")
+    print(
+        json.dumps(
+            {
+                **figures,
+                "unseen": {half: unseen[half] for half in (*HALVES, "all")},
+                "bounceparser": {half: other[half] for half in (*HALVES, "all")},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
