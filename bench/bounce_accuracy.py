@@ -32,7 +32,8 @@ from typing import Any
 
 from gateway.domain.bounces import Recipient, read_report
 
-NOT_FAILURES = {"feedback", "vacation", "delivered"}
+# "not_a_bounce": bounceparser's label for auto-replies and challenge/response notices.
+NOT_FAILURES = {"feedback", "vacation", "delivered", "not_a_bounce"}
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus" / "bounces"
 # Reports from the same collection that no rule was written against (see its README): measured
 # apart, with its own halves.
