@@ -69,6 +69,10 @@ def sisimai_status(found: Recipient) -> str:
     return f"{'4' if temporary else '5'}.0.{SISIMAI_STATUS[found.reason]}"
 
 
+def _share(right: int, rows: int) -> float | None:
+    return round(right / rows, 4) if rows else None
+
+
 class Tally:
     def __init__(self) -> None:
         self.reports = self.failures = self.detected = self.rows = self.hard_right = 0
@@ -81,10 +85,11 @@ class Tally:
             "failure_reports": self.failures,
             "detected": round(self.detected / max(self.failures, 1), 4),
             "hard_soft_right": round(self.hard_right / max(self.rows, 1), 4),
-            "status_right": round(self.status_right / max(self.status_rows, 1), 4),
+            # None where no row has a status to judge (a set whose labels state none).
+            "status_right": _share(self.status_right, self.status_rows),
             # Of the rows whose report states a code (not one of Sisimai's x.0.9NN): the
             # reader's own code, with no mapping.
-            "stated_status_right": round(self.stated_right / max(self.stated_rows, 1), 4),
+            "stated_status_right": _share(self.stated_right, self.stated_rows),
             "non_failures": self.others,
             "non_failures_called_failures": self.others_wrong,
         }
