@@ -83,9 +83,10 @@ class Tally:
         return {
             "reports": self.reports,
             "failure_reports": self.failures,
-            "detected": round(self.detected / max(self.failures, 1), 4),
-            "hard_soft_right": round(self.hard_right / max(self.rows, 1), 4),
-            # None where no row has a status to judge (a set whose labels state none).
+            # None where there is nothing to judge: a half with no failure reports, a set whose
+            # labels state no status.
+            "detected": _share(self.detected, self.failures),
+            "hard_soft_right": _share(self.hard_right, self.rows),
             "status_right": _share(self.status_right, self.status_rows),
             # Of the rows whose report states a code (not one of Sisimai's x.0.9NN): the
             # reader's own code, with no mapping.

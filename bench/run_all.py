@@ -90,9 +90,12 @@ def flat(figures: dict[str, object], prefix: str = "") -> list[tuple[str, object
 
 def verdict(bench: str, key: str, value: object) -> str:
     target = TARGETS.get((bench, key))
-    if target is None or not isinstance(value, int | float):
+    if target is None:
         return ""
     op, bound = target
+    if not isinstance(value, int | float):
+        # A target with nothing measured (a half with no rows) shows as such, not as blank.
+        return f"{op} {bound:g}: not measured"
     met = value >= bound if op == ">=" else value <= bound
     return f"{op} {bound:g}: {'met' if met else 'MISSED'}"
 
