@@ -2,6 +2,7 @@
 0.0 (which reads as "all wrong") or as a blank verdict (which reads as "no target")."""
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -30,3 +31,27 @@ def test_a_target_with_nothing_measured_says_so():
     assert verdict(*key, 1.0) == ">= 0.99: met"
     assert verdict(*key, 0.5) == ">= 0.99: MISSED"
     assert verdict("bounce_accuracy", "unseen.hold_out.reports", 29) == ""
+
+
+def anonymised_away(raw: bytes) -> str:
+    """A report with its host names, domains and addresses' domains blanked: Sisimai's
+    collection publishes some reports twice, under two names, anonymised differently."""
+    text = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+    return re.sub(r"[\w-]+(\.[\w-]+)+", "D", text)
+
+
+def test_no_report_is_counted_twice():
+    """Reports gathered to judge the reader on mail it was not written against must not be the
+    corpus's reports (or each other) under another name."""
+    data = Path(__file__).resolve().parent / "data" / "corpus" / "bounces" / "mail"
+    sets = [data, BENCH / "data" / "bounces-unseen" / "mail"]
+    sets.append(BENCH / "data" / "bounces-bounceparser" / "mail")
+    first: dict[str, str] = {}
+    twice = []
+    for index, folder in enumerate(sets):
+        for path in sorted(folder.iterdir()):
+            key = anonymised_away(path.read_bytes())
+            if key in first and index > 0:
+                twice.append((first[key], f"{folder.parent.name}/{path.name}"))
+            first.setdefault(key, f"{folder.parent.name}/{path.name}")
+    assert twice == []
