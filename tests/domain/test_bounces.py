@@ -447,6 +447,19 @@ def test_an_indented_delimiter_still_ends_its_part():
     )
 
 
+def test_a_header_the_email_package_will_not_write_back_leaves_the_report_unrepaired():
+    # A vertical tab in a header is a line break to the email package's writer, which then
+    # refuses the header as one holding another (found by the fuzzer): the indented delimiter
+    # cannot be mended by writing the message out again, so the report is read as it came.
+    text = DSN_WITH_TEXT.format(text="failed", status="5.2.2").replace(
+        "\n--B\nContent-Type: message/delivery-status",
+        "\n  --B\nContent-Type: message/delivery-status",
+    )
+    text = text.replace("Subject:", "Content-ID: <0000>\x0bContent-Disposition: inline\nSubject:")
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.address, failed.status) == ("2025550143@vtext.com", "5.2.2")
+
+
 def test_the_code_beside_the_servers_reply_outranks_the_reporters_category():
     diagnostic = "5.1.0 - Unknown address error 550-'5.7.1 <bounce@ses.example>... Access denied'"
     [failed] = failed_recipients("5.0.0", diagnostic)

@@ -4,6 +4,7 @@ and the original's Message-ID (our own id, which ties a report to its text)."""
 
 from __future__ import annotations
 
+import email.errors
 import email.message
 import email.policy
 import re
@@ -58,7 +59,13 @@ def _with_delimiters_unindented(message: email.message.Message) -> email.message
     for part in message.walk():
         payload = part_payload(part)
         if isinstance(payload, str) and indented.search(payload):
-            text = indented.sub(r"\1", message.as_string())
+            try:
+                written = message.as_string()
+            except (email.errors.MessageError, LookupError, UnicodeError):
+                # A header the email package parsed but will not write back (one that seems
+                # to hold another header, a charset it does not know): read it unrepaired.
+                return message
+            text = indented.sub(r"\1", written)
             return email.message_from_string(text, policy=email.policy.compat32)
     return message
 
