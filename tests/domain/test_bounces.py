@@ -460,6 +460,18 @@ def test_a_header_the_email_package_will_not_write_back_leaves_the_report_unrepa
     assert (failed.address, failed.status) == ("2025550143@vtext.com", "5.2.2")
 
 
+def test_text_holding_escaped_bytes_beside_wider_characters_is_still_read():
+    # The email package holds undecodable bytes as escapes; text holding those beside characters
+    # beyond ASCII (a message rebuilt from text it had decoded) makes its getters raise
+    # UnicodeEncodeError (found by the fuzzer). The reader reads the text as held.
+    text = (
+        "From: MAILER-DAEMON@mx.example.org\nSubject: Undelivered Mail Returned to Sender\n"
+        "Content-Type: text/plain\n\n<2025550143@vtext.com>: User unknown \udcff caf\u00e9\n"
+    )
+    report = read_report(email.message_from_string(text, policy=email.policy.compat32))
+    assert [r.address for r in report.recipients] == ["2025550143@vtext.com"]
+
+
 def test_the_code_beside_the_servers_reply_outranks_the_reporters_category():
     diagnostic = "5.1.0 - Unknown address error 550-'5.7.1 <bounce@ses.example>... Access denied'"
     [failed] = failed_recipients("5.0.0", diagnostic)

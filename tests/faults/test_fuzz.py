@@ -46,3 +46,6 @@ def test_every_past_crasher_is_kept() -> None:
     # HeaderParseError: a vertical tab splits a header when the message is written back out
     # (found by `make fuzz`, 2026-12-07).
     assert "vertical-tab-in-header" in kept
+    # UnicodeEncodeError: the email package's getters on text holding escaped bytes beside
+    # characters beyond ASCII (found by `make fuzz`, 2026-12-07).
+    assert "escaped-bytes-beside-wider-characters" in kept

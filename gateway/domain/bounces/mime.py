@@ -146,7 +146,10 @@ def payload_text(part: email.message.Message) -> str:
                 payload_text(p) for p in inner if isinstance(p, email.message.Message)
             )
         return ""
-    data = part.get_payload(decode=True)
+    try:
+        data = part.get_payload(decode=True)
+    except ValueError:  # UnicodeEncodeError: see _held_text
+        return _held_text(part)
     if not isinstance(data, bytes):
         payload = part_payload(part)
         return payload if isinstance(payload, str) else ""
@@ -164,5 +167,20 @@ def part_payload(part: email.message.Message) -> Any:
     try:
         return part.get_payload()
     except ValueError:
+        pass
+    try:
         data = part.get_payload(decode=True)
-        return data.decode("utf-8", "replace") if isinstance(data, bytes) else ""
+    except ValueError:
+        return _held_text(part)
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else ""
+
+
+def _held_text(part: email.message.Message) -> str:
+    """A part's text as the email package holds it, where its getters cannot give it: they
+    write held text out as ASCII with escaped bytes, which raises UnicodeEncodeError when the
+    text holds characters beyond ASCII beside escaped bytes (a message rebuilt from text the
+    package had decoded). Read without decoding its transfer encoding."""
+    held = getattr(part, "_payload", None)  # the package's own field: no getter reads it as is
+    if not isinstance(held, str):
+        return ""
+    return held.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
