@@ -944,6 +944,11 @@ def parse(
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             print(json.dumps({"file": str(path), "error": reason}), flush=True)
             continue
+        except Exception as exc:  # a reader's own bug: said as the mailbox reader quarantines it
+            failed = True
+            reason = f"reading failed: {type(exc).__name__}: {exc}"
+            print(json.dumps({"file": str(path), "error": reason}), flush=True)
+            continue
         print(json.dumps(_mail_row(str(path), mail), ensure_ascii=False), flush=True)
     if failed:
         raise typer.Exit(1)

@@ -496,3 +496,28 @@ def test_the_demo_sums_up_only_once_everything_the_phones_said_is_stored(tmp_pat
     finally:
         phone.stop()
         network.stop()
+
+
+def test_parse_says_a_readers_own_failure_and_goes_on(tmp_path, monkeypatch, capsys):
+    """A message that makes a reader fail (a bug, as the fuzzer finds them) is one error line
+    for its file, as the mailbox reader quarantines it, not a traceback that ends the run."""
+    import gateway.domain.inbound as inbound
+    from gateway.cli import main
+
+    real = inbound.parse_mail
+
+    def parse_mail(raw, *args):
+        if raw.startswith(b"BOOM"):
+            raise RuntimeError("a reader's bug")
+        return real(raw, *args)
+
+    monkeypatch.setattr(inbound, "parse_mail", parse_mail)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.eml").write_bytes(b"BOOM: 1\n\nx\n")
+    (tmp_path / "good.eml").write_bytes(b"From: 2025550143@vtext.com\nSubject: hi\n\nOn my way\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["parse", "bad.eml", "good.eml"])
+    assert exit_.value.code == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == {"file": "bad.eml", "error": "reading failed: RuntimeError: a reader's bug"}
+    assert rows[1]["file"] == "good.eml" and rows[1]["phone"] == "+12025550143"
