@@ -460,13 +460,14 @@ def test_a_header_the_email_package_will_not_write_back_leaves_the_report_unrepa
     assert (failed.address, failed.status) == ("2025550143@vtext.com", "5.2.2")
 
 
-def test_text_holding_escaped_bytes_beside_wider_characters_is_still_read():
+@pytest.mark.parametrize("odd", ["\udcff", "\ud800"])  # an escaped byte; a surrogate escaping none
+def test_text_holding_escaped_bytes_beside_wider_characters_is_still_read(odd):
     # The email package holds undecodable bytes as escapes; text holding those beside characters
     # beyond ASCII (a message rebuilt from text it had decoded) makes its getters raise
     # UnicodeEncodeError (found by the fuzzer). The reader reads the text as held.
     text = (
         "From: MAILER-DAEMON@mx.example.org\nSubject: Undelivered Mail Returned to Sender\n"
-        "Content-Type: text/plain\n\n<2025550143@vtext.com>: User unknown \udcff caf\u00e9\n"
+        f"Content-Type: text/plain\n\n<2025550143@vtext.com>: User unknown {odd} caf\u00e9\n"
     )
     report = read_report(email.message_from_string(text, policy=email.policy.compat32))
     assert [r.address for r in report.recipients] == ["2025550143@vtext.com"]

@@ -163,7 +163,8 @@ def payload_text(part: email.message.Message) -> str:
 def part_payload(part: email.message.Message) -> Any:
     """A part's payload as the email package holds it (a list of parts, or the undecoded text).
     The package decodes stray 8-bit text by the part's charset name and raises ValueError when
-    that name holds a NUL (LookupError is caught inside it): such text is read as UTF-8."""
+    that name holds a NUL (LookupError is caught inside it): such text is read as UTF-8, and
+    text its getters cannot give at all (see _held_text) as it is held."""
     try:
         return part.get_payload()
     except ValueError:
@@ -183,4 +184,8 @@ def _held_text(part: email.message.Message) -> str:
     held = getattr(part, "_payload", None)  # the package's own field: no getter reads it as is
     if not isinstance(held, str):
         return ""
-    return held.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:  # escaped bytes back to the bytes they were (UTF-8 text among them reads again)
+        data = held.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that escapes no byte: kept as a replacement mark
+        data = held.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "replace")
