@@ -1,5 +1,6 @@
-"""The benchmark report's arithmetic: a figure with nothing to judge is shown as such, never as
-0.0 (which reads as "all wrong") or as a blank verdict (which reads as "no target")."""
+"""The benchmark's figures and the reports behind them: a figure with nothing to judge is shown as
+such, never as 0.0 (which reads as "all wrong") or as a blank verdict (which reads as "no
+target"); no report is counted twice."""
 
 import importlib.util
 import re
@@ -34,8 +35,9 @@ def test_a_target_with_nothing_measured_says_so():
 
 
 def anonymised_away(raw: bytes) -> str:
-    """A report with its host names, domains and addresses' domains blanked: Sisimai's
-    collection publishes some reports twice, under two names, anonymised differently."""
+    """A report with every dotted name blanked (hosts, domains, addresses' domains, IP
+    addresses): Sisimai's collection publishes some reports twice, under two names, anonymised
+    differently."""
     text = raw.decode("utf-8", "replace").replace("\r\n", "\n")
     return re.sub(r"[\w-]+(\.[\w-]+)+", "D", text)
 
@@ -43,9 +45,11 @@ def anonymised_away(raw: bytes) -> str:
 def test_no_report_is_counted_twice():
     """Reports gathered to judge the reader on mail it was not written against must not be the
     corpus's reports (or each other) under another name."""
-    data = Path(__file__).resolve().parent / "data" / "corpus" / "bounces" / "mail"
-    sets = [data, BENCH / "data" / "bounces-unseen" / "mail"]
-    sets.append(BENCH / "data" / "bounces-bounceparser" / "mail")
+    corpus = Path(__file__).resolve().parent / "data" / "corpus" / "bounces" / "mail"
+    sets = [
+        corpus,
+        *(BENCH / "data" / name / "mail" for name in ("bounces-unseen", "bounces-bounceparser")),
+    ]
     first: dict[str, str] = {}
     twice = []
     for index, folder in enumerate(sets):
