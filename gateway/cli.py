@@ -929,7 +929,7 @@ def parse(
     files: Annotated[list[Path], typer.Argument(help="message files (.eml), one message each")],
 ) -> None:
     """Classify mail files as the inbound worker would, without a database: one JSON a line."""
-    from gateway.domain.inbound import MailError, parse_mail
+    from gateway.domain.inbound import MailError, parse_mail, reading_failed
 
     with user_errors():
         runtime = state.runtime()
@@ -939,14 +939,14 @@ def parse(
         try:
             raw = path.read_bytes()
             mail = parse_mail(raw, carriers, identity)
-        except (OSError, MailError) as exc:
+        except Exception as exc:  # a reader's own bug too: told as the quarantine tells it
             failed = True
-            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-            print(json.dumps({"file": str(path), "error": reason}), flush=True)
-            continue
-        except Exception as exc:  # a reader's own bug: said as the mailbox reader quarantines it
-            failed = True
-            reason = f"reading failed: {type(exc).__name__}: {exc}"
+            if isinstance(exc, OSError):
+                reason = exc.strerror
+            elif isinstance(exc, MailError):
+                reason = str(exc)
+            else:
+                reason = reading_failed(exc)
             print(json.dumps({"file": str(path), "error": reason}), flush=True)
             continue
         print(json.dumps(_mail_row(str(path), mail), ensure_ascii=False), flush=True)

@@ -48,6 +48,12 @@ class MailError(ValueError):
     """The bytes are not an email message; the message says what is wrong."""
 
 
+def reading_failed(exc: Exception) -> str:
+    """How a reader's own failure on a message (a bug, not bad mail: that is a MailError) is
+    told, the same in the quarantine and in `gateway parse`: its kind and its words."""
+    return f"reading failed: {type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who we are in the mailbox: the addresses we send from and the domain of our ids."""

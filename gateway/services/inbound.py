@@ -32,6 +32,7 @@ from gateway.domain.inbound import (
     MailError,
     keyword_of,
     parse_mail,
+    reading_failed,
 )
 from gateway.domain.phone import Phone
 from gateway.domain.providers import ReportStatus as ProviderReport
@@ -212,8 +213,7 @@ class Ingest:
             return None
         except Exception as exc:  # hostile bytes must never stop the mailbox
             log.exception("reading message %s of %s failed", item.uid or item.name, batch.mailbox)
-            error = f"reading failed: {type(exc).__name__}: {exc}"
-            self._quarantine(conn, batch, item, error, now, stats)
+            self._quarantine(conn, batch, item, reading_failed(exc), now, stats)
             return None
         return _Read(item, mail, dedup_key(mail.message_id, item.raw))
 
