@@ -434,13 +434,15 @@ def test_a_lost_boundary_is_found_again():
     assert (failed.address, failed.status) == ("2025550143@vtext.com", "5.1.1")
 
 
+# " --B": not a delimiter to the email package, which would read the status part as text.
+INDENTED_DELIMITER = DSN_WITH_TEXT.format(text="failed", status="5.2.2").replace(
+    "\n--B\nContent-Type: message/delivery-status",
+    "\n  --B\nContent-Type: message/delivery-status",
+)
+
+
 def test_an_indented_delimiter_still_ends_its_part():
-    # " --B": not a delimiter to the email package, which would read the status part as text.
-    text = DSN_WITH_TEXT.format(text="failed", status="5.2.2").replace(
-        "\n--B\nContent-Type: message/delivery-status",
-        "\n  --B\nContent-Type: message/delivery-status",
-    )
-    [failed] = read_report(parse(text)).recipients
+    [failed] = read_report(parse(INDENTED_DELIMITER)).recipients
     assert (failed.status, failed.diagnostic) == (
         "5.2.2",
         "550 <2025550143@vtext.com>... User unknown",
@@ -451,11 +453,9 @@ def test_a_header_the_email_package_will_not_write_back_leaves_the_report_unrepa
     # A vertical tab in a header is a line break to the email package's writer, which then
     # refuses the header as one holding another (found by the fuzzer): the indented delimiter
     # cannot be mended by writing the message out again, so the report is read as it came.
-    text = DSN_WITH_TEXT.format(text="failed", status="5.2.2").replace(
-        "\n--B\nContent-Type: message/delivery-status",
-        "\n  --B\nContent-Type: message/delivery-status",
+    text = INDENTED_DELIMITER.replace(
+        "Subject:", "Content-ID: <0000>\x0bContent-Disposition: inline\nSubject:"
     )
-    text = text.replace("Subject:", "Content-ID: <0000>\x0bContent-Disposition: inline\nSubject:")
     [failed] = read_report(parse(text)).recipients
     assert (failed.address, failed.status) == ("2025550143@vtext.com", "5.2.2")
 
