@@ -7,7 +7,10 @@ corpus's hold-out had been read. Its split is by what has been read: the reports
 read.txt (whose misses someone has looked at) are its development half, the rest its hold-out.
 The same again for bench/data/bounces-bounceparser ("bounceparser"), reports from another
 collection (Mail::DeliveryStatus::BounceParser's tests), labelled by other people: it judges
-hard/soft and finding the failed recipient, not status (its labels state none).
+hard/soft and finding the failed recipient, not status (its labels state none). And for
+bench/data/bounces-mailman ("mailman"), a third collection (GNU Mailman's bounce tests): its
+labels name the failed addresses, so it judges whether the reader found those addresses, and
+hard/soft only where they say it (a delay warning is not a bad address).
 Last line: one JSON object.
 
 The split is by a hash of the file name, so it never changes and no one chooses it.
@@ -32,7 +35,7 @@ from typing import Any
 
 from gateway.domain.bounces import Recipient, read_report
 
-# "not_a_bounce": bounceparser's label for auto-replies and challenge/response notices.
+# "not_a_bounce": bounceparser's and mailman's label for notices that are no failure.
 NOT_FAILURES = {"feedback", "vacation", "delivered", "not_a_bounce"}
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus" / "bounces"
 # Reports from the same collection that no rule was written against (see its README): measured
@@ -40,6 +43,8 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpu
 UNSEEN = Path(__file__).resolve().parent / "data" / "bounces-unseen"
 # Reports from a second collection, with its maintainers' labels (see its README).
 BOUNCEPARSER = Path(__file__).resolve().parent / "data" / "bounces-bounceparser"
+# A third, whose labels name the failed addresses (see its README).
+MAILMAN = Path(__file__).resolve().parent / "data" / "bounces-mailman"
 HALVES = ("development", "hold_out")
 
 # Sisimai's invented status for each reason, where a report states none: x.0.9NN.
@@ -78,6 +83,7 @@ class Tally:
         self.reports = self.failures = self.detected = self.rows = self.hard_right = 0
         self.status_rows = self.status_right = self.others = self.others_wrong = 0
         self.stated_rows = self.stated_right = 0
+        self.named = self.named_right = 0
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -91,6 +97,9 @@ class Tally:
             # Of the rows whose report states a code (not one of Sisimai's x.0.9NN): the
             # reader's own code, with no mapping.
             "stated_status_right": _share(self.stated_right, self.stated_rows),
+            # Of the failure reports whose labels name the failed addresses: the reader found
+            # exactly those (case aside).
+            "addresses_right": _share(self.named_right, self.named),
             "non_failures": self.others,
             "non_failures_called_failures": self.others_wrong,
         }
@@ -131,14 +140,24 @@ def measure(corpus: Path, show: bool = False, only: str | None = None) -> dict[s
         tally.detected += bool(found)
         if say and not found:
             print(f"{name}: no failed recipient found ({report.kind if report else None})")
+        # A row's fifth field, where a set has it, is the failed address its labeller named.
+        named = {row[4].lower() for row in truth if len(row) > 4 and row[4]}
+        if named:
+            tally.named += 1
+            ours_named = {r.address.lower() for r in found}
+            tally.named_right += ours_named == named
+            if say and ours_named != named:
+                print(f"{name}: addresses {sorted(ours_named)}, expected {sorted(named)}")
         for index, row in enumerate(truth):
             ours = found[index] if index < len(found) else (found[-1] if found else None)
-            tally.rows += 1
-            if ours is not None and ours.permanent == row[3]:
-                tally.hard_right += 1
-            elif say and ours is not None:
-                print(f"{name}: hard {ours.permanent} ({ours.reason}), expected {row[3]} "
-                      f"({row[2]}) {ours.diagnostic[:90]!r}")  # fmt: skip
+            # None: the labels do not say whether the address is bad.
+            if row[3] is not None:
+                tally.rows += 1
+                if ours is not None and ours.permanent == row[3]:
+                    tally.hard_right += 1
+                elif say and ours is not None:
+                    print(f"{name}: hard {ours.permanent} ({ours.reason}), expected {row[3]} "
+                          f"({row[2]}) {ours.diagnostic[:90]!r}")  # fmt: skip
             if row[0]:
                 tally.status_rows += 1
                 status = sisimai_status(ours) if ours is not None else None
@@ -170,16 +189,21 @@ def main() -> None:
     parser.add_argument(
         "--bounceparser", type=Path, default=BOUNCEPARSER, help="a second collection (its README)"
     )
+    parser.add_argument(
+        "--mailman", type=Path, default=MAILMAN, help="a third collection (its README)"
+    )
     args = parser.parse_args()
     figures = measure(args.corpus, args.show, only="development")
     unseen = measure(args.unseen, args.show, only="development")
     other = measure(args.bounceparser, args.show, only="development")
+    third = measure(args.mailman, args.show, only="development")
     print(
         json.dumps(
             {
                 **figures,
                 "unseen": {half: unseen[half] for half in (*HALVES, "all")},
                 "bounceparser": {half: other[half] for half in (*HALVES, "all")},
+                "mailman": {half: third[half] for half in (*HALVES, "all")},
             }
         )
     )

@@ -53,6 +53,10 @@ TARGETS = {
     # detection only: its labels state no status, and its "not a bounce" includes refusals).
     ("bounce_accuracy", "bounceparser.hold_out.detected"): (">=", 0.99),
     ("bounce_accuracy", "bounceparser.hold_out.hard_soft_right"): (">=", 0.95),
+    # And on a third, whose labels name the failed addresses: found at all, and exactly those.
+    ("bounce_accuracy", "mailman.hold_out.detected"): (">=", 0.99),
+    ("bounce_accuracy", "mailman.hold_out.addresses_right"): (">=", 0.99),
+    ("bounce_accuracy", "mailman.hold_out.hard_soft_right"): (">=", 0.95),
     ("inbound", "per_s"): (">=", 1000),
     ("inbound", "idle_latency_p50_s"): ("<=", 1.0),
     ("dashboard", "list_p95_ms"): ("<=", 100),

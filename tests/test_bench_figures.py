@@ -48,7 +48,10 @@ def test_no_report_is_counted_twice():
     corpus = Path(__file__).resolve().parent / "data" / "corpus" / "bounces" / "mail"
     sets = [
         corpus,
-        *(BENCH / "data" / name / "mail" for name in ("bounces-unseen", "bounces-bounceparser")),
+        *(
+            BENCH / "data" / name / "mail"
+            for name in ("bounces-unseen", "bounces-bounceparser", "bounces-mailman")
+        ),
     ]
     first: dict[str, str] = {}
     twice = []
