@@ -460,6 +460,18 @@ def test_a_header_the_email_package_will_not_write_back_leaves_the_report_unrepa
     assert (failed.address, failed.status) == ("2025550143@vtext.com", "5.2.2")
 
 
+def test_a_charset_name_the_codecs_refuse_leaves_the_report_unrepaired():
+    # A NUL in the charset name of a part holding bytes beyond ASCII makes the email package's
+    # writer raise ValueError ("embedded null character", found by the fuzzer) when the message
+    # is written out to mend an indented delimiter: the report is read as it came.
+    text = INDENTED_DELIMITER.replace(
+        "Content-Type: text/plain\n\nfailed",
+        "Content-Type: text/plain; charset=us-ascii\x00\x00\n\nfailed \u00e9chec",
+    )
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.address, failed.status) == ("2025550143@vtext.com", "5.2.2")
+
+
 @pytest.mark.parametrize("odd", ["\udcff", "\ud800"])  # an escaped byte; a surrogate escaping none
 def test_text_holding_escaped_bytes_beside_wider_characters_is_still_read(odd):
     # The email package holds undecodable bytes as escapes; text holding those beside characters

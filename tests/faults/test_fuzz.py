@@ -49,3 +49,6 @@ def test_every_past_crasher_is_kept() -> None:
     # UnicodeEncodeError: the email package's getters on text holding escaped bytes beside
     # characters beyond ASCII (found by `make fuzz`, 2026-12-07).
     assert "escaped-bytes-beside-wider-characters" in kept
+    # ValueError: a NUL in a charset name, met again where the message is written back out to
+    # mend an indented delimiter (found by `make fuzz`, 2026-12-07, seed 4242).
+    assert "nul-in-charset-when-written-back" in kept

@@ -61,9 +61,10 @@ def _with_delimiters_unindented(message: email.message.Message) -> email.message
         if isinstance(payload, str) and indented.search(payload):
             try:
                 written = message.as_string()
-            except (email.errors.MessageError, LookupError, UnicodeError):
+            except (email.errors.MessageError, LookupError, ValueError):
                 # A header the email package parsed but will not write back (one that seems
-                # to hold another header, a charset it does not know): read it unrepaired.
+                # to hold another header, a charset it does not know or whose name holds a
+                # NUL, text it cannot encode): read it unrepaired.
                 return message
             text = indented.sub(r"\1", written)
             return email.message_from_string(text, policy=email.policy.compat32)
