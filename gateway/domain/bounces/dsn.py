@@ -33,13 +33,9 @@ def from_status_part(message: email.message.Message, part: email.message.Message
     human = human_text(message)
     reporter = reporter_domain(message)
     blocks = status_blocks(part)
-    block_addresses = [
-        found
-        for b in blocks
-        if (found := _address_field(b.get("final-recipient") or b.get("original-recipient")))
-    ]
+    block_addresses = [found for b in blocks if (found := _recipient_address(b))]
     for fields in blocks:
-        address = _address_field(fields.get("final-recipient") or fields.get("original-recipient"))
+        address = _recipient_address(fields)
         if not address:
             continue
         action = fields.get("action", "").lower()
@@ -124,6 +120,16 @@ def _fields(block: str) -> dict[str, str]:
             current = name.strip().lower()
             fields.setdefault(current, value.strip())
     return fields
+
+
+def _recipient_address(fields: dict[str, str]) -> str:
+    """The address a recipient's block is about: the one the sender wrote, where the reporter
+    kept it (Original-Recipient, RFC 3464 2.3.1), since that is the address the sender knows;
+    else the one delivery last tried (Final-Recipient: an alias's target, a mailbox's internal
+    name, an X.400 form)."""
+    return _address_field(fields.get("original-recipient")) or _address_field(
+        fields.get("final-recipient")
+    )
 
 
 def _address_field(value: str | None) -> str:
