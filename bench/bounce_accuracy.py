@@ -194,19 +194,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     figures = measure(args.corpus, args.show, only="development")
-    unseen = measure(args.unseen, args.show, only="development")
-    other = measure(args.bounceparser, args.show, only="development")
-    third = measure(args.mailman, args.show, only="development")
-    print(
-        json.dumps(
-            {
-                **figures,
-                "unseen": {half: unseen[half] for half in (*HALVES, "all")},
-                "bounceparser": {half: other[half] for half in (*HALVES, "all")},
-                "mailman": {half: third[half] for half in (*HALVES, "all")},
-            }
-        )
-    )
+    for name in ("unseen", "bounceparser", "mailman"):
+        measured = measure(getattr(args, name), args.show, only="development")
+        figures[name] = {half: measured[half] for half in (*HALVES, "all")}
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

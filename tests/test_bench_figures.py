@@ -21,7 +21,13 @@ def load(name: str) -> ModuleType:
 def test_a_half_with_no_reports_has_no_figures():
     figures = load("bounce_accuracy").Tally().figures()
     assert figures["reports"] == 0
-    for key in ("detected", "hard_soft_right", "status_right", "stated_status_right"):
+    for key in (
+        "detected",
+        "hard_soft_right",
+        "status_right",
+        "stated_status_right",
+        "addresses_right",
+    ):
         assert figures[key] is None, key
 
 
