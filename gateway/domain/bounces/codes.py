@@ -13,8 +13,8 @@ FAILURE_STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 REPLY_CODE = re.compile(r"(?<![\w.\-])([45]\d\d)(?=[ \-])")
 # An address as reports write it: a local part of atom characters, or a quoted string, which
 # RFC 5321 allows and servers echo back as written ("john..doe"@example.com), then a domain.
-# An apostrophe may stand inside a local part (o'brien@) but one before it is a quote around
-# the address ("addressed to 'a@example.com'"), as is a dot never a local part's first.
+# An apostrophe may stand inside a local part (o'brien@), but one before it is a quote around
+# the address ("addressed to 'a@example.com'"); nor does a local part start with a dot.
 LOCAL_PART = r"(?:\"[^\"\s]+\"|[A-Za-z0-9!#$%&*+/=?^_`{|}~\-][A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]*)"
 ADDRESS = re.compile(LOCAL_PART + r"@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?")
 
