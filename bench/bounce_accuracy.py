@@ -45,6 +45,8 @@ UNSEEN = Path(__file__).resolve().parent / "data" / "bounces-unseen"
 BOUNCEPARSER = Path(__file__).resolve().parent / "data" / "bounces-bounceparser"
 # A third, whose labels name the failed addresses (see its README).
 MAILMAN = Path(__file__).resolve().parent / "data" / "bounces-mailman"
+# The sets measured beside the corpus, each with its own halves, by the name the output uses.
+FURTHER = {"unseen": UNSEEN, "bounceparser": BOUNCEPARSER, "mailman": MAILMAN}
 HALVES = ("development", "hold_out")
 
 # Sisimai's invented status for each reason, where a report states none: x.0.9NN.
@@ -183,18 +185,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--show", action="store_true", help="print the development half's misses")
-    parser.add_argument(
-        "--unseen", type=Path, default=UNSEEN, help="reports gathered after the corpus (its README)"
-    )
-    parser.add_argument(
-        "--bounceparser", type=Path, default=BOUNCEPARSER, help="a second collection (its README)"
-    )
-    parser.add_argument(
-        "--mailman", type=Path, default=MAILMAN, help="a third collection (its README)"
-    )
+    for name, folder in FURTHER.items():
+        parser.add_argument(
+            f"--{name}", type=Path, default=folder, help=f"see bench/data/{folder.name}/README.md"
+        )
     args = parser.parse_args()
     figures = measure(args.corpus, args.show, only="development")
-    for name in ("unseen", "bounceparser", "mailman"):
+    for name in FURTHER:
         measured = measure(getattr(args, name), args.show, only="development")
         figures[name] = {half: measured[half] for half in (*HALVES, "all")}
     print(json.dumps(figures))

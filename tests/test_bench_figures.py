@@ -51,14 +51,8 @@ def anonymised_away(raw: bytes) -> str:
 def test_no_report_is_counted_twice():
     """Reports gathered to judge the reader on mail it was not written against must not be the
     corpus's reports (or each other) under another name."""
-    corpus = Path(__file__).resolve().parent / "data" / "corpus" / "bounces" / "mail"
-    sets = [
-        corpus,
-        *(
-            BENCH / "data" / name / "mail"
-            for name in ("bounces-unseen", "bounces-bounceparser", "bounces-mailman")
-        ),
-    ]
+    module = load("bounce_accuracy")
+    sets = [folder / "mail" for folder in (module.DEFAULT_CORPUS, *module.FURTHER.values())]
     first: dict[str, str] = {}
     twice = []
     for index, folder in enumerate(sets):

@@ -15,7 +15,8 @@ REPLY_CODE = re.compile(r"(?<![\w.\-])([45]\d\d)(?=[ \-])")
 # RFC 5321 allows and servers echo back as written ("john..doe"@example.com), then a domain.
 # An apostrophe may stand inside a local part (o'brien@), but one before it is a quote around
 # the address ("addressed to 'a@example.com'"); nor does a local part start with a dot.
-LOCAL_PART = r"(?:\"[^\"\s]+\"|[A-Za-z0-9!#$%&*+/=?^_`{|}~\-][A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]*)"
+_ATOM = r"A-Za-z0-9!#$%&*+/=?^_`{|}~\-"
+LOCAL_PART = rf"(?:\"[^\"\s]+\"|[{_ATOM}][{_ATOM}'.]*)"
 ADDRESS = re.compile(LOCAL_PART + r"@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?")
 
 RCPT_TO = re.compile(

@@ -33,9 +33,9 @@ def from_status_part(message: email.message.Message, part: email.message.Message
     human = human_text(message)
     reporter = reporter_domain(message)
     blocks = status_blocks(part)
-    block_addresses = [found for b in blocks if (found := _recipient_address(b))]
-    for fields in blocks:
-        address = _recipient_address(fields)
+    addresses = [_recipient_address(b) for b in blocks]
+    block_addresses = [a for a in addresses if a]
+    for fields, address in zip(blocks, addresses, strict=True):
         if not address:
             continue
         action = fields.get("action", "").lower()
