@@ -838,6 +838,23 @@ def test_an_address_in_quotes_is_read_without_them():
     assert failed.address == "o'brien@example.org"
 
 
+@pytest.mark.parametrize("tag", ["dda:SMTP=", "RFC-822=", "rfc822="])
+def test_an_x400_address_is_read_without_its_tag(tag):
+    """Exchange's X.400 connector writes the Internet address as an attribute of its own
+    address ("...;dda:SMTP=a@b;"); "=" may stand in a local part, so the tag must be dropped,
+    or the bounce is filed under an address no contact has."""
+    text = (
+        "From: System Administrator <postmaster@mx.example.org>\n"
+        "Subject: Undeliverable: order 1042\n\n"
+        "Your message\n\n  To:      Dispatch\n  Subject: order 1042\n\n"
+        "did not reach the following recipient(s):\n\n"
+        f"c=US;a= ;p=Example;o=Site;{tag}2025550143@vtext.com; on Fri, 4 Oct 2002\n"
+        "    The recipient name is not recognized\n"
+    )
+    [failed] = read_report(parse(text)).recipients
+    assert failed.address == "2025550143@vtext.com"
+
+
 @pytest.mark.parametrize(
     ("code", "status"),
     [("521", "5.3.2"), ("550", "5.3.2"), ("521", "5.0.0")],

@@ -3,6 +3,7 @@ phase they came in, and the reason they give; and the report a reader returns.""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gateway.domain.bounces.codes import FAILURE_STATUS, PAIRED_STATUS, REPLY_CODE
@@ -59,6 +60,12 @@ def _servers_code_wins(servers: tuple[str, ...], status: str) -> bool:
     return cls == status[0] and "0" not in (subject, detail)
 
 
+# An X.400 mail system (Exchange's connector) writes an Internet address as a domain-defined
+# attribute of its own address, "dda:SMTP=user@example.com" or "RFC-822=user@example.com": "=" is
+# allowed in a local part, so the tag would otherwise be read as part of it.
+_X400_TAG = re.compile(r"^(?:smtp|rfc-?822)=", re.IGNORECASE)
+
+
 def recipient(
     address: str,
     status: str,
@@ -108,7 +115,7 @@ def recipient(
     if reason in ("undefined", "onhold") and address.lower().endswith(_LIST_DOMAINS):
         reason = "rejected"
     return Recipient(
-        address=address.strip().strip("<>").lower(),
+        address=_X400_TAG.sub("", address.strip().strip("<>")).lower(),
         status=status,
         smtp_code=code,
         reason=reason,
