@@ -27,7 +27,13 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from html.parser import HTMLParser
 
-from gateway.domain.bounces import Recipient, content_type, payload_text, read_report
+from gateway.domain.bounces import (
+    Recipient,
+    TolerantMessage,
+    content_type,
+    payload_text,
+    read_report,
+)
 from gateway.domain.carriers import Carrier, CarrierBook
 from gateway.domain.phone import Phone, sender_phone
 from gateway.domain.providers import ProviderMail, from_a_provider, read_provider_mail
@@ -192,7 +198,7 @@ def read_message(raw: bytes) -> email.message.Message:
     first_line = head.split(b"\n", 1)[0]
     if not re.match(rb"^[!-9;-~]+[ \t]*:", first_line) and not first_line.startswith(b"From "):
         raise MailError("the message does not start with a header line")
-    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    message = email.message_from_bytes(raw, TolerantMessage, policy=email.policy.compat32)
     if not message.keys():
         raise MailError("the message has no headers")
     if not (message.get("From") or message.get("Message-ID") or message.get("Received")):

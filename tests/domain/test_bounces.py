@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.bounces import read_report
+from gateway.domain.bounces import TolerantMessage, read_report
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "bounces"
 
@@ -470,6 +470,50 @@ def test_a_charset_name_the_codecs_refuse_leaves_the_report_unrepaired():
     )
     [failed] = read_report(parse(text)).recipients
     assert (failed.address, failed.status) == ("2025550143@vtext.com", "5.2.2")
+
+
+def test_a_parameter_given_whole_and_in_pieces_leaves_the_others_readable():
+    # RFC 2231 lets a parameter be given whole ("name*=") or in numbered pieces ("name*0=");
+    # given both ways, the email package cannot order them and raises TypeError for any
+    # parameter of that header (found by the fuzzer). The header keeps its plain parameters.
+    text = (
+        "From: MAILER-DAEMON@mx.example.org\nSubject: Undelivered Mail Returned to Sender\n"
+        "Content-Type: text/plain; charset=us-ascii; name*=x; name*1=y\n\n"
+        "<2025550143@vtext.com>: host mx.vtext.com said: 550 5.1.1 User unknown\n"
+    )
+    message = parse(text)
+    with pytest.raises(TypeError):
+        message.get_content_charset()
+    [failed] = read_report(message).recipients
+    assert (failed.address, failed.status) == ("2025550143@vtext.com", "5.1.1")
+    assert message["Content-Type"].endswith("name*1=y")  # the caller's message is as it was
+
+
+def test_a_multipart_with_such_a_parameter_is_read_when_parsed_tolerantly():
+    # The parser itself asks for a multipart's boundary, and so raises on such a header: mail
+    # is parsed with TolerantMessage, whose getters read the plain parameters.
+    text = (
+        "From: MAILER-DAEMON@mx.example.org\nSubject: Undelivered Mail Returned to Sender\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b";'
+        " title*=utf-8''x; title*0=y\n\n"
+        "--b\nContent-Type: text/plain\n\n<2025550143@vtext.com>: 550 5.1.1 User unknown\n"
+        "--b\nContent-Type: message/delivery-status\n\n"
+        "Reporting-MTA: dns; mx.example.org\n\n"
+        "Final-Recipient: rfc822; 2025550143@vtext.com\nAction: failed\nStatus: 5.1.1\n"
+        "--b--\n"
+    )
+    with pytest.raises(TypeError):
+        parse(text)
+    message = email.message_from_string(text, TolerantMessage, policy=email.policy.compat32)
+    assert message.get_param("report-type") == "delivery-status"
+    assert message.get_params(header="content-type")[0] == ("multipart/report", "")
+    [failed] = read_report(message).recipients
+    assert (failed.address, failed.status, failed.permanent) == (
+        "2025550143@vtext.com",
+        "5.1.1",
+        True,
+    )
 
 
 @pytest.mark.parametrize("odd", ["\udcff", "\ud800"])  # an escaped byte; a surrogate escaping none

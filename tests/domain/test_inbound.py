@@ -190,6 +190,20 @@ def test_eight_bit_text_under_a_charset_with_a_nul_is_read():
     assert "hello" in parse_mail(raw, CARRIERS, US).text  # it raised ValueError before
 
 
+def test_a_report_whose_parameters_the_email_package_cannot_order_is_still_read():
+    # Found by the fuzz run (seed 4711): a parameter given both whole and in numbered pieces
+    # (RFC 2231) made every getter of that header raise TypeError, the parser's own included.
+    raw = (
+        b"From: MAILER-DAEMON@example.net\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; boundary="b"; x*=a; x*0=b\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain; charset*=us-ascii; charset*5=x\r\n\r\n"
+        b"<2065550143@vtext.com>: 550 5.1.1 User unknown\r\n--b--\r\n"
+    )
+    found = parse_mail(raw, CARRIERS, US)
+    assert found.kind == "bounce"
+    assert [r.address for r in found.recipients] == ["2065550143@vtext.com"]
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=3000))
 def test_any_bytes_give_a_result_or_mail_error(data):

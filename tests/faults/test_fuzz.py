@@ -52,3 +52,7 @@ def test_every_past_crasher_is_kept() -> None:
     # ValueError: a NUL in a charset name, met again where the message is written back out to
     # mend an indented delimiter (found by `make fuzz`, 2026-12-07, seed 4242).
     assert "nul-in-charset-when-written-back" in kept
+    # TypeError: an RFC 2231 parameter given both whole and in numbered pieces, which the email
+    # package cannot order, met by every getter of that header (`make fuzz`, 2026-12-07, seed
+    # 4711).
+    assert "extended-parameter-whole-and-in-pieces" in kept

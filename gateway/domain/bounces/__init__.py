@@ -24,6 +24,7 @@ import email.policy
 from gateway.domain.bounces.dsn import from_status_part, single_status
 from gateway.domain.bounces.letters import from_text, looks_like_bounce, text_about
 from gateway.domain.bounces.mime import (
+    TolerantMessage,
     content_type,
     find_part,
     human_text,
@@ -32,6 +33,7 @@ from gateway.domain.bounces.mime import (
     reporter_domain,
     returned_recipients,
     with_boundary,
+    with_readable_parameters,
 )
 from gateway.domain.bounces.others import feedback, is_auto_reply
 from gateway.domain.bounces.reasons import ADDRESS_REASONS, reason_of
@@ -42,7 +44,7 @@ from gateway.domain.bounces.recipient import Recipient, Report, recipient
 
 def read_report(message: email.message.Message) -> Report | None:
     """The report `message` is, or None when it is not a report of any kind."""
-    message = with_boundary(message)
+    message = with_boundary(with_readable_parameters(message))
     param = message.get_param("report-type")
     report_type = param.lower() if isinstance(param, str) else ""
     if message.get_content_type() == "multipart/report" and report_type == "feedback-report":
@@ -86,6 +88,7 @@ __all__ = [
     "ADDRESS_REASONS",
     "Recipient",
     "Report",
+    "TolerantMessage",
     "content_type",
     "payload_text",
     "read_report",

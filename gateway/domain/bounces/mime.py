@@ -4,10 +4,12 @@ and the original's Message-ID (our own id, which ties a report to its text)."""
 
 from __future__ import annotations
 
+import copy
 import email.errors
 import email.message
 import email.policy
 import re
+from collections.abc import Callable
 from typing import Any
 
 from gateway.domain.bounces.codes import ADDRESS, MESSAGE_ID
@@ -23,6 +25,71 @@ _ORIGINAL_MARKERS = re.compile(
     r"return-path:|received: from)",
     re.IGNORECASE | re.MULTILINE,
 )
+
+
+# Headers whose parameters the email package decodes by RFC 2231 when any one is asked for.
+_PARAMETER_HEADERS = ("content-type", "content-disposition")
+
+
+class TolerantMessage(email.message.Message):
+    """A message whose parameters can always be read. The email package cannot order an
+    extended (RFC 2231) parameter given both whole ("name*=") and in numbered pieces
+    ("name*0="): it raises TypeError for every parameter of that header, which each of its
+    getters (boundary, charset, file name) asks for, its parser included. Such a header is read
+    by its plain parameters only. The parser makes every part of this class when given it."""
+
+    def get_params(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tolerantly(email.message.Message.get_params, 1, args, kwargs)
+
+    def get_param(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tolerantly(email.message.Message.get_param, 2, args, kwargs)
+
+    def _tolerantly(
+        self, getter: Callable[..., Any], header_at: int, args: Any, kwargs: dict[str, Any]
+    ) -> Any:
+        """`getter` as the email package has it, or where that cannot order the header's
+        parameters, the same getter on its plain ones. The header is the getter's argument
+        `header`, given by keyword or at `header_at`."""
+        try:
+            return getter(self, *args, **kwargs)
+        except TypeError:
+            header = args[header_at] if len(args) > header_at else kwargs.get("header")
+            header = header or "content-type"
+            plain = email.message.Message()
+            plain[header] = _plain_parameters(str(self[header]))
+            return getter(plain, *args, **kwargs)
+
+
+def _plain_parameters(value: str) -> str:
+    """A header's value without its extended (RFC 2231, "name*") parameters."""
+    kind, *parameters = value.split(";")
+    return ";".join([kind, *(p for p in parameters if "*" not in p.partition("=")[0])])
+
+
+def with_readable_parameters(message: email.message.Message) -> email.message.Message:
+    """`message`, or a copy of it whose parameters can all be read (see TolerantMessage),
+    for a message parsed without that class: a header whose parameters the email package
+    cannot read keeps its plain ones."""
+    if isinstance(message, TolerantMessage):  # the parser made its parts of that class too
+        return message
+    if not any(_unreadable(part, h) for part in message.walk() for h in _PARAMETER_HEADERS):
+        return message
+    repaired = copy.deepcopy(message)
+    for part in repaired.walk():
+        for header in _PARAMETER_HEADERS:
+            if _unreadable(part, header):
+                part.replace_header(header, _plain_parameters(str(part[header])))
+    return repaired
+
+
+def _unreadable(part: email.message.Message, header: str) -> bool:
+    if part.get(header) is None:
+        return False
+    try:
+        part.get_params(header=header)
+    except TypeError:
+        return True
+    return False
 
 
 def with_boundary(message: email.message.Message) -> email.message.Message:
@@ -48,7 +115,7 @@ def with_boundary(message: email.message.Message) -> email.message.Message:
     head = "".join(f"{k}: {v}\n" for k, v in message.items() if k.lower() != "content-type")
     kind = "multipart/mixed" if lost else message.get_content_type()
     rebuilt = f'{head}Content-Type: {kind}; boundary="{found.group(1)}"\n\n{body}'
-    return email.message_from_string(rebuilt, policy=email.policy.compat32)
+    return email.message_from_string(rebuilt, TolerantMessage, policy=email.policy.compat32)
 
 
 def _with_delimiters_unindented(message: email.message.Message) -> email.message.Message:
@@ -67,7 +134,7 @@ def _with_delimiters_unindented(message: email.message.Message) -> email.message
                 # NUL, text it cannot encode): read it unrepaired.
                 return message
             text = indented.sub(r"\1", written)
-            return email.message_from_string(text, policy=email.policy.compat32)
+            return email.message_from_string(text, TolerantMessage, policy=email.policy.compat32)
     return message
 
 
