@@ -10,8 +10,10 @@ collection (Mail::DeliveryStatus::BounceParser's tests), labelled by other peopl
 hard/soft and finding the failed recipient, not status (its labels state none). And for
 bench/data/bounces-mailman ("mailman"), a third collection (GNU Mailman's bounce tests): its
 labels name the failed addresses, so it judges whether the reader found those addresses, and
-hard/soft only where they say it (a delay warning is not a bad address).
-Last line: one JSON object.
+hard/soft only where they say it (a delay warning is not a bad address). And for
+bench/data/bounces-bounce-email ("bounce_email"), a fourth (the bounce_email library's tests),
+whose labels say only which reports are failures: it judges detection, and non-failures called
+failures. Last line: one JSON object.
 
 The split is by a hash of the file name, so it never changes and no one chooses it.
 
@@ -45,8 +47,15 @@ UNSEEN = Path(__file__).resolve().parent / "data" / "bounces-unseen"
 BOUNCEPARSER = Path(__file__).resolve().parent / "data" / "bounces-bounceparser"
 # A third, whose labels name the failed addresses (see its README).
 MAILMAN = Path(__file__).resolve().parent / "data" / "bounces-mailman"
+# A fourth, whose labels say only which are failure reports and which are not (see its README).
+BOUNCE_EMAIL = Path(__file__).resolve().parent / "data" / "bounces-bounce-email"
 # The sets measured beside the corpus, each with its own halves, by the name the output uses.
-FURTHER = {"unseen": UNSEEN, "bounceparser": BOUNCEPARSER, "mailman": MAILMAN}
+FURTHER = {
+    "unseen": UNSEEN,
+    "bounceparser": BOUNCEPARSER,
+    "mailman": MAILMAN,
+    "bounce_email": BOUNCE_EMAIL,
+}
 HALVES = ("development", "hold_out")
 
 # Sisimai's invented status for each reason, where a report states none: x.0.9NN.

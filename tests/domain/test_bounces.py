@@ -657,6 +657,12 @@ def test_corpus_figures_meet_the_bar():
     assert third["detected"] >= 0.98
     assert third["addresses_right"] >= 0.92
     assert third["hard_soft_right"] >= 0.95
+    # And for the fourth (bench/data/bounces-bounce-email), whose labels say only which reports
+    # are failures: its one read miss is an Exchange letter that names the recipient by display
+    # name alone (bench/NOTES.md).
+    fourth = module.measure(module.BOUNCE_EMAIL)["development"]
+    assert fourth["detected"] >= 0.94
+    assert fourth["non_failures_called_failures"] == 0
 
 
 @pytest.mark.parametrize(
