@@ -888,19 +888,46 @@ def test_an_address_in_quotes_is_read_without_them():
     assert failed.address == "o'brien@example.org"
 
 
+# Exchange's letter (its Internet Mail Service): the original's To, then the recipients it could
+# not reach, each in X.400 form with the Internet address as an attribute.
+EXCHANGE_LETTER = (
+    "From: System Administrator <postmaster@mx.example.org>\n"
+    "To: bounces@gateway.example.com\nSubject: Undeliverable: order 1042\n\n"
+    "Your message\n\n  To:      {to}\n  Subject: order 1042\n\n"
+    "did not reach the following recipient(s):\n\n"
+    "c=US;a= ;p=Example;o=Site;{tag}2025550143@vtext.com; on Fri, 4 Oct 2002\n"
+    "    The recipient name is not recognized\n"
+)
+
+
+def test_the_failed_recipient_is_the_first_address_after_the_letter_says_which_failed():
+    """A letter that quotes the original's To before its list of failures (Exchange's "Your
+    message To: ... did not reach the following recipient(s):") names the failed one after."""
+    text = EXCHANGE_LETTER.format(to="drivers@example.com", tag="dda:SMTP=")
+    [failed] = read_report(parse(text)).recipients
+    assert failed.address == "2025550143@vtext.com"
+
+
+def test_a_message_id_is_never_the_failed_recipient():
+    """A letter that quotes the original's headers names its Message-ID, which looks like an
+    address (ours: "<...@gateway.example.com>") and is none."""
+    text = (
+        "From: MAILER-DAEMON@mx.example.org\nTo: bounces@gateway.example.com\n"
+        "Subject: Returned mail\n\n"
+        "> Message-ID: <20261207.4f2a@gateway.example.com>\n"
+        "> References: <20261206.77c1@gateway.example.com>\n\n"
+        "Sorry, mail for 2025550143@vtext.com bounced: user unknown.\n"
+    )
+    [failed] = read_report(parse(text)).recipients
+    assert failed.address == "2025550143@vtext.com"
+
+
 @pytest.mark.parametrize("tag", ["dda:SMTP=", "RFC-822=", "rfc822="])
 def test_an_x400_address_is_read_without_its_tag(tag):
     """Exchange's X.400 connector writes the Internet address as an attribute of its own
     address ("...;dda:SMTP=a@b;"); "=" may stand in a local part, so the tag must be dropped,
     or the bounce is filed under an address no contact has."""
-    text = (
-        "From: System Administrator <postmaster@mx.example.org>\n"
-        "Subject: Undeliverable: order 1042\n\n"
-        "Your message\n\n  To:      Dispatch\n  Subject: order 1042\n\n"
-        "did not reach the following recipient(s):\n\n"
-        f"c=US;a= ;p=Example;o=Site;{tag}2025550143@vtext.com; on Fri, 4 Oct 2002\n"
-        "    The recipient name is not recognized\n"
-    )
+    text = EXCHANGE_LETTER.format(to="Dispatch", tag=tag)
     [failed] = read_report(parse(text)).recipients
     assert failed.address == "2025550143@vtext.com"
 

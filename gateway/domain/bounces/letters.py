@@ -78,10 +78,26 @@ def _by_mention(
     message: email.message.Message, text: str, robot: Callable[[str], bool]
 ) -> list[str] | None:
     """The first address the letter names that is neither the reporter's nor the original
-    sender's (our To: a letter may name it first)."""
+    sender's (our To: a letter may name it first), nor a Message-ID it quotes. Where the letter
+    says which recipients failed ("did not reach the following recipient(s):"), the first after
+    those words: a letter may quote the original's To before them (a list's address)."""
     ignore = {a.lower() for a in ADDRESS.findall(str(message.get("To", "")))}
-    found = [a.lower().strip(".") for a in ADDRESS.findall(text)]
-    return [a for a in found if not robot(a) and a not in ignore][:1]
+    announced = _ANNOUNCEMENT.search(text)
+    for words in (text[announced.start() :] if announced else "", text):
+        found = [a.lower().strip(".") for a in ADDRESS.findall(_ID_LINES.sub("", words))]
+        first = [a for a in found if not robot(a) and a not in ignore][:1]
+        if first:
+            return first
+    return []
+
+
+# Quoted header lines naming Message-IDs, which are written like addresses and are none.
+_ID_LINES = re.compile(
+    r"^[> \t]*(?:message-id|references|in-reply-to):.*$", re.IGNORECASE | re.MULTILINE
+)
+_ANNOUNCEMENT = re.compile(
+    r"did not reach|could not be delivered to|following (?:recipient|address)", re.IGNORECASE
+)
 
 
 # Tried in this order: the first that recognises the letter names its failed recipients.
