@@ -908,6 +908,33 @@ def test_the_failed_recipient_is_the_first_address_after_the_letter_says_which_f
     assert failed.address == "2025550143@vtext.com"
 
 
+def test_a_letter_naming_each_failure_in_the_same_words_names_them_all():
+    """SMTP32 words each failure alike ("Unknown user: a@b"): every address named in a line
+    worded as the first failure's is a failure too, not just the first."""
+    text = (
+        "From: postmaster@mx.example.org\nTo: bounces@gateway.example.com\n"
+        "Subject: Undeliverable Mail\n\n"
+        "Unknown user: 2025550143@vtext.com\n\nRCPT TO generated following response:\n"
+        "553 5.3.0 <2025550143@vtext.com>... Addressee unknown\n\n"
+        "Unknown user: 2025550199@vtext.com\n\nRCPT TO generated following response:\n"
+        "553 5.3.0 <2025550199@vtext.com>... Addressee unknown\n\n"
+        "Original message follows.\n"
+    )
+    found = read_report(parse(text)).recipients
+    assert [r.address for r in found] == ["2025550143@vtext.com", "2025550199@vtext.com"]
+
+
+def test_a_domain_ends_where_its_dots_do():
+    """A domain's labels are joined by single dots: Sendmail's "a@b.net...User unknown" names
+    b.net, not "b.net...user"."""
+    text = (
+        "From: MAILER-DAEMON@mx.example.org\nSubject: Returned mail\n\n"
+        "The message could not be sent: 550 2025550143@vtext.com...User account is overquota\n"
+    )
+    found = read_report(parse(text)).recipients
+    assert [r.address for r in found] == ["2025550143@vtext.com"]
+
+
 def test_a_message_id_is_never_the_failed_recipient():
     """A letter that quotes the original's headers names its Message-ID, which looks like an
     address (ours: "<...@gateway.example.com>") and is none."""

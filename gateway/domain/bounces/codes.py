@@ -17,11 +17,12 @@ REPLY_CODE = re.compile(r"(?<![\w.\-])([45]\d\d)(?=[ \-])")
 # the address ("addressed to 'a@example.com'"); nor does a local part start with a dot.
 _ATOM = r"A-Za-z0-9!#$%&*+/=?^_`{|}~\-"
 LOCAL_PART = rf"(?:\"[^\"\s]+\"|[{_ATOM}][{_ATOM}'.]*)"
-ADDRESS = re.compile(LOCAL_PART + r"@[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?")
+# A domain: labels joined by single dots ("example.net...User unknown" ends at "net").
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
+ADDRESS = re.compile(rf"{LOCAL_PART}@{DOMAIN}")
 
-RCPT_TO = re.compile(
-    r"rcpt to:\s*<?(" + LOCAL_PART + r"@[A-Za-z0-9.\-]*[A-Za-z0-9])", re.IGNORECASE
-)
+RCPT_TO = re.compile(rf"rcpt to:\s*<?({LOCAL_PART}@{DOMAIN})", re.IGNORECASE)
 MESSAGE_ID = re.compile(r"^message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 # An enhanced code right after the reply code is the remote server's own, where a reporter puts
 # its own category first ("5.1.0 - Unknown address error 550-'5.7.1 ... Access denied'").

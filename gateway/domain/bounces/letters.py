@@ -10,7 +10,7 @@ import email.policy
 import re
 from collections.abc import Callable
 
-from gateway.domain.bounces.codes import ADDRESS, LOCAL_PART, RCPT_TO
+from gateway.domain.bounces.codes import ADDRESS, DOMAIN, LOCAL_PART, RCPT_TO
 from gateway.domain.bounces.mime import find_part, human_text, original_id, reporter_domain
 from gateway.domain.bounces.recipient import Report, recipient
 
@@ -78,17 +78,29 @@ def _by_mention(
     message: email.message.Message, text: str, robot: Callable[[str], bool]
 ) -> list[str] | None:
     """The first address the letter names that is neither the reporter's nor the original
-    sender's (our To: a letter may name it first), nor a Message-ID it quotes. Where the letter
-    says which recipients failed ("did not reach the following recipient(s):"), the first after
-    those words: a letter may quote the original's To before them (a list's address)."""
+    sender's (our To: a letter may name it first), nor a Message-ID it quotes, with every other
+    address named in a line worded as that one's ("Unknown user: a@b", "Unknown user: c@d": a
+    letter listing its failures). Where the letter says which recipients failed ("did not reach
+    the following recipient(s):"), the first after those words: a letter may quote the
+    original's To before them (a list's address)."""
     ignore = {a.lower() for a in ADDRESS.findall(str(message.get("To", "")))}
     announced = _ANNOUNCEMENT.search(text)
     for words in (text[announced.start() :] if announced else "", text):
-        found = [a.lower().strip(".") for a in ADDRESS.findall(_ID_LINES.sub("", words))]
-        first = [a for a in found if not robot(a) and a not in ignore][:1]
-        if first:
-            return first
+        named = [
+            (a.lower().strip("."), _shape(line))
+            for line in _ID_LINES.sub("", words).splitlines()
+            for a in ADDRESS.findall(line)
+        ]
+        named = [(a, shape) for a, shape in named if not robot(a) and a not in ignore]
+        if named:
+            first_shape = named[0][1]
+            return list(dict.fromkeys(a for a, shape in named if shape == first_shape))
     return []
+
+
+def _shape(line: str) -> str:
+    """How a line is worded, whatever addresses it names."""
+    return ADDRESS.sub("@", " ".join(line.lower().split()))
 
 
 # Quoted header lines naming Message-IDs, which are written like addresses and are none.
@@ -131,12 +143,12 @@ _FAILURE_WORDS = (
     "delivery has failed", "delivery failed", "permanent error", "unable to deliver",
 )  # fmt: skip
 _VERDICT = re.compile(
-    r"^[45]\d\d <(" + LOCAL_PART + r"@[A-Za-z0-9.\-]*[A-Za-z0-9])>\.\.\. ",
+    rf"^[45]\d\d <({LOCAL_PART}@{DOMAIN})>\.\.\. ",
     re.MULTILINE,
 )
 _ROBOTS = frozenset({"mailer-daemon", "postmaster", "root", "noreply"})
 _LEADING_ADDRESS = re.compile(
-    r"^[ \t]*[<\"']?(" + LOCAL_PART + r"@[A-Za-z0-9.\-]*[A-Za-z0-9])[>\"']?:?"
+    rf"^[ \t]*[<\"']?({LOCAL_PART}@{DOMAIN})[>\"']?:?"
     r"(?:[ \t]|$)",
     re.MULTILINE,
 )
