@@ -1,6 +1,7 @@
-"""MIME repair and reading: reports whose boundary was lost or whose delimiters are indented, parts
-whose charset or transfer encoding lies, the report's own text apart from the returned original,
-and the original's Message-ID (our own id, which ties a report to its text)."""
+"""MIME repair and reading: reports whose boundary was lost or whose delimiters are indented,
+headers whose parameters the email package cannot read, parts whose charset or transfer encoding
+lies, the report's own text apart from the returned original, and the original's Message-ID (our
+own id, which ties a report to its text)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,11 @@ class TolerantMessage(email.message.Message):
         return self._tolerantly(email.message.Message.get_param, 2, args, kwargs)
 
     def _tolerantly(
-        self, getter: Callable[..., Any], header_at: int, args: Any, kwargs: dict[str, Any]
+        self,
+        getter: Callable[..., Any],
+        header_at: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
         """`getter` as the email package has it, or where that cannot order the header's
         parameters, the same getter on its plain ones. The header is the getter's argument
