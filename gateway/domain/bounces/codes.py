@@ -19,10 +19,12 @@ _ATOM = r"A-Za-z0-9!#$%&*+/=?^_`{|}~\-"
 LOCAL_PART = rf"(?:\"[^\"\s]+\"|[{_ATOM}][{_ATOM}'.]*)"
 # A domain: labels joined by single dots ("example.net...User unknown" ends at "net").
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
-DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
-ADDRESS = re.compile(rf"{LOCAL_PART}@{DOMAIN}")
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
+# The pattern alone, for the readers that find an address in a place of their own.
+ADDRESS_PATTERN = rf"{LOCAL_PART}@{_DOMAIN}"
+ADDRESS = re.compile(ADDRESS_PATTERN)
 
-RCPT_TO = re.compile(rf"rcpt to:\s*<?({LOCAL_PART}@{DOMAIN})", re.IGNORECASE)
+RCPT_TO = re.compile(rf"rcpt to:\s*<?({ADDRESS_PATTERN})", re.IGNORECASE)
 MESSAGE_ID = re.compile(r"^message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 # An enhanced code right after the reply code is the remote server's own, where a reporter puts
 # its own category first ("5.1.0 - Unknown address error 550-'5.7.1 ... Access denied'").

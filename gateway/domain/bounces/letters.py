@@ -10,7 +10,7 @@ import email.policy
 import re
 from collections.abc import Callable
 
-from gateway.domain.bounces.codes import ADDRESS, DOMAIN, LOCAL_PART, RCPT_TO
+from gateway.domain.bounces.codes import ADDRESS, ADDRESS_PATTERN, RCPT_TO
 from gateway.domain.bounces.mime import find_part, human_text, original_id, reporter_domain
 from gateway.domain.bounces.recipient import Report, recipient
 
@@ -143,12 +143,12 @@ _FAILURE_WORDS = (
     "delivery has failed", "delivery failed", "permanent error", "unable to deliver",
 )  # fmt: skip
 _VERDICT = re.compile(
-    rf"^[45]\d\d <({LOCAL_PART}@{DOMAIN})>\.\.\. ",
+    rf"^[45]\d\d <({ADDRESS_PATTERN})>\.\.\. ",
     re.MULTILINE,
 )
 _ROBOTS = frozenset({"mailer-daemon", "postmaster", "root", "noreply"})
 _LEADING_ADDRESS = re.compile(
-    rf"^[ \t]*[<\"']?({LOCAL_PART}@{DOMAIN})[>\"']?:?"
+    rf"^[ \t]*[<\"']?({ADDRESS_PATTERN})[>\"']?:?"
     r"(?:[ \t]|$)",
     re.MULTILINE,
 )

@@ -80,6 +80,7 @@ def recipient(
     this recipient (when `diagnostic` is the server's words alone); both are read only for how
     the refusal came, as is `reporter`, the domain the report came from. `verdict` is a reason
     the reporting system states in a field of its own, which outranks any reading of words."""
+    address = _X400_TAG.sub("", address.strip().strip("<>"))
     found = PAIRED_STATUS.search(diagnostic) or FAILURE_STATUS.search(diagnostic)
     if found and _servers_code_wins(found.groups(), status):
         status = ".".join(found.groups())
@@ -115,7 +116,7 @@ def recipient(
     if reason in ("undefined", "onhold") and address.lower().endswith(_LIST_DOMAINS):
         reason = "rejected"
     return Recipient(
-        address=_X400_TAG.sub("", address.strip().strip("<>")).lower(),
+        address=address.lower(),
         status=status,
         smtp_code=code,
         reason=reason,
