@@ -55,6 +55,12 @@ Your order is on its way.
 """
 
 
+def the_failed_address(text: str) -> str:
+    """The one failed address the report `text` names."""
+    [failed] = read_report(parse(text)).recipients
+    return failed.address
+
+
 def failed_recipients(status: str, diagnostic: str):
     """The recipients read from a standard report of one failed delivery (DSN above)."""
     return read_report(
@@ -865,8 +871,7 @@ def test_the_address_the_sender_wrote_is_the_recipient_where_the_report_keeps_it
 
 def test_a_final_recipient_only_report_names_it():
     text = DSN.format(action="failed", status="5.1.1", diagnostic="550 5.1.1 User unknown")
-    [failed] = read_report(parse(text)).recipients
-    assert failed.address == "2025550143@vtext.com"
+    assert the_failed_address(text) == "2025550143@vtext.com"
 
 
 def test_an_address_in_quotes_is_read_without_them():
@@ -878,11 +883,9 @@ def test_an_address_in_quotes_is_read_without_them():
         "The following message, addressed to '2025550143@vtext.com',\n"
         "failed because it has not been collected after 30 days\n"
     )
-    [failed] = read_report(parse(text)).recipients
-    assert failed.address == "2025550143@vtext.com"
+    assert the_failed_address(text) == "2025550143@vtext.com"
     inside = text.replace("'2025550143@vtext.com'", "o'brien@example.org")
-    [failed] = read_report(parse(inside)).recipients
-    assert failed.address == "o'brien@example.org"
+    assert the_failed_address(inside) == "o'brien@example.org"
 
 
 # Exchange's letter (its Internet Mail Service): the original's To, then the recipients it could
@@ -901,8 +904,7 @@ def test_the_failed_recipient_is_the_first_address_after_the_letter_says_which_f
     """A letter that quotes the original's To before its list of failures (Exchange's "Your
     message To: ... did not reach the following recipient(s):") names the failed one after."""
     text = EXCHANGE_LETTER.format(to="drivers@example.com", tag="dda:SMTP=")
-    [failed] = read_report(parse(text)).recipients
-    assert failed.address == "2025550143@vtext.com"
+    assert the_failed_address(text) == "2025550143@vtext.com"
 
 
 def test_a_letter_naming_each_failure_in_the_same_words_names_them_all():
@@ -942,8 +944,7 @@ def test_a_message_id_is_never_the_failed_recipient():
         "> References: <20261206.77c1@gateway.example.com>\n\n"
         "Sorry, mail for 2025550143@vtext.com bounced: user unknown.\n"
     )
-    [failed] = read_report(parse(text)).recipients
-    assert failed.address == "2025550143@vtext.com"
+    assert the_failed_address(text) == "2025550143@vtext.com"
 
 
 @pytest.mark.parametrize("tag", ["dda:SMTP=", "RFC-822=", "rfc822="])
@@ -952,8 +953,7 @@ def test_an_x400_address_is_read_without_its_tag(tag):
     address ("...;dda:SMTP=a@b;"); "=" may stand in a local part, so the tag must be dropped,
     or the bounce is filed under an address no contact has."""
     text = EXCHANGE_LETTER.format(to="Dispatch", tag=tag)
-    [failed] = read_report(parse(text)).recipients
-    assert failed.address == "2025550143@vtext.com"
+    assert the_failed_address(text) == "2025550143@vtext.com"
 
 
 @pytest.mark.parametrize(
