@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from email.header import Header
 
+from gateway.domain.address_headers import MAX_NESTING, addresses, too_deep
+
 _ADDR_SPEC = re.compile(r"^[^\s<>()\[\],;:\"@\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _MESSAGE_ID = re.compile(r"^<[^\s<>@]+@[A-Za-z0-9.-]+>$")
 _FORBIDDEN_IN_HEADERS = ("\r", "\n", "\x00")
@@ -44,7 +46,12 @@ class Mailbox:
     @classmethod
     def parse(cls, text: str, field: str = "address") -> Mailbox:
         check_header_value(field, text)
-        found = email.utils.getaddresses([text])
+        if too_deep(text):
+            raise AddressError(
+                f"{field}: nests comments (parentheses) more than {MAX_NESTING} deep; "
+                "write the address as Name <user@example.com>"
+            )
+        found = addresses(text)
         if len(found) != 1:
             raise AddressError(f"{field}: {text!r} must be exactly one email address")
         name, address = found[0]

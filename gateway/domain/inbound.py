@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from html.parser import HTMLParser
 
+from gateway.domain.address_headers import addresses, first_address
 from gateway.domain.bounces import (
     Recipient,
     TolerantMessage,
@@ -228,7 +229,7 @@ def _sender(message: email.message.Message) -> str:
     for name in ("From", "Sender", "Return-Path"):
         value = str(message.get(name) or "")
         if value:
-            address = email.utils.parseaddr(value)[1].strip().lower()
+            address = first_address(value).strip().lower()
             if "@" in address and len(address) <= 320:
                 return address
     return ""
@@ -256,7 +257,7 @@ def _plus_tokens(message: email.message.Message, domain: str) -> tuple[str, ...]
     found = []
     for name in ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To"):
         for value in message.get_all(name) or ():
-            for _, address in email.utils.getaddresses([str(value)]):
+            for _, address in addresses(str(value)):
                 address = address.lower()
                 local = address.removesuffix(suffix)
                 if local != address and "+" in local:

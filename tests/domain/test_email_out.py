@@ -96,6 +96,14 @@ def test_one_plain_address_only(bad):
         Mailbox.parse(bad)
 
 
+def test_an_address_nesting_comments_thousands_deep_is_refused_with_a_reason():
+    """The email package's address parser calls itself once per nested comment: a typed
+    Reply-To opening hundreds of comments ran it out of stack instead of saying what is wrong."""
+    with pytest.raises(AddressError, match="nests comments"):
+        Mailbox.parse("(" * 5000 + "x <dispatch@example.com>", "reply_to")
+    assert Mailbox.parse("Dispatch (front desk) <d@example.com>").address == "d@example.com"
+
+
 def test_message_id_is_bracketed_on_the_company_domain():
     assert message_id_for("f00d", "example.com") == "<f00d@example.com>"
     with pytest.raises(ValueError):

@@ -101,6 +101,20 @@ def test_plus_token_makes_a_reply_and_is_read():
     assert found.kind is Kind.REPLY and found.plus_tokens == ("a1b2c3d4",)
 
 
+def test_address_headers_nesting_comments_thousands_deep_are_read_as_naming_no_one():
+    """The email package's address parser calls itself once per nested comment: a To opening
+    some 580 comments ran it out of stack (found by `make fuzz`, 2026-12-07, seed 27182). Such a
+    header names no address; the rest of the message is read as usual."""
+    deep = "(" * 5000
+    raw = mail(
+        f"From: {deep}x <2065550143@vtext.com>\nTo: {deep}<dispatch+a1b2c3d4@example.com>\n"
+        "Cc: Dispatch <dispatch+e5f6a7b8@example.com>"
+    )
+    found = parse_mail(raw, CARRIERS, US)
+    assert found.sender == "" and found.phone is None
+    assert found.plus_tokens == ("e5f6a7b8",)
+
+
 def test_our_own_mail_is_an_own_copy_not_a_reply():
     raw = mail(
         "From: Dispatch <dispatch@example.com>\nTo: 2065550143@vtext.com\n"
@@ -265,8 +279,12 @@ def mime_message(draw, depth: int = 0) -> bytes:
     subject = draw(st.sampled_from(["", "=?utf-8?B?!!not-base64?=", "=?x-nope?Q?hi?=",
                                     "Re: =?utf-8?Q?caf=C3=A9?=", "\x00"]))  # fmt: skip
     sender = draw(st.sampled_from(["2065550143@vtext.com", "+447400123456@sms.textapp.net",
-                                   "reports@provider.example", "<>", "a@b@c", ""]))  # fmt: skip
-    head = (f"From: {sender}\r\nTo: dispatch@example.com\r\nSubject: {subject}\r\n"
+                                   "reports@provider.example", "<>", "a@b@c", "",
+                                   "(" * 5000 + "x <2065550143@vtext.com>"]))  # fmt: skip
+    # Comments nested thousands deep ran the email package's address parser out of stack.
+    to = draw(st.sampled_from(["dispatch@example.com", "Desk <dispatch+ab12@example.com>",
+                               "(" * 5000 + "<dispatch+ab12@example.com>", '"(" <d@example.com>']))  # fmt: skip
+    head = (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
             "MIME-Version: 1.0\r\n")  # fmt: skip
     return head.encode(errors="replace") + draw(mime_part(depth))
 

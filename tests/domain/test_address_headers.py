@@ -1,0 +1,77 @@
+import email._parseaddr as _parseaddr
+import email.utils
+from unittest.mock import patch
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.domain.address_headers import (
+    MAX_NESTING,
+    addresses,
+    comment_depth,
+    first_address,
+    too_deep,
+)
+
+# Deep enough that the standard library's parser, one call a level, runs out of stack (even
+# under hypothesis, which raises the recursion limit to about 2,000).
+THOUSANDS = "(" * 5000
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [
+        ("dispatch@example.com", 0),
+        ("Dispatch (office) <dispatch@example.com>", 1),
+        ("a (b (c)) <a@example.com>", 2),
+        # Counted whether quoted or not: counting more than the parser is the safe side.
+        ('"((( quoted" <a@example.com>', 3),
+        # A backslash makes the next character plain inside a comment only, as for the parser.
+        (r"a \(\(\( <a@example.com>", 1),
+        (r"a (\(\() <a@example.com>", 1),
+        ("(a) (b (c)) (d)", 2),
+        ("((unclosed", 2),
+        (")(", 1),
+    ],
+)
+def test_comment_depth_is_never_less_than_the_parsers(value, depth):
+    assert comment_depth(value) == depth
+
+
+def test_a_header_nesting_comments_thousands_deep_names_no_address():
+    value = f"{THOUSANDS}x <dispatch+abcd@example.com>"
+    assert too_deep(value)
+    assert addresses(value) == []
+    assert first_address(value) == ""
+
+
+def test_headers_as_written_are_read_as_before():
+    value = "Ana (driver) <ana@example.com>, bob@example.com"
+    assert addresses(value) == [("Ana (driver)", "ana@example.com"), ("", "bob@example.com")]
+    assert first_address(value) == "ana@example.com"
+    nested = "(" * MAX_NESTING + "x" + ")" * MAX_NESTING + " <a@example.com>"
+    assert first_address(nested) == "a@example.com"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='()"\\[]<>@a ,:;.\r', max_size=80))
+def test_comment_depth_never_falls_short_of_how_deep_the_parser_goes(value):
+    """Whatever the quoting, escaping and domain literals: the parser never nests more
+    comments than comment_depth counts (the guard's whole point)."""
+    depth = deepest = 0
+    original = _parseaddr.AddrlistClass.getcomment
+
+    def counting(self: _parseaddr.AddrlistClass) -> str:
+        nonlocal depth, deepest
+        depth += 1
+        deepest = max(deepest, depth)
+        try:
+            return original(self)
+        finally:
+            depth -= 1
+
+    with patch.object(_parseaddr.AddrlistClass, "getcomment", counting):
+        email.utils.getaddresses([value])
+        email.utils.parseaddr(value)
+    assert comment_depth(value) >= deepest
