@@ -187,7 +187,7 @@ def test_env_overrides_the_file(tmp_path):
         ('[smtp]\nsecurity = "none"\nhost = "smtp.example.com"\n', "allow_insecure"),
         ('[smtp]\nusername = "u"\npassword_env = "NOT_SET_ANYWHERE"\n', "NOT_SET_ANYWHERE"),
         ("[smtp\n", "not valid TOML"),
-        (f'[smtp]\nfrom_address = "{"(" * 5000}x <d@example.com>"\n', "nests comments"),
+        (f'[smtp]\nfrom_address = "{"(" * 5000}x <d@example.com>"\n', "too deeply nested"),
     ],
 )
 def test_config_errors_name_key_value_and_fix(tmp_path, toml, words):

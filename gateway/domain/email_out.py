@@ -48,8 +48,8 @@ class Mailbox:
         check_header_value(field, text)
         if too_deep(text):
             raise AddressError(
-                f"{field}: nests comments (parentheses) more than {MAX_NESTING} deep; "
-                "write the address as Name <user@example.com>"
+                f"{field}: too deeply nested (more than {MAX_NESTING} parentheses open at once, "
+                f"or more than {MAX_NESTING} colons); write it as Name <user@example.com>"
             )
         found = addresses(text)
         if len(found) != 1:

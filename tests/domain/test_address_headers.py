@@ -11,6 +11,7 @@ from gateway.domain.address_headers import (
     addresses,
     comment_depth,
     first_address,
+    group_depth_bound,
     too_deep,
 )
 
@@ -39,8 +40,15 @@ def test_comment_depth_is_never_less_than_the_parsers(value, depth):
     assert comment_depth(value) == depth
 
 
-def test_a_header_nesting_comments_thousands_deep_names_no_address():
-    value = f"{THOUSANDS}x <dispatch+abcd@example.com>"
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"{THOUSANDS}x <dispatch+abcd@example.com>",
+        # Groups in groups ("Team: Drivers: a@b;;"), read one call a level too.
+        "g:" * 5000 + "dispatch+abcd@example.com",
+    ],
+)
+def test_a_header_nesting_thousands_deep_names_no_address(value):
     assert too_deep(value)
     assert addresses(value) == []
     assert first_address(value) == ""
@@ -75,3 +83,27 @@ def test_comment_depth_never_falls_short_of_how_deep_the_parser_goes(value):
         email.utils.getaddresses([value])
         email.utils.parseaddr(value)
     assert comment_depth(value) >= deepest
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='()"\\[]<>@a ,:;.\r', max_size=80))
+def test_group_depth_bound_never_falls_short_of_how_deep_the_parser_goes(value):
+    """The parser reads a group inside a group by calling itself: never more levels than
+    group_depth_bound allows."""
+    depth = deepest = 0
+    original = _parseaddr.AddrlistClass.getaddress
+
+    def counting(self: _parseaddr.AddrlistClass) -> list[tuple[str, str]]:
+        nonlocal depth, deepest
+        depth += 1
+        deepest = max(deepest, depth)
+        try:
+            return original(self)
+        finally:
+            depth -= 1
+
+    with patch.object(_parseaddr.AddrlistClass, "getaddress", counting):
+        email.utils.getaddresses([value])
+        email.utils.parseaddr(value)
+    # One call reads each address at the top; each further level is a group.
+    assert group_depth_bound(value) >= deepest - 1

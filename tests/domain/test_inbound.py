@@ -102,12 +102,14 @@ def test_plus_token_makes_a_reply_and_is_read():
 
 
 def test_address_headers_nesting_comments_thousands_deep_are_read_as_naming_no_one():
-    """The email package's address parser calls itself once per nested comment: a To opening
-    some 580 comments ran it out of stack (found by `make fuzz`, 2026-12-07, seed 27182). Such a
-    header names no address; the rest of the message is read as usual."""
+    """The email package's address parser calls itself once per nested comment or group
+    ("a: b: c@d;;"): a To opening some 580 comments ran it out of stack (found by `make fuzz`,
+    2026-12-07, seed 27182). Such a header names no address; the rest of the message is read as
+    usual."""
     deep = "(" * 5000
     raw = mail(
         f"From: {deep}x <2065550143@vtext.com>\nTo: {deep}<dispatch+a1b2c3d4@example.com>\n"
+        f"Delivered-To: {'g:' * 5000}dispatch+a1b2c3d4@example.com\n"
         "Cc: Dispatch <dispatch+e5f6a7b8@example.com>"
     )
     found = parse_mail(raw, CARRIERS, US)
@@ -281,9 +283,11 @@ def mime_message(draw, depth: int = 0) -> bytes:
     sender = draw(st.sampled_from(["2065550143@vtext.com", "+447400123456@sms.textapp.net",
                                    "reports@provider.example", "<>", "a@b@c", "",
                                    "(" * 5000 + "x <2065550143@vtext.com>"]))  # fmt: skip
-    # Comments nested thousands deep ran the email package's address parser out of stack.
+    # Comments or groups nested thousands deep ran the email package's address parser out of
+    # stack.
     to = draw(st.sampled_from(["dispatch@example.com", "Desk <dispatch+ab12@example.com>",
-                               "(" * 5000 + "<dispatch+ab12@example.com>", '"(" <d@example.com>']))  # fmt: skip
+                               "(" * 5000 + "<dispatch+ab12@example.com>", '"(" <d@example.com>',
+                               "g:" * 5000 + "dispatch+ab12@example.com"]))  # fmt: skip
     head = (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
             "MIME-Version: 1.0\r\n")  # fmt: skip
     return head.encode(errors="replace") + draw(mime_part(depth))

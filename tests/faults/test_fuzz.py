@@ -59,3 +59,8 @@ def test_every_past_crasher_is_kept() -> None:
     # RecursionError: an address header opening some 580 comments, which the email package's
     # address parser reads one call a level (`make fuzz`, 2026-12-07, seed 27182).
     assert "comments-nested-hundreds-deep" in kept
+    # RecursionError again, a typed address opening hundreds of groups ("a: b: c: ..."), which
+    # the same parser reads one call a level too (`make fuzz`, 2026-12-07, seed 27182).
+    assert "address-groups-nested-hundreds-deep" in {
+        p.name for p in _inputs(FUZZ / "crashers" / "email_headers")
+    }
