@@ -62,48 +62,44 @@ def test_headers_as_written_are_read_as_before():
     assert first_address(nested) == "a@example.com"
 
 
+# Every character the parser treats apart, so the properties below meet quoting, escaping,
+# domain literals, groups and comments in every order.
+HEADER_TEXT = st.text(alphabet='()"\\[]<>@a ,:;.\r', max_size=80)
+
+
+def parser_depth(value: str, method: str) -> int:
+    """How deep the standard library's address parser nests calls to one of its own methods
+    (`getcomment`, `getaddress`) reading `value`, both ways the gateway reads a header."""
+    depth = deepest = 0
+    original = getattr(_parseaddr.AddrlistClass, method)
+
+    def counting(self: _parseaddr.AddrlistClass) -> object:
+        nonlocal depth, deepest
+        depth += 1
+        deepest = max(deepest, depth)
+        try:
+            return original(self)
+        finally:
+            depth -= 1
+
+    with patch.object(_parseaddr.AddrlistClass, method, counting):
+        email.utils.getaddresses([value])
+        email.utils.parseaddr(value)
+    return deepest
+
+
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet='()"\\[]<>@a ,:;.\r', max_size=80))
+@given(HEADER_TEXT)
 def test_comment_depth_never_falls_short_of_how_deep_the_parser_goes(value):
     """Whatever the quoting, escaping and domain literals: the parser never nests more
     comments than comment_depth counts (the guard's whole point)."""
-    depth = deepest = 0
-    original = _parseaddr.AddrlistClass.getcomment
-
-    def counting(self: _parseaddr.AddrlistClass) -> str:
-        nonlocal depth, deepest
-        depth += 1
-        deepest = max(deepest, depth)
-        try:
-            return original(self)
-        finally:
-            depth -= 1
-
-    with patch.object(_parseaddr.AddrlistClass, "getcomment", counting):
-        email.utils.getaddresses([value])
-        email.utils.parseaddr(value)
-    assert comment_depth(value) >= deepest
+    assert comment_depth(value) >= parser_depth(value, "getcomment")
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet='()"\\[]<>@a ,:;.\r', max_size=80))
+@given(HEADER_TEXT)
 def test_group_depth_bound_never_falls_short_of_how_deep_the_parser_goes(value):
     """The parser reads a group inside a group by calling itself: never more levels than
-    group_depth_bound allows."""
-    depth = deepest = 0
-    original = _parseaddr.AddrlistClass.getaddress
-
-    def counting(self: _parseaddr.AddrlistClass) -> list[tuple[str, str]]:
-        nonlocal depth, deepest
-        depth += 1
-        deepest = max(deepest, depth)
-        try:
-            return original(self)
-        finally:
-            depth -= 1
-
-    with patch.object(_parseaddr.AddrlistClass, "getaddress", counting):
-        email.utils.getaddresses([value])
-        email.utils.parseaddr(value)
-    # One call reads each address at the top; each further level is a group.
-    assert group_depth_bound(value) >= deepest - 1
+    group_depth_bound allows (one call reads each address at the top; each further level is
+    a group)."""
+    assert group_depth_bound(value) >= parser_depth(value, "getaddress") - 1
