@@ -765,6 +765,12 @@ def load_settings(explicit: str | Path | None = None, **overrides: Any) -> Setti
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            # tomllib reads an array or inline table inside another by calling itself, so a
+            # file nesting hundreds of them runs out of stack: a mistake to name like any other.
+            raise ConfigError(
+                f"{path}: not valid TOML: arrays or tables nested too deeply to read"
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot be read: {exc}") from None
     for section, values in overrides.items():

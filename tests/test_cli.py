@@ -188,6 +188,8 @@ def test_env_overrides_the_file(tmp_path):
         ('[smtp]\nusername = "u"\npassword_env = "NOT_SET_ANYWHERE"\n', "NOT_SET_ANYWHERE"),
         ("[smtp\n", "not valid TOML"),
         (f'[smtp]\nfrom_address = "{"(" * 5000}x <d@example.com>"\n', "too deeply nested"),
+        # tomllib reads an array in an array by calling itself: thousands deep ran out of stack.
+        ("[smtp]\nhost = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
     ],
 )
 def test_config_errors_name_key_value_and_fix(tmp_path, toml, words):

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import yaml
 
+from gateway.domain import bounded_yaml
 from gateway.domain.carriers import (
     Carrier,
     CarrierBook,
@@ -50,7 +51,7 @@ T = TypeVar("T")
 def load_carriers(text: str, source: str = "carriers.yaml") -> CarrierBook:
     """Parse and validate carriers.yaml; every problem is reported with its line."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = bounded_yaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
+from gateway.domain import bounded_yaml
 from gateway.domain.templates import TemplateBook, TemplateError
 
 STATUSES = (
@@ -231,7 +232,7 @@ _KEYS = {"name", "on_status", "every", "send", "to", "at", "fresh_minutes", "sup
 
 def load_rules(text: str, source: str = "rules.yaml") -> tuple[Rule, ...]:
     try:
-        data = yaml.safe_load(text)
+        data = bounded_yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RuleError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):

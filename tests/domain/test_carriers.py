@@ -143,6 +143,8 @@ def test_every_status(status, extra, expect):
         (ENTRY.replace("sms: one.example", "sms: not a domain"), 5, "not a domain"),
         (ENTRY.replace("name: One", "name: One\n    name: Two"), 4, "given twice"),
         ("carriers: [\n", 2, "not valid YAML"),
+        # PyYAML reads a list in a list by calling itself: thousands deep ran it out of stack.
+        ("carriers:\n  - " + "[" * 5000, 2, "nested more than 50 levels deep"),
         (
             ENTRY.replace("status: active", "status: retired\n    ends_on: 2020-01-01"),
             2,

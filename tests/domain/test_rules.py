@@ -96,6 +96,10 @@ def test_throttle_spreads_texts_over_the_hour():
          "given twice"),
         ("rules: [{name: a, on: confirmed, send: x}]", "write `on_status:`"),
         ("nope", "expected a `rules:` list"),
+        # PyYAML reads a list in a list by calling itself: thousands deep ran it out of stack.
+        ("rules: " + "[" * 5000, "nested more than 50 levels deep"),
+        ("rules:\n" + "".join("  " * depth + "- \n" for depth in range(1, 200)),
+         "nested more than 50 levels deep"),
     ],
 )  # fmt: skip
 def test_bad_rules_are_refused_naming_the_rule(text, words):

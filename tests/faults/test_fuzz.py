@@ -64,3 +64,8 @@ def test_every_past_crasher_is_kept() -> None:
     assert "address-groups-nested-hundreds-deep" in {
         p.name for p in _inputs(FUZZ / "crashers" / "email_headers")
     }
+    # RecursionError in PyYAML's composer, a list in a list a few calls a level: the operator's
+    # files nested thousands deep (flow and block style), found looking for the same class of
+    # crash as the two above (2026-12-07).
+    for target in ("rules_file", "carriers_file"):
+        assert "yaml-nested-thousands-deep" in {p.name for p in _inputs(FUZZ / "crashers" / target)}
