@@ -54,6 +54,13 @@ def test_an_admin_keeps_quick_replies_and_a_dispatcher_picks_them(runtime):
     assert refused.status_code == 403
     broken = add(admin, "broken", "Hi {{ first_name")
     assert broken.status_code == 200 and "broken" in broken.text and 'role="alert"' in broken.text
+    # Nested past what Jinja (or the Python it writes) can read: refused the same way, not a 500.
+    for deep in (
+        "{{ " + "(" * 100 + "x" + ")" * 100 + " }}",
+        "{{ " + "[" * 300 + "]" * 300 + " }}",
+    ):
+        refused = add(admin, "deep", deep)
+        assert refused.status_code == 200 and "nested too deeply" in refused.text
     assert add(admin, "on way", "again").status_code == 200  # the name is taken
 
 

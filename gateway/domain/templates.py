@@ -42,6 +42,12 @@ class TemplateInfo:
     variables: frozenset[str]
 
 
+# Jinja reads an expression or block inside another by calling itself, and the Python it writes
+# for them nests as deep: about a hundred levels run out of stack (or indentation) in one or the
+# other, which a template's author should hear as a mistake in the template, not a traceback.
+TOO_DEEP = "nested too deeply to read (parentheses, brackets or blocks inside one another)"
+
+
 class TemplateBook:
     """The templates by name (`order_confirmed` for `order_confirmed.txt.j2`)."""
 
@@ -69,12 +75,10 @@ class TemplateBook:
         return name in self._sources
 
     def info(self, name: str) -> TemplateInfo:
-        """The template's variables; raises TemplateError on a syntax error."""
-        source = self._source(name)
-        try:
-            parsed = self._env.parse(source, name, name + SUFFIX)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(name, exc.lineno, exc.message or "syntax error") from None
+        """The template's variables; raises TemplateError where it does not compile (a syntax
+        error, or blocks nested past what Python's compiler takes)."""
+        self._compile(name)
+        parsed = self._env.parse(self._source(name), name, name + SUFFIX)
         return TemplateInfo(name, frozenset(meta.find_undeclared_variables(parsed)))
 
     def check(self) -> list[TemplateError]:
@@ -114,6 +118,10 @@ class TemplateBook:
             return self._env.get_template(name)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(name, exc.lineno, exc.message or "syntax error") from None
+        except (RecursionError, SyntaxError):
+            # Python's own compiler refuses the code Jinja writes for blocks nested about a
+            # hundred deep ("too many levels of indentation"): to the author, the same fault.
+            raise TemplateError(name, None, TOO_DEEP) from None
 
 
 def _missing(exc: jinja2.UndefinedError) -> str | None:

@@ -119,6 +119,25 @@ def test_a_hostile_template_source_is_refused_or_rendered_in_the_sandbox(source)
         assert str(exc)  # refused with a reason
 
 
+# Jinja reads an expression or block inside another by calling itself, and the Python it writes
+# nests as deep: a hundred levels ran out of stack or indentation (a traceback, and a 500 from the
+# dashboard's quick replies, which check a typed template with info()).
+@pytest.mark.parametrize(
+    "source",
+    ["{{ " + "(" * 100 + "x" + ")" * 100 + " }}", "{{ " + "[" * 3000 + " }}",
+     "{% if x %}" * 100 + "y" + "{% endif %}" * 100, "{% if x %}" * 3000],
+)  # fmt: skip
+def test_a_template_nested_too_deeply_is_refused_saying_so(source):
+    book = TemplateBook({"deep": source})
+    for read in (lambda: book.info("deep"), lambda: book.render("deep", {"x": 1})):
+        with pytest.raises(TemplateError, match="nested too deeply"):
+            read()
+    assert [str(problem) for problem in book.check()] == [
+        "template deep.txt.j2: nested too deeply to read (parentheses, brackets or blocks "
+        "inside one another)"
+    ]
+
+
 @pytest.mark.parametrize(
     "source",
     ["{{ ''.__class__.__mro__[1].__subclasses__() }}", "{{ cycler.__init__.__globals__ }}",
