@@ -29,9 +29,11 @@ from html.parser import HTMLParser
 
 from gateway.domain.address_headers import addresses, first_address
 from gateway.domain.bounces import (
+    MAX_PART_DEPTH,
     Recipient,
     TolerantMessage,
     content_type,
+    part_depth,
     payload_text,
     read_report,
 )
@@ -192,14 +194,20 @@ def _from_provider(base: InboundMail, found: ProviderMail) -> InboundMail:
 
 
 def read_message(raw: bytes) -> email.message.Message:
-    """The parsed message; MailError when the bytes have no header section to speak of."""
+    """The parsed message; MailError when the bytes have no header section to speak of, or nest
+    their parts deeper than MAX_PART_DEPTH."""
     if not raw.strip():
         raise MailError("the message is empty")
     head = raw[:4096].lstrip(b"\r\n")
     first_line = head.split(b"\n", 1)[0]
     if not re.match(rb"^[!-9;-~]+[ \t]*:", first_line) and not first_line.startswith(b"From "):
         raise MailError("the message does not start with a header line")
-    message = email.message_from_bytes(raw, TolerantMessage, policy=email.policy.compat32)
+    try:
+        message = email.message_from_bytes(raw, TolerantMessage, policy=email.policy.compat32)
+    except RecursionError:
+        raise MailError("the message nests its parts too deeply to read") from None
+    if part_depth(message) > MAX_PART_DEPTH:
+        raise MailError(f"the message nests its parts more than {MAX_PART_DEPTH} deep")
     if not message.keys():
         raise MailError("the message has no headers")
     if not (message.get("From") or message.get("Message-ID") or message.get("Received")):

@@ -327,6 +327,21 @@ def test_a_mime_report_that_lost_its_content_type_header_is_read_by_its_delimite
     ]  # fmt: skip
 
 
+def test_a_body_nesting_parts_thousands_deep_is_read_unrepaired():
+    """A report whose headers lost their Content-Type is parsed again from its delimiters; a
+    body nesting thousands of parts ran that second parse out of stack, past the bound the
+    first parse keeps (the email package calls itself once a level)."""
+    levels = "".join(
+        f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(5000)
+    )
+    text = (
+        "From: MAILER-DAEMON@relay.example.org\nSubject: Undelivered Mail\n\n--outer\n"
+        f"{levels}Content-Type: text/plain\n\nhello\n--outer--\n"
+    )
+    report = read_report(parse(text))
+    assert report is None or report.kind == "bounce"
+
+
 def test_a_letter_quoting_a_mime_original_is_not_taken_for_a_mime_report():
     original = "\n".join(["Received: from mx.example.com by relay.example.org"] * 8)
     text = LETTER.format(

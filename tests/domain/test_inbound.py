@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.domain.bounces import MAX_PART_DEPTH
 from gateway.domain.carriers_file import load_carriers
 from gateway.domain.inbound import (
     Identity,
@@ -115,6 +116,31 @@ def test_address_headers_nesting_comments_thousands_deep_are_read_as_naming_no_o
     found = parse_mail(raw, CARRIERS, US)
     assert found.sender == "" and found.phone is None
     assert found.plus_tokens == ("e5f6a7b8",)
+
+
+def nested_parts(depth: int, kind: str = "multipart") -> bytes:
+    """A message nesting `depth` multiparts (or attached messages) one inside the other."""
+    head = "From: friend@elsewhere.example\r\nTo: dispatch@example.com\r\nMIME-Version: 1.0\r\n"
+    if kind == "multipart":
+        levels = "".join(
+            f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'
+            for i in range(depth)
+        )
+        return (head + levels + "Content-Type: text/plain\r\n\r\nhello\r\n").encode()
+    levels = "Content-Type: message/rfc822\r\n\r\n" * depth
+    return (head + levels + "From: x@example.net\r\n\r\nhello").encode()
+
+
+@pytest.mark.parametrize("kind", ["multipart", "message"])
+def test_parts_nested_past_the_bound_are_refused_saying_so(kind):
+    """The email package parses, walks and writes parts by calling itself once a level: a
+    stranger's message nesting a thousand ran it out of stack. Refused with a reason instead,
+    whether the parser itself runs out or the message parses and nests past the bound."""
+    assert parse_mail(nested_parts(10, kind), CARRIERS, US).sender == "friend@elsewhere.example"
+    with pytest.raises(MailError, match=f"more than {MAX_PART_DEPTH} deep"):
+        parse_mail(nested_parts(MAX_PART_DEPTH + 10, kind), CARRIERS, US)
+    with pytest.raises(MailError, match="nests its parts too deeply to read"):
+        parse_mail(nested_parts(5000, kind), CARRIERS, US)
 
 
 def test_our_own_mail_is_an_own_copy_not_a_reply():

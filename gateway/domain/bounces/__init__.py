@@ -24,11 +24,13 @@ import email.policy
 from gateway.domain.bounces.dsn import from_status_part, single_status
 from gateway.domain.bounces.letters import from_text, looks_like_bounce, text_about
 from gateway.domain.bounces.mime import (
+    MAX_PART_DEPTH,
     TolerantMessage,
     content_type,
     find_part,
     human_text,
     original_id,
+    part_depth,
     payload_text,
     reporter_domain,
     returned_recipients,
@@ -86,10 +88,12 @@ def read_report(message: email.message.Message) -> Report | None:
 
 __all__ = [
     "ADDRESS_REASONS",
+    "MAX_PART_DEPTH",
     "Recipient",
     "Report",
     "TolerantMessage",
     "content_type",
+    "part_depth",
     "payload_text",
     "read_report",
     "reason_of",

@@ -97,6 +97,38 @@ def _unreadable(part: email.message.Message, header: str) -> bool:
     return False
 
 
+# How deep a message may nest its parts (a multipart in a multipart, a message attached to a
+# message). The email package parses, walks and writes them by calling itself once a level, so a
+# stranger's message nesting a thousand runs it out of stack; real mail, forwarded reports
+# included, nests a handful.
+MAX_PART_DEPTH = 50
+
+
+def part_depth(message: email.message.Message) -> int:
+    """How deep `message` nests its parts (1 for a single part), counted without calling
+    itself, so that the count cannot run out of stack either."""
+    deepest = 0
+    pending = [(message, 1)]
+    while pending:
+        part, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = part.get_payload() if part.is_multipart() else []
+        pending.extend(
+            (child, depth + 1) for child in children if isinstance(child, email.message.Message)
+        )
+    return deepest
+
+
+def _parsed_again(text: str, unrepaired: email.message.Message) -> email.message.Message:
+    """`text` parsed as a message, or `unrepaired` where the text nests its parts past
+    MAX_PART_DEPTH (a report's body may hold what its own headers did not let the parser see)."""
+    try:
+        again = email.message_from_string(text, TolerantMessage, policy=email.policy.compat32)
+    except RecursionError:
+        return unrepaired
+    return unrepaired if part_depth(again) > MAX_PART_DEPTH else again
+
+
 def with_boundary(message: email.message.Message) -> email.message.Message:
     """`message` again with its parts, when its multipart boundary was lost on the way (a
     parameter folded without indentation): the boundary is read from the body's first
@@ -120,7 +152,7 @@ def with_boundary(message: email.message.Message) -> email.message.Message:
     head = "".join(f"{k}: {v}\n" for k, v in message.items() if k.lower() != "content-type")
     kind = "multipart/mixed" if lost else message.get_content_type()
     rebuilt = f'{head}Content-Type: {kind}; boundary="{found.group(1)}"\n\n{body}'
-    return email.message_from_string(rebuilt, TolerantMessage, policy=email.policy.compat32)
+    return _parsed_again(rebuilt, message)
 
 
 def _with_delimiters_unindented(message: email.message.Message) -> email.message.Message:
@@ -138,8 +170,7 @@ def _with_delimiters_unindented(message: email.message.Message) -> email.message
                 # to hold another header, a charset it does not know or whose name holds a
                 # NUL, text it cannot encode): read it unrepaired.
                 return message
-            text = indented.sub(r"\1", written)
-            return email.message_from_string(text, TolerantMessage, policy=email.policy.compat32)
+            return _parsed_again(indented.sub(r"\1", written), message)
     return message
 
 
