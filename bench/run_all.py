@@ -20,6 +20,7 @@ BENCHMARKS = [
     "send_latency.py",
     "bounce_accuracy.py",
     "reply_accuracy.py",
+    "hostile_mail.py",
     "inbound.py",
     "dashboard.py",
     "scale_out.py",
@@ -60,6 +61,8 @@ TARGETS = {
     # And on a fourth, whose labels say only which reports are failures and which are not.
     ("bounce_accuracy", "bounce_email.hold_out.detected"): (">=", 0.99),
     ("bounce_accuracy", "bounce_email.hold_out.non_failures_called_failures"): ("<=", 0),
+    # A stranger's mail written to be expensive costs about what prose of its size costs.
+    ("hostile_mail", "worst_ratio"): ("<=", 20),
     ("inbound", "per_s"): (">=", 1000),
     ("inbound", "idle_latency_p50_s"): ("<=", 1.0),
     ("dashboard", "list_p95_ms"): ("<=", 100),

@@ -29,11 +29,10 @@ from html.parser import HTMLParser
 
 from gateway.domain.address_headers import addresses, first_address
 from gateway.domain.bounces import (
-    MAX_PART_DEPTH,
     Recipient,
-    TolerantMessage,
+    UnreadableMime,
     content_type,
-    part_depth,
+    parse_bounded,
     payload_text,
     read_report,
 )
@@ -195,7 +194,7 @@ def _from_provider(base: InboundMail, found: ProviderMail) -> InboundMail:
 
 def read_message(raw: bytes) -> email.message.Message:
     """The parsed message; MailError when the bytes have no header section to speak of, or nest
-    their parts deeper than MAX_PART_DEPTH."""
+    their parts too deeply or have too many of them (bounces.parse_bounded)."""
     if not raw.strip():
         raise MailError("the message is empty")
     head = raw[:4096].lstrip(b"\r\n")
@@ -203,11 +202,9 @@ def read_message(raw: bytes) -> email.message.Message:
     if not re.match(rb"^[!-9;-~]+[ \t]*:", first_line) and not first_line.startswith(b"From "):
         raise MailError("the message does not start with a header line")
     try:
-        message = email.message_from_bytes(raw, TolerantMessage, policy=email.policy.compat32)
-    except RecursionError:
-        raise MailError("the message nests its parts too deeply to read") from None
-    if part_depth(message) > MAX_PART_DEPTH:
-        raise MailError(f"the message nests its parts more than {MAX_PART_DEPTH} deep")
+        message = parse_bounded(raw)
+    except UnreadableMime as exc:
+        raise MailError(str(exc)) from None
     if not message.keys():
         raise MailError("the message has no headers")
     if not (message.get("From") or message.get("Message-ID") or message.get("Received")):
@@ -293,7 +290,9 @@ _FOOTER_LINE = re.compile(
     re.IGNORECASE,
 )
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
-_WEBSITE = re.compile(r"\b(?:www\.)?((?:[a-z0-9-]+\.)+[a-z]{2,6})\b")
+# A host name as a footer writes it (verizonwireless.com): labels bounded as RFC 1035 bounds them,
+# so a search through a stranger's "a.a.a.a..." does not try every label at every position.
+_WEBSITE = re.compile(r"\b(?:www\.)?((?:[a-z0-9-]{1,63}\.){1,10}[a-z]{2,6})\b")
 # Parts a phone's MMS gives its typed text (text_0.txt, smil.txt, media2.txt, ...): all text/plain.
 _MEDIA = ("image", "video", "audio", "application")
 

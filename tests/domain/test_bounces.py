@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.domain.bounces import TolerantMessage, read_report
+from gateway.domain.bounces.codes import ADDRESS
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "bounces"
 
@@ -1150,3 +1151,23 @@ def test_the_access_maps_bare_refusal_of_a_recipient_at_rcpt_is_a_bad_address(
         f" Access denied (in reply to {command} command)",
     )
     assert (failed.reason, failed.permanent) == (reason, permanent)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("to user@example.com now", ["user@example.com"]),
+        ("...user@example.com", ["user@example.com"]),  # a local part does not start with a dot
+        ("addressed to 'a@example.com'", ["a@example.com"]),  # a quote, not the local part
+        ("o'brien@example.com", ["o'brien@example.com"]),
+        ('"john..doe"@example.com', ['"john..doe"@example.com']),
+        ("a@b.net...User unknown", ["a@b.net"]),
+        ("a@b@c.org", ["a@b"]),
+        ("x" * 200 + "@example.com", []),  # past any local part RFC 5321 allows
+        ("a." * 5000, []),
+    ],
+)
+def test_the_address_pattern_finds_addresses_as_reports_write_them(text, found):
+    """Where an address starts and ends; and a run with no "@" is passed over once, not from
+    every position of it (bench/hostile_mail.py measures how long that takes)."""
+    assert ADDRESS.findall(text) == found

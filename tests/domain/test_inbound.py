@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.bounces import MAX_PART_DEPTH
+from gateway.domain.bounces import MAX_PART_DEPTH, MAX_PARTS
 from gateway.domain.carriers_file import load_carriers
 from gateway.domain.inbound import (
     Identity,
@@ -141,6 +141,25 @@ def test_parts_nested_past_the_bound_are_refused_saying_so(kind):
         parse_mail(nested_parts(MAX_PART_DEPTH + 10, kind), CARRIERS, US)
     with pytest.raises(MailError, match="nests its parts too deeply to read"):
         parse_mail(nested_parts(5000, kind), CARRIERS, US)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A multipart of a hundred thousand empty parts.
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + "--b\r\n\r\n" * 100_000,
+        # A delivery-status part of a hundred thousand blocks, one a blank line.
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n" + "\r\n" * 100_000,
+    ],
+)
+def test_a_message_of_more_parts_than_the_bound_is_refused_before_it_is_all_parsed(body):
+    """The email package makes an object of every part (and of every block of a delivery-status
+    part): a stranger's megabyte of tiny parts took hundreds of megabytes to hold. The parser
+    is stopped at the bound instead, with a reason."""
+    raw = f"From: MAILER-DAEMON@relay.example.org\r\nMIME-Version: 1.0\r\n{body}".encode()
+    with pytest.raises(MailError, match=f"more than {MAX_PARTS} parts"):
+        parse_mail(raw, CARRIERS, US)
 
 
 def test_our_own_mail_is_an_own_copy_not_a_reply():

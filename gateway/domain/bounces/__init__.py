@@ -25,12 +25,14 @@ from gateway.domain.bounces.dsn import from_status_part, single_status
 from gateway.domain.bounces.letters import from_text, looks_like_bounce, text_about
 from gateway.domain.bounces.mime import (
     MAX_PART_DEPTH,
+    MAX_PARTS,
     TolerantMessage,
+    UnreadableMime,
     content_type,
     find_part,
     human_text,
     original_id,
-    part_depth,
+    parse_bounded,
     payload_text,
     reporter_domain,
     returned_recipients,
@@ -88,12 +90,14 @@ def read_report(message: email.message.Message) -> Report | None:
 
 __all__ = [
     "ADDRESS_REASONS",
+    "MAX_PARTS",
     "MAX_PART_DEPTH",
     "Recipient",
     "Report",
     "TolerantMessage",
+    "UnreadableMime",
     "content_type",
-    "part_depth",
+    "parse_bounded",
     "payload_text",
     "read_report",
     "reason_of",

@@ -15,11 +15,16 @@ REPLY_CODE = re.compile(r"(?<![\w.\-])([45]\d\d)(?=[ \-])")
 # RFC 5321 allows and servers echo back as written ("john..doe"@example.com), then a domain.
 # An apostrophe may stand inside a local part (o'brien@), but one before it is a quote around
 # the address ("addressed to 'a@example.com'"); nor does a local part start with a dot.
+# A local part of atoms starts where a run of them starts (from inside a run the search would
+# reach the same end as from its start), and is at most 128 characters (RFC 5321 allows 64): a
+# search trying every position of a stranger's long run with no "@" in it ("a.a.a.a...", twenty
+# thousand characters) otherwise took time growing with the square of its length.
 _ATOM = r"A-Za-z0-9!#$%&*+/=?^_`{|}~\-"
-LOCAL_PART = rf"(?:\"[^\"\s]+\"|[{_ATOM}][{_ATOM}'.]*)"
-# A domain: labels joined by single dots ("example.net...User unknown" ends at "net").
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
-_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
+LOCAL_PART = rf"(?:\"[^\"\s]{{1,128}}\"|(?<![{_ATOM}])[{_ATOM}][{_ATOM}'.]{{0,127}})"
+# A domain: labels joined by single dots ("example.net...User unknown" ends at "net"), each of
+# at most 63 characters, at most 127 of them (RFC 1035's limits).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL}){{0,126}}"
 # The pattern alone, for the readers that find an address in a place of their own.
 ADDRESS_PATTERN = rf"{LOCAL_PART}@{_DOMAIN}"
 ADDRESS = re.compile(ADDRESS_PATTERN)

@@ -87,9 +87,13 @@ def _by_mention(
     announced = _ANNOUNCEMENT.search(text)
     for words in (text[announced.start() :] if announced else "", text):
         named = [
-            (a.lower().strip("."), _shape(line))
+            (a.lower().strip("."), shape)
             for line in _ID_LINES.sub("", words).splitlines()
-            for a in ADDRESS.findall(line)
+            for found in [ADDRESS.findall(line)]
+            if found
+            # The line's shape once, whatever the number of addresses it names.
+            for shape in [_shape(line)]
+            for a in found
         ]
         named = [(a, shape) for a, shape in named if not robot(a) and a not in ignore]
         if named:

@@ -11,6 +11,7 @@ import email.message
 import email.policy
 import re
 from collections.abc import Callable
+from email.policy import Policy
 from typing import Any
 
 from gateway.domain.bounces.codes import ADDRESS, MESSAGE_ID
@@ -22,7 +23,9 @@ _ORIGINAL_MARKERS = re.compile(
     r"-{3,}\s*original message\s*-{3,}|"
     r"the original message (?:was|headers)|"
     r"------ ?(?:this is|a copy)|"
-    r"\s*----- (?:transcript|unsent message|original)|"
+    # Indented on its own line: "\s*" would also run over every blank line before it, from every
+    # line start, which a body of blank lines made take time growing with its square.
+    r"[ \t]*----- (?:transcript|unsent message|original)|"
     r"return-path:|received: from)",
     re.IGNORECASE | re.MULTILINE,
 )
@@ -98,10 +101,50 @@ def _unreadable(part: email.message.Message, header: str) -> bool:
 
 
 # How deep a message may nest its parts (a multipart in a multipart, a message attached to a
-# message). The email package parses, walks and writes them by calling itself once a level, so a
-# stranger's message nesting a thousand runs it out of stack; real mail, forwarded reports
-# included, nests a handful.
+# message), and how many it may have. The email package parses, walks and writes nested parts by
+# calling itself once a level, so a stranger's message nesting a thousand ran it out of stack;
+# and it makes an object of every part, so a million tiny ones ("--b" over and over, or blank
+# lines in a delivery-status part, each a block) took hundreds of megabytes a megabyte. Real
+# mail, forwarded reports and a list's bounce for hundreds of recipients included, stays far
+# inside both.
 MAX_PART_DEPTH = 50
+MAX_PARTS = 2000
+
+
+class UnreadableMime(ValueError):
+    """A message that nests its parts too deeply, or has too many, to be read safely; the
+    message says which."""
+
+
+class _CountedParts:
+    """The parser's part factory: TolerantMessage parts, and a stop past MAX_PARTS, raised from
+    inside the parser before it makes the next one."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def __call__(self, policy: Policy = email.policy.compat32) -> TolerantMessage:
+        self.made += 1
+        # One more than the parts: the parser makes one first to learn how to call its factory.
+        if self.made > MAX_PARTS + 1:
+            raise UnreadableMime(f"the message has more than {MAX_PARTS} parts")
+        return TolerantMessage(policy=policy)
+
+
+def parse_bounded(data: bytes | str) -> email.message.Message:
+    """`data` parsed as a message of TolerantMessage parts; UnreadableMime where it nests its
+    parts more than MAX_PART_DEPTH deep or has more than MAX_PARTS of them."""
+    parts = _CountedParts()
+    try:
+        if isinstance(data, str):
+            message = email.message_from_string(data, parts, policy=email.policy.compat32)
+        else:
+            message = email.message_from_bytes(data, parts, policy=email.policy.compat32)
+    except RecursionError:
+        raise UnreadableMime("the message nests its parts too deeply to read") from None
+    if part_depth(message) > MAX_PART_DEPTH:
+        raise UnreadableMime(f"the message nests its parts more than {MAX_PART_DEPTH} deep")
+    return message
 
 
 def part_depth(message: email.message.Message) -> int:
@@ -120,13 +163,12 @@ def part_depth(message: email.message.Message) -> int:
 
 
 def _parsed_again(text: str, unrepaired: email.message.Message) -> email.message.Message:
-    """`text` parsed as a message, or `unrepaired` where the text nests its parts past
-    MAX_PART_DEPTH (a report's body may hold what its own headers did not let the parser see)."""
+    """`text` parsed as a message, or `unrepaired` where the text nests its parts too deeply or
+    has too many (a report's body may hold what its own headers did not let the parser see)."""
     try:
-        again = email.message_from_string(text, TolerantMessage, policy=email.policy.compat32)
-    except RecursionError:
+        return parse_bounded(text)
+    except UnreadableMime:
         return unrepaired
-    return unrepaired if part_depth(again) > MAX_PART_DEPTH else again
 
 
 def with_boundary(message: email.message.Message) -> email.message.Message:
