@@ -36,7 +36,7 @@ THOUSANDS = "(" * 5000
         (")(", 1),
     ],
 )
-def test_comment_depth_is_never_less_than_the_parsers(value, depth):
+def test_how_deep_a_header_nests_comments(value, depth):
     assert comment_depth(value) == depth
 
 
