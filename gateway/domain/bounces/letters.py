@@ -86,16 +86,13 @@ def _by_mention(
     ignore = {a.lower() for a in ADDRESS.findall(str(message.get("To", "")))}
     announced = _ANNOUNCEMENT.search(text)
     for words in (text[announced.start() :] if announced else "", text):
-        named = [
-            (a.lower().strip("."), shape)
-            for line in _ID_LINES.sub("", words).splitlines()
-            for found in [ADDRESS.findall(line)]
-            if found
-            # The line's shape once, whatever the number of addresses it names.
-            for shape in [_shape(line)]
-            for a in found
-        ]
-        named = [(a, shape) for a, shape in named if not robot(a) and a not in ignore]
+        named: list[tuple[str, str]] = []
+        for line in _ID_LINES.sub("", words).splitlines():
+            found = [a.lower().strip(".") for a in ADDRESS.findall(line)]
+            found = [a for a in found if not robot(a) and a not in ignore]
+            if found:
+                shape = _shape(line)  # once a line, whatever the number of addresses it names
+                named += [(a, shape) for a in found]
         if named:
             first_shape = named[0][1]
             return list(dict.fromkeys(a for a, shape in named if shape == first_shape))
