@@ -88,11 +88,14 @@ def _by_mention(
     for words in (text[announced.start() :] if announced else "", text):
         named: list[tuple[str, str]] = []
         for line in _ID_LINES.sub("", words).splitlines():
-            found = [a.lower().strip(".") for a in ADDRESS.findall(line)]
-            found = [a for a in found if not robot(a) and a not in ignore]
-            if found:
-                shape = _shape(line)  # once a line, whatever the number of addresses it names
-                named += [(a, shape) for a in found]
+            found = ADDRESS.findall(line)
+            if not found:
+                continue
+            shape = _shape(line)  # once a line, whatever the number of addresses it names
+            for written in found:
+                address = written.lower().strip(".")
+                if not robot(address) and address not in ignore:
+                    named.append((address, shape))
         if named:
             first_shape = named[0][1]
             return list(dict.fromkeys(a for a, shape in named if shape == first_shape))
