@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import threading
 
 import pytest
@@ -59,6 +60,26 @@ def test_sqlite_runs_in_wal_mode(sqlite_url):
     engine = make_engine(sqlite_url)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_a_savepoint_holds_sqlites_write_lock_so_its_writes_never_fail_at_once(tmp_path):
+    """A SQLite transaction opened by a savepoint (the mailbox reader's store, a contact's
+    save) reads, then writes. Were it deferred, another writer could commit between the two,
+    and the write would fail at once with "database is locked" (the demo's mailbox reader did,
+    its first seconds); holding the write lock from the savepoint on, the other writer waits."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE marks (n INTEGER)")
+    other = sqlite3.connect(tmp_path / "gw.db", isolation_level=None, timeout=0.1)
+    with engine.connect() as conn, conn.begin(), conn.begin_nested():
+        assert conn.exec_driver_sql("SELECT count(*) FROM marks").scalar() == 0
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("INSERT INTO marks VALUES (1)")  # waits its turn (gives up here)
+        conn.exec_driver_sql("INSERT INTO marks VALUES (2)")
+    other.execute("INSERT INTO marks VALUES (1)")  # its turn
+    assert other.execute("SELECT n FROM marks ORDER BY n").fetchall() == [(1,), (2,)]
+    other.close()
+    engine.dispose()
 
 
 def test_enqueue_stores_a_queued_row_with_its_message_id(runtime):

@@ -43,6 +43,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
                 raise DatabaseError(f"the folder of the database file {database!r} does not exist")
         engine = create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "savepoint", _sqlite_write_lock_first)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -84,6 +85,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_MS}")
     cursor.close()
+
+
+def _sqlite_write_lock_first(conn: Connection, _name: str) -> None:
+    """Before a savepoint that would open SQLite's transaction, take the write lock. A
+    transaction a SAVEPOINT opens is deferred: its first read fixes a snapshot, and its first
+    write then fails at once with "database is locked" if another writer committed in between
+    (the busy timeout does not apply, as waiting cannot help). Savepoints here guard writes, so
+    taking the lock first makes such a writer wait its turn like any other. (Without a savepoint
+    the driver opens the transaction at the first write, which waits as it should.)"""
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is not None and not dbapi_connection.in_transaction:
+        dbapi_connection.execute("BEGIN IMMEDIATE")
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
