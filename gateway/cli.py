@@ -37,6 +37,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help names settings by section ("[web] host"), which rich markup would take for a style tag
+    # and drop; as Markdown the section stays and a paragraph's lines are joined.
+    rich_markup_mode="markdown",
 )
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
+import click
 import pytest
+import typer.main
 
+from gateway.cli import app
 from tests.conftest import REPO, gateway_folder, run_gateway
 
 
@@ -24,6 +28,33 @@ def gw(
 def workdir(tmp_path, smtp_server) -> Path:
     extra = 'from_address = "Dispatch <dispatch@example.com>"\n'
     return gateway_folder(tmp_path, smtp_server.port, extra, migrate=False)
+
+
+# --- help ---------------------------------------------------------------------------------------
+
+
+def test_help_keeps_the_settings_sections_it_names(tmp_path):
+    """Help names a setting by its section ("[web] host"); read as rich markup, "[web]" was taken
+    for a style tag and dropped ("on  host and port")."""
+    root = typer.main.get_command(app)
+    commands: list[tuple[list[str], click.Command]] = []
+
+    def walk(command: click.Command, path: list[str]) -> None:
+        commands.append((path, command))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(root, [])
+    named = 0
+    for path, command in commands:
+        texts = [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
+        sections = set(re.findall(r"\[[a-z_]+\]", " ".join(texts)))
+        if not sections:
+            continue
+        named += 1
+        shown = gw(*path, "--help", cwd=tmp_path, env={"COLUMNS": "300"}, check_code=0).stdout
+        assert all(section in shown for section in sections), (path, sections, shown)
+    assert named >= 3  # serve, auth, channels list at least
 
 
 # --- addresses and carriers ---------------------------------------------------------------------
