@@ -709,6 +709,10 @@ def test_corpus_figures_meet_the_bar():
         ("SMTP error from remote mail server after MAIL FROM:<us@example.com>: 553 5.1.0 "
          "us example.com does not exist", "5.1.0", "rejected", False),
         ("Delivery failed 20 attempts", "", "expired", False),
+        # Postfix's queue holding a destination it could not reach: no account suspended.
+        ("delivery temporarily suspended: host mx.example.net[192.0.2.7] refused to talk to me: "
+         "421 Service not available", "4.0.0", "blocked", False),
+        ("550 5.2.1 Account suspended", "5.2.1", "suspend", False),
     ],
 )  # fmt: skip
 def test_specific_words_and_codes(diagnostic, status, reason, permanent):
@@ -1171,3 +1175,34 @@ def test_the_address_pattern_finds_addresses_as_reports_write_them(text, found):
     """Where an address starts and ends; and a run with no "@" is passed over once, not from
     every position of it (bench/hostile_mail.py measures how long that takes)."""
     assert ADDRESS.findall(text) == found
+
+
+FORWARDED_REPORT = """From: MAILER-DAEMON@mail.example.jp
+To: dispatch@example.com
+Subject: Undelivered Mail Returned to Sender
+Content-Type: text/plain; charset=us-ascii
+
+I'm sorry to have to inform you that the message returned
+below could not be delivered to one or more destinations.
+
+For further assistance, please contact <support@isp.example.net>
+
+---------------------------------
+From MAILER-DAEMON  Thu Apr 29 23:34:45 2015
+""" + DSN.format(
+    action="failed",
+    status="4.0.0",
+    diagnostic="delivery temporarily suspended: host mx.vtext.example[192.0.2.7] refused to talk"
+    " to me: 421 Service not available",
+)
+
+
+def test_a_report_a_postmaster_forwards_in_a_letter_is_read_for_its_failures():
+    """A letter quoting, after a mailbox's "From " line, the standard report its writer was
+    sent: the failures are the quoted report's, not the address the letter offers for help."""
+    report = read_report(parse(FORWARDED_REPORT))
+    [failed] = report.recipients
+    assert (failed.address, failed.status, failed.reason) == ("2025550143@vtext.com", "4.0.0",
+                                                              "blocked")  # fmt: skip
+    assert report.reader == "delivery-status"
+    assert report.original_message_id == "<abc123@example.com>"

@@ -24,12 +24,14 @@ import email.policy
 from gateway.domain.bounces.dsn import from_status_part, single_status
 from gateway.domain.bounces.letters import from_text, looks_like_bounce, text_about
 from gateway.domain.bounces.mime import (
+    DELIVERY_STATUS,
     MAX_PART_DEPTH,
     MAX_PARTS,
     TolerantMessage,
     UnreadableMime,
     content_type,
     find_part,
+    forwarded_report,
     human_text,
     original_id,
     parse_bounded,
@@ -54,7 +56,7 @@ def read_report(message: email.message.Message) -> Report | None:
     if message.get_content_type() == "multipart/report" and report_type == "feedback-report":
         return feedback(message)
     # Bounces before auto-replies: mail systems mark their bounces Auto-Submitted too.
-    status_part = find_part(message, "message/delivery-status", "message/global-delivery-status")
+    status_part = find_part(message, *DELIVERY_STATUS)
     stated = ""
     if status_part is not None:
         report = from_status_part(message, status_part)
@@ -64,6 +66,14 @@ def read_report(message: email.message.Message) -> Report | None:
         # states the status: the letter names the recipient.
         stated = single_status(status_part)
     if looks_like_bounce(message):
+        quoted = forwarded_report(message) if status_part is None else None
+        if quoted is not None:
+            # A postmaster forwarding the report they were sent: its failures, not the
+            # letter's contact address. (A quoted report has a status part of its own, so
+            # reading it never looks for another quote: one level, whatever the letter nests.)
+            report = read_report(quoted)
+            if report is not None and report.kind == "bounce" and report.recipients:
+                return report
         report = from_text(message, stated)
         if report is not None:
             return report

@@ -246,6 +246,33 @@ def human_text(message: email.message.Message) -> str:
     return ""
 
 
+# The content types of a standard report's status part.
+DELIVERY_STATUS = ("message/delivery-status", "message/global-delivery-status")
+# A mailbox's "From " line, with which a message quoted whole in a letter begins ("From
+# MAILER-DAEMON  Thu Apr 29 23:34:45 2015").
+_MBOX_FROM = re.compile(
+    r"^From \S+ +\w{3} \w{3} +\d{1,2} \d\d:\d\d:\d\d \d{4}[ \t]*$", re.MULTILINE
+)
+
+
+def forwarded_report(message: email.message.Message) -> email.message.Message | None:
+    """A standard report (RFC 3464) that a letter quotes whole after a mailbox's "From " line,
+    as a postmaster forwards the report they were sent: that report, parsed; None where the
+    letter's text quotes none."""
+    text_part = find_part(message, "text/plain")
+    if text_part is None or text_part.is_multipart():
+        return None
+    text = payload_text(text_part)
+    start = _MBOX_FROM.search(text)
+    if start is None:
+        return None
+    try:
+        quoted = parse_bounded(text[start.end() :].lstrip("\r\n"))
+    except UnreadableMime:
+        return None
+    return quoted if find_part(quoted, *DELIVERY_STATUS) is not None else None
+
+
 def reporter_domain(message: email.message.Message) -> str:
     """The domain the report came from (its From), lower case; "" when it names none."""
     found = ADDRESS.search(str(message.get("From", "")))

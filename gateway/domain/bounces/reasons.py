@@ -119,10 +119,12 @@ REASON_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     # Before an unknown user: servers answer "user unknown" for a disabled account too, and
     # a report that also says the account is disabled has said the more specific thing.
+    # Postfix's "delivery temporarily suspended" is its queue holding a destination it could
+    # not reach, not an account.
+    ("suspend", re.compile(r"(?<!delivery temporarily )(?<![a-z0-9])suspended(?![a-z0-9])")),
     (
         "suspend",
         _words(
-            "suspended",
             "account disabled",
             "is disabled",
             "deactivated",
