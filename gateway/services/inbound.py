@@ -46,6 +46,8 @@ from gateway.store.inbox import SentThread
 from gateway.transport.mailsource import Batch, Fetched, MailSource
 
 log = logging.getLogger(__name__)
+# How often a batch the database refused is tried again (it is held, never skipped).
+STORE_RETRY_SECONDS = 5
 
 
 @dataclass
@@ -527,16 +529,25 @@ class Receiver:
     async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> InboundStats:
         try:
             async for batch in self.source.batches(stop, drain=until_idle):
+                failures = 0
                 while True:
                     try:
                         await asyncio.to_thread(self.ingest.store, batch, utcnow())
                         break
                     except DBAPIError as exc:
                         # The database is away: hold the batch and try again, never skip it.
-                        log.error("cannot store inbound mail (%s); retrying in 5 s", exc.orig)
-                        await asyncio.sleep(5)
+                        # Said once, in the database's words, not every few seconds.
+                        failures += 1
+                        log.log(
+                            logging.ERROR if failures == 1 else logging.DEBUG,
+                            "cannot store inbound mail (%s); holding it, trying every %d s",
+                            exc.orig, STORE_RETRY_SECONDS,
+                        )  # fmt: skip
+                        await _wait(stop, STORE_RETRY_SECONDS)
                         if stop.is_set():
                             return self.stats
+                if failures:
+                    log.warning("inbound mail stored again, after %d failed tries", failures)
                 await self.source.done(batch)
         finally:
             await self.source.close()

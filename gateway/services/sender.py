@@ -252,9 +252,18 @@ class Sender:
             self._database_failures += 1
             wait = min(DATABASE_BACKOFF_CAP, 0.5 * 2 ** (self._database_failures - 1))
             reason = str(exc.orig) if exc.orig is not None else str(exc)
-            log.warning("%s failed (%s); trying again in %.1f s", what, reason, wait)
+            # Said once, in the database's words; the tries after it only in the debug log.
+            log.log(
+                logging.WARNING if self._database_failures == 1 else logging.DEBUG,
+                "%s failed (%s); trying again in %.1f s, then less often",
+                what, reason, wait,
+            )  # fmt: skip
             await _wait(stop, wait)
             return None
+        if self._database_failures:
+            log.warning(
+                "the database answers again, after %d failed tries", self._database_failures
+            )
         self._database_failures = 0
         return result
 

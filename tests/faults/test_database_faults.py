@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import errno
+import logging
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -64,7 +65,10 @@ async def until(predicate, seconds: float) -> bool:
     return False
 
 
-async def test_locked_past_the_busy_timeout_the_sender_backs_off_and_resumes(tmp_path, smtp_server):
+async def test_locked_past_the_busy_timeout_the_sender_backs_off_and_resumes(
+    tmp_path, smtp_server, caplog
+):
+    caplog.set_level(logging.INFO, logger="gateway.sender")
     url = f"sqlite:///{tmp_path / 'gw.db'}"
     runtime = make_runtime(url, smtp_server.port)
     fill(runtime, 20)
@@ -89,6 +93,11 @@ async def test_locked_past_the_busy_timeout_the_sender_backs_off_and_resumes(tmp
         await task
         impatient.dispose()
     assert len(smtp_server.received) == 20  # each once
+    # Said once, in the database's words, however many tries it took; and its return.
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    refused = [m for m in said if "database is locked" in m]
+    assert len(refused) == 1, said
+    assert sum("the database answers again" in m for m in said) == 1, said
 
 
 @contextlib.contextmanager
@@ -152,9 +161,13 @@ async def test_a_full_disk_gives_503_and_the_sender_resumes_when_there_is_room(
         runtime.engine.dispose()
 
 
-async def test_a_full_disk_holds_inbound_mail_until_there_is_room(tmp_path, smtp_server):
+async def test_a_full_disk_holds_inbound_mail_until_there_is_room(
+    tmp_path, smtp_server, caplog, monkeypatch
+):
     """The mailbox reader cannot store: it keeps the batch (nothing marked done, nothing
-    quarantined) and stores each message once when the disk has room again."""
+    quarantined) and stores each message once when the disk has room again. It says so once,
+    not at every try."""
+    from gateway.services import inbound as inbound_service
     from gateway.services.inbound import Ingest, Receiver
     from gateway.store.tables import inbound, quarantine
     from gateway.transport.mailsource import deliver_to_maildir
@@ -176,6 +189,8 @@ async def test_a_full_disk_holds_inbound_mail_until_there_is_room(tmp_path, smtp
                 return conn.execute(select(func.count()).select_from(inbound)).scalar_one()
 
         receiver = Receiver(Ingest(runtime, runtime.engine), runtime.mail_source(runtime.engine))
+        monkeypatch.setattr(inbound_service, "STORE_RETRY_SECONDS", 0.1)
+        caplog.set_level(logging.INFO, logger="gateway.services.inbound")
         stop = asyncio.Event()
         task = asyncio.create_task(receiver.run(stop))
         try:
@@ -190,3 +205,6 @@ async def test_a_full_disk_holds_inbound_mail_until_there_is_room(tmp_path, smtp
         with runtime.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(quarantine)).scalar_one() == 0
         runtime.engine.dispose()
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("cannot store inbound mail" in m for m in said) == 1, said
+    assert sum("stored again, after" in m for m in said) == 1, said
