@@ -7,10 +7,13 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
+import sqlite3
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from sqlalchemy import create_engine
 
 from gateway.config import ConfigError, load_settings
 from gateway.services.inbound import Ingest, Receiver
@@ -125,6 +128,43 @@ async def test_an_unreachable_receiver_is_given_up_after_max_attempts(sqlite_url
     await hooks.deliver(at + dt.timedelta(hours=2))
     (row,) = delivery_log(runtime.engine)
     assert row["gave_up"] and row["attempts"] == 2 and "cannot reach" in row["last_error"]
+
+
+async def test_a_database_that_refuses_every_pass_is_said_once_without_a_traceback(
+    tmp_path, smtp_server, hook, caplog
+):
+    """Passes run every second: the database locked past its busy timeout fails each one, and
+    the log says so once (no traceback), then once that passes work again."""
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    runtime = runtime_with(url, smtp_server, hook.url)
+    hooks = Webhooks(runtime, create_engine(url, connect_args={"timeout": 0.05}))
+    hooks.collect(utcnow())
+    await send(runtime)  # a state change to collect: the next pass must write
+    caplog.set_level(logging.DEBUG, logger="gateway.services.webhooks")
+    holder = sqlite3.connect(tmp_path / "gw.db", timeout=5, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    stop = asyncio.Event()
+    task = asyncio.create_task(hooks.run(stop, every=0.02))
+    try:
+        for _ in range(200):  # several passes fail (seen in the debug log)
+            if sum("webhooks pass failed" in r.getMessage() for r in caplog.records) >= 6:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        holder.rollback()
+        holder.close()
+    for _ in range(200):
+        if hook.calls:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    assert hook.calls  # delivered once the database answered
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(" (")[0] for r in said] == [
+        "webhooks pass failed", "webhooks passes work again"]  # fmt: skip
+    assert "database is locked" in said[0].getMessage()
+    assert not any(r.exc_info for r in said)
 
 
 async def test_a_reply_is_posted_with_its_text_and_message(sqlite_url, smtp_server, hook, tmp_path):

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from gateway.domain.health import Health
 from gateway.store import heartbeats
-from gateway.store.db import utcnow
+from gateway.store.db import database_words, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,17 @@ async def pulse(
     ending: asyncio.Event,
 ) -> None:
     """Beat until `ending` is set. `mailbox` is None when this process reads no mailbox."""
+    beating = Health()  # whether the beats are written: a failure is said once, not each beat
     while not ending.is_set():
         lag, health = mailbox() if mailbox is not None else (None, None)
         try:
             await asyncio.to_thread(heartbeats.beat, engine, name, utcnow(), lag, health)
         except Exception as exc:  # the database away for a moment: the next beat tries again
-            log.warning("heartbeat not written: %s", exc)
+            if beating.failing(database_words(exc), utcnow()):
+                log.warning("heartbeat not written: %s", database_words(exc))
+        else:
+            if beating.working(utcnow()):
+                log.warning("heartbeats are written again")
         # Until the mailbox has been looked at once, beat again soon to report it.
         soon = lag is None and mailbox is not None
         with contextlib.suppress(TimeoutError):

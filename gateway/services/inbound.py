@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from gateway.domain.bounces import Recipient
-from gateway.domain.health import backoff
+from gateway.domain.health import Health, backoff
 from gateway.domain.inbound import (
     MAX_TEXT,
     InboundMail,
@@ -41,7 +41,7 @@ from gateway.services.outbound import EnqueueError, SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store import inbox, live
 from gateway.store.contacts import ensure_conversation, upsert_contact
-from gateway.store.db import utcnow
+from gateway.store.db import database_words, utcnow
 from gateway.store.inbox import SentThread
 from gateway.transport.mailsource import Batch, Fetched, MailSource
 
@@ -521,6 +521,7 @@ class Receiver:
     def __init__(self, ingest: Ingest, source: MailSource) -> None:
         self.ingest = ingest
         self.source = source
+        self.storing = Health()  # whether the database takes what is read: a refusal said once
 
     @property
     def stats(self) -> InboundStats:
@@ -529,25 +530,22 @@ class Receiver:
     async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> InboundStats:
         try:
             async for batch in self.source.batches(stop, drain=until_idle):
-                failures = 0
                 while True:
                     try:
                         await asyncio.to_thread(self.ingest.store, batch, utcnow())
                         break
                     except DBAPIError as exc:
                         # The database is away: hold the batch and try again, never skip it.
-                        # Said once, in the database's words, not every few seconds.
-                        failures += 1
-                        log.log(
-                            logging.ERROR if failures == 1 else logging.DEBUG,
-                            "cannot store inbound mail (%s); holding it, trying every %d s",
-                            exc.orig, STORE_RETRY_SECONDS,
-                        )  # fmt: skip
+                        # Said once, in the database's words, not at every try.
+                        news = self.storing.failing(database_words(exc), utcnow())
+                        log.log(logging.ERROR if news else logging.DEBUG,
+                                "cannot store inbound mail (%s); holding it, trying every %s s",
+                                database_words(exc), STORE_RETRY_SECONDS)  # fmt: skip
                         await _wait(stop, STORE_RETRY_SECONDS)
                         if stop.is_set():
                             return self.stats
-                if failures:
-                    log.warning("inbound mail stored again, after %d failed tries", failures)
+                if self.storing.working(utcnow()):
+                    log.warning("inbound mail is stored again")
                 await self.source.done(batch)
         finally:
             await self.source.close()
@@ -567,6 +565,7 @@ class MailboxLease:
         self.seconds = seconds
         self.mailbox = receiver.source.mailbox
         self.held = False
+        self.leasing = Health()  # whether the database answers for the lease
 
     async def _take(self) -> str | None:
         now = utcnow()
@@ -583,8 +582,15 @@ class MailboxLease:
             try:
                 other = await self._take()
             except (OperationalError, InterfaceError) as exc:
-                log.error("cannot reach the database for the mailbox lease (%s)", exc)
+                # Said once, in the database's words, not at every look.
+                if self.leasing.failing(database_words(exc), utcnow()):
+                    log.error(
+                        "cannot reach the database for the mailbox lease (%s)", database_words(exc)
+                    )
                 other = "?"
+            else:
+                if self.leasing.working(utcnow()):
+                    log.warning("the database answers the mailbox lease again")
             if other is not None:
                 if until_idle:
                     log.warning("%s is being read by %s; not read here", self.mailbox, other)
@@ -623,7 +629,11 @@ class MailboxLease:
                 other = await self._take()
             except (OperationalError, InterfaceError) as exc:
                 # Unrenewed, the lease runs out: stop before another process may take over.
-                log.error("cannot renew the lease on %s (%s); stopping reading", self.mailbox, exc)
+                log.error(
+                    "cannot renew the lease on %s (%s); stopping reading",
+                    self.mailbox,
+                    database_words(exc),
+                )
                 other = "?"
             if other is not None:
                 log.warning("%s is now read by %s; stopping here", self.mailbox, other)

@@ -33,6 +33,7 @@ from gateway.domain.delivery import (
     postpone,
 )
 from gateway.domain.email_out import build_email
+from gateway.domain.health import Health
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.domain.quiet import QuietPolicy
 from gateway.domain.routing import (
@@ -46,7 +47,7 @@ from gateway.domain.routing import (
 from gateway.domain.smsgate import our_id
 from gateway.services.bell import Bell
 from gateway.services.routes import Lane, RouteBook
-from gateway.store.db import utcnow
+from gateway.store.db import database_words, utcnow
 from gateway.store.routes import give_back_quota, take_quota
 from gateway.store.sending import (
     AttemptRecord,
@@ -145,6 +146,7 @@ class Sender:
         self._allowance: dict[Route, _Grant] = {}
         self._allowance_lock = asyncio.Lock()
         self._database_failures = 0  # in a row: how long to wait before the next try
+        self._database_health = Health()  # how the database answers: a refusal is said once
         self._connections = (
             sum(pool.server.connections for pool in pools)
             + sum(client.connections for client in self._clients)
@@ -251,19 +253,15 @@ class Sender:
         except (OperationalError, InterfaceError) as exc:
             self._database_failures += 1
             wait = min(DATABASE_BACKOFF_CAP, 0.5 * 2 ** (self._database_failures - 1))
-            reason = str(exc.orig) if exc.orig is not None else str(exc)
+            reason = database_words(exc)
             # Said once, in the database's words; the tries after it only in the debug log.
-            log.log(
-                logging.WARNING if self._database_failures == 1 else logging.DEBUG,
-                "%s failed (%s); trying again in %.1f s, then less often",
-                what, reason, wait,
-            )  # fmt: skip
+            news = self._database_health.failing(reason, self.clock())
+            log.log(logging.WARNING if news else logging.DEBUG,
+                    "%s failed (%s); trying again in %.1f s", what, reason, wait)  # fmt: skip
             await _wait(stop, wait)
             return None
-        if self._database_failures:
-            log.warning(
-                "the database answers again, after %d failed tries", self._database_failures
-            )
+        if self._database_health.working(self.clock()):
+            log.warning("the database answers again")
         self._database_failures = 0
         return result
 

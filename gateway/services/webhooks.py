@@ -24,8 +24,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
+from gateway.domain.health import Health
 from gateway.services.runtime import Runtime
-from gateway.store.db import utcnow
+from gateway.store.db import database_words, utcnow
 from gateway.store.tables import attempts, channel_events, cursors, inbound, messages, orders
 from gateway.store.tables import webhook_deliveries as deliveries
 
@@ -224,13 +225,20 @@ class Webhooks:
             return None, f"cannot reach {url}: {reason}"
 
     async def run(self, stop: asyncio.Event, every: float = 1.0) -> None:
+        passing = Health()  # whether a pass works: a failure is said once, not every second
         while not stop.is_set():
             try:
                 now = utcnow()
                 await asyncio.to_thread(self.collect, now)
                 await self.deliver(now)
-            except Exception:  # the order system being away must not stop the gateway
-                log.exception("webhooks pass failed")
+            except Exception as exc:  # the database being away must not stop the gateway
+                error = f"{type(exc).__name__}: {database_words(exc)}"
+                if passing.failing(error, utcnow()):
+                    log.warning("webhooks pass failed (%s); trying every %s s", error, every)
+                log.debug("webhooks pass failed", exc_info=True)
+            else:
+                if passing.working(utcnow()):
+                    log.warning("webhooks passes work again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import ConfigError
+from gateway.domain.health import Health
 from gateway.services.bell import Bell
 from gateway.services.heartbeat import MailboxView, pulse
 from gateway.services.inbound import Ingest, MailboxLease, Receiver, keep_reading
@@ -29,7 +30,7 @@ from gateway.services.scheduler import Scheduler
 from gateway.services.sender import Sender, SenderStats, worker_name
 from gateway.services.webhooks import Webhooks
 from gateway.store import heartbeats
-from gateway.store.db import utcnow
+from gateway.store.db import database_words, utcnow
 from gateway.transport.imap import ImapError
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,7 @@ class Worker:
     async def _watch_settings(self, stop: asyncio.Event, ending: asyncio.Event) -> None:
         """Set `ending` at stop, or once the saved settings change (the workers are then made
         again from them). A change that does not fit is reported and the running settings kept."""
+        reading = Health()  # whether the saved settings can be read: a failure is said once
         while not ending.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SETTINGS_CHECK_SECONDS)
@@ -218,8 +220,11 @@ class Worker:
                 self.say(f"{exc}\nkeeping the settings in use")
                 continue
             except Exception as exc:  # the database away for a moment: look again later
-                log.warning("reading the saved settings failed: %s", exc)
+                if reading.failing(database_words(exc), utcnow()):
+                    log.warning("reading the saved settings failed: %s", database_words(exc))
                 continue
+            if reading.working(utcnow()):
+                log.warning("the saved settings are read again")
             if changed:
                 ending.set()
                 return

@@ -30,6 +30,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def database_words(exc: BaseException) -> str:
+    """What the database said of a failure: the driver's message, without the statement and
+    parameters SQLAlchemy adds (they change at every try, so a repeat would look new)."""
+    said = getattr(exc, "orig", None)
+    return str(said if said is not None else exc)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     try:
         parsed = make_url(url)

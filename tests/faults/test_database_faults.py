@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import OperationalError
 
 from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
@@ -207,4 +208,72 @@ async def test_a_full_disk_holds_inbound_mail_until_there_is_room(
         runtime.engine.dispose()
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert sum("cannot store inbound mail" in m for m in said) == 1, said
-    assert sum("stored again, after" in m for m in said) == 1, said
+    assert sum("stored again" in m for m in said) == 1, said
+
+
+async def test_loops_on_a_timer_say_a_refusing_database_once(
+    tmp_path, smtp_server, caplog, monkeypatch
+):
+    """The heartbeat, the mailbox lease and the settings watcher each try again every few
+    seconds: a database that refuses them is said once by each, and its return once, however
+    many tries fail in between."""
+    from gateway.services import worker as worker_service
+    from gateway.services.heartbeat import pulse
+    from gateway.services.inbound import Ingest, MailboxLease, Receiver
+    from gateway.store import heartbeats, inbox
+
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    runtime = make_runtime(url, smtp_server.port, inbound={"maildir": str(tmp_path / "Maildir")})
+    impatient = create_engine(url, connect_args={"timeout": 0.05})
+    tries = {"beat": 0, "lease": 0, "settings": 0}
+
+    def counted(name, work):
+        def counting(*args, **kwargs):
+            tries[name] += 1
+            return work(*args, **kwargs)
+
+        return counting
+
+    def refresh():  # the saved settings cannot be read five times, then can
+        tries["settings"] += 1
+        if tries["settings"] <= 5:
+            raise OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))
+        return False
+
+    worker = worker_service.Worker(runtime)
+    monkeypatch.setattr(heartbeats, "BEAT_SECONDS", 0.02)
+    monkeypatch.setattr(heartbeats, "beat", counted("beat", heartbeats.beat))
+    monkeypatch.setattr(inbox, "hold_mailbox", counted("lease", inbox.hold_mailbox))
+    monkeypatch.setattr(worker_service, "SETTINGS_CHECK_SECONDS", 0.02)
+    monkeypatch.setattr(runtime, "refresh", refresh)
+    caplog.set_level(logging.INFO)
+    source = runtime.mail_source(impatient)
+    lease = MailboxLease(Receiver(Ingest(runtime, impatient), source), impatient, "t", seconds=0.06)
+    holder = sqlite3.connect(tmp_path / "gw.db", timeout=5, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    stop, ending = asyncio.Event(), asyncio.Event()
+    tasks = [
+        asyncio.create_task(pulse(impatient, "t", None, ending)),
+        asyncio.create_task(lease.run(stop)),
+        asyncio.create_task(worker._watch_settings(stop, ending)),
+    ]
+    try:
+        assert await until(lambda: min(tries.values()) >= 6, 30), tries  # each failed often
+    finally:
+        holder.rollback()
+        holder.close()
+
+    def said(words: str) -> int:
+        return sum(words in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+    try:
+        assert await until(lambda: said("written again") and said("lease again"), 30)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        impatient.dispose()
+    assert said("heartbeat not written") == 1
+    assert said("cannot reach the database for the mailbox lease") == 1
+    assert said("reading the saved settings failed") == 1
+    assert (said("written again"), said("lease again"), said("settings are read again")) == (
+        1, 1, 1)  # fmt: skip
