@@ -147,6 +147,7 @@ class Sender:
         self._allowance_lock = asyncio.Lock()
         self._database_failures = 0  # in a row: how long to wait before the next try
         self._database_health = Health()  # how the database answers: a refusal is said once
+        self._copying = Health()  # how copies to the Sent folder fare: a failure is said once
         self._connections = (
             sum(pool.server.connections for pool in pools)
             + sum(client.connections for client in self._clients)
@@ -233,10 +234,10 @@ class Sender:
                 # more before calling it idle.
                 await self._flush()
                 due = await self._database(
-                    stop, "counting due texts", count_due, self.engine, self.clock()
+                    stop, "counting due texts", count_due, self.engine, self.clock(), writes=False
                 )
-                if due == 0:
-                    return
+                if due == 0 and not (self._results or self._postponed):
+                    return  # idle, and every outcome written (a full disk may refuse them)
                 continue
             if self.bell is not None:
                 await self.bell.wait(stop, self.idle_poll)
@@ -244,26 +245,35 @@ class Sender:
                 await _wait(stop, self.idle_poll)
 
     async def _database(self, stop: asyncio.Event, what: str, work: Callable[..., T],
-                        *args: Any) -> T | None:  # fmt: skip
+                        *args: Any, writes: bool = True) -> T | None:  # fmt: skip
         """`work(*args)` in a thread; None, after a growing wait, when the database refuses
         (locked past its busy timeout, its disk full, or away): the loop goes on, and resumes
-        by itself when the database does."""
+        by itself when the database does. Only a write that works says it is back (a full disk
+        still answers reads)."""
         try:
             result = await asyncio.to_thread(work, *args)
         except (OperationalError, InterfaceError) as exc:
             self._database_failures += 1
             wait = min(DATABASE_BACKOFF_CAP, 0.5 * 2 ** (self._database_failures - 1))
-            reason = database_words(exc)
-            # Said once, in the database's words; the tries after it only in the debug log.
-            news = self._database_health.failing(reason, self.clock())
-            log.log(logging.WARNING if news else logging.DEBUG,
-                    "%s failed (%s); trying again in %.1f s", what, reason, wait)  # fmt: skip
+            self._database_said(exc, what, f"trying again in {wait:.1f} s")
             await _wait(stop, wait)
             return None
-        if self._database_health.working(self.clock()):
+        if writes and self._database_health.working(self.clock()):
             log.warning("the database answers again")
         self._database_failures = 0
         return result
+
+    def _database_said(self, exc: Exception, what: str, then: str) -> None:
+        """Log a failed database step once, in the database's words (and when the words
+        change); the tries after it, with the traceback, only in the debug log."""
+        reason = database_words(exc)
+        if not isinstance(exc, (OperationalError, InterfaceError)):
+            reason = f"{type(exc).__name__}: {reason}"  # not the database being away: a fault
+        news = self._database_health.failing(reason, self.clock())
+        log.log(
+            logging.WARNING if news else logging.DEBUG, "%s failed (%s); %s", what, reason, then
+        )
+        log.debug("%s failed", what, exc_info=exc)
 
     async def _send_loop(self) -> None:
         while True:
@@ -433,12 +443,17 @@ class Sender:
             try:
                 await self.sent_folder.append(data, when)
                 self.stats.copied += 1
-            except ImapError as exc:
+            except Exception as exc:
                 self.stats.copies_failed += 1
-                log.warning("copy to the Sent folder failed: %s", exc)
-            except Exception:
-                self.stats.copies_failed += 1
-                log.exception("copy to the Sent folder failed unexpectedly")
+                # Said once while copies keep failing the same way (the server away), not for
+                # each text; a fault of ours says its kind.
+                error = str(exc) if isinstance(exc, ImapError) else f"{type(exc).__name__}: {exc}"
+                if self._copying.failing(error, self.clock()):
+                    log.warning("copy to the Sent folder failed: %s", error)
+                log.debug("copy to the Sent folder failed", exc_info=exc)
+            else:
+                if self._copying.working(self.clock()):
+                    log.warning("copies to the Sent folder work again")
             finally:
                 self._copies.task_done()
 
@@ -455,11 +470,13 @@ class Sender:
         """Write `items`; on failure put them back at the front of `pending` for the next flush."""
         try:
             await asyncio.to_thread(write, self.engine, items)
-        except Exception:
-            log.exception("writing %d %s failed; will retry", len(items), what)
+        except Exception as exc:
+            self._database_said(exc, f"writing {len(items)} {what}", "trying again in 1 s")
             pending[:0] = items
             await asyncio.sleep(1)
             return False
+        if self._database_health.working(self.clock()):
+            log.warning("the database answers again")
         return True
 
     async def _record_loop(self) -> None:
@@ -494,8 +511,8 @@ class Sender:
                 # from the database.
                 self._counted_at = now
                 await asyncio.to_thread(self.routes.refresh, self.engine, now)
-        except Exception:  # route state is shared best effort; it is written again next time
-            log.exception("sharing route state failed")
+        except Exception as exc:  # route state is shared best effort; written again next time
+            self._database_said(exc, "sharing route state", "shared again at the next flush")
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -127,7 +127,7 @@ def fill_the_disk(folder: Path) -> Path:
 
 
 async def test_a_full_disk_gives_503_and_the_sender_resumes_when_there_is_room(
-    tmp_path, smtp_server
+    tmp_path, smtp_server, caplog
 ):
     with small_disk(tmp_path / "small") as disk:
         url = f"sqlite:///{disk / 'gw.db'}"
@@ -158,6 +158,10 @@ async def test_a_full_disk_gives_503_and_the_sender_resumes_when_there_is_room(
             stop.set()
             await task
         assert len(smtp_server.received) == 20  # none twice, none lost
+        # The refusal in the database's words once (it was tried again and again), its end once.
+        said = [r.getMessage() for r in caplog.records if r.name == "gateway.sender"]
+        assert sum("database or disk is full" in m for m in said) == 1, said
+        assert sum("the database answers again" in m for m in said) == 1, said
         assert api.post("/api/v1/messages", json=MESSAGE).status_code == 201
         runtime.engine.dispose()
 
@@ -277,3 +281,34 @@ async def test_loops_on_a_timer_say_a_refusing_database_once(
     assert said("reading the saved settings failed") == 1
     assert (said("written again"), said("lease again"), said("settings are read again")) == (
         1, 1, 1)  # fmt: skip
+
+
+async def test_outcomes_the_database_refuses_are_said_once_and_written_later(
+    tmp_path, smtp_server, caplog, monkeypatch
+):
+    """The database refuses the sender's record of what it sent, three times: the outcomes wait
+    and are written once it takes them (every text `sent`, none sent twice; `--until-idle` is
+    not done before), and the log says the refusal in a line, with no traceback."""
+    from gateway.services import sender as sender_module
+
+    runtime = make_runtime(f"sqlite:///{tmp_path / 'gw.db'}", smtp_server.port)
+    fill(runtime, 5)
+    real, refusals = sender_module.record_attempts, [3]
+
+    def refusing(engine, items):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise OperationalError("INSERT", {}, sqlite3.OperationalError("disk I/O error"))
+        return real(engine, items)
+
+    monkeypatch.setattr(sender_module, "record_attempts", refusing)
+    sender = Sender(runtime.engine, runtime.route_book(), runtime.retry_policy, idle_poll=0.05)
+    await asyncio.wait_for(sender.run(asyncio.Event(), until_idle=True), 60)
+    assert refusals == [0] and consistent(runtime) == {"sent": 5}
+    assert len(smtp_server.received) == 5
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    refused = [r.getMessage() for r in said if "disk I/O error" in r.getMessage()]
+    # Said again only after a write in between worked (its claims did).
+    assert len(refused) <= 1 + sum("answers again" in r.getMessage() for r in said) <= 3, said
+    assert refused[0] == "writing 5 outcomes failed (disk I/O error); trying again in 1 s"
+    assert not any(r.exc_info for r in said)
