@@ -135,8 +135,10 @@ async def test_daily_limit_3_sends_the_fourth_by_relay(db_url, smtp_server, rela
 
 
 async def test_own_down_relay_takes_over_then_traffic_returns_after_the_cooldown(
-    sqlite_url, relay_server
+    sqlite_url, relay_server, caplog
 ):
+    """And the log says it once each way: the route failing, in the server's words (not for
+    each text it could not take), and working again."""
     from gateway.services.carrier_sim import free_port
 
     own_port = free_port()  # nothing listens yet: the own server is down
@@ -161,6 +163,9 @@ async def test_own_down_relay_takes_over_then_traffic_returns_after_the_cooldown
     from gateway.store.routes import load_breakers
 
     assert load_breakers(runtime.engine)["own"].state.value == "closed"
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway.services.routes"]
+    assert len(said) == 2 and said[1] == "route own works again", said
+    assert said[0].startswith("route own fails (") and "Connect call failed" in said[0], said
 
 
 async def test_a_breaker_one_worker_opens_holds_in_a_worker_already_running(db_url, relay_server):

@@ -4,6 +4,7 @@ state (the RouteBook): breakers, rolling 24-hour counts, per-minute buckets."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,6 +36,8 @@ from gateway.domain.routing import (
 )
 from gateway.store.routes import load_breakers, save_breakers, sent_last_24h
 from gateway.transport.smtp import SmtpPool
+
+log = logging.getLogger(__name__)
 
 _CLOSED = Breaker()
 
@@ -239,6 +242,15 @@ class RouteBook:
         if after != before:
             self.breakers[route] = after
             self.dirty = True
+            # A route that keeps failing is said once, in the server's words, as it stops being
+            # used; and once as it works again (its probe after the cool-down, or any answer).
+            if before.state is BreakerState.CLOSED and after.state is BreakerState.OPEN:
+                log.warning(
+                    "route %s fails (%s): not used for %d s, while the others take its texts",
+                    route.value, after.last_error, self.breaker_policy.cooldown.total_seconds(),
+                )  # fmt: skip
+            elif before.state is not BreakerState.CLOSED and after.state is BreakerState.CLOSED:
+                log.warning("route %s works again", route.value)
 
     def wait_until(self, now: dt.datetime) -> dt.datetime:
         """When to look again for a message no route could take."""
