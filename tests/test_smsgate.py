@@ -5,7 +5,9 @@ texts to the next one in the order."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -543,3 +545,47 @@ def test_a_webhook_before_db_upgrade_answers_503_with_the_command(tmp_path, phon
         "Content-Type": "application/json", "X-Timestamp": stamp,
         "X-Signature": phone.sign(body, stamp)})  # fmt: skip
     assert answer.status_code == 503 and "gateway db upgrade" in answer.json()["message"]
+
+
+async def test_a_phone_that_cannot_be_read_is_said_once_and_its_return_once(
+    tmp_path, phone, smtp_server, caplog
+):
+    """Polling the phone every few seconds: a phone refusing the sign-in is one warning in its
+    own words, however many looks fail, and its return one more; a fault of ours in between
+    (the database away) is a line too, never a traceback at every look."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.services.phone_poll import PhonePoller
+
+    runtime = runtime_of(folder_for(tmp_path, phone, smtp_server.port, '["email", "smsgate"]'))
+    right = phone.password
+    phone.password = "changed-on-the-phone"
+    poller = PhonePoller(runtime, runtime.engine, runtime.smsgate_client())
+    for _ in range(3):
+        await poller.once()
+    phone.password = right
+    await poller.once()
+    real, refusals = poller._last_received, [3]
+
+    def refusing():
+        if refusals[0]:
+            refusals[0] -= 1
+            raise OperationalError("SELECT", {}, Exception("disk I/O error"))
+        return real()
+
+    poller._last_received = refusing
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop, every=0.01))
+    for _ in range(400):
+        if not refusals[0] and poller.reading.ok:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    words = [r.getMessage() for r in said]
+    assert len(words) == 4, words
+    assert words[0].startswith("reading the phone (SMS Gate) failed: 401"), words
+    assert words[2] == "reading the phone failed (OperationalError: disk I/O error)", words
+    assert words[1] == words[3] == "reading the phone (SMS Gate) works again", words
+    assert not any(r.exc_info for r in said)

@@ -12,11 +12,12 @@ import logging
 
 from sqlalchemy import Engine
 
+from gateway.domain.health import Health
 from gateway.domain.smsgate import Event, EventKind, parse_time
 from gateway.services.channel_events import EventRefused, apply_smsgate
 from gateway.services.runtime import Runtime
 from gateway.store import channel_events
-from gateway.store.db import utcnow
+from gateway.store.db import database_words, utcnow
 from gateway.transport.smsgate import SmsGateClient, SmsGateError
 
 log = logging.getLogger("gateway.channels")
@@ -28,7 +29,7 @@ class PhonePoller:
         self.runtime = runtime
         self.engine = engine
         self.client = client
-        self.failing: str | None = None  # the phone's last refusal, logged once
+        self.reading = Health()  # how reading the phone fares: a failure is said once
 
     async def once(self) -> int:
         """Read the phone's news once; how many events were new."""
@@ -46,21 +47,22 @@ class PhonePoller:
             for item in received:
                 new += await self._apply(_received(item))
         except SmsGateError as exc:
-            if str(exc) != self.failing:
+            if self.reading.failing(str(exc), utcnow()):
                 log.warning("reading the phone (SMS Gate) failed: %s", exc)
-            self.failing = str(exc)
             return new
-        if self.failing is not None:
-            log.info("reading the phone (SMS Gate) works again")
-            self.failing = None
+        if self.reading.working(utcnow()):
+            log.warning("reading the phone (SMS Gate) works again")
         return new
 
     async def run(self, stop: asyncio.Event, every: float) -> None:
         while not stop.is_set():
             try:
                 await self.once()
-            except Exception:  # a bug must not end the loop; the next look tries again
-                log.exception("reading the phone failed unexpectedly")
+            except Exception as exc:  # the database away, or a bug: the next look tries again
+                error = f"{type(exc).__name__}: {database_words(exc)}"
+                if self.reading.failing(error, utcnow()):  # said once, not at every look
+                    log.warning("reading the phone failed (%s)", error)
+                log.debug("reading the phone failed", exc_info=exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
 
