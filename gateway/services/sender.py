@@ -178,7 +178,10 @@ class Sender:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            recorder.cancel()
+            # Stopped between flushes, never in one: a write cancelled in flight would lose
+            # its batch (taken out of the lists, and not put back if it failed).
+            async with self._flush_lock:
+                recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
             await self._flush()
             await self._give_back()
@@ -232,11 +235,11 @@ class Sender:
             if until_idle:
                 # Outcomes not yet written may still make rows due; write them, then ask once
                 # more before calling it idle.
-                await self._flush()
+                written = await self._flush()
                 due = await self._database(
                     stop, "counting due texts", count_due, self.engine, self.clock(), writes=False
                 )
-                if due == 0 and not (self._results or self._postponed):
+                if due == 0 and written:
                     return  # idle, and every outcome written (a full disk may refuse them)
                 continue
             if self.bell is not None:
@@ -484,9 +487,12 @@ class Sender:
             await asyncio.sleep(RECORD_EVERY)
             await self._flush()
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Write what waits to be written; True when nothing is left unwritten. Under the lock,
+        so no write is in flight when it says so (a batch being written is in neither list)."""
         async with self._flush_lock:
             await self._write_outcomes()
+            return not (self._results or self._postponed)
 
     async def _write_outcomes(self) -> None:
         # Each list is put back only if its own write failed: written rows must not be written

@@ -12,6 +12,7 @@ import errno
 import logging
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -288,7 +289,8 @@ async def test_outcomes_the_database_refuses_are_said_once_and_written_later(
 ):
     """The database refuses the sender's record of what it sent, three times: the outcomes wait
     and are written once it takes them (every text `sent`, none sent twice; `--until-idle` is
-    not done before), and the log says the refusal in a line, with no traceback."""
+    not done before, even while a batch is in flight as it counts what is due),
+    and the log says the refusal in a line, with no traceback."""
     from gateway.services import sender as sender_module
 
     runtime = make_runtime(f"sqlite:///{tmp_path / 'gw.db'}", smtp_server.port)
@@ -298,6 +300,7 @@ async def test_outcomes_the_database_refuses_are_said_once_and_written_later(
     def refusing(engine, items):
         if refusals[0]:
             refusals[0] -= 1
+            time.sleep(0.3)  # a slow refusal: the batch is in flight, in neither list, meanwhile
             raise OperationalError("INSERT", {}, sqlite3.OperationalError("disk I/O error"))
         return real(engine, items)
 
