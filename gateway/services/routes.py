@@ -246,7 +246,7 @@ class RouteBook:
             # used; and once as it works again (its probe after the cool-down, or any answer).
             if before.state is BreakerState.CLOSED and after.state is BreakerState.OPEN:
                 log.warning(
-                    "route %s fails (%s): not used for %d s, while the others take its texts",
+                    "route %s fails (%s): not tried again for %d s",
                     route.value, after.last_error, self.breaker_policy.cooldown.total_seconds(),
                 )  # fmt: skip
             elif before.state is not BreakerState.CLOSED and after.state is BreakerState.CLOSED:
