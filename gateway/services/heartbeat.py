@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from gateway.domain.health import Health
 from gateway.store import heartbeats
-from gateway.store.db import database_words, utcnow
+from gateway.store.db import failure_words, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,9 @@ async def pulse(
         try:
             await asyncio.to_thread(heartbeats.beat, engine, name, utcnow(), lag, health)
         except Exception as exc:  # the database away for a moment: the next beat tries again
-            if beating.failing(database_words(exc), utcnow()):
-                log.warning("heartbeat not written: %s", database_words(exc))
+            error = failure_words(exc)
+            if beating.failing(error, utcnow()):
+                log.warning("heartbeat not written: %s", error)
         else:
             if beating.working(utcnow()):
                 log.warning("heartbeats are written again")

@@ -17,7 +17,7 @@ from gateway.domain.smsgate import Event, EventKind, parse_time
 from gateway.services.channel_events import EventRefused, apply_smsgate
 from gateway.services.runtime import Runtime
 from gateway.store import channel_events
-from gateway.store.db import database_words, utcnow
+from gateway.store.db import failure_words, utcnow
 from gateway.transport.smsgate import SmsGateClient, SmsGateError
 
 log = logging.getLogger("gateway.channels")
@@ -59,7 +59,7 @@ class PhonePoller:
             try:
                 await self.once()
             except Exception as exc:  # the database away, or a bug: the next look tries again
-                error = f"{type(exc).__name__}: {database_words(exc)}"
+                error = failure_words(exc)
                 if self.reading.failing(error, utcnow()):  # said once, not at every look
                     log.warning("reading the phone failed (%s)", error)
                 log.debug("reading the phone failed", exc_info=exc)

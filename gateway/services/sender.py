@@ -47,7 +47,7 @@ from gateway.domain.routing import (
 from gateway.domain.smsgate import our_id
 from gateway.services.bell import Bell
 from gateway.services.routes import Lane, RouteBook
-from gateway.store.db import database_words, utcnow
+from gateway.store.db import failure_words, utcnow
 from gateway.store.routes import give_back_quota, take_quota
 from gateway.store.sending import (
     AttemptRecord,
@@ -261,17 +261,20 @@ class Sender:
             self._database_said(exc, what, f"trying again in {wait:.1f} s")
             await _wait(stop, wait)
             return None
-        if writes and self._database_health.working(self.clock()):
-            log.warning("the database answers again")
+        if writes:
+            self._database_works()
         self._database_failures = 0
         return result
+
+    def _database_works(self) -> None:
+        """A write went through: say so once if the database had been failing."""
+        if self._database_health.working(self.clock()):
+            log.warning("the database answers again")
 
     def _database_said(self, exc: Exception, what: str, then: str) -> None:
         """Log a failed database step once, in the database's words (and when the words
         change); the tries after it, with the traceback, only in the debug log."""
-        reason = database_words(exc)
-        if not isinstance(exc, (OperationalError, InterfaceError)):
-            reason = f"{type(exc).__name__}: {reason}"  # not the database being away: a fault
+        reason = failure_words(exc)
         news = self._database_health.failing(reason, self.clock())
         log.log(
             logging.WARNING if news else logging.DEBUG, "%s failed (%s); %s", what, reason, then
@@ -478,8 +481,7 @@ class Sender:
             pending[:0] = items
             await asyncio.sleep(1)
             return False
-        if self._database_health.working(self.clock()):
-            log.warning("the database answers again")
+        self._database_works()
         return True
 
     async def _record_loop(self) -> None:

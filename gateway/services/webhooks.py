@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from gateway.domain.health import Health
 from gateway.services.runtime import Runtime
-from gateway.store.db import database_words, utcnow
+from gateway.store.db import failure_words, utcnow
 from gateway.store.tables import attempts, channel_events, cursors, inbound, messages, orders
 from gateway.store.tables import webhook_deliveries as deliveries
 
@@ -232,7 +232,7 @@ class Webhooks:
                 await asyncio.to_thread(self.collect, now)
                 await self.deliver(now)
             except Exception as exc:  # the database being away must not stop the gateway
-                error = f"{type(exc).__name__}: {database_words(exc)}"
+                error = failure_words(exc)
                 if passing.failing(error, utcnow()):
                     log.warning("webhooks pass failed (%s); trying every %s s", error, every)
                 log.debug("webhooks pass failed", exc_info=True)

@@ -30,7 +30,7 @@ from gateway.services.scheduler import Scheduler
 from gateway.services.sender import Sender, SenderStats, worker_name
 from gateway.services.webhooks import Webhooks
 from gateway.store import heartbeats
-from gateway.store.db import database_words, utcnow
+from gateway.store.db import failure_words, utcnow
 from gateway.transport.imap import ImapError
 
 log = logging.getLogger(__name__)
@@ -220,8 +220,9 @@ class Worker:
                 self.say(f"{exc}\nkeeping the settings in use")
                 continue
             except Exception as exc:  # the database away for a moment: look again later
-                if reading.failing(database_words(exc), utcnow()):
-                    log.warning("reading the saved settings failed: %s", database_words(exc))
+                error = failure_words(exc)
+                if reading.failing(error, utcnow()):
+                    log.warning("reading the saved settings failed: %s", error)
                 continue
             if reading.working(utcnow()):
                 log.warning("the saved settings are read again")

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -35,6 +35,14 @@ def database_words(exc: BaseException) -> str:
     parameters SQLAlchemy adds (they change at every try, so a repeat would look new)."""
     said = getattr(exc, "orig", None)
     return str(said if said is not None else exc)
+
+
+def failure_words(exc: BaseException) -> str:
+    """What to say of a step that failed: the database's words when the database refused it
+    (away, locked, its disk full); otherwise the error's type too, for it is a fault to find."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return database_words(exc)
+    return f"{type(exc).__name__}: {database_words(exc)}"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.domain.delivery import State
 from gateway.domain.threading import Sent
 from gateway.store.db import insert_or
-from gateway.store.fastpath import driver_style, row_batches
+from gateway.store.fastpath import driver_style, insert_rows
 from gateway.store.tables import (
     contacts,
     conversations,
@@ -131,24 +131,24 @@ def already_in(
 
 
 def store_inbound_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Store `rows` (each with the same columns, named by our code), many to a statement, in
-    driver SQL as insert_messages does: SQLAlchemy compiles a many-row INSERT again for every
-    batch (it does not cache one), which was nearly all the time storing mail took."""
+    """Store `rows` (each with the same columns, named by our code), many to a statement."""
     if not rows:
         return
     mark, time_param = driver_style(conn)
     columns = tuple(rows[0])
-    one = "(" + ", ".join([mark] * len(columns)) + ")"
-    for batch in row_batches(rows, len(columns)):
-        conn.exec_driver_sql(
-            f"INSERT INTO {inbound.name} ({', '.join(columns)}) VALUES "
-            + ", ".join([one] * len(batch)),
-            tuple(
+    insert_rows(
+        conn,
+        inbound.name,
+        columns,
+        [
+            [
                 time_param(value) if isinstance(value, dt.datetime) else value
-                for row in batch
                 for value in (row[column] for column in columns)
-            ),
-        )
+            ]
+            for row in rows
+        ],
+        mark,
+    )
 
 
 def store_quarantined(conn: Connection, values: dict[str, Any]) -> None:

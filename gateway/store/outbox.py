@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from gateway.domain.delivery import State
 from gateway.store import live
-from gateway.store.fastpath import as_utc, driver_style, row_batches, select_in
+from gateway.store.fastpath import as_utc, driver_style, insert_rows, select_in
 from gateway.store.tables import messages, orders
 
 
@@ -96,12 +96,7 @@ def insert_messages(conn: Connection, rows: Iterable[NewMessage], now: dt.dateti
     ]  # fmt: skip
     if not values:
         return []
-    one = "(" + ", ".join([mark] * len(_MESSAGE_COLUMNS)) + ")"
-    for chunk in row_batches(values, len(_MESSAGE_COLUMNS)):
-        conn.exec_driver_sql(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS_SQL}) VALUES {', '.join([one] * len(chunk))}",
-            tuple(value for row in chunk for value in row),
-        )
+    insert_rows(conn, "messages", _MESSAGE_COLUMNS, values, mark)
     live.notify_outbox(conn)
     wanted = [str(row[_MESSAGE_ID_COLUMN]) for row in values]
     ids = {key: int(row_id) for key, row_id in select_in(conn, _IDS_BY_MESSAGE_ID, wanted, mark)}
@@ -115,7 +110,6 @@ _MESSAGE_COLUMNS = (
     "updated_at", "automated", "rule", "event_id", "fresh_until", "respect_quiet_hours",
     "pinned_route", "channel", "channel_ref",
 )  # fmt: skip
-_MESSAGE_COLUMNS_SQL = ", ".join(_MESSAGE_COLUMNS)
 _MESSAGE_ID_COLUMN = _MESSAGE_COLUMNS.index("message_id")
 _IDS_BY_MESSAGE_ID = "SELECT message_id, id FROM messages WHERE message_id IN ({marks})"
 
