@@ -171,6 +171,16 @@ def password_checker(username: str, password: str):  # type: ignore[no-untyped-d
     return authenticate
 
 
+def microsoft_365_server(username: str, password: str) -> SmtpTestServer:
+    """A password-taking server that greets as Exchange Online does (not yet started)."""
+    return SmtpTestServer(
+        authenticator=password_checker(username, password),
+        auth_require_tls=False,
+        server_hostname="BN9PR03CA0123.outlook.office365.com",
+        ident="Microsoft ESMTP MAIL Service ready",
+    )
+
+
 def server_tls_context(cert: Any) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)

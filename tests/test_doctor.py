@@ -14,7 +14,7 @@ from gateway.services.outbound import SendRequest, enqueue
 from gateway.services.runtime import Runtime
 from gateway.store.db import utcnow
 from tests.conftest import gateway_folder, run_gateway
-from tests.servers import SmtpTestServer
+from tests.servers import SmtpTestServer, microsoft_365_server
 
 
 def smtp(port: int, **values) -> SmtpSettings:
@@ -105,6 +105,26 @@ async def test_basic_auth_switched_off_names_oauth2_and_the_command():
     )
     assert "5.7.30" in step.detail
     assert 'auth = "oauth2"' in step.hint and "gateway auth microsoft" in step.hint
+
+
+async def test_a_password_sign_in_to_microsoft_365_warns_before_it_ends():
+    # Greets as Exchange Online does; the company reaches it by a name of its own.
+    server = microsoft_365_server("dispatch@contoso.example", "pw")
+    server.start()
+    try:
+        settings = smtp(server.port, username="dispatch@contoso.example", password="pw")
+        steps = await check_smtp(settings, "smtp")
+    finally:
+        server.stop()
+    assert all(step.ok for step in steps), steps
+    step = steps[-1]
+    assert step.name == "AUTH as dispatch@contoso.example" and step.warning, step
+    assert "end of December 2026" in step.hint and "gateway auth microsoft" in step.hint
+
+
+async def test_a_password_sign_in_elsewhere_is_no_warning(auth_server):
+    settings = smtp(auth_server.port, username="dispatch", password="right")
+    assert not any(step.warning for step in await check_smtp(settings, "smtp"))
 
 
 async def test_a_server_that_offers_no_auth_is_told_so(smtp_server):

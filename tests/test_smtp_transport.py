@@ -11,7 +11,7 @@ import trustme
 from gateway.domain.delivery import OutcomeKind
 from gateway.domain.email_out import Mailbox, OutboundEmail, build_email
 from gateway.transport.smtp import SmtpPool, SmtpServer
-from tests.servers import SmtpTestServer, server_tls_context
+from tests.servers import SmtpTestServer, microsoft_365_server, server_tls_context
 
 SENDER = "dispatch@example.com"
 RCPT = "2025550143@vtext.com"
@@ -168,6 +168,29 @@ async def test_right_password_signs_in(auth_server):
     outcome = await send(pool)
     await pool.close()
     assert outcome.kind is OutcomeKind.ACCEPTED
+
+
+async def test_a_password_sign_in_to_microsoft_365_is_said_to_end_once(caplog):
+    # Greets as Exchange Online does, behind the company's own name for it.
+    server = microsoft_365_server("dispatch", "right")
+    server.start()
+    try:
+        pool = pool_for(server, username="dispatch", password="right",
+                        max_messages_per_connection=1)  # fmt: skip
+        outcomes = [await pool.send(SENDER, [RCPT], message(n)) for n in range(3)]
+        await pool.close()
+    finally:
+        server.stop()
+    assert [o.kind for o in outcomes] == [OutcomeKind.ACCEPTED] * 3 and pool.connects == 3
+    said = [r.getMessage() for r in caplog.records if "December 2026" in r.getMessage()]
+    assert len(said) == 1 and "gateway auth microsoft" in said[0], said
+
+
+async def test_a_password_sign_in_elsewhere_says_nothing_of_it(auth_server, caplog):
+    pool = pool_for(auth_server, username="dispatch", password="right")
+    assert (await send(pool)).kind is OutcomeKind.ACCEPTED
+    await pool.close()
+    assert not [r for r in caplog.records if "December 2026" in r.getMessage()]
 
 
 async def test_535_is_an_auth_failure(auth_server):

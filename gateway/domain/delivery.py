@@ -131,6 +131,24 @@ def auth_hint(reply: str) -> str:
     return AUTH_HINT
 
 
+# Microsoft 365's (and Outlook.com's) SMTP servers, by the name they are reached by or the name
+# they give in their greeting ("220 XX0PR01CA0001.outlook.office365.com Microsoft ESMTP MAIL
+# Service ready"), which shows them behind a company's own name for the host too.
+_MICROSOFT_SMTP = re.compile(
+    r"(?:^|[.\s])(?:office365\.com|outlook\.com)\.?(?:$|\s)|microsoft esmtp mail service", re.I
+)
+PASSWORD_SIGN_IN_ENDS = (
+    "Microsoft 365 turns password sign-in for SMTP off by default at the end of December 2026: "
+    'set auth = "oauth2" for this server and run `gateway auth microsoft` before then'
+)
+
+
+def password_sign_in_ends(host: str, greeting: str) -> bool:
+    """Whether a password sign-in to this SMTP server will stop working: the server is
+    Microsoft 365's, by its host name or by the name and words of its greeting."""
+    return any(_MICROSOFT_SMTP.search(said) for said in (host, greeting))
+
+
 def decide(
     outcome: AttemptOutcome,
     attempts: int,

@@ -21,7 +21,7 @@ import aiosmtplib
 from sqlalchemy.exc import DBAPIError
 
 from gateway.config import ImapSettings, ServerSettings, load_settings
-from gateway.domain.delivery import auth_hint
+from gateway.domain.delivery import PASSWORD_SIGN_IN_ENDS, auth_hint, password_sign_in_ends
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.services.doctor_channels import check_channels
 from gateway.services.doctor_steps import Step, StepFailed, Steps, StepWarning
@@ -97,10 +97,12 @@ async def check_smtp(
         timeout=min(server.timeout_seconds, 15.0),
     )
     security = {"tls": "TLS", "starttls": "STARTTLS", "none": "no TLS"}[server.security]
+    greeting = ""  # the server's 220 line: whose server it is, behind whatever name
 
     async def greet() -> str:
+        nonlocal greeting
         try:
-            await client.connect()
+            greeting = (await client.connect()).message
             if client.is_ehlo_or_helo_needed:
                 await client.ehlo()
         except (ssl.SSLError, aiosmtplib.SMTPConnectError) as exc:
@@ -158,6 +160,11 @@ async def check_smtp(
             raise StepFailed(f"the server refused the sign-in: {words}", auth_hint(words)) from None
         except aiosmtplib.SMTPException as exc:
             raise StepFailed(f"AUTH failed: {exc}", auth_hint(str(exc))) from None
+        if password_sign_in_ends(server.host, greeting):
+            raise StepWarning(
+                f"signed in as {server.username} with a password, which Microsoft 365 stops "
+                "taking for SMTP", PASSWORD_SIGN_IN_ENDS
+            )  # fmt: skip
         return f"signed in as {server.username}"
 
     async def test_message() -> str:

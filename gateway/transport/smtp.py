@@ -18,7 +18,12 @@ from typing import Literal
 
 import aiosmtplib
 
-from gateway.domain.delivery import AttemptOutcome, OutcomeKind
+from gateway.domain.delivery import (
+    PASSWORD_SIGN_IN_ENDS,
+    AttemptOutcome,
+    OutcomeKind,
+    password_sign_in_ends,
+)
 
 Security = Literal["tls", "starttls", "none"]
 log = logging.getLogger("gateway.smtp")
@@ -64,6 +69,7 @@ class SmtpPool:
         self._slots = asyncio.Semaphore(server.connections)
         self._tls = self._tls_context() if server.security != "none" else None
         self.connects = 0  # connections opened, for diagnostics and the benchmark
+        self._told_password_ends = False  # said once a pool, not at every connection
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(
@@ -199,7 +205,7 @@ class SmtpPool:
             local_hostname=server.local_hostname,
         )
         try:
-            await client.connect()
+            greeting = (await client.connect()).message
             if client.is_ehlo_or_helo_needed:  # connect() greets only when it needed to (TLS, AUTH)
                 try:
                     await client.ehlo()
@@ -224,6 +230,11 @@ class SmtpPool:
                         )
                     )
                 await client.login(server.username, server.password)
+                if not self._told_password_ends and password_sign_in_ends(server.host, greeting):
+                    self._told_password_ends = True
+                    log.warning(
+                        "signed in to %s with a password; %s", server.host, PASSWORD_SIGN_IN_ENDS
+                    )
         except _Unusable:
             self._drop(client)
             raise

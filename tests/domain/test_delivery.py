@@ -12,6 +12,7 @@ from gateway.domain.delivery import (
     State,
     backoff_seconds,
     decide,
+    password_sign_in_ends,
     retry_hint,
 )
 
@@ -123,3 +124,25 @@ def test_a_hint_beyond_the_lifetime_fails_the_text():
 def test_any_reply_gives_no_hint_or_a_bounded_one(reply):
     hint = retry_hint(reply)
     assert hint is None or dt.timedelta(0) < hint <= MAX_HINT
+
+
+@pytest.mark.parametrize(
+    ("host", "greeting", "ends"),
+    [
+        ("smtp.office365.com", "", True),
+        ("SMTP-MAIL.OUTLOOK.COM.", "", True),
+        # A company's own name for the host: the greeting shows whose server it is.
+        (
+            "mail.contoso.example",
+            "BN9PR03CA0123.outlook.office365.com Microsoft ESMTP MAIL "
+            "Service ready at Mon, 7 Dec 2026 16:00:00 +0000",
+            True,
+        ),
+        ("smtp.gmail.com", "smtp.gmail.com ESMTP a1-20020a05 - gsmtp", False),
+        # Names that only contain the words are not Microsoft's.
+        ("smtp.notoutlook.com", "", False),
+        ("mail.example", "mail.example ESMTP Postfix (outlook.com.example)", False),
+    ],
+)
+def test_password_sign_in_ends_on_microsoft_365_only(host, greeting, ends):
+    assert password_sign_in_ends(host, greeting) is ends
