@@ -75,6 +75,22 @@ def test_the_index_follows_every_stored_text_in_its_transaction(runtime):
     assert [h["kind"] for h in find(runtime, "4411")] == ["text"]
 
 
+def test_an_order_is_found_in_each_conversation_at_its_newest_text(runtime):
+    # The customer's and the driver's threads both hold texts of A-1007; A-1008 is newer.
+    first = send(runtime, "+12025550143", "Confirmed", name="Ana", order_ref="A-1007")
+    driver = send(runtime, "+12025550188", "Pick up at the depot", name="Sam", order_ref="A-1007")
+    later = send(runtime, "+12025550143", "On its way", order_ref="A-1007")
+    other = send(runtime, "+13125550199", "Confirmed", name="Ben", order_ref="A-1008")
+    send(runtime, "+13125550100", "Confirmed", name="Cy", order_ref="B-1007")
+    hits = [(h["kind"], h["item_id"], h["name"], h["snippet"]) for h in find(runtime, "A-100")]
+    assert hits == [
+        ("order", other, "Ben", f"{M0}A-100{M1}8"),
+        ("order", later, "Ana", f"{M0}A-100{M1}7"),
+        ("order", driver, "Sam", f"{M0}A-100{M1}7"),
+    ], hits
+    assert first < driver < later < other
+
+
 def test_a_batch_written_many_rows_a_statement_is_indexed_whole(runtime):
     # A bulk enqueue writes its rows dozens to a statement: each text still gets its own id
     # and is found by its words, the last statement's as much as the first's.

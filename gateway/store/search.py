@@ -121,24 +121,40 @@ def _orders(conn: Connection, query: str, limit: int) -> list[dict[str, Any]]:
     ref = query.strip()
     if len(ref) < 2:
         return []
-    found = (
-        select(func.max(messages.c.id).label("item_id"), messages.c.conversation_id, orders.c.ref)
-        .select_from(messages.join(orders, orders.c.id == messages.c.order_id))
-        .where(orders.c.ref.istartswith(ref, autoescape=True))
-        .group_by(messages.c.conversation_id, orders.c.ref)
-        .limit(limit)
-        .subquery()
+    # The newest orders whose reference starts so, then their texts by the order index, then
+    # the conversations: in one statement SQLite read every text to find those few (its plan
+    # walks the conversation index for the grouping), most of a search's time on 100,000.
+    refs = dict(
+        conn.execute(
+            select(orders.c.id, orders.c.ref)
+            .where(orders.c.ref.istartswith(ref, autoescape=True))
+            .order_by(orders.c.id.desc())
+            .limit(limit)
+        ).all()
     )
-    rows = conn.execute(
-        _head()
-        .add_columns(found.c.item_id, found.c.ref)
-        .join(found, found.c.conversation_id == conversations.c.id)
-        .order_by(found.c.item_id.desc())
-    )
+    if not refs:
+        return []
+    latest: dict[tuple[int, int], int] = {}  # (conversation, order) -> its newest text
+    for item_id, conversation_id, order_id in conn.execute(
+        select(messages.c.id, messages.c.conversation_id, messages.c.order_id).where(
+            messages.c.order_id.in_(list(refs)), messages.c.conversation_id.is_not(None)
+        )
+    ):
+        key = (conversation_id, order_id)
+        latest[key] = max(item_id, latest.get(key, item_id))
+    heads = {
+        row.conversation_id: row
+        for row in conn.execute(
+            _head().where(conversations.c.id.in_({conversation for conversation, _ in latest}))
+        )
+    }
+    newest = sorted(latest.items(), key=lambda found: found[1], reverse=True)[:limit]
     return [
-        {"kind": "order", "conversation_id": row.conversation_id, "item_id": row.item_id,
-         "name": row.name, "phone": row.phone, "snippet": _mark(row.ref, ref)}
-        for row in rows
+        {"kind": "order", "conversation_id": conversation_id, "item_id": item_id,
+         "name": heads[conversation_id].name, "phone": heads[conversation_id].phone,
+         "snippet": _mark(refs[order_id], ref)}
+        for (conversation_id, order_id), item_id in newest
+        if conversation_id in heads
     ]  # fmt: skip
 
 
