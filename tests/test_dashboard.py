@@ -24,6 +24,7 @@ from gateway.store.tables import contacts, inbound, messages, quarantine
 from gateway.transport.mailsource import Batch, Fetched
 from gateway.web.app import create_app
 from tests.conftest import make_runtime
+from tests.servers import microsoft_365_server
 
 PASSWORD = "correct horse battery"
 XSS = [
@@ -435,6 +436,23 @@ def test_test_connection_shows_each_step(runtime, smtp_server):
     runtime.settings.imap.host, runtime.settings.imap.port = "127.0.0.1", 1
     refused = admin.post("/settings/test/imap", data={"csrf": csrf})
     assert "✗" in refused.text and "refused the connection" in refused.text
+
+
+def test_test_connection_marks_a_warning_apart(sqlite_url):
+    # A password sign-in to Microsoft 365 passes, with a warning that it is about to stop.
+    server = microsoft_365_server("dispatch", "right")
+    server.start()
+    try:
+        runtime = make_runtime(sqlite_url, server.port, username="dispatch", password="right")
+        access.add_user(runtime.engine, "ada", "admin", PASSWORD, utcnow())
+        admin = client_for(runtime, "ada")
+        tested = admin.post("/settings/test/smtp", data={"csrf": csrf_of(admin, "/settings")})
+    finally:
+        server.stop()
+    assert tested.status_code == 200 and "✗" not in tested.text
+    [warned] = re.findall(r'<li class="warn">.*?</li>', tested.text, re.S)
+    assert "AUTH as dispatch" in warned and '<span class="mark">!</span>' in warned
+    assert "end of December 2026" in warned
 
 
 # --- live updates ---------------------------------------------------------------------------
