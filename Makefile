@@ -46,7 +46,7 @@ test: $(VENV)/.installed-test lint
 	scripts/debian-packages $(TEST_DEBS)
 	$(BIN)/pytest
 
-# The rules and core paths, in-process servers only (no Debian packages): about half a minute,
+# The rules and core paths, in-process servers only (no Debian packages): under a minute,
 # for the edit-test loop. `make test` is what CI runs.
 test-quick: $(VENV)/.installed-test
 	$(BIN)/pytest -q -m "quick and not slow and not postgres"

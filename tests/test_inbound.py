@@ -336,6 +336,7 @@ async def test_malformed_and_oversized_mail_is_quarantined_and_the_next_is_store
 # --- the command line -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_until_idle_reads_the_mailbox_and_sends_the_stop_confirmation(tmp_path, smtp_server):
     maildir = tmp_path / "Maildir"
     gateway_folder(tmp_path, smtp_server.port,

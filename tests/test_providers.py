@@ -159,6 +159,7 @@ async def test_an_ending_carrier_moves_to_the_provider_before_its_date(
     assert kept.to_address == "2025550144@vtext.com" and "texts move to" in kept.warning
 
 
+@pytest.mark.slow
 def test_the_command_line_shows_providers_and_the_address_used(tmp_path):
     gateway_folder(tmp_path, migrate=False)
     refused = run_gateway("address", PHONE, "--carrier", "att", cwd=tmp_path)
