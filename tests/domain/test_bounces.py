@@ -780,6 +780,31 @@ def test_reason_words_match_whole_words_only(diagnostic, reason):
     assert reason_of("", "550", diagnostic) == reason
 
 
+@pytest.mark.parametrize(
+    ("diagnostic", "reason"),
+    [
+        # How mail servers word an unknown user or domain, as Sisimai's published tables
+        # record them (not read off any report here): each a bad address, where the words
+        # alone were read as a refusal before.
+        ("553 sorry, badrcptto(user mail-box not found) (#5.7.1)", "userunknown"),
+        ("550 BAD_RECIPIENT - see http://mail.example.ac.uk/undelivered", "userunknown"),
+        ("550-a@b.example is not an active address at this host", "userunknown"),
+        ("550 Nonexistent user", "userunknown"),
+        ("550 Unknown e-mail address", "userunknown"),
+        ("550 Utilisateur inconnu !", "userunknown"),
+        ("550 No existe ese usuario en este servidor", "userunknown"),
+        ("550 Nessun utente simile in questo indirizzo", "userunknown"),
+        ("550 The account or domain may not exist, they may be blacklisted", "hostunknown"),
+        ("550 Recipient domain must exist", "hostunknown"),
+        ("550 Mail domain mentioned in email address is unknown", "hostunknown"),
+    ],
+)
+def test_reason_words_of_unknown_users_and_domains(diagnostic, reason):
+    from gateway.domain.bounces import reason_of
+
+    assert reason_of("", "550", diagnostic) == reason
+
+
 def test_the_precedence_of_codes_over_words_is_one_table():
     from gateway.domain.bounces import reason_of
 
