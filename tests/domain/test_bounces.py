@@ -1231,3 +1231,15 @@ def test_a_report_a_postmaster_forwards_in_a_letter_is_read_for_its_failures():
                                                               "blocked")  # fmt: skip
     assert report.reader == "delivery-status"
     assert report.original_message_id == "<abc123@example.com>"
+
+
+def test_a_domain_not_accepting_mail_for_now_leaves_the_address_good():
+    from gateway.domain.bounces.recipient import recipient
+
+    said = "DNS Error: DNS type 'mx' lookup of example.org responded with code NOERROR"
+    for_now = recipient("a@example.org", "4.0.0", "", f"{said}; does not accept mail")
+    for_good = recipient("a@example.org", "5.0.0", "", f"{said}; does not accept mail")
+    assert for_now.reason == for_good.reason == "notaccept"
+    assert not for_now.permanent and for_good.permanent
+    # An unknown user stays a bad address whatever the class.
+    assert recipient("a@example.org", "4.1.1", "450", "450 4.1.1 User unknown").permanent
