@@ -1243,3 +1243,15 @@ def test_a_domain_not_accepting_mail_for_now_leaves_the_address_good():
     assert not for_now.permanent and for_good.permanent
     # An unknown user stays a bad address whatever the class.
     assert recipient("a@example.org", "4.1.1", "450", "450 4.1.1 User unknown").permanent
+
+
+def test_codes_read_as_the_registry_defines_them():
+    from gateway.domain.bounces import reason_of
+
+    # IANA's registry of enhanced status codes: a domain with no route to it is a bad address
+    # under 5 and a failed lookup for now under 4; a disabled account (RFC 4954); a mailbox or
+    # domain whose owner changed (RFC 7293).
+    assert reason_of("5.4.4", "550", "550 5.4.4 Unable to route") == "hostunknown"
+    assert reason_of("4.4.4", "451", "451 4.4.4 Unable to route") == "networkerror"
+    assert reason_of("5.7.13", "525", "525 5.7.13 Ask your administrator") == "suspend"
+    assert reason_of("5.7.17", "550", "550 5.7.17 Mailbox owner has changed") == "hasmoved"

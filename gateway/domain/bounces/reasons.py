@@ -324,7 +324,12 @@ _REASON_BY_STATUS = {
     "7.0": "blocked", "3.0": "systemerror", "5.0": "syntaxerror",
     "3.2": "notaccept",  # RFC 3463: "System not accepting network messages"
     "1.7": "rejected", "1.8": "rejected",  # the sender's address or domain, not the recipient's
+    "7.13": "suspend",  # RFC 4954: "User Account Disabled"
+    "7.17": "hasmoved", "7.18": "hasmoved",  # RFC 7293: the mailbox's or domain's owner changed
 }  # fmt: skip
+# Where the class changes what a code says: "unable to route" is for now under 4 (a lookup that
+# failed) and a domain with no route to it under 5.
+_REASON_BY_FULL_STATUS = {"5.4.4": "hostunknown"}
 
 
 def reason_of(status: str, smtp_code: str, text: str) -> str:
@@ -403,7 +408,7 @@ def _status_reason(status: str) -> str | None:
     if not status or status.endswith(".0.0"):
         return None
     _, subject, detail = status.split(".")
-    known = _REASON_BY_STATUS.get(f"{subject}.{detail}")
+    known = _REASON_BY_FULL_STATUS.get(status) or _REASON_BY_STATUS.get(f"{subject}.{detail}")
     if known:
         return known
     if subject == "7":
