@@ -54,18 +54,8 @@ def parse_phone(text: str, default_region: str) -> Phone:
         number = phonenumbers.parse(shown, default_region.upper())
     except phonenumbers.NumberParseException as exc:
         raise PhoneError(text, f"{shown!r} is not a phone number ({_parse_reason(exc)})") from None
-    # The region, then the type within it: number_type would look the region up again (for a
-    # country code several regions share, +1, by matching the numbering plan's patterns once
-    # more), and a type other than UNKNOWN is what is_valid_number tests.
-    region = phonenumbers.region_code_for_number(number)
     national = phonenumbers.national_significant_number(number)
-    code = number.country_code
-    metadata = (
-        None
-        if region is None or code is None
-        else PhoneMetadata.metadata_for_region_or_calling_code(code, region)
-    )
-    kind = PhoneNumberType.UNKNOWN if metadata is None else _number_type_helper(national, metadata)
+    region, kind = region_and_type(number.country_code or 0, national)
     if kind == PhoneNumberType.UNKNOWN:
         raise PhoneError(
             text, f"{shown!r} is not a valid number in the numbering plan of its country"
@@ -77,6 +67,33 @@ def parse_phone(text: str, default_region: str) -> Phone:
         national=national,
         region=region,
     )
+
+
+def region_and_type(code: int, national: str) -> tuple[str | None, int]:
+    """The region of a number and its type there, as phonenumbers' region_code_for_number and
+    number_type give them, with the type worked out once: for a country code that several
+    regions share (+1) the region is found by typing the number against each region's plan,
+    and number_type would type it again. On a bulk enqueue that was a tenth of the time."""
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ())
+    if len(regions) == 1:
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
+        kind = PhoneNumberType.UNKNOWN
+        if metadata is not None:
+            kind = _number_type_helper(national, metadata)
+        return regions[0], kind
+    for region in regions:
+        metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
+        if metadata is None:
+            continue
+        if metadata.leading_digits is not None:
+            # The region's own leading digits name it; its plan then types the number.
+            if re.match(metadata.leading_digits, national):
+                return region, _number_type_helper(national, metadata)
+            continue
+        kind = _number_type_helper(national, metadata)
+        if kind != PhoneNumberType.UNKNOWN:
+            return region, kind
+    return None, PhoneNumberType.UNKNOWN
 
 
 def _parse_reason(exc: phonenumbers.NumberParseException) -> str:

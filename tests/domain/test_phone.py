@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.domain.phone import _CANNOT_TEXT, PhoneError, parse_phone
+from gateway.domain.phone import _CANNOT_TEXT, PhoneError, parse_phone, region_and_type
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,10 @@ def test_a_number_is_accepted_exactly_when_the_plan_calls_it_valid(region, digit
     except phonenumbers.NumberParseException:
         return
     valid = phonenumbers.is_valid_number(number)
+    # The region and the type, worked out together (the type once), are the library's.
+    national = phonenumbers.national_significant_number(number)
+    expected = (phonenumbers.region_code_for_number(number), phonenumbers.number_type(number))
+    assert region_and_type(number.country_code, national) == expected
     try:
         parse_phone(digits, region)
         accepted = True
@@ -111,3 +115,12 @@ def test_every_plans_example_numbers_are_read_as_the_library_reads_them():
         assert expected != phonenumbers.PhoneNumberType.UNKNOWN and expected not in _CANNOT_TEXT
         assert phone.region == phonenumbers.region_code_for_number(number), typed
         assert phone.national == phonenumbers.national_significant_number(number)
+
+
+def test_region_and_type_of_every_plans_examples():
+    for typed in _example_numbers():
+        number = phonenumbers.parse(typed)
+        national = phonenumbers.national_significant_number(number)
+        found = region_and_type(number.country_code, national)
+        assert found == (phonenumbers.region_code_for_number(number),
+                         phonenumbers.number_type(number)), typed  # fmt: skip
