@@ -120,6 +120,7 @@ async def test_a_password_sign_in_to_microsoft_365_warns_before_it_ends():
     step = steps[-1]
     assert step.name == "AUTH as dispatch@contoso.example" and step.warning, step
     assert "end of December 2026" in step.hint and "gateway auth microsoft" in step.hint
+    assert 'auth = "oauth2" in [smtp]' in step.hint
 
 
 async def test_a_password_sign_in_elsewhere_is_no_warning(auth_server):

@@ -137,10 +137,16 @@ def auth_hint(reply: str) -> str:
 _MICROSOFT_SMTP = re.compile(
     r"(?:^|[.\s])(?:office365\.com|outlook\.com)\.?(?:$|\s)|microsoft esmtp mail service", re.I
 )
-PASSWORD_SIGN_IN_ENDS = (
-    "Microsoft 365 turns password sign-in for SMTP off by default at the end of December 2026: "
-    'set auth = "oauth2" for this server and run `gateway auth microsoft` before then'
-)
+
+
+def password_sign_in_ends_hint(section: str | None = None) -> str:
+    """What to do before Microsoft 365 stops taking passwords for SMTP, naming the settings'
+    section where the caller knows it."""
+    where = f"in [{section}]" if section else "for this server"
+    return (
+        "Microsoft 365 turns password sign-in for SMTP off by default at the end of December "
+        f'2026: set auth = "oauth2" {where} and run `gateway auth microsoft` before then'
+    )
 
 
 def password_sign_in_ends(host: str, greeting: str) -> bool:

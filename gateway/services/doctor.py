@@ -21,7 +21,7 @@ import aiosmtplib
 from sqlalchemy.exc import DBAPIError
 
 from gateway.config import ImapSettings, ServerSettings, load_settings
-from gateway.domain.delivery import PASSWORD_SIGN_IN_ENDS, auth_hint, password_sign_in_ends
+from gateway.domain.delivery import auth_hint, password_sign_in_ends, password_sign_in_ends_hint
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.services.doctor_channels import check_channels
 from gateway.services.doctor_steps import Step, StepFailed, Steps, StepWarning
@@ -163,7 +163,7 @@ async def check_smtp(
         if password_sign_in_ends(server.host, greeting):
             raise StepWarning(
                 f"signed in as {server.username} with a password, which Microsoft 365 stops "
-                "taking for SMTP", PASSWORD_SIGN_IN_ENDS
+                "taking for SMTP", password_sign_in_ends_hint(section)
             )  # fmt: skip
         return f"signed in as {server.username}"
 

@@ -19,10 +19,10 @@ from typing import Literal
 import aiosmtplib
 
 from gateway.domain.delivery import (
-    PASSWORD_SIGN_IN_ENDS,
     AttemptOutcome,
     OutcomeKind,
     password_sign_in_ends,
+    password_sign_in_ends_hint,
 )
 
 Security = Literal["tls", "starttls", "none"]
@@ -232,9 +232,8 @@ class SmtpPool:
                 await client.login(server.username, server.password)
                 if not self._told_password_ends and password_sign_in_ends(server.host, greeting):
                     self._told_password_ends = True
-                    log.warning(
-                        "signed in to %s with a password; %s", server.host, PASSWORD_SIGN_IN_ENDS
-                    )
+                    log.warning("signed in to %s with a password; %s", server.host,
+                                password_sign_in_ends_hint())  # fmt: skip
         except _Unusable:
             self._drop(client)
             raise
