@@ -1249,9 +1249,10 @@ def test_codes_read_as_the_registry_defines_them():
     from gateway.domain.bounces import reason_of
 
     # IANA's registry of enhanced status codes: a domain with no route to it is a bad address
-    # under 5 and a failed lookup for now under 4; a disabled account (RFC 4954); a mailbox or
-    # domain whose owner changed (RFC 7293).
+    # under 5 and a failed lookup for now under 4; a mailbox or domain whose owner changed (RFC
+    # 7293). Its x.7.13, "User Account Disabled", is the sender's own account (after AUTH), not
+    # the recipient's: no reason of the recipient's.
     assert reason_of("5.4.4", "550", "550 5.4.4 Unable to route") == "hostunknown"
     assert reason_of("4.4.4", "451", "451 4.4.4 Unable to route") == "networkerror"
-    assert reason_of("5.7.13", "525", "525 5.7.13 Ask your administrator") == "suspend"
+    assert reason_of("5.7.13", "525", "525 5.7.13 Ask your administrator") == "securityerror"
     assert reason_of("5.7.17", "550", "550 5.7.17 Mailbox owner has changed") == "hasmoved"

@@ -324,7 +324,6 @@ _REASON_BY_STATUS = {
     "7.0": "blocked", "3.0": "systemerror", "5.0": "syntaxerror",
     "3.2": "notaccept",  # RFC 3463: "System not accepting network messages"
     "1.7": "rejected", "1.8": "rejected",  # the sender's address or domain, not the recipient's
-    "7.13": "suspend",  # RFC 4954: "User Account Disabled"
     "7.17": "hasmoved", "7.18": "hasmoved",  # RFC 7293: the mailbox's or domain's owner changed
 }  # fmt: skip
 # Where the class changes what a code says: "unable to route" is for now under 4 (a lookup that
