@@ -134,14 +134,14 @@ def _orders(conn: Connection, query: str, limit: int) -> list[dict[str, Any]]:
     )
     if not refs:
         return []
-    latest: dict[tuple[int, int], int] = {}  # (conversation, order) -> its newest text
-    for item_id, conversation_id, order_id in conn.execute(
-        select(messages.c.id, messages.c.conversation_id, messages.c.order_id).where(
-            messages.c.order_id.in_(list(refs)), messages.c.conversation_id.is_not(None)
+    latest = {  # (conversation, order) -> its newest text
+        (conversation_id, order_id): item_id
+        for item_id, conversation_id, order_id in conn.execute(
+            select(func.max(messages.c.id), messages.c.conversation_id, messages.c.order_id)
+            .where(messages.c.order_id.in_(list(refs)), messages.c.conversation_id.is_not(None))
+            .group_by(messages.c.conversation_id, messages.c.order_id)
         )
-    ):
-        key = (conversation_id, order_id)
-        latest[key] = max(item_id, latest.get(key, item_id))
+    }
     heads = {
         row.conversation_id: row
         for row in conn.execute(
