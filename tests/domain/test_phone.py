@@ -99,14 +99,17 @@ def _example_numbers() -> list[str]:
 
 
 def test_every_plans_example_numbers_are_read_as_the_library_reads_them():
-    # parse_phone looks the region up once and asks for the type within it (a library helper
-    # number_type itself uses); this holds it to the public answers for every region's example
+    # parse_phone works the region and the type out in one pass (region_and_type, with a library
+    # helper number_type itself uses); this holds both to the public answers for every example
     # of every type, shared country codes (+1, +7, +44) and non-geographic ones included.
     examples = _example_numbers()
     assert len(examples) > 1000
     for typed in examples:
         number = phonenumbers.parse(typed)
         expected = phonenumbers.number_type(number)
+        national = phonenumbers.national_significant_number(number)
+        found = region_and_type(number.country_code, national)
+        assert found == (phonenumbers.region_code_for_number(number), expected), typed
         try:
             phone = parse_phone(typed, "US")
         except PhoneError:
@@ -115,12 +118,3 @@ def test_every_plans_example_numbers_are_read_as_the_library_reads_them():
         assert expected != phonenumbers.PhoneNumberType.UNKNOWN and expected not in _CANNOT_TEXT
         assert phone.region == phonenumbers.region_code_for_number(number), typed
         assert phone.national == phonenumbers.national_significant_number(number)
-
-
-def test_region_and_type_of_every_plans_examples():
-    for typed in _example_numbers():
-        number = phonenumbers.parse(typed)
-        national = phonenumbers.national_significant_number(number)
-        found = region_and_type(number.country_code, national)
-        assert found == (phonenumbers.region_code_for_number(number),
-                         phonenumbers.number_type(number)), typed  # fmt: skip
