@@ -621,6 +621,20 @@ Your order is out
     assert report.original_message_id == "<tok@example.com>"
 
 
+@pytest.mark.parametrize(
+    "subject", ["Non remis : commande 1042", "Non recapitabile: commande 1042",
+                "Unzustellbar: commande 1042"],
+)  # fmt: skip
+def test_exchanges_undeliverable_subject_in_other_languages_marks_a_letter_as_a_report(subject):
+    # Signed by an administrator's own address, not a robot's: the subject is all that says so.
+    letter = (
+        f"From: Administrateur <admin@example.fr>\nTo: dispatch@example.com\n"
+        f"Subject: {subject}\n\nVotre message n'a pas pu être remis.\n\n"
+        "bob@example.fr\nL'adresse de messagerie est introuvable.\n"
+    )
+    assert the_failed_address(letter) == "bob@example.fr"
+
+
 def test_an_ordinary_reply_is_not_a_report():
     assert (
         read_report(parse("From: 2025550143@vtext.com\nSubject: \n\nOK thanks, see you at 3\n"))

@@ -195,10 +195,13 @@ def looks_like_bounce(message: email.message.Message) -> bool:
         opening = " ".join(human_text(message)[:600].lower().split())
         if any(words in opening for words in _FAILURE_WORDS):
             return True
-    return any(
-        word in subject
-        for word in ("undeliver", "delivery status", "delivery failure", "failure notice",
-                     "returned mail", "delivery has failed", "could not be delivered",
-                     "mail delivery failed", "non-delivery", "nondeliverable", "rejected",
-                     "delivery notification", "undelivered")
-    )  # fmt: skip
+    return any(word in subject for word in _FAILURE_SUBJECTS)
+
+
+_FAILURE_SUBJECTS = (
+    "undeliver", "delivery status", "delivery failure", "failure notice", "returned mail",
+    "delivery has failed", "could not be delivered", "mail delivery failed", "non-delivery",
+    "nondeliverable", "rejected", "delivery notification", "undelivered",
+    # Exchange's "Undeliverable:" in the other languages it is set to.
+    "non remis", "non recapitabile", "unzustellbar", "onbestelbaar", "no se puede entregar",
+)  # fmt: skip
