@@ -149,6 +149,11 @@ def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> Inbound
             return _from_provider(base, found)
 
     report = read_report(message)
+    if report is not None and report.kind == "bounce" and phone is not None:
+        # Mail signed by a phone is what its owner typed ("Re: Delivery failure", "ask at
+        # ann@example.net" reads like a report's letter): mail systems sign their reports with
+        # their own addresses (Verizon's post_master@vtext.com), never a subscriber's number.
+        report = None
     if report is not None:
         return replace(
             base,

@@ -186,6 +186,19 @@ def test_a_carrier_bounce_with_re_and_in_reply_to_is_a_bounce():
     assert found.recipients[0].permanent
 
 
+@pytest.mark.parametrize(
+    "subject", ["Re: Delivery failure - order 1042", "Re: Your order was rejected", "Undelivered?"]
+)
+def test_a_phones_reply_whose_subject_reads_like_a_reports_is_a_reply(subject):
+    raw = mail(
+        f"From: 2065550143@vtext.com\nTo: dispatch@example.com\nSubject: {subject}",
+        "Leave it with my neighbour, ask at ann@example.net",
+    )
+    found = parse_mail(raw, CARRIERS, US)
+    assert found.kind is Kind.REPLY and found.recipients == ()
+    assert found.text == "Leave it with my neighbour, ask at ann@example.net"
+
+
 def test_auto_reply():
     raw = mail("From: boss@partner.example\nAuto-Submitted: auto-replied\nSubject: Out of office")
     assert parse_mail(raw, CARRIERS, US).kind is Kind.AUTO_REPLY
