@@ -7,7 +7,8 @@ Detectors run in order and the first confident one wins. Mail from an email-to-S
 read by that provider's own format first (carriers.yaml says how it looks), unless it is a
 standard delivery-status report. Reports come next: a carrier's bounce
 can carry `Re:` and In-Reply-To like a reply (Verizon's do), and mail systems mark bounces
-Auto-Submitted like vacation notices. Our own mail seen in the mailbox comes next, so a copy of
+Auto-Submitted like vacation notices; mail signed by a phone's own number is never a bounce,
+whatever its subject says. Our own mail seen in the mailbox comes next, so a copy of
 a text is never read as a reply to itself. What is left is a reply when it comes from a phone
 (a known gateway domain) or names one of our messages; anything else is `other`.
 """
