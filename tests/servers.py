@@ -130,17 +130,32 @@ class GreetingRefusal(SMTP):
         self.transport.close()
 
 
+class HeloOnly(SMTP):
+    """An old server that knows HELO and not EHLO (RFC 5321 4.1.1.1: a client falls back)."""
+
+    async def smtp_EHLO(self, hostname: str) -> None:  # aiosmtpd's handler of the verb
+        await self.push("502 5.5.2 Error: command not recognized")
+
+
 class SmtpTestServer(Controller):
     def __init__(
-        self, *, refuse_greeting: bool = False, port: int | None = None, **kwargs: Any
+        self,
+        *,
+        refuse_greeting: bool = False,
+        helo_only: bool = False,
+        port: int | None = None,
+        **kwargs: Any,
     ) -> None:
         self.handler_ = RecordingHandler()
         self.refuse_greeting = refuse_greeting
+        self.helo_only = helo_only
         super().__init__(self.handler_, hostname="127.0.0.1", port=port or free_port(), **kwargs)
 
     def factory(self) -> SMTP:
         if self.refuse_greeting:
             return GreetingRefusal(self.handler, **self.SMTP_kwargs)
+        if self.helo_only:
+            return HeloOnly(self.handler, **self.SMTP_kwargs)
         return super().factory()
 
     def stop(self, no_assert: bool = True) -> None:

@@ -39,6 +39,19 @@ async def test_a_working_server_passes_every_step(smtp_server):
     assert smtp_server.received[0].rcpt_tos == ["ops@example.com"]
 
 
+async def test_a_server_that_knows_only_helo_passes_as_the_sender_finds_it():
+    """The doctor connects the sender's way (transport.smtp.connect): HELO where EHLO is
+    refused, and a message through it."""
+    server = SmtpTestServer(helo_only=True)
+    server.start()
+    try:
+        steps = await check_smtp(smtp(server.port), "smtp", "ops@example.com")
+        assert all(step.ok for step in steps), steps
+        assert server.received[0].rcpt_tos == ["ops@example.com"]
+    finally:
+        server.stop()
+
+
 async def test_connection_refused_names_the_port():
     port = free_port()
     step = failed(await check_smtp(smtp(port), "smtp"))
@@ -75,6 +88,21 @@ async def test_535_explains_app_passwords_and_oauth2(auth_server):
     assert "wrong" not in step.detail + step.hint
     right = smtp(auth_server.port, username="dispatch", password="right")
     assert all(step.ok for step in await check_smtp(right, "smtp"))
+
+
+async def test_a_password_that_cannot_be_read_fails_the_sign_in_step_naming_the_key(
+    auth_server, monkeypatch
+):
+    monkeypatch.delenv("GW_TEST_NO_SUCH_PASSWORD", raising=False)
+    settings = smtp(auth_server.port, username="dispatch", password_env="GW_TEST_NO_SUCH_PASSWORD")
+    steps = await check_smtp(settings, "smtp")
+    step = failed(steps)
+    assert ("no TLS and EHLO", True) in names(steps)
+    assert step.name == "AUTH as dispatch"
+    assert "smtp.password_env names GW_TEST_NO_SUCH_PASSWORD" in step.detail
+    none = failed(await check_smtp(smtp(auth_server.port, username="dispatch"), "smtp"))
+    assert none.name == "AUTH as dispatch" and "no password" in none.detail
+    assert "smtp.password_env" in none.hint
 
 
 async def refused_with(reply: str):

@@ -56,6 +56,25 @@ async def test_250_is_accepted_with_the_reply_line(smtp_server):
     assert b".leading dot survives" in smtp_server.received[0].content
 
 
+async def send_once_through(server: SmtpTestServer):
+    """One message through a fresh pool to `server`, started for it and stopped after."""
+    server.start()
+    try:
+        pool = pool_for(server)
+        outcome = await send(pool)
+        await pool.close()
+    finally:
+        server.stop()
+    return outcome
+
+
+async def test_a_server_that_refuses_ehlo_is_greeted_with_helo():
+    server = SmtpTestServer(helo_only=True)
+    outcome = await send_once_through(server)
+    assert outcome.kind is OutcomeKind.ACCEPTED, outcome
+    assert len(server.received) == 1
+
+
 async def test_connections_are_reused_across_messages(smtp_server):
     pool = pool_for(smtp_server, connections=2)
     outcomes = await asyncio.gather(*(send(pool, n) for n in range(40)))
@@ -141,14 +160,7 @@ async def test_slow_but_in_time_is_accepted(smtp_server):
 
 
 async def test_421_at_the_greeting_defers():
-    server = SmtpTestServer(refuse_greeting=True)
-    server.start()
-    try:
-        pool = pool_for(server)
-        outcome = await send(pool)
-        await pool.close()
-    finally:
-        server.stop()
+    outcome = await send_once_through(SmtpTestServer(refuse_greeting=True))
     assert (outcome.kind, outcome.code, outcome.phase) == (OutcomeKind.TEMPORARY, 421, "connect")
 
 

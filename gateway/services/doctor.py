@@ -27,6 +27,10 @@ from gateway.services.doctor_channels import check_channels
 from gateway.services.doctor_steps import Step, StepFailed, Steps, StepWarning
 from gateway.store.db import make_engine, require_current, utcnow
 from gateway.transport.imap import ImapError, authenticate, connect
+from gateway.transport.smtp import NoCredentials
+from gateway.transport.smtp import authenticate as smtp_authenticate
+from gateway.transport.smtp import connect as smtp_connect
+from gateway.transport.tls import tls_context
 
 
 async def _reach(endpoint: ServerSettings | ImapSettings, steps: Steps, role: str) -> bool:
@@ -84,27 +88,24 @@ async def check_smtp(
 ) -> list[Step]:
     """DNS, TCP, TLS or STARTTLS with EHLO, AUTH when a username is set (XOAUTH2 with a token
     from `token` when auth = "oauth2"), and with `send_to` a test message to that address."""
+    from gateway.services.runtime import smtp_server
+
     steps = Steps()
     if not await _reach(server, steps, "SMTP"):
         return steps.done
-    context = ssl.create_default_context(cafile=str(server.ca_file) if server.ca_file else None)
-    client = aiosmtplib.SMTP(
-        hostname=server.host,
-        port=server.port,
-        use_tls=server.security == "tls",
-        start_tls=server.security == "starttls",
-        tls_context=context,
-        timeout=min(server.timeout_seconds, 15.0),
-    )
+    timeout = min(server.timeout_seconds, 15.0)
+    # Connected and signed in the sender's way (transport.smtp); the password is read at the
+    # sign-in step, so a missing one fails that step, not the greeting.
+    where = smtp_server(server, section, token, timeout, read_password=False)
+    tls = tls_context(server.ca_file) if server.security != "none" else None
     security = {"tls": "TLS", "starttls": "STARTTLS", "none": "no TLS"}[server.security]
+    client: aiosmtplib.SMTP | None = None
     greeting = ""  # the server's 220 line: whose server it is, behind whatever name
 
     async def greet() -> str:
-        nonlocal greeting
+        nonlocal client, greeting
         try:
-            greeting = (await client.connect()).message
-            if client.is_ehlo_or_helo_needed:
-                await client.ehlo()
+            client, greeting = await smtp_connect(where, tls)
         except (ssl.SSLError, aiosmtplib.SMTPConnectError) as exc:
             if "certificate" in str(exc).lower():
                 raise StepFailed(
@@ -126,40 +127,34 @@ async def check_smtp(
         return f"{security}; the server offers {', '.join(offered) or 'nothing beyond SMTP'}"
 
     async def auth() -> str:
+        assert client is not None
         if not client.supports_extension("auth"):
             raise StepFailed(
                 f"{server.host}:{server.port} offers no AUTH (sign-in) on this connection",
                 "port 25 rarely offers it: use the submission port (587 with STARTTLS, 465 "
                 f"with TLS), or remove {section}.username if the server takes mail unsigned",
             )
-        if server.auth == "oauth2":
-            if token is None:
-                raise StepFailed(f"{section}.auth = 'oauth2' but no token source is configured")
-            try:
-                access = await token()
-            except Exception as exc:  # the token source's failure, in its words
-                raise StepFailed(f"no OAuth2 access token: {exc}") from None
-            try:
-                await client.auth_xoauth2(server.username or "", access)
-            except aiosmtplib.SMTPException as exc:
-                words = str(exc)
-                raise StepFailed(f"the server refused the OAuth2 sign-in: {words}",
-                              auth_hint(words)) from None  # fmt: skip
-            return f"signed in as {server.username} with OAuth2 (XOAUTH2)"
-        password = server.resolve_password(section)
-        if password is None:
+        oauth2 = server.auth == "oauth2"
+        if oauth2 and token is None:
+            raise StepFailed(f"{section}.auth = 'oauth2' but no token source is configured")
+        try:
+            how = await smtp_authenticate(client, smtp_server(server, section, token, timeout))
+        except NoCredentials as exc:
+            if oauth2:
+                raise StepFailed(str(exc)) from None
             raise StepFailed(
                 f"{section}.username is set but no password is",
                 f"give {section}.password_env or {section}.password_file (an app password "
                 "where two-step sign-in is on)",
-            )
-        try:
-            await client.login(server.username or "", password)
+            ) from None
         except aiosmtplib.SMTPAuthenticationError as exc:
             words = f"{exc.code} {exc.message}"
-            raise StepFailed(f"the server refused the sign-in: {words}", auth_hint(words)) from None
+            refused = "the OAuth2 sign-in" if oauth2 else "the sign-in"
+            raise StepFailed(f"the server refused {refused}: {words}", auth_hint(words)) from None
         except aiosmtplib.SMTPException as exc:
             raise StepFailed(f"AUTH failed: {exc}", auth_hint(str(exc))) from None
+        if how == "oauth2":
+            return f"signed in as {server.username} with OAuth2 (XOAUTH2)"
         if password_sign_in_ends(server.host, greeting):
             raise StepWarning(
                 f"signed in as {server.username} with a password, which Microsoft 365 stops "
@@ -168,7 +163,7 @@ async def check_smtp(
         return f"signed in as {server.username}"
 
     async def test_message() -> str:
-        assert send_to is not None
+        assert send_to is not None and client is not None
         sender = server.sender
         message = EmailMessage()
         message["From"] = sender.header()
@@ -205,10 +200,11 @@ async def check_smtp(
         if ok and send_to:
             await steps.run(f"test message to {send_to}", test_message)
     finally:
-        with contextlib.suppress(Exception):
-            if client.is_connected:
-                await client.quit()
-        client.close()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                if client.is_connected:
+                    await client.quit()
+            client.close()
     return steps.done
 
 

@@ -311,19 +311,7 @@ class Runtime:
         return self._keeper
 
     def _server(self, server: ServerSettings, section: str) -> SmtpServer:
-        return SmtpServer(
-            host=server.host,
-            port=server.port,
-            security=server.security,
-            username=server.username,
-            password=server.resolve_password(section) if server.username else None,
-            oauth2_token=self.oauth2_token(server),
-            ca_file=server.ca_file,
-            connections=server.connections,
-            timeout=server.timeout_seconds,
-            deadline=server.message_deadline_seconds,
-            max_messages_per_connection=server.max_messages_per_connection,
-        )
+        return smtp_server(server, section, self.oauth2_token(server))
 
     @cached_property
     def company_domain(self) -> str:
@@ -354,6 +342,37 @@ class Runtime:
             return tokens.pop()
         except IndexError:  # another thread took the last one
             return secrets.token_hex(12)
+
+
+def smtp_server(
+    server: ServerSettings,
+    section: str,
+    token: TokenSource | None,
+    timeout: float | None = None,
+    read_password: bool = True,
+) -> SmtpServer:
+    """`[smtp]` or `[relay]` (`section`) as the transport connects and signs in to it: the
+    sender's pool and `gateway doctor` are both described by this one function. `token`: where
+    OAuth2 access tokens come from (auth = "oauth2"). The password is read here (ConfigError
+    naming the key when it cannot be), unless `read_password` is False (the doctor connects
+    first and reads it in its sign-in step)."""
+    oauth2 = server.auth == "oauth2"
+    password = None
+    if read_password and server.username and not oauth2:
+        password = server.resolve_password(section)
+    return SmtpServer(
+        host=server.host,
+        port=server.port,
+        security=server.security,
+        username=server.username,
+        password=password,
+        oauth2_token=token if oauth2 else None,
+        ca_file=server.ca_file,
+        connections=server.connections,
+        timeout=timeout or server.timeout_seconds,
+        deadline=server.message_deadline_seconds,
+        max_messages_per_connection=server.max_messages_per_connection,
+    )
 
 
 def imap_server(

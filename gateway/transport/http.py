@@ -16,6 +16,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.transport.tls import tls_context
+
 MAX_ANSWER = 1_000_000  # bytes of an answer read at most
 
 
@@ -50,7 +52,7 @@ class Service:
         parts = urllib.parse.urlsplit(self.base_url)
         host = parts.hostname or ""
         if parts.scheme == "https":
-            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+            context = tls_context(self.ca_file)
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
                 host, parts.port, timeout=self.timeout, context=context
             )

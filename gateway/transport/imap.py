@@ -29,6 +29,8 @@ from typing import Literal
 
 import aioimaplib
 
+from gateway.transport.tls import tls_context
+
 Security = Literal["tls", "starttls", "none"]
 
 
@@ -65,13 +67,6 @@ class ImapServer:
     @property
     def where(self) -> str:
         return f"the mailbox at {self.host}:{self.port}"
-
-
-def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """Certificates validated against the system's authorities, or `ca_file`'s."""
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib is untyped

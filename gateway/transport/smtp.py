@@ -24,6 +24,7 @@ from gateway.domain.delivery import (
     password_sign_in_ends,
     password_sign_in_ends_hint,
 )
+from gateway.transport.tls import tls_context
 
 Security = Literal["tls", "starttls", "none"]
 log = logging.getLogger("gateway.smtp")
@@ -67,16 +68,9 @@ class SmtpPool:
         self._idle: list[aiosmtplib.SMTP] = []
         self._carried: dict[int, int] = {}  # id(connection) -> messages it carried
         self._slots = asyncio.Semaphore(server.connections)
-        self._tls = self._tls_context() if server.security != "none" else None
+        self._tls = tls_context(server.ca_file) if server.security != "none" else None
         self.connects = 0  # connections opened, for diagnostics and the benchmark
         self._told_password_ends = False  # said once a pool, not at every connection
-
-    def _tls_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(
-            cafile=str(self.server.ca_file) if self.server.ca_file else None
-        )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
 
     async def send(self, sender: str, recipients: Sequence[str], data: bytes) -> AttemptOutcome:
         """Hand one message to the server; never raises for anything the server or network does.
@@ -194,61 +188,31 @@ class SmtpPool:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         server = self.server
-        client = aiosmtplib.SMTP(
-            hostname=server.host,
-            port=server.port,
-            use_tls=server.security == "tls",
-            # True: required, never opportunistic; False: never tried.
-            start_tls=server.security == "starttls",
-            tls_context=self._tls,
-            timeout=server.timeout,
-            local_hostname=server.local_hostname,
-        )
         try:
-            greeting = (await client.connect()).message
-            if client.is_ehlo_or_helo_needed:  # connect() greets only when it needed to (TLS, AUTH)
-                try:
-                    await client.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await client.helo()
-            if server.username and server.oauth2_token is not None:
-                try:
-                    token = await server.oauth2_token()
-                except Exception as exc:  # the token tool's failure, in its words
-                    raise _Unusable(
-                        AttemptOutcome(OutcomeKind.AUTH, f"no OAuth2 token: {exc}", None, "auth")
-                    ) from None
-                await client.auth_xoauth2(server.username, token)
-            elif server.username:
-                if server.password is None:
-                    raise _Unusable(
-                        AttemptOutcome(
-                            OutcomeKind.AUTH,
-                            f"username {server.username!r} is set but no password is configured",
-                            None,
-                            "auth",
-                        )
-                    )
-                await client.login(server.username, server.password)
-                if not self._told_password_ends and password_sign_in_ends(server.host, greeting):
-                    self._told_password_ends = True
-                    log.warning("signed in to %s with a password; %s", server.host,
-                                password_sign_in_ends_hint())  # fmt: skip
-        except _Unusable:
+            client, greeting = await connect(server, self._tls)
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            kind = OutcomeKind.TEMPORARY if 400 <= exc.code < 500 else OutcomeKind.NETWORK
+            raise _Unusable(AttemptOutcome(kind, _reply(exc), exc.code, "connect")) from None
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            raise _Unusable(_connect_failure(server, exc)) from None
+        try:
+            how = await authenticate(client, server)
+        except NoCredentials as exc:
             self._drop(client)
-            raise
+            raise _Unusable(AttemptOutcome(OutcomeKind.AUTH, str(exc), None, "auth")) from None
         except aiosmtplib.SMTPAuthenticationError as exc:
             self._drop(client)
             raise _Unusable(
                 AttemptOutcome(OutcomeKind.AUTH, _reply(exc), exc.code, "auth")
             ) from None
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            self._drop(client)
-            kind = OutcomeKind.TEMPORARY if 400 <= exc.code < 500 else OutcomeKind.NETWORK
-            raise _Unusable(AttemptOutcome(kind, _reply(exc), exc.code, "connect")) from None
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             self._drop(client)
             raise _Unusable(_connect_failure(server, exc)) from None
+        told = self._told_password_ends
+        if how == "password" and not told and password_sign_in_ends(server.host, greeting):
+            self._told_password_ends = True
+            log.warning("signed in to %s with a password; %s", server.host,
+                        password_sign_in_ends_hint())  # fmt: skip
         self.connects += 1
         return client
 
@@ -256,6 +220,61 @@ class SmtpPool:
         idle, self._idle = self._idle, []
         for client in idle:
             await self._retire(client)
+
+
+class NoCredentials(Exception):
+    """A sign-in that cannot be tried: no password configured, or no OAuth2 access token (the
+    token source's words)."""
+
+
+async def connect(server: SmtpServer, tls: ssl.SSLContext | None) -> tuple[aiosmtplib.SMTP, str]:
+    """A connection to `server` that has said EHLO (HELO to a server that refuses EHLO), over TLS
+    from the start or STARTTLS as `security` says, and the server's greeting (its 220 line:
+    whose server it is, behind whatever name). The sender's pool and `gateway doctor` both
+    connect here. aiosmtplib's exceptions, OSError and ssl.SSLError as they come; nothing is
+    left open when one does."""
+    client = aiosmtplib.SMTP(
+        hostname=server.host,
+        port=server.port,
+        use_tls=server.security == "tls",
+        # True: required, never opportunistic; False: never tried.
+        start_tls=server.security == "starttls",
+        tls_context=tls,
+        timeout=server.timeout,
+        local_hostname=server.local_hostname,
+    )
+    try:
+        greeting = (await client.connect()).message
+        if client.is_ehlo_or_helo_needed:  # connect() greets only when it needed to (TLS, AUTH)
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.close()
+        raise
+    return client, greeting
+
+
+async def authenticate(client: aiosmtplib.SMTP, server: SmtpServer) -> str | None:
+    """Sign in on a connection from `connect` as `server` says: XOAUTH2 with a token from
+    `oauth2_token`, else the password; nothing without a username. Returns how ("oauth2",
+    "password", None). NoCredentials when what it needs is missing; the server's refusal as
+    aiosmtplib's SMTPAuthenticationError."""
+    if not server.username:
+        return None
+    if server.oauth2_token is not None:
+        try:
+            token = await server.oauth2_token()
+        except Exception as exc:  # the token source's failure, in its words
+            raise NoCredentials(f"no OAuth2 access token: {exc}") from None
+        await client.auth_xoauth2(server.username, token)
+        return "oauth2"
+    if server.password is None:
+        raise NoCredentials(f"username {server.username!r} is set but no password is configured")
+    await client.login(server.username, server.password)
+    return "password"
 
 
 async def _refused(
