@@ -105,6 +105,19 @@ async def test_a_password_that_cannot_be_read_fails_the_sign_in_step_naming_the_
     assert "smtp.password_env" in none.hint
 
 
+async def test_an_oauth2_token_that_cannot_be_had_fails_the_sign_in_saying_what_to_run(
+    auth_server,
+):
+    async def expired() -> str:
+        raise RuntimeError("the stored sign-in has expired")
+
+    settings = smtp(auth_server.port, username="dispatch@example.com", auth="oauth2")
+    step = failed(await check_smtp(settings, "relay", None, expired))
+    assert step.name == "AUTH as dispatch@example.com"
+    assert step.detail == "no OAuth2 access token: the stored sign-in has expired"
+    assert "gateway auth microsoft" in step.hint and "relay.oauth2_token_file" in step.hint
+
+
 async def refused_with(reply: str):
     """The failed step when a server refuses every sign-in with `reply`."""
 

@@ -141,7 +141,11 @@ async def check_smtp(
             how = await smtp_authenticate(client, smtp_server(server, section, token, timeout))
         except NoCredentials as exc:
             if oauth2:
-                raise StepFailed(str(exc)) from None
+                raise StepFailed(
+                    str(exc),
+                    "run `gateway auth microsoft` (or `google`) again, or check "
+                    f"{section}.oauth2_token_file or _command",
+                ) from None
             raise StepFailed(
                 f"{section}.username is set but no password is",
                 f"give {section}.password_env or {section}.password_file (an app password "
