@@ -159,6 +159,18 @@ async def test_slow_but_in_time_is_accepted(smtp_server):
     assert outcome.kind is OutcomeKind.ACCEPTED
 
 
+async def test_a_token_that_cannot_be_had_is_a_sign_in_never_tried(auth_server):
+    async def expired() -> str:
+        raise RuntimeError("the stored sign-in has expired")
+
+    pool = pool_for(auth_server, username="dispatch@example.com", oauth2_token=expired)
+    outcome = await send(pool)
+    await pool.close()
+    assert (outcome.kind, outcome.code, outcome.phase) == (OutcomeKind.AUTH, None, "auth")
+    assert outcome.reply == "no OAuth2 access token: the stored sign-in has expired"
+    assert not auth_server.received
+
+
 async def test_421_at_the_greeting_defers():
     outcome = await send_once_through(SmtpTestServer(refuse_greeting=True))
     assert (outcome.kind, outcome.code, outcome.phase) == (OutcomeKind.TEMPORARY, 421, "connect")

@@ -107,10 +107,23 @@ AUTH_HINT = (
 )
 
 
+# How the SMTP transport words a sign-in it could not even try: the fix is on our side.
+NO_TOKEN = "no OAuth2 access token"
+NO_PASSWORD = "is set but no password is configured"
+
+
 def auth_hint(reply: str) -> str:
     """What to do about an SMTP server's refusal of the sign-in, read from its words: Microsoft
-    365's refusals of password sign-in name OAuth2, a plain 535 names app passwords."""
+    365's refusals of password sign-in name OAuth2, a plain 535 names app passwords. A sign-in
+    that could not be tried (no token, no password) names what to set or run."""
     lowered = reply.lower()
+    if NO_TOKEN.lower() in lowered:
+        return (
+            "the OAuth2 sign-in gave no access token: run `gateway auth microsoft` (or "
+            "`google`) again, or check this section's oauth2_token_file or oauth2_token_command"
+        )
+    if NO_PASSWORD in lowered:
+        return "give this section's password_env or password_file"
     if "5.7.30" in reply or "basic authentication is not supported" in lowered:
         return (
             'Microsoft 365 no longer takes a password for SMTP: set auth = "oauth2" in this '
@@ -180,7 +193,9 @@ def decide(
             f"the server answered ({outcome.reply}); it will be tried again later on the same route"
         )
     elif outcome.kind is OutcomeKind.AUTH:
-        reason = f"sign-in refused: {outcome.reply} ({auth_hint(outcome.reply)})"
+        # No reply code: the sign-in was never put to the server (no token, no password, no AUTH).
+        refused = "sign-in refused" if outcome.code is not None else "cannot sign in"
+        reason = f"{refused}: {outcome.reply} ({auth_hint(outcome.reply)})"
     elif outcome.kind is OutcomeKind.TLS:
         reason = f"TLS failed: {outcome.reply}"
     elif outcome.kind is OutcomeKind.TEMPORARY:

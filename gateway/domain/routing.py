@@ -285,6 +285,6 @@ def explain_route_error(reply: str | None) -> str | None:
     """A route's last error as an operator should read it: a refused sign-in names the fix."""
     if reply is None:
         return None
-    if reply[:3] in ("535", "534", "530") or "sign-in" in reply or "AUTH" in reply:
+    if reply[:3] in ("535", "534", "530") or any(w in reply for w in ("sign-in", "AUTH", "OAuth2")):
         return f"{reply} ({auth_hint(reply)})"
     return reply

@@ -19,6 +19,8 @@ from typing import Literal
 import aiosmtplib
 
 from gateway.domain.delivery import (
+    NO_PASSWORD,
+    NO_TOKEN,
     AttemptOutcome,
     OutcomeKind,
     password_sign_in_ends,
@@ -268,11 +270,11 @@ async def authenticate(client: aiosmtplib.SMTP, server: SmtpServer) -> str | Non
         try:
             token = await server.oauth2_token()
         except Exception as exc:  # the token source's failure, in its words
-            raise NoCredentials(f"no OAuth2 access token: {exc}") from None
+            raise NoCredentials(f"{NO_TOKEN}: {exc}") from None
         await client.auth_xoauth2(server.username, token)
         return "oauth2"
     if server.password is None:
-        raise NoCredentials(f"username {server.username!r} is set but no password is configured")
+        raise NoCredentials(f"username {server.username!r} {NO_PASSWORD}")
     await client.login(server.username, server.password)
     return "password"
 

@@ -52,6 +52,17 @@ def test_auth_failure_names_app_passwords_and_oauth2():
     assert "app password" in decision.reason and "OAuth2" in decision.reason
 
 
+@pytest.mark.parametrize(
+    "reply, fix",
+    [("no OAuth2 access token: the stored sign-in has expired", "gateway auth microsoft"),
+     ("username 'dispatch' is set but no password is configured", "password_env")],
+)  # fmt: skip
+def test_a_sign_in_never_put_to_the_server_says_what_to_set_not_that_it_was_refused(reply, fix):
+    decision = decide(outcome(OutcomeKind.AUTH, reply), 1, T0, T0, POLICY, 0)
+    assert decision.reason.startswith(f"cannot sign in: {reply} (")
+    assert fix in decision.reason and "refused" not in decision.reason
+
+
 def test_ambiguous_waits_at_least_the_hold():
     decision = decide(outcome(OutcomeKind.AMBIGUOUS, "lost"), 1, T0, T0, POLICY, 0.0)
     assert decision.state is State.DEFERRED

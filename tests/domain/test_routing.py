@@ -18,6 +18,7 @@ from gateway.domain.routing import (
     breaker_state,
     bucket_take,
     choose_route,
+    explain_route_error,
 )
 
 T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
@@ -204,3 +205,15 @@ def test_clock_stepping_back_adds_no_tokens():
     bucket, _ = bucket_take(None, 1, T0)
     bucket, ok = bucket_take(bucket, 1, T0 - dt.timedelta(hours=1))
     assert not ok
+
+
+@pytest.mark.parametrize(
+    "error, fix",
+    [("535 5.7.8 Username and Password not accepted", "app password"),
+     ("no OAuth2 access token: the stored sign-in has expired", "gateway auth microsoft"),
+     ("451 4.3.0 try later", None)],
+)  # fmt: skip
+def test_a_routes_last_error_names_the_fix_for_a_sign_in(error, fix):
+    shown = explain_route_error(error)
+    assert shown is not None and shown.startswith(error)
+    assert (fix in shown) if fix else shown == error
