@@ -3,6 +3,8 @@
 Opening a connection (TCP, TLS, EHLO, AUTH) costs several round trips; a text costs three
 (MAIL, RCPT, DATA). Keeping connections open and reusing them is the largest single gain in
 throughput, so the pool keeps up to `connections` of them and hands each message to an idle one.
+It opens and signs in to a server the one way the gateway does (`connect`, `authenticate`),
+which `gateway doctor` uses too, so what the doctor passes is what the sender meets.
 """
 
 from __future__ import annotations
