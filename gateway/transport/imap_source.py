@@ -123,7 +123,7 @@ class ImapSource:
                 raise
             except Exception as exc:
                 await self.close()
-                error = _describe(exc)
+                error = _describe(exc, self.server.timeout)
                 if not isinstance(exc, ImapError):  # its words name the mailbox already
                     error = f"{self._where()}: {error}"
                 if drain:
@@ -162,7 +162,7 @@ class ImapSource:
         except ImapError:
             raise
         except (ConnectionLost, OSError, TimeoutError, aioimaplib.AioImapException) as exc:
-            raise ImapError(f"{self._where()}: {_describe(exc)}") from None
+            raise ImapError(f"{self._where()}: {_describe(exc, self.server.timeout)}") from None
         finally:
             await self.close()
 
@@ -393,9 +393,15 @@ def _words(lines: list[Any]) -> str:
     ].decode("utf-8", "replace")
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, timeout: float) -> str:
+    """A failure as an operator should read it: the server's words where it gave some; where it
+    gave none in time, the setting that says how long it is given."""
     if isinstance(exc, ImapError):
         return f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
+    if isinstance(exc, TimeoutError | aioimaplib.CommandTimeout) and not str(exc):
+        command = getattr(getattr(exc, "command", None), "name", None)
+        to = f" to {command}" if isinstance(command, str) else ""
+        return f"no answer{to} in time (imap.timeout_seconds = {timeout:g})"
     return str(exc) or type(exc).__name__
 
 
