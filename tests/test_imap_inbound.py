@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, select
@@ -254,25 +255,31 @@ async def test_wrong_password_says_what_to_check(sqlite_url, smtp_server, doveco
         await drain(runtime)
 
 
-async def test_a_server_that_never_greets_says_how_long_it_was_given(
-    sqlite_url, smtp_server, dovecot
-):
-    """A port that takes the connection and says nothing (a wedged server, a firewall that
-    swallows the traffic): the error says so and names the setting, not a bare TimeoutError."""
+@contextlib.asynccontextmanager
+async def mute_server() -> AsyncIterator[int]:
+    """A port that takes connections and never says a word (a wedged server, a firewall that
+    swallows the traffic)."""
 
     async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the client gives up and closes
         writer.close()
 
     server = await asyncio.start_server(mute, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_a_server_that_never_greets_says_how_long_it_was_given(
+    sqlite_url, smtp_server, dovecot
+):
+    """The error says no answer came and names the setting, not a bare TimeoutError."""
+    async with mute_server() as port:
         runtime = runtime_for(sqlite_url, smtp_server, dovecot, "INBOX", first_look=True,
                               port=port, timeout_seconds=1)  # fmt: skip
         with pytest.raises(ImapError) as refused:
             await drain(runtime)
-    finally:
-        server.close()
     assert f"127.0.0.1:{port}" in str(refused.value)
     assert "no answer in time (imap.timeout_seconds = 1)" in str(refused.value)
 

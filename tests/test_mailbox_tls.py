@@ -15,7 +15,16 @@ from gateway.services.doctor import check_imap
 from gateway.services.runtime import imap_server
 from gateway.store.db import utcnow
 from gateway.transport.imap import ImapError, SentFolder, connect, sign_in
-from tests.test_imap_inbound import Running, count, drain, folder_in, reply, runtime_for, until
+from tests.test_imap_inbound import (
+    Running,
+    count,
+    drain,
+    folder_in,
+    mute_server,
+    reply,
+    runtime_for,
+    until,
+)
 
 
 def settings_for(dovecot, **changes) -> ImapSettings:
@@ -179,6 +188,22 @@ async def test_the_sent_copy_over_tls_and_starttls(dovecot, security):
         await folder.close()
     assert len(dovecot.messages("Sent")) == before + 1
     assert any(f"copy over {security}".encode() in m for m in dovecot.messages("Sent"))
+
+
+async def test_a_sent_copy_to_a_server_that_never_greets_says_how_long_it_was_given():
+    async with mute_server() as port:
+        settings = ImapSettings(enabled=True, host="127.0.0.1", port=port, security="none",
+                                username="dispatch", password="x", timeout_seconds=1)  # fmt: skip
+        folder = SentFolder(imap_server(settings, "t"), "Sent")
+        try:
+            with pytest.raises(ImapError) as refused:
+                await folder.append(reply(1), utcnow())
+        finally:
+            await folder.close()
+    assert str(refused.value) == (
+        f"cannot reach the mailbox at 127.0.0.1:{port}: no answer in time "
+        "(imap.timeout_seconds = 1)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -272,6 +272,16 @@ def _decoded(challenge: bytes) -> str:
         return challenge[:300].decode("ascii", "replace")
 
 
+def failure_words(exc: BaseException, timeout: float) -> str:
+    """A connection's failure as an operator should read it: its own words where it has some;
+    where the server gave no answer in time, the setting that says how long it is given."""
+    if isinstance(exc, TimeoutError | aioimaplib.CommandTimeout) and not str(exc):
+        command = getattr(getattr(exc, "command", None), "name", None)
+        to = f" to {command}" if isinstance(command, str) else ""
+        return f"no answer{to} in time (imap.timeout_seconds = {timeout:g})"
+    return str(exc) or type(exc).__name__
+
+
 class SentFolder:
     def __init__(self, server: ImapServer, folder: str) -> None:
         self.server = server
@@ -290,7 +300,7 @@ class SentFolder:
             except (OSError, TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout) as exc:
                 await self.close()
                 if last_try:
-                    reason = str(exc) or type(exc).__name__
+                    reason = failure_words(exc, self.server.timeout)
                     raise ImapError(f"cannot reach {self.server.where}: {reason}") from None
                 continue
             if response.result != "OK":

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import aioimaplib
 
 from gateway.domain.health import Health, backoff
-from gateway.transport.imap import ImapError, ImapServer, sign_in
+from gateway.transport.imap import ImapError, ImapServer, failure_words, sign_in
 from gateway.transport.mailsource import HEAD_BYTES, Batch, Fetched, wait
 
 log = logging.getLogger(__name__)
@@ -394,15 +394,9 @@ def _words(lines: list[Any]) -> str:
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
-    """A failure as an operator should read it: the server's words where it gave some; where it
-    gave none in time, the setting that says how long it is given."""
     if isinstance(exc, ImapError):
         return f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
-    if isinstance(exc, TimeoutError | aioimaplib.CommandTimeout) and not str(exc):
-        command = getattr(getattr(exc, "command", None), "name", None)
-        to = f" to {command}" if isinstance(command, str) else ""
-        return f"no answer{to} in time (imap.timeout_seconds = {timeout:g})"
-    return str(exc) or type(exc).__name__
+    return failure_words(exc, timeout)
 
 
 def _now() -> dt.datetime:
