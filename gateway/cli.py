@@ -969,17 +969,7 @@ def _mail_row(file: str, mail: Any) -> dict[str, Any]:
         "text": mail.text,
         "in_reply_to": mail.in_reply_to,
         "original_message_id": mail.original_message_id,
-        "recipients": [
-            {
-                "address": r.address,
-                "status": r.status,
-                "smtp_code": r.smtp_code,
-                "permanent": r.permanent,
-                "reason": r.reason,
-                "diagnostic": r.diagnostic,
-            }
-            for r in mail.recipients
-        ],
+        "recipients": [r.as_json() for r in mail.recipients],
     }
 
 

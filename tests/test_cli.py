@@ -483,8 +483,9 @@ def test_parse_prints_one_json_object_per_file_from_any_directory(tmp_path):
     statuses = {r["status"]: r for r in second["recipients"]}
     assert statuses["5.1.1"]["smtp_code"] == "550" and statuses["5.1.1"]["permanent"]
     assert set(statuses["5.1.1"]) == {
-        "address", "status", "smtp_code", "permanent", "reason", "diagnostic",
+        "address", "status", "smtp_code", "permanent", "reason", "diagnostic", "final",
     }  # fmt: skip
+    assert statuses["5.1.1"]["final"] is True  # false only for a delay warning
 
 
 def test_parse_reports_unreadable_files_and_exits_1(tmp_path):

@@ -200,7 +200,9 @@ async def test_a_dispatcher_can_rethread_by_hand(sqlite_url, smtp_server, maildi
 # --- bounces --------------------------------------------------------------------------------
 
 
-def bounce_for(original: bytes, address: str, status="5.1.1", words="User unknown") -> bytes:
+def bounce_for(
+    original: bytes, address: str, status="5.1.1", words="User unknown", action="failed"
+) -> bytes:
     return (
         f"""From: Mail Delivery System <MAILER-DAEMON@mx.vtext.com>
 To: dispatch@example.com
@@ -219,7 +221,7 @@ Content-Type: message/delivery-status
 Reporting-MTA: dns; mx.vtext.com
 
 Final-Recipient: rfc822; {address}
-Action: failed
+Action: {action}
 Status: {status}
 Diagnostic-Code: smtp; 550 {status} {words}
 
@@ -261,6 +263,32 @@ async def test_soft_bounce_without_original_matches_by_address_and_leaves_the_ca
     assert (row.match_rule, row.matched_message_id) == ("recipient", sent)
     assert message(runtime, sent).state == "bounced"
     assert contact(runtime).carrier_doubt is None  # a full mailbox says nothing about the address
+
+
+async def test_a_delay_warning_is_stored_and_changes_nothing_until_the_final_report(
+    sqlite_url, smtp_server, maildir
+):
+    """RFC 3464's "Action: delayed": the reporter is still trying, so the text is not bounced,
+    its carrier not doubted and its gateway not charged a bounce; the final report does that."""
+    runtime = runtime_for(sqlite_url, smtp_server, maildir)
+    sent = await send(runtime)
+    (ours,) = smtp_server.received
+    words = "User unknown in local recipient table"
+    deliver(maildir, bounce_for(ours.content, "2068675309@vtext.com", "4.1.1", words,
+                                action="delayed"), "1")  # fmt: skip
+    await receive(runtime, maildir)
+    (row,) = rows(runtime)
+    assert (row.kind, row.matched_message_id) == ("bounce", sent)
+    assert json.loads(row.details)["recipients"][0]["final"] is False
+    assert message(runtime, sent).state == "sent"
+    assert contact(runtime).carrier_doubt is None
+    since = utcnow().replace(year=2000)
+    assert gateway_counts(runtime.engine, since)["vtext.com"]["bounced"] == 0
+    deliver(maildir, bounce_for(ours.content, "2068675309@vtext.com"), "2")
+    await receive(runtime, maildir)
+    assert message(runtime, sent).state == "bounced"
+    assert "vtext.com" in contact(runtime).carrier_doubt
+    assert gateway_counts(runtime.engine, since)["vtext.com"]["bounced"] == 1
 
 
 # --- keywords -------------------------------------------------------------------------------

@@ -188,6 +188,33 @@ async def test_a_reply_is_posted_with_its_text_and_message(sqlite_url, smtp_serv
     )  # fmt: skip
 
 
+async def test_a_delay_warning_is_no_bounce_event_and_the_final_report_is(
+    sqlite_url, smtp_server, hook, tmp_path
+):
+    from tests.test_inbound import bounce_for
+
+    runtime = runtime_with(sqlite_url, smtp_server, hook.url, events=["bounce"])
+    runtime.settings.inbound.maildir = str(tmp_path / "Maildir")
+    hooks = Webhooks(runtime, runtime.engine)
+    hooks.collect(utcnow())
+    sent = await send(runtime)
+    (ours,) = smtp_server.received
+    warning = bounce_for(ours.content, "2025550143@vtext.com", "4.4.7", "Connection timed out",
+                         action="delayed")  # fmt: skip
+    final = bounce_for(ours.content, "2025550143@vtext.com")
+    for n, report in enumerate((warning, final)):
+        deliver_to_maildir(tmp_path / "Maildir", report, f"{n}.host")
+    await Receiver(Ingest(runtime, runtime.engine), runtime.mail_source(runtime.engine)).run(
+        asyncio.Event(), until_idle=True
+    )
+    later = utcnow() + dt.timedelta(seconds=2)
+    hooks.collect(later)
+    await hooks.deliver(later)
+    (event,) = hook.events()
+    assert (event["event"], event["message_id"]) == ("bounce", sent)
+    assert event["recipients"][0]["final"] is True and event["recipients"][0]["status"] == "5.1.1"
+
+
 def test_webhook_settings_are_checked():
     with pytest.raises(ConfigError, match="http"):
         load_settings(None, webhooks={"urls": ["ftp://x"]})

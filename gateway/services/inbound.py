@@ -339,6 +339,31 @@ class Ingest:
             self._effects(conn, mail, thread, contact, keyword, key, now, stats, history,
                           answers)  # fmt: skip
 
+    @staticmethod
+    def _bounced(
+        conn: Connection,
+        mail: InboundMail,
+        thread: SentThread,
+        contact: int | None,
+        now: dt.datetime,
+    ) -> None:
+        """A final failure report: the text is bounced, and a bad address at the carrier's own
+        gateway puts its carrier in doubt. A delay warning (the reporter still trying) is
+        neither: the report is stored and the text stays as it was."""
+        failed = mail.recipients[0]
+        if not failed.final:
+            return
+        reason = bounce_reason(failed)
+        if mail.provider and mail.provider_report:
+            reason = f"bounced: {mail.provider} reported {mail.provider_report.value}"
+            reason += f": {mail.text[:300]}" if mail.text else ""
+        inbox.mark_bounced(conn, thread.sent.id, reason, now)
+        gateway = thread.gateway
+        on_gateway = gateway is not None and failed.address.endswith("@" + gateway)
+        if failed.permanent and on_gateway and contact is not None and not mail.provider:
+            why = f"{gateway} said the address is bad: {failed.reason}"
+            inbox.doubt_carrier(conn, contact, why, now)
+
     def _effects(
         self,
         conn: Connection,
@@ -358,17 +383,7 @@ class Ingest:
         if mail.kind is Kind.DELIVERY_REPORT and thread is not None:
             inbox.mark_delivered(conn, thread.sent.id, now)
         elif mail.kind is Kind.BOUNCE and thread is not None and mail.recipients:
-            failed = mail.recipients[0]
-            reason = bounce_reason(failed)
-            if mail.provider and mail.provider_report:
-                reason = f"bounced: {mail.provider} reported {mail.provider_report.value}"
-                reason += f": {mail.text[:300]}" if mail.text else ""
-            inbox.mark_bounced(conn, thread.sent.id, reason, now)
-            gateway = thread.gateway
-            on_gateway = gateway is not None and failed.address.endswith("@" + gateway)
-            if failed.permanent and on_gateway and contact is not None and not mail.provider:
-                why = f"{gateway} said the address is bad: {failed.reason}"
-                inbox.doubt_carrier(conn, contact, why, now)
+            self._bounced(conn, mail, thread, contact, now)
         if mail.provider_report is ProviderReport.OPTED_OUT and contact is not None:
             # The provider will refuse this number from now on: record it as an opt-out, so
             # texts are held as `opted_out` instead of failing one by one.
@@ -497,17 +512,7 @@ def bounce_reason(failed: Recipient) -> str:
 def _details(mail: InboundMail) -> str | None:
     details: dict[str, Any] = {}
     if mail.recipients:
-        details["recipients"] = [
-            {
-                "address": r.address,
-                "status": r.status,
-                "smtp_code": r.smtp_code,
-                "reason": r.reason,
-                "permanent": r.permanent,
-                "diagnostic": r.diagnostic,
-            }
-            for r in mail.recipients
-        ]
+        details["recipients"] = [r.as_json() for r in mail.recipients]
     if mail.attachments:
         details["attachments"] = list(mail.attachments)
     if mail.feedback_type:

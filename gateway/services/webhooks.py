@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from gateway.domain.health import Health
 from gateway.services.runtime import Runtime
 from gateway.store.db import failure_words, utcnow
+from gateway.store.inbox import final_failure
 from gateway.store.tables import attempts, channel_events, cursors, inbound, messages, orders
 from gateway.store.tables import webhook_deliveries as deliveries
 
@@ -113,7 +114,10 @@ class Webhooks:
         events = []
         for row in rows:
             # Old mail read by `gateway inbox import` is history, not news for the order system.
-            if row.kind in ("reply", "bounce") and not row.imported:
+            # A delay warning is not news yet: the order system hears of the text's failure
+            # when a final report comes.
+            news = row.kind == "reply" or (row.kind == "bounce" and final_failure(row.details))
+            if news and not row.imported:
                 payload = {
                     "event": row.kind, "inbound_id": row.id, "phone": row.phone,
                     "text": row.text, "message_id": row.matched_message_id,

@@ -103,6 +103,17 @@ def test_refusals_that_say_nothing_about_the_address_are_not_permanent(status, d
     assert failed.reason == reason and not failed.permanent
 
 
+def test_a_delay_warning_is_read_but_not_final():
+    """RFC 3464's "Action: delayed": the reporter is still trying. Its words are read as ever
+    (what they say of the address); the recipient is marked not final."""
+    words = "450 4.1.1 <2025550143@vtext.com>: Recipient address rejected: User unknown"
+    delayed = read_report(parse(DSN.format(action="delayed", status="4.1.1", diagnostic=words)))
+    failed = read_report(parse(DSN.format(action="failed", status="5.1.1", diagnostic=words)))
+    assert delayed.kind == "bounce" and [r.final for r in delayed.recipients] == [False]
+    assert [r.final for r in failed.recipients] == [True]
+    assert delayed.recipients[0].as_json()["final"] is False
+
+
 def test_a_success_notice_is_a_delivery_report_never_a_bounce():
     report = read_report(parse(DSN.format(action="delivered", status="2.0.0", diagnostic="250 ok")))
     assert report.kind == "delivery_report" and report.recipients == ()

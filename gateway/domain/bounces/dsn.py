@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.message
 import email.policy
 import re
+from dataclasses import replace
 
 from gateway.domain.bounces.codes import ADDRESS, REPLY_CODE, STATUS
 from gateway.domain.bounces.letters import text_about
@@ -48,22 +49,25 @@ def from_status_part(message: email.message.Message, part: email.message.Message
         diagnostic = fields.get("diagnostic-code", "")
         diagnostic = re.sub(r"^\s*(smtp|x-[\w\-]+)\s*;\s*", "", diagnostic, flags=re.IGNORECASE)
         code_found = REPLY_CODE.search(diagnostic + " ")
-        failed.append(
-            recipient(
-                address,
-                status,
-                code_found.group(1) if code_found else "",
-                # With no Diagnostic-Code, a letter about one recipient is about it throughout
-                # ("The user's account is disabled" before the address).
-                diagnostic or (human[:2000] if len(set(block_addresses)) <= 1 else near),
-                human,
-                # The Status field's comment ("5.0.0 (Remote SMTP server has rejected address)")
-                # is the reporter's own word on how the refusal came.
-                f"{fields.get('status', '')} {near}",
-                _REPORTER_CATEGORIES.get(fields.get("x-powermta-bouncecategory", "").lower()),
-                reporter,
-            )
+        found = recipient(
+            address,
+            status,
+            code_found.group(1) if code_found else "",
+            # With no Diagnostic-Code, a letter about one recipient is about it throughout
+            # ("The user's account is disabled" before the address).
+            diagnostic or (human[:2000] if len(set(block_addresses)) <= 1 else near),
+            human,
+            # The Status field's comment ("5.0.0 (Remote SMTP server has rejected address)")
+            # is the reporter's own word on how the refusal came.
+            f"{fields.get('status', '')} {near}",
+            _REPORTER_CATEGORIES.get(fields.get("x-powermta-bouncecategory", "").lower()),
+            reporter,
         )
+        if action == "delayed":
+            # RFC 3464: the reporting system has not delivered it yet and will keep trying. The
+            # words are read as ever (what they say of the address), but nothing is final.
+            found = replace(found, final=False)
+        failed.append(found)
     if failed:
         return Report(
             "bounce",

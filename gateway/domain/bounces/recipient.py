@@ -28,6 +28,17 @@ class Recipient:
     reason: str  # the corpus's vocabulary: userunknown, mailboxfull, blocked, ...
     permanent: bool  # the address itself is bad
     diagnostic: str  # the remote server's words
+    # False for a delay warning (RFC 3464 "Action: delayed"): the reporting system is still
+    # trying, so the text may yet arrive; nothing is to be done about it or its address yet.
+    final: bool = True
+
+    def as_json(self) -> dict[str, str | bool]:
+        """The fields `gateway parse`, the stored report and webhooks show."""
+        return {
+            "address": self.address, "status": self.status, "smtp_code": self.smtp_code,
+            "permanent": self.permanent, "reason": self.reason, "diagnostic": self.diagnostic,
+            "final": self.final,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
