@@ -114,6 +114,30 @@ def test_a_delay_warning_is_read_but_not_final():
     assert delayed.recipients[0].as_json()["final"] is False
 
 
+@pytest.mark.parametrize(
+    "opening",
+    [
+        "** Delivery incomplete **\n\nThere was a temporary problem delivering your message "
+        "to 2025550143@vtext.com. Gmail will retry for 46 more hours. You'll be notified if "
+        "the delivery fails permanently.\n",
+        "This message was created automatically by mail delivery software.\n"
+        "A message that you sent has not yet been delivered to one or more of its\n"
+        "recipients after more than 24 hours on the queue on mx.example.com.\n\n"
+        "  2025550143@vtext.com\n    Delay reason: SMTP error from remote mail server after\n"
+        "    RCPT TO:<2025550143@vtext.com>: 451 4.3.0 Temporary failure\n\n"
+        "No action is required on your part. Delivery attempts will continue for some time.\n",
+    ],
+)
+def test_a_letter_that_says_it_is_still_trying_is_not_final(opening):
+    letter = (
+        "From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.com>\n"
+        "To: dispatch@example.com\nSubject: Warning: could not send message for past 4 hours\n\n"
+        + opening
+    )
+    [failed] = read_report(parse(letter)).recipients
+    assert failed.address == "2025550143@vtext.com" and failed.final is False
+
+
 def test_a_success_notice_is_a_delivery_report_never_a_bounce():
     report = read_report(parse(DSN.format(action="delivered", status="2.0.0", diagnostic="250 ok")))
     assert report.kind == "delivery_report" and report.recipients == ()

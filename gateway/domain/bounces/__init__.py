@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import email.message
 import email.policy
+from dataclasses import replace
 
 from gateway.domain.bounces.dsn import from_status_part, single_status
-from gateway.domain.bounces.letters import from_text, looks_like_bounce, text_about
+from gateway.domain.bounces.letters import from_text, looks_like_bounce, still_trying, text_about
 from gateway.domain.bounces.mime import (
     DELIVERY_STATUS,
     MAX_PART_DEPTH,
@@ -83,8 +84,12 @@ def read_report(message: email.message.Message) -> Report | None:
         if returned:
             text = human_text(message)
             reporter = reporter_domain(message)
+            final = not still_trying(text)
             failed = tuple(
-                recipient(a, "", "", text_about(text, a, returned), reporter=reporter)
+                replace(
+                    recipient(a, "", "", text_about(text, a, returned), reporter=reporter),
+                    final=final,
+                )
                 for a in returned
             )
             return Report(

@@ -9,6 +9,7 @@ import email.message
 import email.policy
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from gateway.domain.bounces.codes import ADDRESS, ADDRESS_PATTERN, RCPT_TO
 from gateway.domain.bounces.mime import find_part, human_text, original_id, reporter_domain
@@ -27,6 +28,7 @@ def from_text(message: email.message.Message, stated: str = "") -> Report | None
     status = stated if len(addresses) == 1 else ""
     failed = []
     reporter = reporter_domain(message)
+    final = not still_trying(text)
     for address in addresses:
         near = text_about(text, address, addresses)
         failure = recipient(address, status, "", near, text, reporter=reporter)
@@ -34,8 +36,23 @@ def from_text(message: email.message.Message, stated: str = "") -> Report | None
             # Some letters give the server's words before naming the address (Verizon's
             # "Error message below: 550 ... / RCPT TO: ..."): read the whole letter.
             failure = recipient(address, status, "", text[:2000], text, reporter=reporter)
-        failed.append(failure)
+        failed.append(failure if final else replace(failure, final=False))
     return Report("bounce", tuple(failed), original_message_id=original_id(message), reader=reader)
+
+
+def still_trying(text: str) -> bool:
+    """Whether a letter is a delay warning: the mail system says it is still trying (Sendmail's
+    and Postfix's "THIS IS A WARNING MESSAGE ONLY. YOU DO NOT NEED TO RESEND", Exim's "has not
+    yet been delivered ... Delivery attempts will continue", Gmail's "will retry for 45 more
+    hours"), in the opening where such letters say it."""
+    return _STILL_TRYING.search(" ".join(text[:1500].lower().split())) is not None
+
+
+_STILL_TRYING = re.compile(
+    r"you do not need to resend|warning message only|this is a warning only"
+    r"|has not yet been delivered|attempts will continue|continue to be attempted"
+    r"|will retry for|will keep trying|will continue to try|delivery is delayed|still trying"
+)
 
 
 # A reader: the failed addresses a letter names in its way, or None when it is not written so.
