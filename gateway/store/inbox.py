@@ -422,8 +422,8 @@ def gateway_counts(engine: Engine, since: dt.datetime) -> dict[str, dict[str, in
             .group_by(messages.c.gateway)
         ):
             add(row[0], "sent", row[1])
-        # Texts a final failure report answered: a delay warning is not a bounce (yet). The
-        # reports are few (days of a carrier's bounces), so the test reads their details here.
+        # Texts a final failure report answered: a delay warning is not a bounce (yet). Such
+        # reports are few (a window of one carrier's bounces), so their details are read here.
         bounced: dict[str | None, set[int]] = {}
         for row in conn.execute(
             select(messages.c.gateway, messages.c.id, inbound.c.details)
