@@ -239,6 +239,26 @@ def test_what_strangers_wrote_renders_as_text(runtime):
     assert "&lt;a href=&#34;javascript:alert(4)&#34;&gt;tap&lt;/a&gt;" in page
 
 
+def test_a_delay_warning_in_a_thread_is_labelled_so_and_leaves_the_text(runtime):
+    from tests.test_inbound import bounce_for
+
+    message = text_to(runtime)
+    with runtime.engine.connect() as conn:
+        row = conn.execute(select(messages).where(messages.c.id == message)).one()
+    original = f"Message-ID: {row.message_id}\r\nTo: {row.to_address}\r\n\r\nDriver\r\n"
+    raw = bounce_for(original.encode(), row.to_address, "4.4.7", "Connection timed out",
+                     action="delayed")  # fmt: skip
+    batch = Batch(mailbox="test", uidvalidity=None, items=(Fetched(None, raw, len(raw)),))
+    Ingest(runtime, runtime.engine).store(batch, utcnow())
+    with runtime.engine.connect() as conn:
+        conversation = views.message(conn, message)["conversation_id"]
+        state = views.message(conn, message)["state"]
+    page = client_for(runtime, "dana").get(f"/conversations/{conversation}").text
+    assert re.search(r'class="in bounce"[^>]*>\s*<p class="text">[^<]*</p>\s*'
+                     r'<p class="meta">delay warning ·', page), page  # fmt: skip
+    assert state == "queued"  # as it was
+
+
 # --- conversations --------------------------------------------------------------------------
 
 

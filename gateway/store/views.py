@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, case, func, literal, not_, or_, select, update
 
 from gateway.domain.delivery import DUE_STATES
+from gateway.store.inbox import final_failure
 from gateway.store.tables import (
     attempts,
     audit,
@@ -141,9 +142,15 @@ def conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | Non
             inbound.c.confidence,
             inbound.c.matched_message_id,
             inbound.c.stored_at,
+            inbound.c.details,
         ).where(inbound.c.conversation_id == conversation_id)
     ):
-        items.append({"direction": "in", "at": reply.stored_at, **reply._mapping})
+        item = {"direction": "in", "at": reply.stored_at, **reply._mapping}
+        details = item.pop("details")
+        # A delay warning is stored as a bounce; the thread says what it is.
+        warning = reply.kind == "bounce" and not final_failure(details)
+        item["label"] = "delay warning" if warning else reply.kind
+        items.append(item)
     items.sort(
         key=lambda item: (
             places[item["id"]] if item["direction"] == "out" else (item["at"], "in", item["id"], 1)
