@@ -112,16 +112,23 @@ NO_TOKEN = "no OAuth2 access token"
 NO_PASSWORD = "is set but no password is configured"
 
 
+def no_token_hint(section: str | None = None) -> str:
+    """What to do when no OAuth2 access token can be had for a server (SMTP or IMAP), naming
+    the settings' section where the caller knows it."""
+    where = f"{section}." if section else "this section's "
+    return (
+        "run `gateway auth microsoft` (or `google`) again, or check "
+        f"{where}oauth2_token_file or {where}oauth2_token_command"
+    )
+
+
 def auth_hint(reply: str) -> str:
     """What to do about an SMTP server's refusal of the sign-in, read from its words: Microsoft
     365's refusals of password sign-in name OAuth2, a plain 535 names app passwords. A sign-in
     that could not be tried (no token, no password) names what to set or run."""
     lowered = reply.lower()
     if NO_TOKEN.lower() in lowered:
-        return (
-            "the OAuth2 sign-in gave no access token: run `gateway auth microsoft` (or "
-            "`google`) again, or check this section's oauth2_token_file or oauth2_token_command"
-        )
+        return f"the OAuth2 sign-in gave no access token: {no_token_hint()}"
     if NO_PASSWORD in lowered:
         return "give this section's password_env or password_file"
     if "5.7.30" in reply or "basic authentication is not supported" in lowered:

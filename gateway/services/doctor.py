@@ -21,7 +21,12 @@ import aiosmtplib
 from sqlalchemy.exc import DBAPIError
 
 from gateway.config import ImapSettings, ServerSettings, load_settings
-from gateway.domain.delivery import auth_hint, password_sign_in_ends, password_sign_in_ends_hint
+from gateway.domain.delivery import (
+    auth_hint,
+    no_token_hint,
+    password_sign_in_ends,
+    password_sign_in_ends_hint,
+)
 from gateway.domain.phone import PhoneError, parse_phone
 from gateway.services.doctor_channels import check_channels
 from gateway.services.doctor_steps import Step, StepFailed, Steps, StepWarning
@@ -141,11 +146,7 @@ async def check_smtp(
             how = await smtp_authenticate(client, smtp_server(server, section, token, timeout))
         except NoCredentials as exc:
             if oauth2:
-                raise StepFailed(
-                    str(exc),
-                    "run `gateway auth microsoft` (or `google`) again, or check "
-                    f"{section}.oauth2_token_file or _command",
-                ) from None
+                raise StepFailed(str(exc), no_token_hint(section)) from None
             raise StepFailed(
                 f"{section}.username is set but no password is",
                 f"give {section}.password_env or {section}.password_file (an app password "

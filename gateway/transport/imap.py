@@ -29,6 +29,7 @@ from typing import Literal
 
 import aioimaplib
 
+from gateway.domain.delivery import no_token_hint
 from gateway.transport.tls import tls_context
 
 Security = Literal["tls", "starttls", "none"]
@@ -246,7 +247,7 @@ async def _xoauth2(client: aioimaplib.IMAP4, server: ImapServer) -> aioimaplib.R
     except Exception as exc:  # the token source's failure, in its words
         raise ImapSignInRefused(
             f"no OAuth2 access token for {server.username!r}: {exc}",
-            "run `gateway auth microsoft` (or `google`) again, or check imap.oauth2_token_*",
+            no_token_hint("imap"),
         ) from None
     return await client.xoauth2(server.username, token)
 
