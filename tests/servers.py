@@ -5,6 +5,7 @@ a refusal at the greeting, failed sign-in, implicit TLS and STARTTLS."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import ssl
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -194,6 +196,21 @@ def microsoft_365_server(username: str, password: str) -> SmtpTestServer:
         server_hostname="BN9PR03CA0123.outlook.office365.com",
         ident="Microsoft ESMTP MAIL Service ready",
     )
+
+
+@contextlib.asynccontextmanager
+async def loopback(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A TCP server on a free loopback port that runs `handle` for each connection (a server
+    misbehaving on purpose, a proxy); yields the port, and closes the server after."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
 
 
 def server_tls_context(cert: Any) -> ssl.SSLContext:

@@ -19,6 +19,7 @@ from gateway.store.tables import inbound, quarantine
 from gateway.transport.imap import ImapError
 from gateway.transport.mailsource import HEAD_BYTES
 from tests.conftest import make_runtime
+from tests.servers import loopback
 
 _folders = itertools.count(1)
 
@@ -264,11 +265,8 @@ async def mute_server() -> AsyncIterator[int]:
         await reader.read()  # until the client gives up and closes
         writer.close()
 
-    server = await asyncio.start_server(mute, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
+    async with loopback(mute) as port:
+        yield port
 
 
 async def test_a_server_that_never_greets_says_how_long_it_was_given(

@@ -18,7 +18,7 @@ from gateway.services.sender import Sender
 from gateway.store.db import utcnow
 from gateway.store.tables import attempts, messages
 from tests.conftest import make_runtime
-from tests.servers import SmtpTestServer, server_tls_context
+from tests.servers import SmtpTestServer, loopback, server_tls_context
 
 
 async def send_one(runtime, *, lease: float = 120.0):
@@ -115,13 +115,8 @@ async def dripping_server():
                 await asyncio.sleep(10.0)
         writer.close()
 
-    server = await asyncio.start_server(drip, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
+    async with loopback(drip) as port:
+        yield port
 
 
 async def test_a_server_that_drips_a_byte_a_second(sqlite_url):
@@ -153,11 +148,8 @@ async def stripping_proxy(target_port: int):
         server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
         await asyncio.gather(pipe(server_r, client_w, True), pipe(client_r, server_w, False))
 
-    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield proxy.sockets[0].getsockname()[1]
-    finally:
-        proxy.close()
+    async with loopback(handle) as port:
+        yield port
 
 
 async def test_starttls_stripped_by_a_man_in_the_middle_is_refused(sqlite_url, server_cert,
