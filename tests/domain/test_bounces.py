@@ -143,6 +143,54 @@ def test_a_success_notice_is_a_delivery_report_never_a_bounce():
     assert report.kind == "delivery_report" and report.recipients == ()
 
 
+# A standard report (it has a delivery-status part) whose recipient blocks name no recipient,
+# from a system that signs and titles it like any mail: the part makes it a report (RFC 3464),
+# so its letter is read for the recipient.
+ADDRESSLESS_REPORT = """From: Mail Service <mail@relay.example.net>
+To: dispatch@example.com
+Subject: Notification
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+Your message to <2025550143@vtext.com> {letter}
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; relay.example.net
+
+Action: {action}
+Status: {status}
+
+--B--
+"""
+
+
+def test_a_report_whose_blocks_name_no_recipient_is_read_from_its_letter():
+    text = ADDRESSLESS_REPORT.format(
+        letter="was refused: 550 5.1.1 user unknown", action="failed", status="5.1.1"
+    )
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.address, failed.status, failed.permanent) == (
+        "2025550143@vtext.com",
+        "5.1.1",
+        True,
+    )
+
+
+def test_a_report_of_deliveries_only_is_no_failure_whatever_its_blocks_name():
+    text = ADDRESSLESS_REPORT.format(
+        letter="could not be delivered at first; it has now been delivered",
+        action="delivered",
+        status="2.0.0",
+    )
+    report = read_report(parse(text))
+    assert report is not None and report.kind == "delivery_report" and report.recipients == ()
+
+
 def test_feedback_report():
     text = """From: abuse@isp.example
 Subject: complaint

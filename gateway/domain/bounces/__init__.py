@@ -66,7 +66,9 @@ def read_report(message: email.message.Message) -> Report | None:
         # A block that names no address (Exim's "rfc822;/var/spool/..." for a mailbox file) still
         # states the status: the letter names the recipient.
         stated = single_status(status_part)
-    if looks_like_bounce(message):
+    # A delivery-status part makes the message a report (RFC 3464) however it is signed and
+    # titled; without one, the letter must look like a report.
+    if status_part is not None or looks_like_bounce(message):
         quoted = forwarded_report(message) if status_part is None else None
         if quoted is not None:
             # A postmaster forwarding the report they were sent: its failures, not the

@@ -37,13 +37,15 @@ def from_status_part(message: email.message.Message, part: email.message.Message
     addresses = [_recipient_address(b) for b in blocks]
     block_addresses = [a for a in addresses if a]
     for fields, address in zip(blocks, addresses, strict=True):
-        if not address:
-            continue
         action = fields.get("action", "").lower()
         status_found = STATUS.search(fields.get("status", ""))
         status = ".".join(status_found.groups()) if status_found else ""
         if action in ("delivered", "relayed", "expanded") or status.startswith("2."):
+            # Counted whether or not the block names its recipient: a report of deliveries
+            # only is no failure, however its letter is worded.
             delivered += 1
+            continue
+        if not address:
             continue
         near = text_about(human, address, block_addresses)
         diagnostic = fields.get("diagnostic-code", "")
