@@ -181,6 +181,17 @@ def test_a_report_whose_blocks_name_no_recipient_is_read_from_its_letter():
     )
 
 
+def test_a_failure_beside_a_delivery_is_read_though_its_block_names_no_recipient():
+    text = ADDRESSLESS_REPORT.format(
+        letter="was refused: 550 5.1.1 user unknown",
+        action="failed",
+        status="5.1.1\n\nFinal-Recipient: rfc822; dispatch-copy@example.com\n"
+        "Action: delivered\nStatus: 2.0.0",
+    )
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.address, failed.permanent) == ("2025550143@vtext.com", True)
+
+
 def test_a_report_of_deliveries_only_is_no_failure_whatever_its_blocks_name():
     text = ADDRESSLESS_REPORT.format(
         letter="could not be delivered at first; it has now been delivered",

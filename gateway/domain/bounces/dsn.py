@@ -30,7 +30,7 @@ _REPORTER_CATEGORIES = {
 
 def from_status_part(message: email.message.Message, part: email.message.Message) -> Report | None:
     failed: list[Recipient] = []
-    delivered = 0
+    delivered = unnamed_failures = 0
     human = human_text(message)
     reporter = reporter_domain(message)
     blocks = status_blocks(part)
@@ -46,6 +46,8 @@ def from_status_part(message: email.message.Message, part: email.message.Message
             delivered += 1
             continue
         if not address:
+            # A failure whose block does not say whose: the letter may (the caller reads it).
+            unnamed_failures += action in ("failed", "delayed") or status[:1] in ("4", "5")
             continue
         near = text_about(human, address, block_addresses)
         diagnostic = fields.get("diagnostic-code", "")
@@ -77,7 +79,7 @@ def from_status_part(message: email.message.Message, part: email.message.Message
             original_message_id=original_id(message),
             reader="delivery-status",
         )
-    if delivered:
+    if delivered and not unnamed_failures:
         return Report("delivery_report", original_message_id=original_id(message))
     return None
 
