@@ -192,6 +192,27 @@ def test_a_failure_beside_a_delivery_is_read_though_its_block_names_no_recipient
     assert (failed.address, failed.permanent) == ("2025550143@vtext.com", True)
 
 
+def test_a_delay_whose_block_names_no_recipient_is_not_final():
+    text = ADDRESSLESS_REPORT.format(
+        letter="was held: 452 4.2.2 mailbox full", action="delayed", status="4.2.2"
+    )
+    [held] = read_report(parse(text)).recipients
+    assert (held.address, held.final) == ("2025550143@vtext.com", False)
+
+
+def test_a_delay_that_names_its_recipient_only_in_the_returned_original_is_not_final():
+    text = ADDRESSLESS_REPORT.format(letter="", action="delayed", status="4.2.2").replace(
+        "Your message to <2025550143@vtext.com> ", "Your message is held for now."
+    )
+    text = text.replace(
+        "--B--",
+        "--B\nContent-Type: message/rfc822\n\nFrom: dispatch@example.com\n"
+        "To: 2025550143@vtext.com\nSubject: order 1042\n\nOn its way.\n--B--",
+    )
+    [held] = read_report(parse(text)).recipients
+    assert (held.address, held.final) == ("2025550143@vtext.com", False)
+
+
 def test_a_report_of_deliveries_only_is_no_failure_whatever_its_blocks_name():
     text = ADDRESSLESS_REPORT.format(
         letter="could not be delivered at first; it has now been delivered",

@@ -22,7 +22,7 @@ import email.message
 import email.policy
 from dataclasses import replace
 
-from gateway.domain.bounces.dsn import from_status_part, single_status
+from gateway.domain.bounces.dsn import from_status_part, only_delayed, single_status
 from gateway.domain.bounces.letters import from_text, looks_like_bounce, still_trying, text_about
 from gateway.domain.bounces.mime import (
     DELIVERY_STATUS,
@@ -59,6 +59,7 @@ def read_report(message: email.message.Message) -> Report | None:
     # Bounces before auto-replies: mail systems mark their bounces Auto-Submitted too.
     status_part = find_part(message, *DELIVERY_STATUS)
     stated = ""
+    delayed = False
     if status_part is not None:
         report = from_status_part(message, status_part)
         if report is not None:
@@ -66,6 +67,9 @@ def read_report(message: email.message.Message) -> Report | None:
         # A block that names no address (Exim's "rfc822;/var/spool/..." for a mailbox file) still
         # states the status: the letter names the recipient.
         stated = single_status(status_part)
+        # Blocks that say the reporter is still trying make the letter's failures not final,
+        # though the letter may not say so.
+        delayed = only_delayed(status_part)
     # A delivery-status part makes the message a report (RFC 3464) however it is signed and
     # titled; without one, the letter must look like a report.
     if status_part is not None or looks_like_bounce(message):
@@ -77,7 +81,7 @@ def read_report(message: email.message.Message) -> Report | None:
             report = read_report(quoted)
             if report is not None and report.kind == "bounce" and report.recipients:
                 return report
-        report = from_text(message, stated)
+        report = from_text(message, stated, delayed)
         if report is not None:
             return report
         # A report with no word on its recipients (Postfix's "Delivery report unavailable"):
@@ -86,7 +90,7 @@ def read_report(message: email.message.Message) -> Report | None:
         if returned:
             text = human_text(message)
             reporter = reporter_domain(message)
-            final = not still_trying(text)
+            final = not (delayed or still_trying(text))
             failed = tuple(
                 replace(
                     recipient(a, "", "", text_about(text, a, returned), reporter=reporter),

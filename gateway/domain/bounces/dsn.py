@@ -91,6 +91,13 @@ def single_status(part: email.message.Message) -> str:
     return ".".join(found.groups()) if found and found.group(1) != "2" else ""
 
 
+def only_delayed(part: email.message.Message) -> bool:
+    """Whether a delivery-status part's recipient blocks all say the reporter is still trying
+    (RFC 3464 "Action: delayed"), whether or not they name the recipient."""
+    actions = [b["action"].lower() for b in status_blocks(part)[1:] if b.get("action")]
+    return bool(actions) and all(action == "delayed" for action in actions)
+
+
 def status_blocks(part: email.message.Message) -> list[dict[str, str]]:
     """The field blocks of a delivery-status part: the first is about the message, the rest
     are one per recipient."""

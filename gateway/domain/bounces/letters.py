@@ -16,10 +16,12 @@ from gateway.domain.bounces.mime import find_part, human_text, original_id, repo
 from gateway.domain.bounces.recipient import Report, recipient
 
 
-def from_text(message: email.message.Message, stated: str = "") -> Report | None:
+def from_text(
+    message: email.message.Message, stated: str = "", delayed: bool = False
+) -> Report | None:
     """The failed recipients a letter names. `stated` is a status the report states for its one
     failed recipient in a part that does not name it (a delivery-status block without an
-    address)."""
+    address); `delayed`, that such a part says the reporter is still trying."""
     text = human_text(message)
     found = failed_addresses(message, text)
     if found is None:
@@ -28,7 +30,7 @@ def from_text(message: email.message.Message, stated: str = "") -> Report | None
     status = stated if len(addresses) == 1 else ""
     failed = []
     reporter = reporter_domain(message)
-    final = not still_trying(text)
+    final = not (delayed or still_trying(text))
     for address in addresses:
         near = text_about(text, address, addresses)
         failure = recipient(address, status, "", near, text, reporter=reporter)
