@@ -223,6 +223,63 @@ def test_a_report_of_deliveries_only_is_no_failure_whatever_its_blocks_name():
     assert report is not None and report.kind == "delivery_report" and report.recipients == ()
 
 
+# RFC 6533's report for mail sent with SMTPUTF8: the same fields in a
+# message/global-delivery-status part, which the email package parses as one message (its
+# headers the first block, its body the rest).
+GLOBAL_REPORT = """From: MAILER-DAEMON@mx.example.org
+To: dispatch@example.com
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=global-delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain; charset=utf-8
+
+Your message could not be delivered.
+
+--B
+Content-Type: message/{status_type}
+
+Reporting-MTA: dns; mx.example.org
+
+Original-Recipient: utf-8; 2025550143@vtext.com
+Final-Recipient: utf-8; 2025550143@vtext.com
+{first_block_rest}
+
+Final-Recipient: rfc822; 2025550144@vtext.com
+Action: failed
+Status: 4.2.2
+Diagnostic-Code: smtp; 452 4.2.2 mailbox full
+
+--B--
+"""
+FIRST_BLOCK_REST = "Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 user unknown"
+
+
+def test_a_global_delivery_status_report_is_read_block_by_block():
+    text = GLOBAL_REPORT.format(
+        status_type="global-delivery-status", first_block_rest=FIRST_BLOCK_REST
+    )
+    found = read_report(parse(text)).recipients
+    assert [(r.address, r.status, r.permanent) for r in found] == [
+        ("2025550143@vtext.com", "5.1.1", True),
+        ("2025550144@vtext.com", "4.2.2", False),
+    ]
+
+
+def test_a_block_keeps_its_fields_past_a_line_that_is_no_field():
+    # The email package ends a block's fields at the first line it cannot read as one.
+    text = GLOBAL_REPORT.format(
+        status_type="delivery-status",
+        first_block_rest="delivered via the relay below\n" + FIRST_BLOCK_REST,
+    )
+    found = read_report(parse(text)).recipients
+    assert [(r.address, r.status) for r in found] == [
+        ("2025550143@vtext.com", "5.1.1"),
+        ("2025550144@vtext.com", "4.2.2"),
+    ]
+
+
 def test_feedback_report():
     text = """From: abuse@isp.example
 Subject: complaint

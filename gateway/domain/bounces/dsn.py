@@ -7,6 +7,7 @@ import email.message
 import email.policy
 import re
 from dataclasses import replace
+from email.errors import MissingHeaderBodySeparatorDefect
 
 from gateway.domain.bounces.codes import ADDRESS, REPLY_CODE, STATUS
 from gateway.domain.bounces.letters import text_about
@@ -102,14 +103,28 @@ def status_blocks(part: email.message.Message) -> list[dict[str, str]]:
     """The field blocks of a delivery-status part: the first is about the message, the rest
     are one per recipient."""
     payload = part_payload(part)
-    if isinstance(payload, list):  # the email package parses each block into a header-only part
-        return [
-            {str(k).lower(): _from_jis(" ".join(str(v).split())) for k, v in block.items()}
-            for block in payload
-            if isinstance(block, email.message.Message)
-        ]
-    text = _from_jis(payload_text(part))
-    return [_fields(b) for b in re.split(r"\r?\n\s*\r?\n", text) if b.strip()]
+    if not isinstance(payload, list):
+        return _blocks(payload_text(part))
+    blocks: list[dict[str, str]] = []
+    for block in payload:
+        if not isinstance(block, email.message.Message):
+            continue
+        fields = {str(k).lower(): _from_jis(" ".join(str(v).split())) for k, v in block.items()}
+        # The email package parses message/delivery-status into a header-only part a block,
+        # and any other message/ type (RFC 6533's message/global-delivery-status) as one
+        # message: its headers are the first block, its body the rest. A block's fields also
+        # end at the first line the package cannot read as one (a field folded without
+        # indentation): the rest of the block is the part's body too.
+        rest = [] if block.is_multipart() else _blocks(payload_text(block))
+        if rest and any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in block.defects):
+            for name, value in rest.pop(0).items():
+                fields.setdefault(name, value)
+        blocks += [fields, *rest]
+    return blocks
+
+
+def _blocks(text: str) -> list[dict[str, str]]:
+    return [_fields(b) for b in re.split(r"\r?\n\s*\r?\n", _from_jis(text)) if b.strip()]
 
 
 def _from_jis(value: str) -> str:
