@@ -267,6 +267,20 @@ def test_a_global_delivery_status_report_is_read_block_by_block():
     ]
 
 
+@pytest.mark.parametrize("returned_type", ["message/global", "message/global-headers"])
+def test_a_global_report_ties_to_the_text_by_its_returned_original(returned_type):
+    # RFC 6533 returns the original (or its headers alone) as message/global(-headers): its
+    # Message-ID is what ties the report to the text sent.
+    returned = (
+        f"--B\nContent-Type: {returned_type}\n\nMessage-ID: <t42.abc@example.com>\n"
+        "From: dispatch@example.com\nTo: 2025550143@vtext.com\n\nOn its way.\n--B--\n"
+    )
+    text = GLOBAL_REPORT.format(
+        status_type="global-delivery-status", first_block_rest=FIRST_BLOCK_REST
+    ).replace("--B--\n", returned)
+    assert read_report(parse(text)).original_message_id == "<t42.abc@example.com>"
+
+
 def test_a_block_keeps_its_fields_past_a_line_that_is_no_field():
     # The email package ends a block's fields at the first line it cannot read as one.
     text = GLOBAL_REPORT.format(

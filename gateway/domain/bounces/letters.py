@@ -12,7 +12,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from gateway.domain.bounces.codes import ADDRESS, ADDRESS_PATTERN, RCPT_TO
-from gateway.domain.bounces.mime import find_part, human_text, original_id, reporter_domain
+from gateway.domain.bounces.mime import (
+    RETURNED,
+    find_part,
+    human_text,
+    original_id,
+    reporter_domain,
+)
 from gateway.domain.bounces.recipient import Report, recipient
 
 
@@ -210,7 +216,7 @@ def looks_like_bounce(message: email.message.Message) -> bool:
     if any(who in squeezed for who in ("mailerdaemon", "postmaster", "maildelivery")):
         return True
     # A letter that says it could not deliver and returns the original, whoever signs it.
-    if find_part(message, "message/rfc822", "text/rfc822-headers") is not None:
+    if find_part(message, *RETURNED) is not None:
         opening = " ".join(human_text(message)[:600].lower().split())
         if any(words in opening for words in _FAILURE_WORDS):
             return True

@@ -216,9 +216,16 @@ def _with_delimiters_unindented(message: email.message.Message) -> email.message
     return message
 
 
+# Parts that return the original: RFC 3464's message/rfc822, and RFC 6533's message/global and
+# message/global-headers (its headers alone) for mail sent with SMTPUTF8. The email package
+# parses each as a message. RETURNED adds text/rfc822-headers, which it keeps as text.
+RETURNED_MESSAGE = ("message/rfc822", "message/global", "message/global-headers")
+RETURNED = (*RETURNED_MESSAGE, "text/rfc822-headers")
+
+
 def returned_recipients(message: email.message.Message) -> list[str]:
     for part in message.walk():
-        if part.get_content_type() == "message/rfc822":
+        if part.get_content_type() in RETURNED_MESSAGE:
             inner = part_payload(part)
             if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
                 to = str(inner[0].get("To", ""))
@@ -231,7 +238,7 @@ def human_text(message: email.message.Message) -> str:
     for part in message.walk():
         if part.is_multipart():
             continue
-        if content_type(part) in ("message/rfc822", "text/rfc822-headers"):
+        if content_type(part) in RETURNED:
             break
         # A multipart whose boundary parameter was lost (folded without indentation) arrives
         # as one text: read it as the report's text rather than finding nothing.
@@ -283,7 +290,7 @@ def original_id(message: email.message.Message) -> str | None:
     """The Message-ID of the returned original: our own id, which ties the bounce to its text."""
     for part in message.walk():
         kind = part.get_content_type()
-        if kind == "message/rfc822":
+        if kind in RETURNED_MESSAGE:
             inner = part_payload(part)
             if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
                 found = str(inner[0].get("Message-ID", "")).strip()
