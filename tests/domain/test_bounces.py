@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import importlib.util
+import quopri
 import re
 from pathlib import Path
 
@@ -292,6 +294,35 @@ def test_a_block_keeps_its_fields_past_a_line_that_is_no_field():
         ("2025550143@vtext.com", "5.1.1"),
         ("2025550144@vtext.com", "4.2.2"),
     ]
+
+
+@pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
+def test_a_status_part_in_a_transfer_encoding_is_read(encoding):
+    # RFC 2045 allows no such encoding for a message/ type; some systems use one all the same.
+    # Quoted-printable breaks a long line with "=" at its end (a soft line break).
+    diagnostic = (
+        "550 5.1.1 <2025550143@vtext.com>: Recipient address rejected: User unknown in "
+        "virtual mailbox table (see https://help.example.org/?code=511)"
+    )
+    fields = (
+        "Reporting-MTA: dns; mx.example.org\n\nFinal-Recipient: rfc822; 2025550143@vtext.com\n"
+        f"Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; {diagnostic}\n"
+    ).encode()
+    written = (base64.encodebytes if encoding == "base64" else quopri.encodestring)(fields)
+    text = (
+        "From: Postmaster <postmaster@mx.example.org>\nTo: dispatch@example.com\n"
+        "Subject: Delivery Status Notification (Failure)\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\n\n'
+        "--B\nContent-Type: text/plain\n\nDelivery has failed.\n\n"
+        f"--B\nContent-Type: message/delivery-status\nContent-Transfer-Encoding: {encoding}\n\n"
+        f"{written.decode()}\n--B--\n"
+    )
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.address, failed.status, failed.diagnostic) == (
+        "2025550143@vtext.com",
+        "5.1.1",
+        diagnostic,
+    )
 
 
 def test_feedback_report():

@@ -3,11 +3,14 @@ recipient (its address, Action, Status, the remote server's words)."""
 
 from __future__ import annotations
 
+import base64
 import email.message
 import email.policy
+import quopri
 import re
 from dataclasses import replace
 from email.errors import MissingHeaderBodySeparatorDefect
+from typing import Any
 
 from gateway.domain.bounces.codes import ADDRESS, REPLY_CODE, STATUS
 from gateway.domain.bounces.letters import text_about
@@ -105,6 +108,11 @@ def status_blocks(part: email.message.Message) -> list[dict[str, str]]:
     payload = part_payload(part)
     if not isinstance(payload, list):
         return _blocks(payload_text(part))
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if encoding in ("base64", "quoted-printable"):
+        # Not allowed for a message/ type (RFC 2045 6.4), and some systems do it: the email
+        # package has parsed the encoded text as fields. Put it back together and decode it.
+        return _blocks(_decoded(_as_written(payload), encoding))
     blocks: list[dict[str, str]] = []
     for block in payload:
         if not isinstance(block, email.message.Message):
@@ -121,6 +129,26 @@ def status_blocks(part: email.message.Message) -> list[dict[str, str]]:
                 fields.setdefault(name, value)
         blocks += [fields, *rest]
     return blocks
+
+
+def _as_written(blocks: list[Any]) -> str:
+    """The text of a status part that the email package has parsed into blocks, as written
+    (each block's fields, then whatever it took for the block's body)."""
+    written = []
+    for block in blocks:
+        if isinstance(block, email.message.Message) and not block.is_multipart():
+            fields = "".join(f"{name}: {value}\n" for name, value in block.items())
+            written.append(fields + payload_text(block))
+    return "\n\n".join(written)
+
+
+def _decoded(text: str, encoding: str) -> str:
+    data = text.encode("ascii", "replace")
+    try:
+        raw = base64.b64decode(data) if encoding == "base64" else quopri.decodestring(data)
+    except ValueError:  # binascii.Error: not base64 after all
+        return text
+    return raw.decode("utf-8", "replace")
 
 
 def _blocks(text: str) -> list[dict[str, str]]:
