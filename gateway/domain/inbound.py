@@ -33,6 +33,7 @@ from gateway.domain.bounces import (
     Recipient,
     UnreadableMime,
     content_type,
+    header_text,
     parse_bounded,
     payload_text,
     read_report,
@@ -112,9 +113,9 @@ def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> Inbound
     """Classify and read one message. Raises MailError only when `raw` is not a message."""
     message = read_message(raw)
     sender = _sender(message)
-    subject = _header(message, "Subject")
-    message_id = _first_id(_header(message, "Message-ID"))
-    in_reply_to = _first_id(_header(message, "In-Reply-To"))
+    subject = header_text(message, "Subject")
+    message_id = _first_id(header_text(message, "Message-ID"))
+    in_reply_to = _first_id(header_text(message, "In-Reply-To"))
     referenced = _referenced_ids(message)
     attachments = tuple(
         content_type(part)
@@ -139,7 +140,7 @@ def parse_mail(raw: bytes, carriers: CarrierBook, identity: Identity) -> Inbound
         referenced_ids=referenced,
         plus_tokens=_plus_tokens(message, identity.domain),
         attachments=attachments,
-        sent_at=_date(_header(message, "Date")),
+        sent_at=_date(header_text(message, "Date")),
     )
 
     providers = carriers.providers
@@ -221,21 +222,6 @@ def read_message(raw: bytes) -> email.message.Message:
 # --- who sent it ------------------------------------------------------------------------------
 
 
-def _header(message: email.message.Message, name: str) -> str:
-    value = message.get(name)
-    if value is None:
-        return ""
-    try:
-        decoded = email.header.decode_header(str(value))
-        text = "".join(
-            part.decode(charset or "ascii", "replace") if isinstance(part, bytes) else part
-            for part, charset in decoded
-        )
-    except (LookupError, ValueError, email.errors.HeaderParseError):
-        text = str(value)
-    return " ".join(text.split())[:1000]
-
-
 def _sender(message: email.message.Message) -> str:
     for name in ("From", "Sender", "Return-Path"):
         value = str(message.get(name) or "")
@@ -257,8 +243,8 @@ def _first_id(value: str) -> str | None:
 
 
 def _referenced_ids(message: email.message.Message) -> tuple[str, ...]:
-    ids = _ANGLE_ID.findall(_header(message, "In-Reply-To"))
-    ids += reversed(_ANGLE_ID.findall(_header(message, "References")))
+    ids = _ANGLE_ID.findall(header_text(message, "In-Reply-To"))
+    ids += reversed(_ANGLE_ID.findall(header_text(message, "References")))
     return tuple(dict.fromkeys(ids))[:20]
 
 

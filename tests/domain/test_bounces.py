@@ -325,6 +325,30 @@ def test_a_status_part_in_a_transfer_encoding_is_read(encoding):
     )
 
 
+# A letter signed by an ordinary address, known for a report by its subject alone, which mail
+# systems encode (RFC 2047) when it is in another language, and some always.
+ENCODED_SUBJECT_LETTER = """From: Office <helpdesk@example.org>
+To: dispatch@example.com
+Subject: {subject}
+
+Your message to 2025550143@vtext.com couldn't be delivered.
+550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found
+"""
+
+
+@pytest.mark.parametrize(
+    ("subject", "kind"),
+    [
+        ("=?utf-8?B?VW5kZWxpdmVyYWJsZTogb3JkZXIgMTA0Mg==?=", "bounce"),  # Undeliverable: ...
+        ("=?iso-8859-1?Q?Non_remis=A0:_order_1042?=", "bounce"),
+        ("=?utf-8?B?QXV0b21hdGljIHJlcGx5OiBvcmRlciAxMDQy?=", "auto_reply"),  # Automatic reply
+    ],
+)
+def test_an_encoded_subject_is_read_decoded(subject, kind):
+    report = read_report(parse(ENCODED_SUBJECT_LETTER.format(subject=subject)))
+    assert report is not None and report.kind == kind
+
+
 def test_feedback_report():
     text = """From: abuse@isp.example
 Subject: complaint

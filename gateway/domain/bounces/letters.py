@@ -15,6 +15,7 @@ from gateway.domain.bounces.codes import ADDRESS, ADDRESS_PATTERN, RCPT_TO
 from gateway.domain.bounces.mime import (
     RETURNED,
     find_part,
+    header_text,
     human_text,
     original_id,
     reporter_domain,
@@ -207,8 +208,8 @@ def text_about(text: str, address: str, others: list[str]) -> str:
 
 
 def looks_like_bounce(message: email.message.Message) -> bool:
-    sender = str(message.get("From", "")).lower()
-    subject = str(message.get("Subject", "")).lower()
+    sender = header_text(message, "From").lower()
+    subject = header_text(message, "Subject").lower()
     if message.get("X-Failed-Recipients"):
         return True
     # "post_master@", "Mailer-Daemon@", "MAILER_DAEMON": systems spell their robots many ways.

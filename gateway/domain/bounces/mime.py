@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import email.errors
+import email.header
 import email.message
 import email.policy
 import re
@@ -302,6 +303,23 @@ def original_id(message: email.message.Message) -> str | None:
                 return match.group(1)
     match = MESSAGE_ID.search(human_text(message))
     return match.group(1) if match else None
+
+
+def header_text(message: email.message.Message, name: str) -> str:
+    """A header's text with its RFC 2047 encoded words decoded ("=?utf-8?B?...?=", as mail
+    systems write a subject in another language), on one line."""
+    value = message.get(name)
+    if value is None:
+        return ""
+    try:
+        decoded = email.header.decode_header(str(value))
+        text = "".join(
+            part.decode(charset or "ascii", "replace") if isinstance(part, bytes) else part
+            for part, charset in decoded
+        )
+    except (LookupError, ValueError, email.errors.HeaderParseError):
+        text = str(value)
+    return " ".join(text.split())[:1000]
 
 
 def find_part(message: email.message.Message, *types: str) -> email.message.Message | None:

@@ -7,7 +7,7 @@ import email.message
 import email.policy
 
 from gateway.domain.bounces.dsn import status_blocks
-from gateway.domain.bounces.mime import find_part
+from gateway.domain.bounces.mime import find_part, header_text
 from gateway.domain.bounces.recipient import Report
 
 
@@ -22,7 +22,7 @@ def is_auto_reply(message: email.message.Message) -> bool:
     auto = str(message.get("Auto-Submitted", "")).lower()
     if auto.startswith("auto-replied"):
         return True
-    subject = str(message.get("Subject", "")).lower()
+    subject = header_text(message, "Subject").lower()
     if message.get("X-Autoreply") or message.get("X-Autorespond"):
         return True
     return any(
