@@ -15,7 +15,6 @@ a text is never read as a reply to itself. What is left is a reply when it comes
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import email
 import email.errors
@@ -26,7 +25,6 @@ import email.utils
 import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from html.parser import HTMLParser
 
 from gateway.domain.address_headers import addresses, first_address
 from gateway.domain.bounces import (
@@ -39,6 +37,7 @@ from gateway.domain.bounces import (
     read_report,
 )
 from gateway.domain.carriers import Carrier, CarrierBook
+from gateway.domain.html_text import HtmlText, html_text
 from gateway.domain.phone import Phone, sender_phone
 from gateway.domain.providers import ProviderMail, from_a_provider, read_provider_mail
 from gateway.domain.providers import ReportStatus as ProviderReport
@@ -312,7 +311,7 @@ def reply_text(message: email.message.Message, carrier: Carrier | None = None) -
         page = payload_text(part)
         # Picture-message pages are layout around a <pre> holding what was typed (Sprint);
         # any other page with pictures is a carrier's wrapper with nothing typed in it.
-        reader = _HtmlText()
+        reader = HtmlText()
         reader.read(page)
         wrapper = reader.saw_pre or has_media or notice_seen
         typed = reader.preformatted if wrapper else reader.text
@@ -370,51 +369,10 @@ def clean_text(text: str) -> str:
     return cleaned
 
 
-class _HtmlText(HTMLParser):
-    def read(self, page: str) -> None:
-        """Feed at most 200,000 characters of `page`. The standard parser raises
-        AssertionError on some malformed markup (a marked section such as `<![Type`, found by
-        the fuzz run): what was read before it is kept, and the rest is left unread."""
-        with contextlib.suppress(AssertionError, ValueError):
-            self.feed(page[:200_000])
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.text: list[str] = []
-        self.preformatted: list[str] = []
-        self._skip = 0
-        self._pre = 0
-        self.saw_pre = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style", "head", "title"):
-            self._skip += 1
-        elif tag == "pre":
-            self._pre += 1
-            self.saw_pre = True
-        elif tag in ("br", "p", "div", "tr"):
-            self.text.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "head", "title"):
-            self._skip = max(0, self._skip - 1)
-        elif tag == "pre":
-            self._pre = max(0, self._pre - 1)
-
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        self.text.append(data)
-        if self._pre and data.strip():
-            self.preformatted.append(data)
-
-
 def _html_text(message: email.message.Message) -> str:
     for part in message.walk():
         if content_type(part) == "text/html":
-            reader = _HtmlText()
-            reader.read(payload_text(part))
-            return "".join(reader.text)
+            return html_text(payload_text(part))
     return ""
 
 

@@ -349,6 +349,48 @@ def test_an_encoded_subject_is_read_decoded(subject, kind):
     assert report is not None and report.kind == kind
 
 
+# A letter with the text we sent returned after its own parts ({own}: none, or HTML only).
+LETTER_WITH_ORIGINAL = """From: Mail Delivery System <MAILER-DAEMON@mx.example.org>
+To: dispatch@example.com
+Subject: Undeliverable: order 1042
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="B"
+
+{own}--B
+Content-Type: message/rfc822
+
+Message-ID: <t42.abc@example.com>
+From: dispatch@example.com
+To: 2025550143@vtext.com
+
+Your mailbox is full, so we left the parcel with a neighbour.
+--B--
+"""
+
+
+def test_the_returned_original_is_never_read_as_the_reports_words():
+    # A report with no text of its own: the text we sent must not be read as why it failed.
+    [failed] = read_report(parse(LETTER_WITH_ORIGINAL.format(own=""))).recipients
+    assert "parcel" not in failed.diagnostic and failed.reason != "mailboxfull"
+
+
+def test_a_report_written_in_html_only_is_read_as_the_text_it_shows():
+    html = """--B
+Content-Type: text/html; charset=utf-8
+
+<html><head><style>p { color: red }</style></head><body>
+<p>Your message to <b>&lt;2025550143@vtext.com&gt;</b> could not be delivered.</p>
+<p>Remote server said: 550 5.1.1 user unknown</p></body></html>
+
+"""
+    [failed] = read_report(parse(LETTER_WITH_ORIGINAL.format(own=html))).recipients
+    assert (failed.address, failed.status, failed.reason) == (
+        "2025550143@vtext.com",
+        "5.1.1",
+        "userunknown",
+    )
+
+
 def test_feedback_report():
     text = """From: abuse@isp.example
 Subject: complaint

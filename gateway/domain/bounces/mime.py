@@ -16,6 +16,7 @@ from email.policy import Policy
 from typing import Any
 
 from gateway.domain.bounces.codes import ADDRESS, MESSAGE_ID
+from gateway.domain.html_text import html_text
 
 # Where the returned original starts in a text report; the report text is what comes before.
 _ORIGINAL_MARKERS = re.compile(
@@ -235,12 +236,19 @@ def returned_recipients(message: email.message.Message) -> list[str]:
 
 
 def human_text(message: email.message.Message) -> str:
-    """The report's own text, without the returned original."""
+    """The report's own text, without the returned original: its plain text, or where it has
+    none before the original, the text its HTML shows."""
+    html = ""
     for part in message.walk():
+        if content_type(part) in RETURNED:
+            # Before the multipart test: the email package holds a returned message as a
+            # part with parts, and its text is ours, not the report's.
+            break
         if part.is_multipart():
             continue
-        if content_type(part) in RETURNED:
-            break
+        if content_type(part) == "text/html":
+            html = html or html_text(payload_text(part))
+            continue
         # A multipart whose boundary parameter was lost (folded without indentation) arrives
         # as one text: read it as the report's text rather than finding nothing.
         if (
@@ -251,7 +259,7 @@ def human_text(message: email.message.Message) -> str:
             text = payload_text(part).replace("\r\n", "\n")
             marker = _ORIGINAL_MARKERS.search(text)
             return text[: marker.start()] if marker and marker.start() > 40 else text
-    return ""
+    return html
 
 
 # The content types of a standard report's status part.
