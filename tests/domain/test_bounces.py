@@ -374,6 +374,35 @@ def test_the_returned_original_is_never_read_as_the_reports_words():
     assert "parcel" not in failed.diagnostic and failed.reason != "mailboxfull"
 
 
+def test_a_report_whose_status_part_comes_first_is_read_with_its_text():
+    # RFC 3464 puts the text first; a report that does not still has its words read, not the
+    # blocks of its status part (which have no type of their own, so read as text/plain).
+    text = """From: Mail Delivery System <MAILER-DAEMON@mx.example.org>
+To: dispatch@example.com
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.org
+
+Final-Recipient: rfc822; 2025550143@vtext.com
+Action: failed
+Status: 5.0.0
+
+--B
+Content-Type: text/plain
+
+The recipient's mailbox is full.
+
+--B--
+"""
+    [failed] = read_report(parse(text)).recipients
+    assert failed.reason == "mailboxfull"
+
+
 def test_a_report_written_in_html_only_is_read_as_the_text_it_shows():
     html = """--B
 Content-Type: text/html; charset=utf-8

@@ -11,7 +11,7 @@ import email.header
 import email.message
 import email.policy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.policy import Policy
 from typing import Any
 
@@ -235,15 +235,25 @@ def returned_recipients(message: email.message.Message) -> list[str]:
     return []
 
 
+def _own_parts(message: email.message.Message) -> Iterator[email.message.Message]:
+    """The message's parts in order, not looking inside a part that holds another message
+    or a status part's blocks (the email package holds each as a part with parts, and a
+    block, having no type of its own, reads as text/plain)."""
+    yield message
+    payload = part_payload(message)
+    if message.get_content_maintype() == "multipart" and isinstance(payload, list):
+        for part in payload:
+            if isinstance(part, email.message.Message):
+                yield from _own_parts(part)
+
+
 def human_text(message: email.message.Message) -> str:
     """The report's own text, without the returned original: its plain text, or where it has
     none before the original, the text its HTML shows."""
     html = ""
-    for part in message.walk():
+    for part in _own_parts(message):
         if content_type(part) in RETURNED:
-            # Before the multipart test: the email package holds a returned message as a
-            # part with parts, and its text is ours, not the report's.
-            break
+            break  # the returned original: its text is ours, not the report's
         if part.is_multipart():
             continue
         if content_type(part) == "text/html":
