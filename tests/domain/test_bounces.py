@@ -215,6 +215,31 @@ def test_a_delay_that_names_its_recipient_only_in_the_returned_original_is_not_f
     assert (held.address, held.final) == ("2025550143@vtext.com", False)
 
 
+def test_a_block_naming_no_valid_address_names_its_recipient_as_written():
+    # A slip in the address ("#") makes it no valid one; the block still says who failed, and
+    # where nothing else names a recipient, that is the one.
+    text = DSN.format(action="failed", status="5.1.2", diagnostic="550 Host unknown").replace(
+        "Final-Recipient: rfc822; 2025550143@vtext.com", "Final-Recipient: rfc822; dan@#example.net"
+    )
+    text = text.replace("To: 2025550143@vtext.com\n", "")
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.address, failed.reason, failed.permanent) == (
+        "dan@#example.net",
+        "hostunknown",
+        True,
+    )
+
+
+def test_a_valid_address_the_letter_names_comes_before_one_only_as_written():
+    text = ADDRESSLESS_REPORT.format(
+        letter="was refused: 550 5.1.1 user unknown",
+        action="failed\nFinal-Recipient: rfc822; alias@#relay",
+        status="5.1.1",
+    )
+    [failed] = read_report(parse(text)).recipients
+    assert failed.address == "2025550143@vtext.com"
+
+
 def test_a_report_of_deliveries_only_is_no_failure_whatever_its_blocks_name():
     text = ADDRESSLESS_REPORT.format(
         letter="could not be delivered at first; it has now been delivered",

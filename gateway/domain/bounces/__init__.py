@@ -105,6 +105,11 @@ def read_report(message: email.message.Message) -> Report | None:
                 original_message_id=original_id(message),
                 reader="returned original",
             )
+        if status_part is not None:
+            # Nothing names a valid address: the blocks' addresses as the reporter wrote them.
+            report = from_status_part(message, status_part, as_written=True)
+            if report is not None:
+                return report
     if is_auto_reply(message):
         return Report("auto_reply")
     return None

@@ -32,13 +32,17 @@ _REPORTER_CATEGORIES = {
 }  # fmt: skip
 
 
-def from_status_part(message: email.message.Message, part: email.message.Message) -> Report | None:
+def from_status_part(
+    message: email.message.Message, part: email.message.Message, as_written: bool = False
+) -> Report | None:
+    """The recipients a status part's blocks name. `as_written`: also those whose address is
+    no valid one (a slip such as "user@#example.net"), for when nothing else names them."""
     failed: list[Recipient] = []
     delivered = unnamed_failures = 0
     human = human_text(message)
     reporter = reporter_domain(message)
     blocks = status_blocks(part)
-    addresses = [_recipient_address(b) for b in blocks]
+    addresses = [_recipient_address(b, as_written) for b in blocks]
     block_addresses = [a for a in addresses if a]
     for fields, address in zip(blocks, addresses, strict=True):
         action = fields.get("action", "").lower()
@@ -180,19 +184,24 @@ def _fields(block: str) -> dict[str, str]:
     return fields
 
 
-def _recipient_address(fields: dict[str, str]) -> str:
+def _recipient_address(fields: dict[str, str], as_written: bool = False) -> str:
     """The address a recipient's block is about: the one the sender wrote, where the reporter
     kept it (Original-Recipient, RFC 3464 2.3.1), since that is the address the sender knows;
     else the one delivery last tried (Final-Recipient: an alias's target, a mailbox's internal
-    name, an X.400 form)."""
-    return _address_field(fields.get("original-recipient")) or _address_field(
-        fields.get("final-recipient")
-    )
+    name, an X.400 form). `as_written`: where neither is a valid address, the first that has
+    an "@", as written."""
+    named = [_address_field(fields.get(name)) for name in ("original-recipient", "final-recipient")]
+    for written in named:
+        found = ADDRESS.search(written)
+        if found:
+            return found.group(0)
+    if not as_written:
+        return ""
+    return next((w for w in named if "@" in w and not any(c.isspace() for c in w)), "")
 
 
 def _address_field(value: str | None) -> str:
+    """The address a field gives, as written: "rfc822; <user@host>" gives user@host."""
     if not value:
         return ""
-    value = re.sub(r"^\s*[\w\-]+\s*;\s*", "", value)  # "rfc822; user@host"
-    found = ADDRESS.search(value)
-    return found.group(0) if found else ""
+    return re.sub(r"^\s*[\w\-]+\s*;\s*", "", value).strip().strip("<>").strip()
