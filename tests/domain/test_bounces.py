@@ -231,6 +231,8 @@ def test_a_block_naming_no_valid_address_names_its_recipient_as_written():
 
 
 def test_a_valid_address_the_letter_names_comes_before_one_only_as_written():
+    # The block names its recipient only by an address that is no valid one (its
+    # Final-Recipient goes in after the Action field); the letter names a valid one.
     text = ADDRESSLESS_REPORT.format(
         letter="was refused: 550 5.1.1 user unknown",
         action="failed\nFinal-Recipient: rfc822; alias@#relay",
