@@ -22,7 +22,12 @@ import email.message
 import email.policy
 from dataclasses import replace
 
-from gateway.domain.bounces.dsn import from_status_part, only_delayed, single_status
+from gateway.domain.bounces.dsn import (
+    from_status_part,
+    only_delayed,
+    single_status,
+    status_blocks,
+)
 from gateway.domain.bounces.letters import from_text, looks_like_bounce, still_trying, text_about
 from gateway.domain.bounces.mime import (
     DELIVERY_STATUS,
@@ -59,18 +64,19 @@ def read_report(message: email.message.Message) -> Report | None:
         return feedback(message)
     # Bounces before auto-replies: mail systems mark their bounces Auto-Submitted too.
     status_part = find_part(message, *DELIVERY_STATUS)
+    blocks = status_blocks(status_part) if status_part is not None else []
     stated = ""
     delayed = False
     if status_part is not None:
-        report = from_status_part(message, status_part)
+        report = from_status_part(message, blocks)
         if report is not None:
             return report
         # A block that names no address (Exim's "rfc822;/var/spool/..." for a mailbox file) still
         # states the status: the letter names the recipient.
-        stated = single_status(status_part)
+        stated = single_status(blocks)
         # Blocks that say the reporter is still trying make the letter's failures not final,
         # though the letter may not say so.
-        delayed = only_delayed(status_part)
+        delayed = only_delayed(blocks)
     # A delivery-status part makes the message a report (RFC 3464) however it is signed and
     # titled; without one, the letter must look like a report.
     if status_part is not None or looks_like_bounce(message):
@@ -107,7 +113,7 @@ def read_report(message: email.message.Message) -> Report | None:
             )
         if status_part is not None:
             # Nothing names a valid address: the blocks' addresses as the reporter wrote them.
-            report = from_status_part(message, status_part, as_written=True)
+            report = from_status_part(message, blocks, as_written=True)
             if report is not None:
                 return report
     if is_auto_reply(message):

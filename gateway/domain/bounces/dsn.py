@@ -33,15 +33,15 @@ _REPORTER_CATEGORIES = {
 
 
 def from_status_part(
-    message: email.message.Message, part: email.message.Message, as_written: bool = False
+    message: email.message.Message, blocks: list[dict[str, str]], as_written: bool = False
 ) -> Report | None:
-    """The recipients a status part's blocks name. `as_written`: also those whose address is
-    no valid one (a slip such as "user@#example.net"), for when nothing else names them."""
+    """The recipients a status part's blocks (`status_blocks`) name. `as_written`: also those
+    whose address is no valid one (a slip such as "user@#example.net"), for when nothing else
+    names them."""
     failed: list[Recipient] = []
     delivered = unnamed_failures = 0
     human = human_text(message)
     reporter = reporter_domain(message)
-    blocks = status_blocks(part)
     addresses = [_recipient_address(b, as_written) for b in blocks]
     block_addresses = [a for a in addresses if a]
     for fields, address in zip(blocks, addresses, strict=True):
@@ -92,17 +92,17 @@ def from_status_part(
     return None
 
 
-def single_status(part: email.message.Message) -> str:
-    """The Status a delivery-status part states for its one failed recipient, or ""."""
-    failed = [b for b in status_blocks(part)[1:] if b.get("action", "failed").lower() == "failed"]
+def single_status(blocks: list[dict[str, str]]) -> str:
+    """The Status a delivery-status part's blocks state for its one failed recipient, or ""."""
+    failed = [b for b in blocks[1:] if b.get("action", "failed").lower() == "failed"]
     found = STATUS.search(failed[0].get("status", "")) if len(failed) == 1 else None
     return ".".join(found.groups()) if found and found.group(1) != "2" else ""
 
 
-def only_delayed(part: email.message.Message) -> bool:
+def only_delayed(blocks: list[dict[str, str]]) -> bool:
     """Whether a delivery-status part's recipient blocks all say the reporter is still trying
     (RFC 3464 "Action: delayed"), whether or not they name the recipient."""
-    actions = [b["action"].lower() for b in status_blocks(part)[1:] if b.get("action")]
+    actions = [b["action"].lower() for b in blocks[1:] if b.get("action")]
     return bool(actions) and all(action == "delayed" for action in actions)
 
 
