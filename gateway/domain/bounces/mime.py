@@ -250,14 +250,15 @@ def _own_parts(message: email.message.Message) -> Iterator[email.message.Message
 def human_text(message: email.message.Message) -> str:
     """The report's own text, without the returned original: its plain text, or where it has
     none before the original, the text its HTML shows."""
-    html = ""
+    html: email.message.Message | None = None
     for part in _own_parts(message):
         if content_type(part) in RETURNED:
             break  # the returned original: its text is ours, not the report's
         if part.is_multipart():
             continue
         if content_type(part) == "text/html":
-            html = html or html_text(payload_text(part))
+            if html is None:
+                html = part  # read only if no plain text follows
             continue
         # A multipart whose boundary parameter was lost (folded without indentation) arrives
         # as one text: read it as the report's text rather than finding nothing.
@@ -269,7 +270,7 @@ def human_text(message: email.message.Message) -> str:
             text = payload_text(part).replace("\r\n", "\n")
             marker = _ORIGINAL_MARKERS.search(text)
             return text[: marker.start()] if marker and marker.start() > 40 else text
-    return html
+    return html_text(payload_text(html)) if html is not None else ""
 
 
 # The content types of a standard report's status part.
