@@ -95,6 +95,7 @@ class Tally:
         self.status_rows = self.status_right = self.others = self.others_wrong = 0
         self.stated_rows = self.stated_right = 0
         self.named = self.named_right = 0
+        self.good_called_bad = self.bad_called_good = 0
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -111,6 +112,11 @@ class Tally:
             # Of the failure reports whose labels name the failed addresses: the reader found
             # exactly those (case aside).
             "addresses_right": _share(self.named_right, self.named),
+            # The two ways hard/soft goes wrong, which do not cost the same: an address called
+            # bad that is fine stops texts to a working number (and sends a dispatcher to mend
+            # it); a bad one called fine costs retries until it fails again.
+            "good_called_bad": self.good_called_bad,
+            "bad_called_good": self.bad_called_good,
             "non_failures": self.others,
             "non_failures_called_failures": self.others_wrong,
         }
@@ -166,9 +172,14 @@ def measure(corpus: Path, show: bool = False, only: str | None = None) -> dict[s
                 tally.rows += 1
                 if ours is not None and ours.permanent == row[3]:
                     tally.hard_right += 1
-                elif say and ours is not None:
-                    print(f"{name}: hard {ours.permanent} ({ours.reason}), expected {row[3]} "
-                          f"({row[2]}) {ours.diagnostic[:90]!r}")  # fmt: skip
+                elif ours is not None:
+                    tally.good_called_bad += ours.permanent
+                    tally.bad_called_good += not ours.permanent
+                    if say:
+                        print(
+                            f"{name}: hard {ours.permanent} ({ours.reason}), expected {row[3]} "
+                            f"({row[2]}) {ours.diagnostic[:90]!r}"
+                        )
             if row[0]:
                 tally.status_rows += 1
                 status = sisimai_status(ours) if ours is not None else None
