@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.bounces import TolerantMessage, read_report
+from gateway.domain.bounces import TolerantMessage, mime, read_report
 from gateway.domain.bounces.codes import ADDRESS
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "bounces"
@@ -445,6 +445,31 @@ Content-Type: text/html; charset=utf-8
         "5.1.1",
         "userunknown",
     )
+
+
+def test_a_reports_own_text_is_worked_out_once_however_many_readers_read_it(monkeypatch):
+    # Written in HTML only, no address in its letter or its block: the status part's reader,
+    # the letter's, and the returned original's all read its text, and none finds the
+    # original's Message-ID in a part of its own, so each would look for it in the text.
+    html = (
+        "--B\nContent-Type: text/html\n\n<p>Your message could not be delivered: "
+        "550 5.1.1 user unknown</p>\n\n"
+    )
+    text = ADDRESSLESS_REPORT.format(letter="", action="failed", status="5.1.1")
+    text = text.replace(
+        "--B\nContent-Type: text/plain\n\nYour message to <2025550143@vtext.com> \n\n", html
+    )
+    text = text.replace(
+        "--B--",
+        "--B\nContent-Type: message/rfc822\n\nFrom: dispatch@example.com\n"
+        "To: 2025550143@vtext.com\n\nOn its way.\n--B--",
+    )
+    parsed = []
+    real = mime.html_text
+    monkeypatch.setattr(mime, "html_text", lambda html: parsed.append(1) or real(html))
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.address, failed.reason) == ("2025550143@vtext.com", "userunknown")
+    assert len(parsed) == 1
 
 
 def test_feedback_report():

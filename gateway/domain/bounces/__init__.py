@@ -33,17 +33,15 @@ from gateway.domain.bounces.mime import (
     DELIVERY_STATUS,
     MAX_PART_DEPTH,
     MAX_PARTS,
+    ReportMail,
     TolerantMessage,
     UnreadableMime,
     content_type,
     find_part,
     forwarded_report,
     header_text,
-    human_text,
-    original_id,
     parse_bounded,
     payload_text,
-    reporter_domain,
     returned_recipients,
     with_boundary,
     with_readable_parameters,
@@ -65,10 +63,11 @@ def read_report(message: email.message.Message) -> Report | None:
     # Bounces before auto-replies: mail systems mark their bounces Auto-Submitted too.
     status_part = find_part(message, *DELIVERY_STATUS)
     blocks = status_blocks(status_part) if status_part is not None else []
+    mail = ReportMail(message)
     stated = ""
     delayed = False
     if status_part is not None:
-        report = from_status_part(message, blocks)
+        report = from_status_part(mail, blocks)
         if report is not None:
             return report
         # A block that names no address (Exim's "rfc822;/var/spool/..." for a mailbox file) still
@@ -79,7 +78,7 @@ def read_report(message: email.message.Message) -> Report | None:
         delayed = only_delayed(blocks)
     # A delivery-status part makes the message a report (RFC 3464) however it is signed and
     # titled; without one, the letter must look like a report.
-    if status_part is not None or looks_like_bounce(message):
+    if status_part is not None or looks_like_bounce(mail):
         quoted = forwarded_report(message) if status_part is None else None
         if quoted is not None:
             # A postmaster forwarding the report they were sent: its failures, not the
@@ -88,19 +87,18 @@ def read_report(message: email.message.Message) -> Report | None:
             report = read_report(quoted)
             if report is not None and report.kind == "bounce" and report.recipients:
                 return report
-        report = from_text(message, stated, delayed)
+        report = from_text(mail, stated, delayed)
         if report is not None:
             return report
         # A report with no word on its recipients (Postfix's "Delivery report unavailable"):
         # the returned original's To is who it was for.
         returned = returned_recipients(message)
         if returned:
-            text = human_text(message)
-            reporter = reporter_domain(message)
+            text = mail.text
             final = not (delayed or still_trying(text))
             failed = tuple(
                 replace(
-                    recipient(a, "", "", text_about(text, a, returned), reporter=reporter),
+                    recipient(a, "", "", text_about(text, a, returned), reporter=mail.reporter),
                     final=final,
                 )
                 for a in returned
@@ -108,12 +106,12 @@ def read_report(message: email.message.Message) -> Report | None:
             return Report(
                 "bounce",
                 failed,
-                original_message_id=original_id(message),
+                original_message_id=mail.original_id,
                 reader="returned original",
             )
         if status_part is not None:
             # Nothing names a valid address: the blocks' addresses as the reporter wrote them.
-            report = from_status_part(message, blocks, as_written=True)
+            report = from_status_part(mail, blocks, as_written=True)
             if report is not None:
                 return report
     if is_auto_reply(message):

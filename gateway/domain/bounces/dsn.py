@@ -14,13 +14,7 @@ from typing import Any
 
 from gateway.domain.bounces.codes import ADDRESS, REPLY_CODE, STATUS
 from gateway.domain.bounces.letters import text_about
-from gateway.domain.bounces.mime import (
-    human_text,
-    original_id,
-    part_payload,
-    payload_text,
-    reporter_domain,
-)
+from gateway.domain.bounces.mime import ReportMail, part_payload, payload_text
 from gateway.domain.bounces.recipient import Recipient, Report, recipient
 
 # Reporting systems that file each failure under a category of their own, in a field of the
@@ -33,15 +27,14 @@ _REPORTER_CATEGORIES = {
 
 
 def from_status_part(
-    message: email.message.Message, blocks: list[dict[str, str]], as_written: bool = False
+    report: ReportMail, blocks: list[dict[str, str]], as_written: bool = False
 ) -> Report | None:
     """The recipients a status part's blocks (`status_blocks`) name. `as_written`: also those
     whose address is no valid one (a slip such as "user@#example.net"), for when nothing else
     names them."""
     failed: list[Recipient] = []
     delivered = unnamed_failures = 0
-    human = human_text(message)
-    reporter = reporter_domain(message)
+    human = report.text
     addresses = [_recipient_address(b, as_written) for b in blocks]
     block_addresses = [a for a in addresses if a]
     for fields, address in zip(blocks, addresses, strict=True):
@@ -73,7 +66,7 @@ def from_status_part(
             # is the reporter's own word on how the refusal came.
             f"{fields.get('status', '')} {near}",
             _REPORTER_CATEGORIES.get(fields.get("x-powermta-bouncecategory", "").lower()),
-            reporter,
+            report.reporter,
         )
         if action == "delayed":
             # RFC 3464: the reporting system has not delivered it yet and will keep trying. The
@@ -84,11 +77,11 @@ def from_status_part(
         return Report(
             "bounce",
             tuple(failed),
-            original_message_id=original_id(message),
+            original_message_id=report.original_id,
             reader="delivery-status",
         )
     if delivered and not unnamed_failures:
-        return Report("delivery_report", original_message_id=original_id(message))
+        return Report("delivery_report", original_message_id=report.original_id)
     return None
 
 

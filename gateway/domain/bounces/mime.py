@@ -13,6 +13,7 @@ import email.policy
 import re
 from collections.abc import Callable, Iterator
 from email.policy import Policy
+from functools import cached_property
 from typing import Any
 
 from gateway.domain.bounces.codes import ADDRESS, MESSAGE_ID
@@ -306,8 +307,38 @@ def reporter_domain(message: email.message.Message) -> str:
     return found.group(0).rpartition("@")[2].lower() if found else ""
 
 
-def original_id(message: email.message.Message) -> str | None:
-    """The Message-ID of the returned original: our own id, which ties the bounce to its text."""
+class ReportMail:
+    """A report as it arrived, with what each step of reading it asks for (the report's own
+    text, the domain it came from, the returned original's Message-ID) worked out at most once
+    and only when asked for: a report is read by several readers in turn."""
+
+    def __init__(self, message: email.message.Message) -> None:
+        self.message = message
+
+    @cached_property
+    def text(self) -> str:
+        """The report's own text (`human_text`)."""
+        return human_text(self.message)
+
+    @cached_property
+    def reporter(self) -> str:
+        """The domain the report came from (`reporter_domain`)."""
+        return reporter_domain(self.message)
+
+    @cached_property
+    def original_id(self) -> str | None:
+        """The Message-ID of the returned original: our own id, which ties the bounce to its
+        text. From the returned original or its headers, else where the report's text quotes
+        it."""
+        found = _returned_id(self.message)
+        if found is None:
+            match = MESSAGE_ID.search(self.text)
+            found = match.group(1) if match else None
+        return found
+
+
+def _returned_id(message: email.message.Message) -> str | None:
+    """The Message-ID of the original a report returns whole, or of the headers it returns."""
     for part in message.walk():
         kind = part.get_content_type()
         if kind in RETURNED_MESSAGE:
@@ -320,8 +351,7 @@ def original_id(message: email.message.Message) -> str | None:
             match = MESSAGE_ID.search(payload_text(part))
             if match:
                 return match.group(1)
-    match = MESSAGE_ID.search(human_text(message))
-    return match.group(1) if match else None
+    return None
 
 
 def header_text(message: email.message.Message, name: str) -> str:
