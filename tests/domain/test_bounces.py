@@ -630,6 +630,59 @@ def test_a_reporters_own_category_field_outranks_the_words():
     assert (failed.reason, failed.permanent) == ("userunknown", True)
 
 
+@pytest.mark.parametrize(
+    ("letter", "reason", "permanent"),
+    [
+        # The reporter's verdict on the address, whatever the remote server's words.
+        (
+            "because the address couldn't be found. Check for typos or unnecessary spaces "
+            "and try again.",
+            "userunknown",
+            True,
+        ),
+        # Its hedged wording is no verdict: the words are read as ever (a bare refusal).
+        ("because the address couldn't be found, or is unable to receive mail.", "rejected", False),
+        # Nor its verdict on a domain.
+        (
+            "because the domain vtext.com couldn't be found. Check for typos or unnecessary "
+            "spaces and try again.",
+            "rejected",
+            False,
+        ),
+    ],
+)
+def test_a_reporters_verdict_in_its_letter_outranks_the_words(letter, reason, permanent):
+    text = DSN.format(action="failed", status="5.0.0", diagnostic="550 Address rejected.")
+    text = text.replace(
+        "I'm sorry to have to inform you that your message could not be delivered.",
+        f"** Address not found **\n\nYour message wasn't delivered to 2025550143@vtext.com "
+        f"{letter}\n\nThe response from the remote server was:\n550 Address rejected.",
+    )
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.reason, failed.permanent) == (reason, permanent)
+
+
+def test_a_reporters_verdict_holds_in_a_letter_with_no_status_part():
+    text = """From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>
+To: dispatch@example.com
+Subject: Delivery Status Notification (Failure)
+
+** Address not found **
+
+Your message wasn't delivered to 2025550143@vtext.com because the address couldn't be found.
+Check for typos or unnecessary spaces and try again.
+
+The response from the remote server was:
+550 Address rejected.
+"""
+    [failed] = read_report(parse(text)).recipients
+    assert (failed.address, failed.reason, failed.permanent) == (
+        "2025550143@vtext.com",
+        "userunknown",
+        True,
+    )
+
+
 def test_an_unknown_user_refused_at_rcpt_under_a_policy_code_is_still_unknown():
     reply = "553 Invalid recipient 2025550143@vtext.com (Mode: normal)"
     text = DSN_WITH_TEXT.replace("550 <2025550143@vtext.com>... User unknown", reply)

@@ -13,7 +13,8 @@ should a contact's carrier or number be questioned.
 "User unknown" alone does not show that: filters (Japanese carriers' sender filters, content
 filters after DATA) word their refusals the same way. It is read as a bad address only where the
 report shows the mailbox was looked up: refused at RCPT, under an addressing code (x.1.x), in a
-directory's words, by the recipient's own mail system, or in the reporter's own category field.
+directory's words, by the recipient's own mail system, or in the reporter's own verdict (a category
+field of its own, or the words it keeps for that verdict alone).
 """
 
 from __future__ import annotations

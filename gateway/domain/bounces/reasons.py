@@ -397,6 +397,22 @@ def refused_recipient_plainly(lowered: str) -> bool:
     return refused is not None and _plain(refused.group(1).strip(" ."))
 
 
+# Words a reporting system keeps for its own verdict on a recipient, in the letter it writes
+# around the server's reply: Google's "the address couldn't be found. Check for typos or
+# unnecessary spaces" (where it is unsure it writes "couldn't be found, or is unable to receive
+# mail", and of a domain "the domain ... couldn't be found": neither is this verdict).
+_REPORTERS_VERDICTS = (
+    ("userunknown", re.compile(r"\bthe address couldn't be found\. check for typos")),
+)
+
+
+def reporters_verdict(lowered: str) -> str | None:
+    """The reason a reporting system's own words (`lowered`: lower case, spaces squeezed) file
+    a recipient under, where they state one."""
+    said = lowered.replace("\u2019", "'")
+    return next((reason for reason, words in _REPORTERS_VERDICTS if words.search(said)), None)
+
+
 def reason_by_words(lowered: str) -> str | None:
     """The first reason of REASON_WORDS whose words `lowered` (lower case) says."""
     return next((reason for reason, words in REASON_WORDS if words.search(lowered)), None)

@@ -13,6 +13,7 @@ from gateway.domain.bounces.reasons import (
     reason_by_words,
     reason_of,
     refused_recipient_plainly,
+    reporters_verdict,
 )
 
 # Mailing-list services that refuse a post (no such group, no permission to post) in the
@@ -98,7 +99,8 @@ def recipient(
     """One failed recipient. `context` is the report's whole text and `about` what it says of
     this recipient (when `diagnostic` is the server's words alone); both are read only for how
     the refusal came, as is `reporter`, the domain the report came from. `verdict` is a reason
-    the reporting system states in a field of its own, which outranks any reading of words."""
+    the reporting system states in a field of its own; it, or one the reporter states in words
+    kept for it (`reporters_verdict`), outranks any reading of the server's words."""
     address = _X400_TAG.sub("", address.strip().strip("<>"))
     found = PAIRED_STATUS.search(diagnostic) or FAILURE_STATUS.search(diagnostic)
     if found and _servers_code_wins(found.groups(), status):
@@ -108,6 +110,8 @@ def recipient(
         code = found_code.group(1) if found_code else ""
     reason = reason_of(status, code, diagnostic)
     lowered = " ".join(diagnostic.lower().split())
+    # A verdict the reporter states in its letter's words about this recipient.
+    verdict = verdict or reporters_verdict(" ".join(f"{diagnostic} {about}".lower().split()))
     unknown_user = reason_by_words(lowered) == "userunknown" or refused_recipient_plainly(lowered)
     # How the refusal came matters only to refusals that could be about the address; reading
     # a transcript for it is left to them.
