@@ -662,6 +662,14 @@ def test_a_reporters_verdict_in_its_letter_outranks_the_words(letter, reason, pe
     assert (failed.reason, failed.permanent) == (reason, permanent)
 
 
+def test_exchanges_own_category_outranks_its_status():
+    # 5.4.4 alone is a domain with no route; Exchange's token says its MX points back at us.
+    [failed] = failed_recipients("5.4.4", "554 5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent")
+    assert (failed.reason, failed.permanent) == ("hostunknown", True)
+    [failed] = failed_recipients("5.4.4", "554 5.4.4 SMTPSEND.DNS.MxLoopback; DNS config error")
+    assert (failed.reason, failed.permanent) == ("networkerror", False)
+
+
 def test_a_reporters_verdict_holds_in_a_letter_with_no_status_part():
     text = """From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>
 To: dispatch@example.com

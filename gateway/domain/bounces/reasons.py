@@ -398,11 +398,16 @@ def refused_recipient_plainly(lowered: str) -> bool:
 
 
 # Words a reporting system keeps for its own verdict on a recipient, in the letter it writes
-# around the server's reply: Google's "the address couldn't be found. Check for typos or
-# unnecessary spaces" (where it is unsure it writes "couldn't be found, or is unable to receive
-# mail", and of a domain "the domain ... couldn't be found": neither is this verdict).
+# around the server's reply or in a token of its own. Google's "the address couldn't be found.
+# Check for typos or unnecessary spaces" (where it is unsure it writes "couldn't be found, or is
+# unable to receive mail", and of a domain "the domain ... couldn't be found": neither is this
+# verdict).
 _REPORTERS_VERDICTS = (
     ("userunknown", re.compile(r"\bthe address couldn't be found\. check for typos")),
+    # Exchange's own category of a failure, a token before the server's words: a domain whose
+    # MX points back at the sending host is set up wrong, not missing, though the 5.4.4 it comes
+    # under is read as a domain with no route.
+    ("networkerror", re.compile(r"\bsmtpsend\.dns\.mxloopback\b")),
 )
 
 
