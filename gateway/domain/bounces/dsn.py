@@ -27,14 +27,14 @@ _REPORTER_CATEGORIES = {
 
 
 def from_status_part(
-    report: ReportMail, blocks: list[dict[str, str]], as_written: bool = False
+    mail: ReportMail, blocks: list[dict[str, str]], as_written: bool = False
 ) -> Report | None:
     """The recipients a status part's blocks (`status_blocks`) name. `as_written`: also those
     whose address is no valid one (a slip such as "user@#example.net"), for when nothing else
     names them."""
     failed: list[Recipient] = []
     delivered = unnamed_failures = 0
-    human = report.text
+    human = mail.text
     addresses = [_recipient_address(b, as_written) for b in blocks]
     block_addresses = [a for a in addresses if a]
     for fields, address in zip(blocks, addresses, strict=True):
@@ -66,7 +66,7 @@ def from_status_part(
             # is the reporter's own word on how the refusal came.
             f"{fields.get('status', '')} {near}",
             _REPORTER_CATEGORIES.get(fields.get("x-powermta-bouncecategory", "").lower()),
-            report.reporter,
+            mail.reporter,
         )
         if action == "delayed":
             # RFC 3464: the reporting system has not delivered it yet and will keep trying. The
@@ -77,11 +77,11 @@ def from_status_part(
         return Report(
             "bounce",
             tuple(failed),
-            original_message_id=report.original_id,
+            original_message_id=mail.original_id,
             reader="delivery-status",
         )
     if delivered and not unnamed_failures:
-        return Report("delivery_report", original_message_id=report.original_id)
+        return Report("delivery_report", original_message_id=mail.original_id)
     return None
 
 

@@ -21,18 +21,18 @@ from gateway.domain.bounces.mime import (
 from gateway.domain.bounces.recipient import Report, recipient
 
 
-def from_text(report: ReportMail, stated: str = "", delayed: bool = False) -> Report | None:
+def from_text(mail: ReportMail, stated: str = "", delayed: bool = False) -> Report | None:
     """The failed recipients a letter names. `stated` is a status the report states for its one
     failed recipient in a part that does not name it (a delivery-status block without an
     address); `delayed`, that such a part says the reporter is still trying."""
-    text = report.text
-    found = failed_addresses(report.message, text)
+    text = mail.text
+    found = failed_addresses(mail.message, text)
     if found is None:
         return None
     reader, addresses = found
     status = stated if len(addresses) == 1 else ""
     failed = []
-    reporter = report.reporter
+    reporter = mail.reporter
     final = not (delayed or still_trying(text))
     for address in addresses:
         near = text_about(text, address, addresses)
@@ -42,7 +42,7 @@ def from_text(report: ReportMail, stated: str = "", delayed: bool = False) -> Re
             # "Error message below: 550 ... / RCPT TO: ..."): read the whole letter.
             failure = recipient(address, status, "", text[:2000], text, reporter=reporter)
         failed.append(failure if final else replace(failure, final=False))
-    return Report("bounce", tuple(failed), original_message_id=report.original_id, reader=reader)
+    return Report("bounce", tuple(failed), original_message_id=mail.original_id, reader=reader)
 
 
 def still_trying(text: str) -> bool:
@@ -203,10 +203,10 @@ def text_about(text: str, address: str, others: list[str]) -> str:
     return text[line_start : max(end, at + len(address))]
 
 
-def looks_like_bounce(report: ReportMail) -> bool:
+def looks_like_bounce(mail: ReportMail) -> bool:
     """Whether a message with no status part is written as a report: by its headers, its
     sender, or a letter that says it could not deliver and returns the original."""
-    message = report.message
+    message = mail.message
     sender = header_text(message, "From").lower()
     subject = header_text(message, "Subject").lower()
     if message.get("X-Failed-Recipients"):
@@ -217,7 +217,7 @@ def looks_like_bounce(report: ReportMail) -> bool:
         return True
     # A letter that says it could not deliver and returns the original, whoever signs it.
     if find_part(message, *RETURNED) is not None:
-        opening = " ".join(report.text[:600].lower().split())
+        opening = " ".join(mail.text[:600].lower().split())
         if any(words in opening for words in _FAILURE_WORDS):
             return True
     return any(word in subject for word in _FAILURE_SUBJECTS)

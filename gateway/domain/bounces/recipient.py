@@ -110,7 +110,8 @@ def recipient(
         code = found_code.group(1) if found_code else ""
     reason = reason_of(status, code, diagnostic)
     lowered = " ".join(diagnostic.lower().split())
-    # A verdict the reporter states in its letter's words about this recipient.
+    # A verdict the reporter states in words kept for it: its letter's about this recipient,
+    # or a token of its own beside the words it passes on.
     verdict = verdict or reporters_verdict(" ".join(f"{diagnostic} {about}".lower().split()))
     unknown_user = reason_by_words(lowered) == "userunknown" or refused_recipient_plainly(lowered)
     # How the refusal came matters only to refusals that could be about the address; reading
