@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a problem the user can fix (the message says what), 2 usage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import enum
 import json
@@ -1077,23 +1078,24 @@ def _check_name(name: str) -> None:
 @app.command("serve")
 def serve() -> None:
     """The dashboard and the HTTP API on [web] host and port."""
-    import uvicorn
-
     from gateway.web.app import create_app
+    from gateway.web.server import WebServer
 
     with user_errors():
         runtime = state.runtime()
         runtime.migrated_engine()
         web = runtime.settings.web
         app_ = create_app(runtime)
-    # An open dashboard holds an event stream that never ends by itself: on SIGTERM, open
-    # streams get a few seconds, then are closed (the browser reconnects to the next process).
-    uvicorn.run(
+    # On SIGTERM the open dashboards' event streams end at once (the browsers reconnect to the
+    # next process); a request still running gets a few seconds.
+    server = WebServer(
         app_, host=web.host, port=web.port, log_level="warning", timeout_graceful_shutdown=3,
         # uvicorn believes X-Forwarded-* from loopback by default; only [web] trusted_proxies.
         proxy_headers=bool(web.trusted_proxies),
         forwarded_allow_ips=",".join(web.trusted_proxies) or "",
     )  # fmt: skip
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn raises it again when done
+        server.run()
 
 
 @app.command("status")
@@ -1263,10 +1265,17 @@ def demo(
     Maildir mailbox, SQLite, the workers and the dashboard."""
     from gateway.services.demo import run_demo
     from gateway.web.app import create_app
+    from gateway.web.server import WebServer
+
+    def server_for(runtime: Runtime, web_port: int) -> WebServer:
+        return WebServer(
+            create_app(runtime), signals=False, host="127.0.0.1", port=web_port,
+            log_level="warning", timeout_graceful_shutdown=1, proxy_headers=False,
+        )  # fmt: skip
 
     with user_errors():
         try:
-            code = run_demo(folder, exit_after, out, create_app, port)
+            code = run_demo(folder, exit_after, out, server_for, port)
         except KeyboardInterrupt:
             code = 0
     raise typer.Exit(code)

@@ -18,12 +18,11 @@ keep answering what a dispatcher sends them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,21 +126,22 @@ def _first_texts() -> list[tuple[Person, SendRequest]]:
     ]  # fmt: skip
 
 
-# The dashboard and API for a runtime: given by the caller (the command line composes the web
-# app), so that services do not import the web layer above them.
-AppFor = Callable[[Runtime], Any]
+# The dashboard and API for a runtime, served on 127.0.0.1 at a port and stopped by the demo
+# (no signal handling of its own): given by the caller (the command line composes the web app
+# and its server), so that services do not import the web layer above them.
+ServerFor = Callable[[Runtime, int], uvicorn.Server]
 
 
 def run_demo(
-    folder: str, exit_after: float | None, out: Console, app_for: AppFor, port: int = 8025
+    folder: str, exit_after: float | None, out: Console, server_for: ServerFor, port: int = 8025
 ) -> int:
     """Run the demo; returns the exit code (0 when every expected outcome happened)."""
-    return asyncio.run(_Demo(Path(folder), out, app_for, port).run(exit_after))
+    return asyncio.run(_Demo(Path(folder), out, server_for, port).run(exit_after))
 
 
 class _Demo:
-    def __init__(self, base: Path, out: Console, app_for: AppFor, port: int) -> None:
-        self.base, self.out, self.app_for, self.port = base, out, app_for, port
+    def __init__(self, base: Path, out: Console, server_for: ServerFor, port: int) -> None:
+        self.base, self.out, self.server_for, self.port = base, out, server_for, port
         self.started = time.monotonic()
 
     def _from_thread(self, loop: asyncio.AbstractEventLoop, line: str) -> None:
@@ -225,10 +225,7 @@ class _Demo:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, ended.set)
-        server = _Server(uvicorn.Config(
-            self.app_for(runtime), host="127.0.0.1", port=web_port, log_level="warning",
-            timeout_graceful_shutdown=1, proxy_headers=False,
-        ))  # fmt: skip
+        server = self.server_for(runtime, web_port)
         # What `gateway run` runs: sender, mailbox reader, scheduler, heartbeat, settings watcher.
         worker = Worker(runtime, say=self.say)
         tasks = [asyncio.create_task(server.serve()), asyncio.create_task(worker.run(stop))]
@@ -417,14 +414,6 @@ class _Demo:
             f"`gateway --config {self.base / 'gateway.toml'} outbox list` (or inbox list)."
         )
         return 0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without its own signal handling: the demo stops it on Ctrl-C."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _free(port: int) -> bool:

@@ -20,6 +20,7 @@ from gateway.web.dashboard import (
     make_templates,
 )
 from gateway.web.hooks import hooks
+from gateway.web.live import Closing
 
 # Settings an admin saved in another process are taken up at most this long after.
 REFRESH_SECONDS = 2.0
@@ -28,6 +29,7 @@ REFRESH_SECONDS = 2.0
 def create_app(runtime: Runtime) -> FastAPI:
     app = create_api(runtime)
     app.state.base_url = runtime.settings.web.base_url  # another origin forms may come from
+    app.state.closing = Closing()  # begun by the server at shutdown (gateway.web.server)
     app.include_router(dashboard(runtime, runtime.migrated_engine))
     app.include_router(hooks(runtime, runtime.migrated_engine))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -42,12 +42,33 @@ class Wakeup:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake every stream waiting now."""
         event, self._event = self._event, asyncio.Event()
         event.set()
 
     async def _listen(self) -> None:
-        await listen(self.engine, CHANNEL, self._wake, "live updates", self._listening)
+        await listen(self.engine, CHANNEL, self.wake, "live updates", self._listening)
 
     def _listening(self, now: bool) -> None:
         self.listening = now
+
+
+class Closing:
+    """Whether the web server has begun to shut down, told to the event streams: an open stream
+    never ends by itself, so without it each would hold the shutdown until the server's grace
+    time is up, then be cancelled (and uvicorn logs that as an error)."""
+
+    def __init__(self) -> None:
+        self.begun = False
+        self._wakeups: list[Wakeup] = []
+
+    def watch(self, wakeup: Wakeup) -> None:
+        """Wake the streams `wakeup` holds when shutdown begins."""
+        if wakeup not in self._wakeups:
+            self._wakeups.append(wakeup)
+
+    def begin(self) -> None:
+        self.begun = True
+        for wakeup in self._wakeups:
+            wakeup.wake()

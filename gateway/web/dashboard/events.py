@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from gateway.store import views
 from gateway.web.dashboard.pages import Pages
-from gateway.web.live import Wakeup
+from gateway.web.live import Closing, Wakeup
 
 LIVE_POLL_SECONDS = 0.5  # how often the event stream looks for news
 LIVE_POLL_LISTENING_SECONDS = 3.0  # and on PostgreSQL, where NOTIFY wakes it (a safety net)
@@ -31,6 +31,9 @@ def events_router(pages: Pages) -> APIRouter:
         if not wakeups:
             wakeups.append(Wakeup(engine()))
         wakeups[0].start()
+        # Begun by the server when it starts to shut down (gateway.web.server).
+        closing: Closing = request.app.state.closing
+        closing.watch(wakeups[0])
         start = _position(request.headers.get("last-event-id") or after)
         if start is None:
 
@@ -40,7 +43,7 @@ def events_router(pages: Pages) -> APIRouter:
 
             start = await asyncio.to_thread(positions)
         return StreamingResponse(
-            _stream(request, engine, start, wakeups[0]),
+            _stream(request, engine, start, wakeups[0], closing),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -59,14 +62,17 @@ async def _stream(
     engine: Callable[[], Engine],
     start: tuple[int, int, int | None],
     wakeup: Wakeup,
+    closing: Closing,
 ) -> AsyncIterator[str]:
     """Events after `start`: each batch's last event carries the position, so a browser that
-    reconnects (EventSource sends Last-Event-ID) gets what it missed and nothing twice."""
+    reconnects (EventSource sends Last-Event-ID) gets what it missed and nothing twice. Ends
+    when the browser goes or the server begins to shut down (the browser reconnects to the
+    next one)."""
     position = start
     first = ".".join(str(part) for part in position if part is not None)
     yield f"retry: 2000\nid: {first}\nevent: hello\ndata: {{}}\n\n"
     quiet_since = asyncio.get_running_loop().time()
-    while not await request.is_disconnected():
+    while not closing.begun and not await request.is_disconnected():
 
         def read(after: tuple[int, int, int | None] = position) -> Any:
             with engine().connect() as conn:
