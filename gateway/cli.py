@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 a problem the user can fix (the message says what), 2 usage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import enum
 import json
@@ -1094,8 +1093,19 @@ def serve() -> None:
         proxy_headers=bool(web.trusted_proxies),
         forwarded_allow_ips=",".join(web.trusted_proxies) or "",
     )  # fmt: skip
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn raises it again when done
+    try:
         server.run()
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn raises it again once it has stopped
+        pass
+    except SystemExit:
+        if server.started:
+            raise
+        # uvicorn has logged the system's words (address in use, permission denied) and would
+        # exit 3; what to do is the user's to fix.
+        fail(
+            f"gateway serve could not listen on {web.host}:{web.port} (the line above says "
+            "why): stop whatever holds that port, or set [web] host and port"
+        )
 
 
 @app.command("status")

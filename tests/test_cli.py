@@ -456,6 +456,22 @@ def test_demo_serves_the_dashboard_with_the_printed_login_until_ctrl_c(tmp_path)
             demo.kill()
 
 
+def test_serve_on_a_port_that_is_taken_says_what_to_do(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gateway_folder(tmp_path, extra=f'[web]\nhost = "127.0.0.1"\nport = {port}\n')
+        result = run_gateway("serve", cwd=tmp_path)
+    # The contract's exit code for a problem the user can fix (uvicorn's own would be 3).
+    assert result.returncode == 1, result.stderr
+    assert "address already in use" in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "[web] host and port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_commands_work_from_any_directory(tmp_path):
     # No carriers.yaml or templates/ here: the shipped copies are used.
     assert not (tmp_path / "carriers.yaml").exists() and Path.cwd() != REPO
