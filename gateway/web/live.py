@@ -1,6 +1,7 @@
 """Wakes the dashboard's event streams when another process stored something (PostgreSQL
 LISTEN/NOTIFY). One listening connection per web process; the streams still look on their own
-every few seconds, so a lost connection costs latency, never an event."""
+every few seconds, so a lost connection costs latency, never an event. And tells them when the
+web server begins to shut down (`Closing`), so that they end then."""
 
 from __future__ import annotations
 
