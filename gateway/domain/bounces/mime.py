@@ -226,13 +226,22 @@ RETURNED_MESSAGE = ("message/rfc822", "message/global", "message/global-headers"
 RETURNED = (*RETURNED_MESSAGE, "text/rfc822-headers")
 
 
+def _returned_message(part: email.message.Message) -> email.message.Message | None:
+    """The original `part` returns whole (or its headers alone), where it is such a part."""
+    if part.get_content_type() not in RETURNED_MESSAGE:
+        return None
+    inner = part_payload(part)
+    if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
+        return inner[0]
+    return None
+
+
 def returned_recipients(message: email.message.Message) -> list[str]:
     for part in message.walk():
-        if part.get_content_type() in RETURNED_MESSAGE:
-            inner = part_payload(part)
-            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
-                to = str(inner[0].get("To", ""))
-                return list(dict.fromkeys(a.lower() for a in ADDRESS.findall(to)))[:5]
+        original = _returned_message(part)
+        if original is not None:
+            to = str(original.get("To", ""))
+            return list(dict.fromkeys(a.lower() for a in ADDRESS.findall(to)))[:5]
     return []
 
 
@@ -340,14 +349,12 @@ class ReportMail:
 def _returned_id(message: email.message.Message) -> str | None:
     """The Message-ID of the original a report returns whole, or of the headers it returns."""
     for part in message.walk():
-        kind = part.get_content_type()
-        if kind in RETURNED_MESSAGE:
-            inner = part_payload(part)
-            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
-                found = str(inner[0].get("Message-ID", "")).strip()
-                if found:
-                    return found
-        elif kind == "text/rfc822-headers":
+        original = _returned_message(part)
+        if original is not None:
+            found = str(original.get("Message-ID", "")).strip()
+            if found:
+                return found
+        elif part.get_content_type() == "text/rfc822-headers":
             match = MESSAGE_ID.search(payload_text(part))
             if match:
                 return match.group(1)
